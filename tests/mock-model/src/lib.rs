@@ -1,0 +1,1 @@
+//! Scripted mock of the Anthropic Messages API.

@@ -1,0 +1,1 @@
+//! Protocol types shared by the host daemon and the in-container agent.
