@@ -1,1 +1,15 @@
-//! agentbox
+//! agentbox: runs AI coding agents in hardened per-conversation containers.
+//!
+//! See `docs/ARCHITECTURE.md` for the bird's-eye view and code map.
+
+pub mod agent_client;
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod execute;
+pub mod ids;
+pub mod proxy;
+pub mod runtime;
+pub mod secrets;
+pub mod state;
+pub mod telemetry;

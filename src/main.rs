@@ -1,1 +1,81 @@
-fn main() {}
+//! The `agentbox` command: the host daemon and its admin commands.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for a bad configuration (EX_CONFIG-style usage error).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "agentbox",
+    version,
+    about = "Runs AI coding agents in hardened per-conversation containers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// Config file (TOML); without it every key takes its default.
+        #[arg(long, env = "AGENTBOX_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and exit (0 valid, 64 invalid).
+    Validate {
+        #[arg(long, env = "AGENTBOX_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the token_sha256 value for a tenant's bearer token.
+    HashToken { token: String },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<agentbox::config::Config, ExitCode> {
+    agentbox::config::Config::load(path.map(PathBuf::as_path)).map_err(|e| {
+        eprintln!("agentbox: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Validate { config } => match load(config.as_ref()) {
+            Ok(_) => {
+                println!("config ok");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::HashToken { token } => {
+            println!("{}", agentbox::api::token_sha256(&token));
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            agentbox::telemetry::init();
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("agentbox: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(agentbox::daemon::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(message = "Daemon failed.", error = %e);
+                    eprintln!("agentbox: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

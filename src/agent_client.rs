@@ -1,0 +1,131 @@
+//! The host's client for the in-container agent's HTTP API on its Unix socket.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use workspace_agent::protocol::{AgentEvent, ExecuteRequest, AGENT_SOCKET};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent did not become ready within {0:?}")]
+    NotReady(Duration),
+    #[error("agent connection: {0}")]
+    Connection(String),
+    #[error("agent is busy with another run")]
+    Busy,
+    #[error("agent refused the request ({status}): {body}")]
+    Refused { status: StatusCode, body: String },
+}
+
+pub struct AgentClient {
+    socket: PathBuf,
+}
+
+impl AgentClient {
+    pub fn new(socket_dir: &Path) -> Self {
+        Self {
+            socket: socket_dir.join(AGENT_SOCKET),
+        }
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<Incoming>, AgentError> {
+        let conn = |e: &dyn std::fmt::Display| AgentError::Connection(e.to_string());
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| conn(&e))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| conn(&e))?;
+        tokio::spawn(connection);
+        sender.send_request(req).await.map_err(|e| conn(&e))
+    }
+
+    /// Polls `GET /health` until it answers 200 or `timeout` passes.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), AgentError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let req = Request::get("/health")
+                .header("host", "agent")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| AgentError::Connection(e.to_string()))?;
+            if let Ok(resp) = self.send(req).await {
+                if resp.status() == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::NotReady(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts a run and forwards its events to `tx` until the agent's stream
+    /// ends. A stream that ends without `result` or `error` yields an error
+    /// event, so the caller always sees an ending.
+    pub async fn execute(
+        &self,
+        exec: &ExecuteRequest,
+        tx: &mpsc::Sender<AgentEvent>,
+    ) -> Result<(), AgentError> {
+        let body = serde_json::to_vec(exec).map_err(|e| AgentError::Connection(e.to_string()))?;
+        let req = Request::post("/execute")
+            .header("host", "agent")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| AgentError::Connection(e.to_string()))?;
+        let resp = self.send(req).await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::CONFLICT => return Err(AgentError::Busy),
+            status => {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                return Err(AgentError::Refused {
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+            }
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut ended = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| AgentError::Connection(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                let Ok(ev) = serde_json::from_slice::<AgentEvent>(&line) else {
+                    tracing::warn!(message = "Unparseable agent event dropped.");
+                    continue;
+                };
+                ended |= matches!(ev, AgentEvent::Result { .. } | AgentEvent::Error { .. });
+                // A gone receiver means nobody listens; the run still
+                // completes so that its state is recorded.
+                let _ = tx.send(ev).await;
+            }
+        }
+        if !ended {
+            return Err(AgentError::Connection(
+                "agent stream ended without a result".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! The tenant-facing HTTP API.
+//!
+//! Routes:
+//! - `GET /healthz`: liveness, no auth.
+//! - `POST /v1/conversations/{id}/messages`: run the agent, SSE out.
+//!
+//! Every request gets a request id (`x-request-id` echoed or generated)
+//! carried by the tracing span of the request.
+
+mod auth;
+mod error;
+mod messages;
+
+pub use auth::{token_sha256, Authenticator, Tenant};
+pub use error::ApiError;
+
+use crate::execute::Executor;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Authenticator>,
+    pub executor: Arc<Executor>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(messages::post_message),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(too_large_as_json))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// axum's body-limit rejection is plain text; answer it like every other error.
+async fn too_large_as_json(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE
+        && !resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        return ApiError::TooLarge(MAX_BODY_BYTES).into_response();
+    }
+    resp
+}

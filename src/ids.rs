@@ -1,0 +1,36 @@
+//! Identifier rules shared by the API and the config.
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`: safe as a path component, a
+/// Docker label value and an object-store key segment.
+pub fn is_valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_id;
+
+    #[test]
+    fn accepts_and_refuses() {
+        for ok in ["a", "conv-1", "A.b_c-9", &"x".repeat(128)] {
+            assert!(is_valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "-x",
+            "a/b",
+            "..",
+            "a b",
+            &"x".repeat(129),
+            "é",
+        ] {
+            assert!(!is_valid_id(bad), "{bad}");
+        }
+    }
+}

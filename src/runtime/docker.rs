@@ -1,0 +1,108 @@
+//! [`ContainerRuntime`] on a Docker engine through bollard.
+
+use super::spec::hardened_create_body;
+use super::{ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTANCE, LABEL_MANAGED};
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use std::collections::HashMap;
+
+pub struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects through `DOCKER_HOST` or the default socket and settles on
+    /// an API version the engine speaks (Debian 12 ships engine 20.10).
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .negotiate_version()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(Self { docker })
+    }
+}
+
+fn engine(e: BollardError) -> RuntimeError {
+    RuntimeError::Engine(e.to_string())
+}
+
+fn is_not_found(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let opts = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = self
+            .docker
+            .create_container(Some(opts), hardened_create_body(spec))
+            .await
+            .map_err(|e| {
+                if is_not_found(&e) {
+                    RuntimeError::ImageMissing(spec.image.clone())
+                } else {
+                    engine(e)
+                }
+            })?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            // Do not leave a created-but-dead container behind.
+            let _ = self.remove(&created.id).await;
+            return Err(engine(e));
+        }
+        Ok(created.id)
+    }
+
+    async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => Ok(c.state.and_then(|s| s.running).unwrap_or(false)),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let opts = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(engine(e)),
+        }
+    }
+
+    async fn list_managed(&self, instance: &str) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_MANAGED}=true"),
+                format!("{LABEL_INSTANCE}={instance}"),
+            ],
+        )]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine)?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+}

@@ -1,0 +1,317 @@
+//! Shared harness for the end-to-end tests: makes sure a Docker engine and
+//! the workspace image exist (installing and building them when missing,
+//! never skipping), starts the real `agentbox` binary against a mock model,
+//! and reads its SSE streams.
+
+#![allow(dead_code)]
+
+use mock_model::MockModel;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const TENANT: &str = "acme";
+pub const TOKEN: &str = "test-token-acme";
+pub const OTHER_TENANT: &str = "globex";
+pub const OTHER_TOKEN: &str = "test-token-globex";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_script(script: &str, args: &[&str]) {
+    let path = repo_root().join(script);
+    let status = Command::new("bash")
+        .arg(&path)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    assert!(status.success(), "{} failed: {status}", path.display());
+}
+
+/// Docker engine up and the workspace image built, once per test binary.
+pub fn prerequisites() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        run_script("tests/setup/ensure-docker.sh", &[]);
+        run_script("workspace-base/build-image.sh", &[]);
+    });
+}
+
+pub fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
+}
+
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running daemon with its own state, workspaces, sockets and instance
+/// label; removes its containers when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub instance: String,
+    pub dir: tempfile::TempDir,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub api_key: String,
+}
+
+pub struct DaemonOptions {
+    pub model_url: String,
+    pub api_key: String,
+    pub extra_config: String,
+}
+
+impl Daemon {
+    pub fn start(opts: DaemonOptions) -> Daemon {
+        prerequisites();
+        let dir = tempfile::Builder::new()
+            .prefix("agentbox-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let instance = format!(
+            "e2e-{}-{}",
+            std::process::id(),
+            dir.path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x")
+                .trim_start_matches('.')
+                .replace('-', "")
+        );
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+instance = "{instance}"
+shutdown_grace_secs = 5
+
+[state]
+path = "{root}/state.redb"
+
+[storage]
+url = "file://{root}/objects"
+
+[model]
+anthropic_base_url = "{model}"
+max_retries = 0
+
+[container]
+workspace_root = "{root}/workspaces"
+socket_root = "{root}/sockets"
+memory_mb = 1024
+{extra}
+
+[[tenants]]
+id = "{TENANT}"
+token_sha256 = "{t1}"
+
+[[tenants]]
+id = "{OTHER_TENANT}"
+token_sha256 = "{t2}"
+"#,
+            root = dir.path().display(),
+            model = opts.model_url,
+            extra = opts.extra_config,
+            t1 = agentbox::api::token_sha256(TOKEN),
+            t2 = agentbox::api::token_sha256(OTHER_TOKEN),
+        );
+        let config_path = dir.path().join("agentbox.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("ANTHROPIC_API_KEY", &opts.api_key)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn agentbox");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["fields"]["message"] == "Listening." {
+                        let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("daemon did not log its listen address");
+        Daemon {
+            child,
+            addr,
+            instance,
+            dir,
+            logs,
+            api_key: opts.api_key,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn workspace(&self, tenant: &str, conversation: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("workspaces")
+            .join(tenant)
+            .join(conversation)
+    }
+
+    /// Ids of this daemon's containers, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        docker_ok(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label=agentbox.instance={}", self.instance),
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for id in self.containers() {
+            let _ = docker(&["rm", "-f", "-v", &id]);
+        }
+    }
+}
+
+/// A mock model plus a daemon pointed at it.
+pub async fn start_with_mock(api_key: &str) -> (MockModel, Daemon) {
+    let mock = MockModel::start("127.0.0.1:0")
+        .await
+        .expect("start mock model");
+    let opts = DaemonOptions {
+        model_url: mock.url(),
+        api_key: api_key.to_owned(),
+        extra_config: String::new(),
+    };
+    let daemon = tokio::task::spawn_blocking(move || Daemon::start(opts))
+        .await
+        .expect("daemon start");
+    (mock, daemon)
+}
+
+/// One parsed SSE event.
+#[derive(Clone, Debug)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Parses an SSE body into events (comments and keep-alives dropped).
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut ev = SseEvent {
+                id: None,
+                event: "message".to_owned(),
+                data: Value::Null,
+            };
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    ev.event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    ev.id = Some(v.trim().to_owned());
+                }
+            }
+            if data.is_empty() {
+                return None;
+            }
+            ev.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            Some(ev)
+        })
+        .collect()
+}
+
+/// Posts a message and reads the whole SSE stream (bounded by `timeout`).
+pub async fn post_message(
+    daemon: &Daemon,
+    token: Option<&str>,
+    conversation: &str,
+    body: Value,
+) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(daemon.url(&format!("/v1/conversations/{conversation}/messages")))
+        .json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(180), async {
+        let resp = req.send().await.expect("send");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    })
+    .await
+    .expect("the run did not finish within 180 s");
+    resp
+}
+
+pub fn names(events: &[SseEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.event.as_str()).collect()
+}
+
+pub fn inspect(container: &str) -> Value {
+    let out = docker_ok(&["inspect", container]);
+    let v: Value = serde_json::from_str(&out).expect("inspect json");
+    v[0].clone()
+}
+
+pub fn read_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}

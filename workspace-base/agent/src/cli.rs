@@ -1,0 +1,235 @@
+//! Runs the Claude Code CLI for one [`ExecuteRequest`] and reports its
+//! progress as [`AgentEvent`]s.
+//!
+//! The CLI is started the way the Agent SDK starts it: stream-json on both
+//! stdin and stdout. The prompt goes in as one NDJSON user message (never as
+//! an argument, so it is not visible in `/proc/*/cmdline` and has no argv
+//! size limit); stdin stays open until the `result` line, then EOF ends the
+//! CLI.
+
+use crate::protocol::{AgentEvent, ExecuteRequest, PermissionMode};
+use crate::translate::Translator;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// How much of the CLI's stderr is kept for an error message.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// Where and how the CLI runs.
+#[derive(Clone, Debug)]
+pub struct CliConfig {
+    pub program: PathBuf,
+    pub workdir: PathBuf,
+}
+
+/// The command-line arguments for one run.
+pub fn build_args(req: &ExecuteRequest) -> Vec<String> {
+    let o = &req.options;
+    let mut args: Vec<String> = [
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--input-format",
+        "stream-json",
+        "--include-partial-messages",
+        "--settings",
+        r#"{"skipWebFetchPreflight":true}"#,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut push = |flag: &str, value: String| {
+        args.push(flag.to_owned());
+        args.push(value);
+    };
+    // The container is the sandbox, so tools run without asking unless the
+    // caller chose a stricter mode.
+    let mode = o
+        .permission_mode
+        .unwrap_or(PermissionMode::BypassPermissions);
+    push("--permission-mode", mode.as_cli_arg().to_owned());
+    if let Some(m) = &o.model {
+        push("--model", m.clone());
+    }
+    if let Some(s) = &o.system_prompt {
+        push("--system-prompt", s.clone());
+    }
+    if let Some(s) = &o.append_system_prompt {
+        push("--append-system-prompt", s.clone());
+    }
+    if let Some(t) = &o.allowed_tools {
+        push("--allowedTools", t.join(","));
+    }
+    if let Some(t) = &o.disallowed_tools {
+        push("--disallowedTools", t.join(","));
+    }
+    if let Some(n) = o.max_turns {
+        push("--max-turns", n.to_string());
+    }
+    if let Some(id) = &req.resume_session_id {
+        args.push(format!("--resume={id}"));
+    }
+    args
+}
+
+/// The NDJSON line that hands the prompt to the CLI.
+pub fn user_message_line(prompt: &str) -> String {
+    let msg = json!({
+        "type": "user",
+        "session_id": "",
+        "message": {"role": "user", "content": prompt},
+        "parent_tool_use_id": null,
+    });
+    format!("{msg}\n")
+}
+
+/// Runs the CLI to completion, sending events to `tx`. Always ends with a
+/// `result` or an `error` event.
+pub async fn run(cfg: &CliConfig, req: &ExecuteRequest, tx: mpsc::Sender<AgentEvent>) {
+    if let Err(message) = run_inner(cfg, req, &tx).await {
+        let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
+    }
+}
+
+async fn run_inner(
+    cfg: &CliConfig,
+    req: &ExecuteRequest,
+    tx: &mpsc::Sender<AgentEvent>,
+) -> Result<(), String> {
+    let mut child = Command::new(&cfg.program)
+        .args(build_args(req))
+        .current_dir(&cfg.workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", cfg.program.display()))?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("child stdio was not piped".to_owned());
+    };
+    let stderr_tail = tokio::spawn(tail_lines(stderr));
+    stdin
+        .write_all(user_message_line(&req.prompt).as_bytes())
+        .await
+        .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
+
+    let translator = Translator::new(true);
+    let mut stdin = Some(stdin);
+    let mut saw_result = false;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        for ev in translator.translate(&line) {
+            if matches!(ev, AgentEvent::Result { .. }) {
+                saw_result = true;
+                // EOF on stdin tells the CLI the conversation turn is over.
+                stdin.take();
+            }
+            if tx.send(ev).await.is_err() {
+                // The host went away; the CLI is killed on drop.
+                return Ok(());
+            }
+        }
+    }
+    drop(stdin);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for the CLI: {e}"))?;
+    if saw_result {
+        return Ok(());
+    }
+    let tail = stderr_tail.await.unwrap_or_default();
+    Err(format!(
+        "the CLI exited ({status}) without a result: {}",
+        tail.trim()
+    ))
+}
+
+async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
+    let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    Vec::from(tail).join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::AgentOptions;
+
+    #[test]
+    fn args_carry_options_and_resume() {
+        let req = ExecuteRequest {
+            prompt: "hi".into(),
+            options: AgentOptions {
+                model: Some("claude-x".into()),
+                allowed_tools: Some(vec!["Write".into(), "Bash".into()]),
+                max_turns: Some(3),
+                permission_mode: Some(PermissionMode::Plan),
+                ..Default::default()
+            },
+            resume_session_id: Some("abc".into()),
+        };
+        let args = build_args(&req).join(" ");
+        assert!(args.contains("--model claude-x"), "{args}");
+        assert!(args.contains("--allowedTools Write,Bash"), "{args}");
+        assert!(args.contains("--max-turns 3"), "{args}");
+        assert!(args.contains("--permission-mode plan"), "{args}");
+        assert!(args.ends_with("--resume=abc"), "{args}");
+        assert!(
+            !args.contains("hi"),
+            "the prompt never goes on the command line"
+        );
+    }
+
+    #[test]
+    fn default_mode_is_bypass_because_the_container_is_the_sandbox() {
+        let req = ExecuteRequest {
+            prompt: "p".into(),
+            options: AgentOptions::default(),
+            resume_session_id: None,
+        };
+        assert!(build_args(&req)
+            .join(" ")
+            .contains("--permission-mode bypassPermissions"));
+    }
+
+    #[test]
+    fn prompt_is_one_json_line() {
+        let line = user_message_line("a\nb \"q\"");
+        assert_eq!(line.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["message"]["content"], "a\nb \"q\"");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_an_error_event() {
+        let cfg = CliConfig {
+            program: "/nonexistent/claude".into(),
+            workdir: "/".into(),
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        let req = ExecuteRequest {
+            prompt: "p".into(),
+            options: AgentOptions::default(),
+            resume_session_id: None,
+        };
+        run(&cfg, &req, tx).await;
+        match rx.recv().await {
+            Some(AgentEvent::Error { code, .. }) => assert_eq!(code, "agent_failed"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

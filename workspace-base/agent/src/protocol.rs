@@ -1,0 +1,186 @@
+//! Wire protocol between the host daemon and `workspace-agent`.
+//!
+//! The host sends one [`ExecuteRequest`] as JSON to `POST /execute` on the
+//! agent's Unix socket; the agent answers with NDJSON, one [`AgentEvent`] per
+//! line, until the run ends.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Directory inside the container holding both sockets (a host bind mount).
+pub const SOCKET_DIR: &str = "/run/agentbox";
+/// File name of the agent's own HTTP socket inside [`SOCKET_DIR`].
+pub const AGENT_SOCKET: &str = "agent.sock";
+/// File name of the host's proxy socket inside [`SOCKET_DIR`].
+pub const PROXY_SOCKET: &str = "proxy.sock";
+/// Address inside the container that is bridged to the proxy socket.
+pub const GATEWAY_ADDR: &str = "127.0.0.1:8080";
+
+/// Claude Code permission modes, spelled as the CLI and the Agent SDK spell them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PermissionMode {
+    Default,
+    AcceptEdits,
+    Plan,
+    DontAsk,
+    BypassPermissions,
+}
+
+impl PermissionMode {
+    pub fn as_cli_arg(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::AcceptEdits => "acceptEdits",
+            Self::Plan => "plan",
+            Self::DontAsk => "dontAsk",
+            Self::BypassPermissions => "bypassPermissions",
+        }
+    }
+}
+
+/// The subset of the Agent SDK's `ClaudeAgentOptions` that a request may set.
+///
+/// Unknown fields are refused so that a misspelt option is an error, not a
+/// silently ignored setting.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disallowed_tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<PermissionMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+}
+
+/// One run of the agent: a prompt, its options and the session to resume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub options: AgentOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session_id: Option<String>,
+}
+
+/// What the agent reports while a run goes on.
+///
+/// Serialised as `{"event": "<name>", "data": {...}}`; the host relays
+/// `data` as the SSE payload of an event called `<name>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The CLI's session id; the host keeps it to resume the conversation.
+    Session {
+        session_id: String,
+    },
+    TextDelta {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        content: Value,
+        is_error: bool,
+    },
+    Result {
+        session_id: String,
+        is_error: bool,
+        subtype: String,
+        num_turns: u64,
+        duration_ms: u64,
+        total_cost_usd: f64,
+        usage: Value,
+        result: Option<String>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+impl AgentEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Session { .. } => "session",
+            Self::TextDelta { .. } => "text_delta",
+            Self::ToolUse { .. } => "tool_use",
+            Self::ToolResult { .. } => "tool_result",
+            Self::Result { .. } => "result",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// The SSE payload: the event's fields as a JSON object.
+    pub fn data(&self) -> Value {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// One NDJSON line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"event":"error","data":{"code":"internal","message":"unserialisable event"}}"#
+                .to_owned()
+        });
+        line.push('\n');
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips_as_tagged_json() {
+        let ev = AgentEvent::ToolUse {
+            id: "toolu_1".into(),
+            name: "Write".into(),
+            input: serde_json::json!({"file_path": "/workspace/a"}),
+        };
+        let line = ev.to_line();
+        assert!(
+            line.starts_with(r#"{"event":"tool_use","data":{"#),
+            "{line}"
+        );
+        let back: AgentEvent = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(back, ev);
+        assert_eq!(ev.data()["name"], "Write");
+    }
+
+    #[test]
+    fn unknown_option_is_refused_with_its_name() {
+        let err = serde_json::from_str::<AgentOptions>(r#"{"modle":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn permission_mode_uses_sdk_spelling() {
+        let o: AgentOptions = serde_json::from_str(r#"{"permission_mode":"acceptEdits"}"#).unwrap();
+        assert_eq!(o.permission_mode, Some(PermissionMode::AcceptEdits));
+    }
+}

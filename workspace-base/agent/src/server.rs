@@ -1,0 +1,99 @@
+//! The agent's HTTP API on its Unix socket, served to the host daemon only.
+//!
+//! Routes: `GET /health` (200 once the agent is up) and `POST /execute`
+//! (one run at a time; NDJSON [`AgentEvent`] stream in the response body).
+
+use crate::cli::{self, CliConfig};
+use crate::protocol::{AgentEvent, ExecuteRequest};
+use bytes::Bytes;
+use http_body_util::{channel::Channel, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, Mutex};
+
+/// Largest request body the agent reads; the host enforces its own limit.
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
+
+pub struct Agent {
+    cli: CliConfig,
+    /// Held for the length of a run: one run at a time per container.
+    busy: Arc<Mutex<()>>,
+}
+
+impl Agent {
+    pub fn new(cli: CliConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cli,
+            busy: Arc::new(Mutex::new(())),
+        })
+    }
+}
+
+/// Accepts connections until the listener fails.
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(agent.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => plain(StatusCode::OK, "ok"),
+        (&Method::POST, "/execute") => execute(agent, req).await,
+        _ => plain(StatusCode::NOT_FOUND, "not found"),
+    })
+}
+
+async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return plain(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+    };
+    let exec: ExecuteRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Ok(guard) = agent.busy.clone().try_lock_owned() else {
+        return plain(StatusCode::CONFLICT, "a run is already in progress");
+    };
+    let (mut body_tx, body) = Channel::new(16);
+    let (tx, mut rx) = mpsc::channel::<AgentEvent>(64);
+    let cli = agent.cli.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::join!(cli::run(&cli, &exec, tx), async {
+            while let Some(ev) = rx.recv().await {
+                if body_tx.send_data(Bytes::from(ev.to_line())).await.is_err() {
+                    break;
+                }
+            }
+        });
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::Right(body))
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::Left(Full::new(Bytes::from(text.to_owned()))));
+    *resp.status_mut() = status;
+    resp
+}
