@@ -5,6 +5,8 @@
 //! environment by [`crate::secrets`]. Every key is documented in
 //! `docs/configuration.md`.
 
+pub use crate::proxy::config::{ModelConfig, Provider, ProxyConfig};
+pub use crate::sync::config::StorageConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         message: message.into(),
@@ -39,6 +41,7 @@ pub struct Config {
     pub state: StateConfig,
     pub storage: StorageConfig,
     pub model: ModelConfig,
+    pub proxy: ProxyConfig,
     pub container: ContainerConfig,
     pub tenants: Vec<TenantConfig>,
 }
@@ -74,47 +77,6 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             path: "/var/lib/agentbox/state.redb".into(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    pub url: String,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            url: "file:///var/lib/agentbox/objects".to_owned(),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    #[default]
-    Anthropic,
-    Bedrock,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    pub provider: Provider,
-    pub anthropic_base_url: String,
-    /// Retries the CLI makes on a failed model call (the CLI's default is 10).
-    pub max_retries: u32,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            provider: Provider::Anthropic,
-            anthropic_base_url: "https://api.anthropic.com".to_owned(),
-            max_retries: 10,
         }
     }
 }
@@ -200,7 +162,9 @@ impl Config {
             else {
                 continue;
             };
-            if !["server", "state", "storage", "model", "container"].contains(&section.as_str()) {
+            if !["server", "state", "storage", "model", "proxy", "container"]
+                .contains(&section.as_str())
+            {
                 continue;
             }
             let parsed = format!("v = {value}")
@@ -225,21 +189,9 @@ impl Config {
 
     /// Checks values without touching the system.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.model.anthropic_base_url;
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.parse::<hyper::Uri>().is_err()
-        {
-            return Err(invalid(
-                "model.anthropic_base_url",
-                "must be an http(s) URL",
-            ));
-        }
-        if self.model.provider == Provider::Bedrock {
-            return Err(invalid("model.provider", "bedrock is not supported yet"));
-        }
-        if !(self.storage.url.starts_with("file://") || self.storage.url.starts_with("s3://")) {
-            return Err(invalid("storage.url", "must start with file:// or s3://"));
-        }
+        self.model.validate()?;
+        self.proxy.validate()?;
+        self.storage.validate()?;
         let c = &self.container;
         if c.image.trim().is_empty() {
             return Err(invalid("container.image", "must not be empty"));

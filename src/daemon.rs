@@ -8,6 +8,7 @@
 use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
 use crate::execute::Executor;
+use crate::orchestrator::Orchestrator;
 use crate::proxy::Gateway;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
@@ -46,7 +47,8 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     let gateway = Arc::new(
         Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
     );
-    let executor = Executor::new(cfg.clone(), runtime, store, gateway);
+    let orchestrator = Orchestrator::new(cfg.clone(), runtime, gateway);
+    let executor = Executor::new(orchestrator, store);
     let state = AppState {
         auth: Arc::new(Authenticator::new(&cfg.tenants)),
         executor,

@@ -4,8 +4,11 @@
 //! **Invariant:** credentials exist only inside this module's [`Gateway`];
 //! no other part of the daemon, and nothing in a container, ever holds them.
 
+pub mod config;
+mod env;
 mod gateway;
 
+pub use env::container_env;
 pub use gateway::Gateway;
 
 use hyper_util::rt::TokioIo;

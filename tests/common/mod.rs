@@ -58,6 +58,13 @@ pub fn docker_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The workspace image under test: `AGENTBOX_TEST_IMAGE`, else the default
+/// tag that `workspace-base/build-image.sh` builds.
+pub fn test_image() -> String {
+    std::env::var("AGENTBOX_TEST_IMAGE")
+        .unwrap_or_else(|_| agentbox::config::DEFAULT_IMAGE.to_owned())
+}
+
 /// A running daemon with its own state, workspaces, sockets and instance
 /// label; removes its containers when dropped.
 pub struct Daemon {
@@ -113,6 +120,7 @@ max_retries = 0
 workspace_root = "{root}/workspaces"
 socket_root = "{root}/sockets"
 memory_mb = 1024
+image = "{image}"
 {extra}
 
 [[tenants]]
@@ -126,6 +134,7 @@ token_sha256 = "{t2}"
             root = dir.path().display(),
             model = opts.model_url,
             extra = opts.extra_config,
+            image = test_image(),
             t1 = agentbox::api::token_sha256(TOKEN),
             t2 = agentbox::api::token_sha256(OTHER_TOKEN),
         );
