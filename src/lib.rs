@@ -4,6 +4,7 @@
 
 pub mod agent_client;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod daemon;
 pub mod execute;

@@ -45,6 +45,10 @@ pub struct ConversationRecord {
     pub conversation_id: String,
     pub container_id: Option<String>,
     pub session_id: Option<String>,
+    /// Bumped each time the conversation gets a new container; fences
+    /// writers that belong to an older container.
+    #[serde(default)]
+    pub generation: u64,
     /// Unix milliseconds of the last agent activity.
     pub last_activity_ms: u64,
 }
@@ -56,6 +60,7 @@ impl ConversationRecord {
             conversation_id: conversation_id.to_owned(),
             container_id: None,
             session_id: None,
+            generation: 0,
             last_activity_ms: now_ms(),
         }
     }

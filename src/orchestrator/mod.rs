@@ -6,6 +6,7 @@
 //! its agent answers.
 
 use crate::agent_client::AgentClient;
+use crate::audit::{AuditEvent, Subject};
 use crate::config::Config;
 use crate::proxy::{container_env, Gateway, ProxyContext, ProxyRegistry};
 use crate::runtime::{
@@ -78,8 +79,9 @@ impl Orchestrator {
         }
     }
 
-    /// The conversation's running container, or a new one; updates
-    /// `rec.container_id` (the caller persists it).
+    /// The conversation's running container, or a new one; a new one
+    /// updates `rec.container_id` and bumps `rec.generation` (the caller
+    /// persists both).
     pub async fn acquire(
         &self,
         rec: &mut ConversationRecord,
@@ -104,6 +106,7 @@ impl Orchestrator {
         }
         let assigned = self.start(rec, workspace_dir).await?;
         rec.container_id = Some(assigned.container.clone());
+        rec.generation += 1;
         Ok(assigned)
     }
 
@@ -158,8 +161,14 @@ impl Orchestrator {
             self.proxies.stop(&name);
             return Err(e.into());
         }
-        tracing::info!(message = "Container started.", container_id = %name,
-            tenant_id = %rec.tenant_id, conversation_id = %rec.conversation_id);
+        crate::audit::emit(&AuditEvent::ContainerCreated {
+            subject: Subject {
+                tenant_id: rec.tenant_id.clone(),
+                conversation_id: rec.conversation_id.clone(),
+                container_id: name.clone(),
+            },
+            image: c.image.clone(),
+        });
         let timeout = Duration::from_secs(c.start_timeout_secs);
         if let Err(e) = AgentClient::new(&socket_dir).wait_ready(timeout).await {
             self.release(&name).await;
