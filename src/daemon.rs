@@ -16,6 +16,7 @@ use crate::secrets;
 use crate::state::{StateError, Store};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,18 @@ pub enum DaemonError {
 }
 
 pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
+    // Handlers first: a SIGTERM that arrives during start-up must drain,
+    // not kill the process with the default action.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Serve)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!(message = "Shutdown requested; draining.");
+        let _ = stop_tx.send(true);
+    });
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let api_key = secrets::anthropic_api_key();
@@ -61,12 +74,6 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     tracing::info!(message = "Listening.", addr = %local, instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!(message = "Shutdown requested; draining.");
-        let _ = stop_tx.send(true);
-    });
     let mut drain_rx = stop_rx.clone();
     let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
@@ -82,19 +89,4 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     }
     tracing::info!(message = "Stopped.");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
