@@ -30,6 +30,12 @@ pub enum AuditEvent {
         subject: Subject,
         reason: String,
     },
+    PoolClaimed {
+        #[serde(flatten)]
+        subject: Subject,
+        /// False for a cold start (the pool was empty).
+        warm: bool,
+    },
 }
 
 impl AuditEvent {

@@ -43,6 +43,8 @@ pub struct Config {
     pub model: ModelConfig,
     pub proxy: ProxyConfig,
     pub container: ContainerConfig,
+    pub pool: PoolConfig,
+    pub gc: GcConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -50,6 +52,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The admin listener (status JSON); loopback only by default.
+    pub admin_listen: SocketAddr,
     /// How long in-flight streams may run on after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Names this daemon on container labels, so two daemons sharing one
@@ -61,6 +65,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
             shutdown_grace_secs: 30,
             instance: "default".to_owned(),
         }
@@ -119,6 +124,48 @@ impl Default for ContainerConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Ready containers kept warm, bound to nobody.
+    pub min_size: usize,
+    /// Most containers this daemon runs at once, warm and claimed together.
+    pub max_size: usize,
+    /// Containers created at the same time while refilling.
+    pub refill_parallelism: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_size: 2,
+            max_size: 32,
+            refill_parallelism: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GcConfig {
+    /// A claimed container idle this long (no agent activity) is removed.
+    pub idle_ttl_secs: u64,
+    /// Any container older than this is removed once no run holds it.
+    pub max_age_secs: u64,
+    /// How often the sweeper runs (idle, age, orphans).
+    pub interval_secs: u64,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            idle_ttl_secs: 1800,
+            max_age_secs: 86_400,
+            interval_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub id: String,
@@ -162,8 +209,17 @@ impl Config {
             else {
                 continue;
             };
-            if !["server", "state", "storage", "model", "proxy", "container"]
-                .contains(&section.as_str())
+            if ![
+                "server",
+                "state",
+                "storage",
+                "model",
+                "proxy",
+                "container",
+                "pool",
+                "gc",
+            ]
+            .contains(&section.as_str())
             {
                 continue;
             }
@@ -219,6 +275,25 @@ impl Config {
         }
         if c.start_timeout_secs == 0 {
             return Err(invalid("container.start_timeout_secs", "must be positive"));
+        }
+        let p = &self.pool;
+        if p.max_size == 0 || p.min_size > p.max_size {
+            return Err(invalid(
+                "pool.max_size",
+                "must be at least 1 and at least pool.min_size",
+            ));
+        }
+        if p.refill_parallelism == 0 {
+            return Err(invalid("pool.refill_parallelism", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("gc.idle_ttl_secs", self.gc.idle_ttl_secs),
+            ("gc.max_age_secs", self.gc.max_age_secs),
+            ("gc.interval_secs", self.gc.interval_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         if !crate::ids::is_valid_id(&self.server.instance) {
             return Err(invalid(

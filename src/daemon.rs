@@ -5,15 +5,17 @@
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
 
+use crate::admin;
 use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
 use crate::execute::Executor;
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::proxy::Gateway;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
 use crate::state::{StateError, Store};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -25,6 +27,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Orchestrator(#[from] OrchestratorError),
     #[error("model gateway: {0}")]
     Gateway(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -36,7 +40,7 @@ pub enum DaemonError {
     Serve(std::io::Error),
 }
 
-pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
+pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
     // Handlers first: a SIGTERM that arrives during start-up must drain,
     // not kill the process with the default action.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -60,8 +64,10 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     let gateway = Arc::new(
         Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
     );
-    let orchestrator = Orchestrator::new(cfg.clone(), runtime, gateway);
-    let executor = Executor::new(orchestrator, store);
+    let orchestrator = Orchestrator::new(cfg.clone(), runtime, store, gateway);
+    orchestrator.start().await?;
+    spawn_reload_on_sighup(orchestrator.clone(), config_path)?;
+    let executor = Executor::new(orchestrator.clone());
     let state = AppState {
         auth: Arc::new(Authenticator::new(&cfg.tenants)),
         executor,
@@ -71,7 +77,21 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
-    tracing::info!(message = "Listening.", addr = %local, instance = %cfg.server.instance,
+    let admin_addr = cfg.server.admin_listen;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: admin_addr,
+            source,
+        })?;
+    let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
+    let admin_app = admin::router(orchestrator.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(admin_listener, admin_app).await {
+            tracing::error!(message = "Admin listener failed.", %error);
+        }
+    });
+    tracing::info!(message = "Listening.", addr = %local, admin_addr = %admin_local, instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
 
     let mut drain_rx = stop_rx.clone();
@@ -88,5 +108,24 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         } => tracing::warn!(message = "Grace period over; closing streams still open."),
     }
     tracing::info!(message = "Stopped.");
+    Ok(())
+}
+
+/// SIGHUP re-reads the config file; an invalid file is logged and ignored.
+fn spawn_reload_on_sighup(
+    orchestrator: std::sync::Arc<Orchestrator>,
+    path: Option<PathBuf>,
+) -> Result<(), DaemonError> {
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match Config::load(path.as_deref()) {
+                Ok(cfg) => orchestrator.reload(cfg),
+                Err(error) => {
+                    tracing::error!(message = "Reload refused; keeping the running config.", %error)
+                }
+            }
+        }
+    });
     Ok(())
 }

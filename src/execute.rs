@@ -7,10 +7,9 @@
 
 use crate::agent_client::AgentClient;
 use crate::orchestrator::Orchestrator;
-use crate::state::{now_ms, ConversationRecord, StateError, Store};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, OwnedMutexGuard};
+use crate::state::{now_ms, StateError};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,19 +28,12 @@ pub struct ConversationKey {
 }
 
 pub struct Executor {
-    orchestrator: Orchestrator,
-    store: Store,
-    /// One run per conversation at a time.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    orchestrator: Arc<Orchestrator>,
 }
 
 impl Executor {
-    pub fn new(orchestrator: Orchestrator, store: Store) -> Arc<Self> {
-        Arc::new(Self {
-            orchestrator,
-            store,
-            locks: Mutex::new(HashMap::new()),
-        })
+    pub fn new(orchestrator: Arc<Orchestrator>) -> Arc<Self> {
+        Arc::new(Self { orchestrator })
     }
 
     /// Takes the conversation's run lock and starts the run in the
@@ -52,7 +44,11 @@ impl Executor {
         key: ConversationKey,
         exec: ExecuteRequest,
     ) -> Result<mpsc::Receiver<AgentEvent>, ExecuteError> {
-        let guard = self.lock(&key)?;
+        let guard = self
+            .orchestrator
+            .locks()
+            .try_lock(&key.tenant_id, &key.conversation_id)
+            .ok_or(ExecuteError::Busy)?;
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
         tokio::spawn(async move {
@@ -66,17 +62,6 @@ impl Executor {
         Ok(rx)
     }
 
-    fn lock(&self, key: &ConversationKey) -> Result<OwnedMutexGuard<()>, ExecuteError> {
-        let lock = self
-            .locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(format!("{}/{}", key.tenant_id, key.conversation_id))
-            .or_default()
-            .clone();
-        lock.try_lock_owned().map_err(|_| ExecuteError::Busy)
-    }
-
     async fn run(
         &self,
         key: &ConversationKey,
@@ -84,30 +69,29 @@ impl Executor {
         tx: &mpsc::Sender<AgentEvent>,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
-        let mut rec = self
-            .store
+        let assigned = self
+            .orchestrator
+            .acquire(&key.tenant_id, &key.conversation_id)
+            .await
+            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+        self.orchestrator.touch(&assigned.container).await;
+        let store = self.orchestrator.store();
+        exec.resume_session_id = store
             .conversation(&key.tenant_id, &key.conversation_id)
             .await
             .map_err(state_err)?
-            .unwrap_or_else(|| ConversationRecord::new(&key.tenant_id, &key.conversation_id));
-        let assigned = self
-            .orchestrator
-            .acquire(&mut rec)
-            .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
-        rec.last_activity_ms = now_ms();
-        self.store.put_conversation(&rec).await.map_err(state_err)?;
+            .and_then(|c| c.session_id);
 
-        exec.resume_session_id = rec.session_id.clone();
         let (agent_tx, mut agent_rx) = mpsc::channel(256);
         let client = AgentClient::new(&assigned.socket_dir);
+        let mut session_id = None;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
-                if let AgentEvent::Session { session_id } | AgentEvent::Result { session_id, .. } =
-                    &ev
+                if let AgentEvent::Session { session_id: s }
+                | AgentEvent::Result { session_id: s, .. } = &ev
                 {
-                    if !session_id.is_empty() {
-                        rec.session_id = Some(session_id.clone());
+                    if !s.is_empty() {
+                        session_id = Some(s.clone());
                     }
                 }
                 let _ = tx.send(ev).await;
@@ -121,8 +105,16 @@ impl Executor {
             },
             relay
         );
-        rec.last_activity_ms = now_ms();
-        self.store.put_conversation(&rec).await.map_err(state_err)?;
+        self.orchestrator.touch(&assigned.container).await;
+        store
+            .update_conversation(&key.tenant_id, &key.conversation_id, move |rec| {
+                if session_id.is_some() {
+                    rec.session_id = session_id;
+                }
+                rec.last_activity_ms = now_ms();
+            })
+            .await
+            .map_err(state_err)?;
         outcome.map_err(|e| AgentEvent::error("agent_failed", e.to_string()))
     }
 }

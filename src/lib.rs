@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view and code map.
 
+pub mod admin;
 pub mod agent_client;
 pub mod api;
 pub mod audit;
@@ -9,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod execute;
 pub mod ids;
+pub mod locks;
 pub mod orchestrator;
 pub mod proxy;
 pub mod runtime;
@@ -16,3 +18,4 @@ pub mod secrets;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod workers;

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(agentbox::daemon::serve(cfg)) {
+            match rt.block_on(agentbox::daemon::serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(message = "Daemon failed.", error = %e);

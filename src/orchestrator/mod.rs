@@ -1,24 +1,31 @@
-//! The orchestrator: gives a conversation a running, hardened container,
-//! reusing its own when alive and starting a new one otherwise.
+//! The orchestrator: owns the workspace containers. It keeps a warm pool,
+//! binds a container to a conversation in one state transaction (a claim),
+//! falls back to a cold start when the pool is empty, reconciles the state
+//! file with the engine, and sweeps idle, old and orphaned containers.
 //!
-//! **Invariant:** every container it starts has its proxy socket listening
-//! before the container runs, and is recorded in the state file only once
-//! its agent answers.
+//! **Invariants:** a container is recorded (`Warming`) before the engine is
+//! asked to create it, so a crash at any point leaves something reconcile
+//! can act on; its proxy socket listens before it starts; pool containers
+//! carry nothing conversation- or tenant-specific until claimed.
 
-use crate::agent_client::AgentClient;
+mod create;
+mod gc;
+mod pool;
+mod reconcile;
+
 use crate::audit::{AuditEvent, Subject};
 use crate::config::Config;
-use crate::proxy::{container_env, Gateway, ProxyContext, ProxyRegistry};
-use crate::runtime::{
-    ContainerRuntime, ContainerSpec, RuntimeError, LABEL_CONVERSATION, LABEL_INSTANCE,
-    LABEL_MANAGED, LABEL_TENANT,
-};
-use crate::state::ConversationRecord;
-use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use crate::locks::RunLocks;
+use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::state::{Binding, ContainerRecord, ContainerState, StateError, Store};
+use crate::workers::{WorkerStatus, Workers};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::Notify;
 
 /// `HOME` inside the container: inside the workspace, so the CLI's session
 /// files travel with it and a conversation can resume in a new container.
@@ -28,6 +35,8 @@ pub const CONTAINER_HOME: &str = "/workspace/.agentbox/home";
 pub enum OrchestratorError {
     #[error("container engine: {0}")]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("preparing {path}: {source}")]
     Prepare {
         path: PathBuf,
@@ -37,6 +46,8 @@ pub enum OrchestratorError {
     Proxy(std::io::Error),
     #[error("container did not become ready: {0}")]
     NotReady(String),
+    #[error("at capacity: {0} containers (pool.max_size)")]
+    Capacity(usize),
 }
 
 impl OrchestratorError {
@@ -45,8 +56,10 @@ impl OrchestratorError {
         match self {
             Self::Runtime(RuntimeError::Unreachable(_)) => "runtime_unavailable",
             Self::Runtime(_) | Self::NotReady(_) => "container_start_failed",
+            Self::State(_) => "state_error",
             Self::Prepare { .. } => "workspace_failed",
             Self::Proxy(_) => "proxy_failed",
+            Self::Capacity(_) => "capacity_exhausted",
         }
     }
 }
@@ -58,160 +71,313 @@ pub struct Assigned {
     pub container: String,
     pub socket_dir: PathBuf,
     pub workspace_dir: PathBuf,
-    /// True when the container was started for this request.
+    /// True when the conversation got this container for this request.
     pub fresh: bool,
+    /// The conversation's generation with this container.
+    pub generation: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    warm_claims: AtomicU64,
+    cold_starts: AtomicU64,
+}
+
+/// The picture the admin API and `agentbox status` show.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pool: PoolStatus,
+    pub containers: Vec<ContainerRecord>,
+    pub workers: BTreeMap<&'static str, WorkerStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolStatus {
+    pub image: String,
+    pub target: usize,
+    pub max_size: usize,
+    pub ready: usize,
+    pub warming: usize,
+    pub claimed: usize,
+    pub warm_claims_total: u64,
+    pub cold_starts_total: u64,
 }
 
 pub struct Orchestrator {
-    cfg: Config,
+    cfg: RwLock<Arc<Config>>,
     runtime: Arc<dyn ContainerRuntime>,
+    store: Store,
     gateway: Arc<Gateway>,
     proxies: ProxyRegistry,
+    locks: RunLocks,
+    workers: Workers,
+    refill: Notify,
+    counters: Counters,
 }
 
 impl Orchestrator {
-    pub fn new(cfg: Config, runtime: Arc<dyn ContainerRuntime>, gateway: Arc<Gateway>) -> Self {
-        Self {
-            cfg,
+    pub fn new(
+        cfg: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Store,
+        gateway: Arc<Gateway>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: RwLock::new(Arc::new(cfg)),
             runtime,
+            store,
             gateway,
             proxies: ProxyRegistry::default(),
-        }
-    }
-
-    /// The conversation's running container, or a new one; a new one
-    /// updates `rec.container_id` and bumps `rec.generation` (the caller
-    /// persists both).
-    pub async fn acquire(
-        &self,
-        rec: &mut ConversationRecord,
-    ) -> Result<Assigned, OrchestratorError> {
-        let workspace_dir = self.workspace_dir(rec);
-        if let Some(name) = rec.container_id.clone() {
-            if self.runtime.is_running(&name).await? {
-                let socket_dir = self.socket_dir(&name);
-                // After a daemon restart no proxy serves it yet.
-                self.proxies
-                    .ensure(self.gateway.clone(), &socket_dir, proxy_ctx(&name, rec))
-                    .map_err(OrchestratorError::Proxy)?;
-                return Ok(Assigned {
-                    container: name,
-                    socket_dir,
-                    workspace_dir,
-                    fresh: false,
-                });
-            }
-            tracing::info!(message = "Conversation container is gone; starting a new one.", container_id = %name);
-            self.release(&name).await;
-        }
-        let assigned = self.start(rec, workspace_dir).await?;
-        rec.container_id = Some(assigned.container.clone());
-        rec.generation += 1;
-        Ok(assigned)
-    }
-
-    /// Stops the container's proxy and removes the container.
-    pub async fn release(&self, name: &str) {
-        self.proxies.stop(name);
-        if let Err(error) = self.runtime.remove(name).await {
-            tracing::warn!(message = "Container removal failed.", container_id = %name, %error);
-        }
-        let _ = std::fs::remove_dir_all(self.socket_dir(name));
-    }
-
-    async fn start(
-        &self,
-        rec: &ConversationRecord,
-        workspace_dir: PathBuf,
-    ) -> Result<Assigned, OrchestratorError> {
-        let c = &self.cfg.container;
-        let name = format!("agentbox-{}", uuid::Uuid::new_v4().simple());
-        // Named by the container name: the id is known only after create,
-        // and the mount needs the path before.
-        let socket_dir = self.socket_dir(&name);
-        prepare_dir(&workspace_dir, c.uid, c.gid)?;
-        prepare_dir(&workspace_dir.join(".agentbox/home"), c.uid, c.gid)?;
-        prepare_dir(&socket_dir, c.uid, c.gid)?;
-        let mut env = container_env(&self.cfg);
-        env.push(("HOME".to_owned(), CONTAINER_HOME.to_owned()));
-        let spec = ContainerSpec {
-            name: name.clone(),
-            image: c.image.clone(),
-            env,
-            labels: HashMap::from([
-                (LABEL_MANAGED.to_owned(), "true".to_owned()),
-                (LABEL_INSTANCE.to_owned(), self.cfg.server.instance.clone()),
-                (LABEL_CONVERSATION.to_owned(), rec.conversation_id.clone()),
-                (LABEL_TENANT.to_owned(), rec.tenant_id.clone()),
-            ]),
-            workspace_dir: workspace_dir.clone(),
-            socket_dir: socket_dir.clone(),
-            user: format!("{}:{}", c.uid, c.gid),
-            memory_bytes: (c.memory_mb * 1024 * 1024) as i64,
-            nano_cpus: (c.cpus * 1e9) as i64,
-            pids_limit: c.pids_limit,
-            tmp_size_bytes: c.tmp_size_mb * 1024 * 1024,
-        };
-        // The proxy listens before the container starts, so the CLI's first
-        // request never finds the socket missing.
-        self.proxies
-            .ensure(self.gateway.clone(), &socket_dir, proxy_ctx(&name, rec))
-            .map_err(OrchestratorError::Proxy)?;
-        if let Err(e) = self.runtime.create_and_start(&spec).await {
-            self.proxies.stop(&name);
-            return Err(e.into());
-        }
-        crate::audit::emit(&AuditEvent::ContainerCreated {
-            subject: Subject {
-                tenant_id: rec.tenant_id.clone(),
-                conversation_id: rec.conversation_id.clone(),
-                container_id: name.clone(),
-            },
-            image: c.image.clone(),
-        });
-        let timeout = Duration::from_secs(c.start_timeout_secs);
-        if let Err(e) = AgentClient::new(&socket_dir).wait_ready(timeout).await {
-            self.release(&name).await;
-            return Err(OrchestratorError::NotReady(e.to_string()));
-        }
-        Ok(Assigned {
-            container: name,
-            socket_dir,
-            workspace_dir,
-            fresh: true,
+            locks: RunLocks::default(),
+            workers: Workers::default(),
+            refill: Notify::new(),
+            counters: Counters::default(),
         })
     }
 
-    /// `{workspace_root}/{tenant}/{conversation}`; both ids are validated
-    /// path components.
-    pub fn workspace_dir(&self, rec: &ConversationRecord) -> PathBuf {
-        self.cfg
-            .container
-            .workspace_root
-            .join(&rec.tenant_id)
-            .join(&rec.conversation_id)
+    /// The configuration in force (replaced on reload).
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn socket_dir(&self, container_name: &str) -> PathBuf {
-        self.cfg.container.socket_root.join(container_name)
+    pub fn locks(&self) -> &RunLocks {
+        &self.locks
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reconciles with the engine, then starts the pool and sweeper
+    /// workers. Returns once the state matches the engine; the pool fills
+    /// in the background.
+    pub async fn start(self: &Arc<Self>) -> Result<(), OrchestratorError> {
+        self.reconcile(true).await?;
+        tokio::spawn(self.clone().refill_loop());
+        tokio::spawn(self.clone().gc_loop());
+        Ok(())
+    }
+
+    /// Applies a reloaded configuration: pool size, image (rolling the
+    /// pool) and GC settings take effect; other sections need a restart.
+    pub fn reload(&self, new: Config) {
+        let old = self.cfg();
+        if old.server.listen != new.server.listen
+            || old.server.admin_listen != new.server.admin_listen
+            || old.state.path != new.state.path
+            || old.server.instance != new.server.instance
+        {
+            tracing::warn!(message = "Changes to server.* and state.* apply only after a restart.");
+        }
+        tracing::info!(message = "Configuration reloaded.", pool_min = new.pool.min_size,
+            pool_max = new.pool.max_size, image = %new.container.image);
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.refill.notify_one();
+    }
+
+    /// The conversation's running container, else a claimed pool
+    /// container, else a cold start.
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<Assigned, OrchestratorError> {
+        let binding = Binding {
+            tenant_id: tenant.to_owned(),
+            conversation_id: conversation.to_owned(),
+        };
+        if let Some(conv) = self.store.conversation(tenant, conversation).await? {
+            if let Some(name) = conv.container_id {
+                if self.runtime.is_running(&name).await? {
+                    self.bind_proxy(&name, &binding)?;
+                    return Ok(self.assigned(&name, false, conv.generation));
+                }
+                tracing::info!(message = "Conversation container is gone; assigning a new one.",
+                    container_id = %name, tenant_id = tenant, conversation_id = conversation);
+                self.destroy(&name, "lost").await;
+            }
+        }
+        let image = self.cfg().container.image.clone();
+        if let Some(claim) = self.store.claim(None, &image, tenant, conversation).await? {
+            self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
+            self.refill.notify_one();
+            let name = claim.container.name;
+            self.bind_proxy(&name, &binding)?;
+            crate::audit::emit(&AuditEvent::PoolClaimed {
+                subject: subject(&name, Some(&binding)),
+                warm: true,
+            });
+            return Ok(self.assigned(&name, true, claim.conversation.generation));
+        }
+        self.cold_start(&binding).await
+    }
+
+    async fn cold_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
+        let cfg = self.cfg();
+        let live = self
+            .store
+            .containers()
+            .await?
+            .iter()
+            .filter(|c| c.state != ContainerState::Destroying)
+            .count();
+        if live >= cfg.pool.max_size {
+            return Err(OrchestratorError::Capacity(cfg.pool.max_size));
+        }
+        self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(message = "Pool empty; cold start.", tenant_id = %binding.tenant_id,
+            conversation_id = %binding.conversation_id);
+        let name = new_container_name();
+        self.create(&name, Some(binding)).await?;
+        let claim = match self
+            .store
+            .claim(
+                Some(&name),
+                &cfg.container.image,
+                &binding.tenant_id,
+                &binding.conversation_id,
+            )
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) | Err(_) => {
+                self.destroy(&name, "claim_failed").await;
+                return Err(OrchestratorError::NotReady(
+                    "claim of a cold container failed".into(),
+                ));
+            }
+        };
+        self.bind_proxy(&name, binding)?;
+        crate::audit::emit(&AuditEvent::PoolClaimed {
+            subject: subject(&name, Some(binding)),
+            warm: false,
+        });
+        self.refill.notify_one();
+        Ok(self.assigned(&name, true, claim.conversation.generation))
+    }
+
+    fn assigned(&self, name: &str, fresh: bool, generation: u64) -> Assigned {
+        Assigned {
+            container: name.to_owned(),
+            socket_dir: self.socket_dir(name),
+            workspace_dir: self.workspace_dir(name),
+            fresh,
+            generation,
+        }
+    }
+
+    fn bind_proxy(&self, name: &str, binding: &Binding) -> Result<(), OrchestratorError> {
+        self.proxies
+            .ensure(
+                self.gateway.clone(),
+                &self.socket_dir(name),
+                proxy_ctx(name, Some(binding)),
+            )
+            .map_err(OrchestratorError::Proxy)
+    }
+
+    /// Records agent activity, which the idle TTL is measured from.
+    pub async fn touch(&self, name: &str) {
+        if let Err(error) = self.store.touch_container(name).await {
+            tracing::warn!(message = "Recording activity failed.", container_id = %name, %error);
+        }
+    }
+
+    /// Removes a container and everything that belongs to it. Idempotent;
+    /// a failure leaves the record `Destroying` for the sweeper to retry.
+    pub async fn destroy(&self, name: &str, reason: &str) {
+        let rec = self.store.container(name).await.ok().flatten();
+        if rec.as_ref().is_some_and(|r| r.state.can_destroy()) {
+            let _ = self
+                .store
+                .transition(name, ContainerState::Destroying)
+                .await;
+        }
+        self.proxies.stop(name);
+        if let Err(error) = self.runtime.remove(name).await {
+            tracing::warn!(message = "Container removal failed; will retry.", container_id = %name, %error);
+            return;
+        }
+        self.remove_dirs(name);
+        if let Err(error) = self.store.remove_container(name).await {
+            tracing::warn!(message = "Forgetting container failed.", container_id = %name, %error);
+        }
+        let binding = rec.and_then(|r| r.binding);
+        crate::audit::emit(&AuditEvent::ContainerDestroyed {
+            subject: subject(name, binding.as_ref()),
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn remove_dirs(&self, name: &str) {
+        for dir in [self.socket_dir(name), self.workspace_dir(name)] {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(message = "Removing directory failed.", path = %dir.display(), error = %e);
+                }
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<Status, OrchestratorError> {
+        let cfg = self.cfg();
+        let containers = self.store.containers().await?;
+        let count = |s: ContainerState| {
+            containers
+                .iter()
+                .filter(|c| c.state == s && !c.cold)
+                .count()
+        };
+        Ok(Status {
+            pool: PoolStatus {
+                image: cfg.container.image.clone(),
+                target: cfg.pool.min_size,
+                max_size: cfg.pool.max_size,
+                ready: count(ContainerState::Ready),
+                warming: count(ContainerState::Warming),
+                claimed: containers
+                    .iter()
+                    .filter(|c| c.state == ContainerState::Claimed)
+                    .count(),
+                warm_claims_total: self.counters.warm_claims.load(Ordering::Relaxed),
+                cold_starts_total: self.counters.cold_starts.load(Ordering::Relaxed),
+            },
+            containers,
+            workers: self.workers.snapshot(),
+        })
+    }
+
+    /// Every container's workspace: `{workspace_root}/{container}`, filled
+    /// from the object store when a conversation claims it.
+    pub fn workspace_dir(&self, name: &str) -> PathBuf {
+        self.cfg().container.workspace_root.join(name)
+    }
+
+    pub fn socket_dir(&self, name: &str) -> PathBuf {
+        self.cfg().container.socket_root.join(name)
     }
 }
 
-fn proxy_ctx(container: &str, rec: &ConversationRecord) -> ProxyContext {
+pub fn new_container_name() -> String {
+    format!("agentbox-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn subject(name: &str, binding: Option<&Binding>) -> Subject {
+    Subject {
+        tenant_id: binding.map(|b| b.tenant_id.clone()).unwrap_or_default(),
+        conversation_id: binding
+            .map(|b| b.conversation_id.clone())
+            .unwrap_or_default(),
+        container_id: name.to_owned(),
+    }
+}
+
+fn proxy_ctx(name: &str, binding: Option<&Binding>) -> ProxyContext {
     ProxyContext {
-        container_id: container.to_owned(),
-        tenant_id: rec.tenant_id.clone(),
-        conversation_id: rec.conversation_id.clone(),
+        container_id: name.to_owned(),
+        tenant_id: binding.map(|b| b.tenant_id.clone()).unwrap_or_default(),
+        conversation_id: binding
+            .map(|b| b.conversation_id.clone())
+            .unwrap_or_default(),
     }
-}
-
-/// Creates `dir` owned by the container user, private to it.
-fn prepare_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), OrchestratorError> {
-    let wrap = |source| OrchestratorError::Prepare {
-        path: dir.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(wrap)?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(wrap)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)
 }

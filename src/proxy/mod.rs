@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use workspace_agent::protocol::PROXY_SOCKET;
 
 /// Who a proxy socket belongs to; carried on every log line it writes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyContext {
     pub container_id: String,
     pub tenant_id: String,
@@ -31,12 +31,14 @@ pub struct ProxyContext {
 /// The running proxy tasks, one per container.
 #[derive(Default)]
 pub struct ProxyRegistry {
-    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    tasks: Mutex<HashMap<String, (JoinHandle<()>, ProxyContext)>>,
 }
 
 impl ProxyRegistry {
-    /// Makes sure a proxy serves `socket_dir/proxy.sock` for the container,
-    /// starting one if none runs (after a daemon restart, or if it died).
+    /// Makes sure a proxy serves `socket_dir/proxy.sock` for the container
+    /// with this context, starting one if none runs (after a daemon
+    /// restart, or if it died) and restarting it when the context changed
+    /// (a pool container claimed by a conversation).
     pub fn ensure(
         &self,
         gateway: Arc<Gateway>,
@@ -44,22 +46,23 @@ impl ProxyRegistry {
         ctx: ProxyContext,
     ) -> std::io::Result<()> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if tasks
-            .get(&ctx.container_id)
-            .is_some_and(|t| !t.is_finished())
-        {
-            return Ok(());
+        if let Some((task, current)) = tasks.get(&ctx.container_id) {
+            if !task.is_finished() && *current == ctx {
+                return Ok(());
+            }
+            task.abort();
         }
         let listener = bind_socket(&socket_dir.join(PROXY_SOCKET))?;
         let id = ctx.container_id.clone();
-        tasks.insert(id, tokio::spawn(serve(listener, gateway, ctx)));
+        let task = tokio::spawn(serve(listener, gateway, ctx.clone()));
+        tasks.insert(id, (task, ctx));
         Ok(())
     }
 
     /// Stops the container's proxy, if any.
     pub fn stop(&self, container_id: &str) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = tasks.remove(container_id) {
+        if let Some((t, _)) = tasks.remove(container_id) {
             t.abort();
         }
     }

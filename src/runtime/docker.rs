@@ -1,9 +1,12 @@
 //! [`ContainerRuntime`] on a Docker engine through bollard.
 
 use super::spec::hardened_create_body;
-use super::{ContainerRuntime, ContainerSpec, RuntimeError, LABEL_INSTANCE, LABEL_MANAGED};
+use super::{
+    ContainerRuntime, ContainerSpec, ManagedContainer, RuntimeError, LABEL_INSTANCE, LABEL_MANAGED,
+};
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
+use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -86,14 +89,15 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn list_managed(&self, instance: &str) -> Result<Vec<String>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label".to_owned(),
-            vec![
-                format!("{LABEL_MANAGED}=true"),
-                format!("{LABEL_INSTANCE}={instance}"),
-            ],
-        )]);
+    async fn list_managed(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let mut labels = vec![format!("{LABEL_MANAGED}=true")];
+        if let Some(instance) = instance {
+            labels.push(format!("{LABEL_INSTANCE}={instance}"));
+        }
+        let filters = HashMap::from([("label".to_owned(), labels)]);
         let opts = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -103,6 +107,14 @@ impl ContainerRuntime for DockerRuntime {
             .list_containers(Some(opts))
             .await
             .map_err(engine)?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                // The engine reports names with a leading slash.
+                let name = c.names?.first()?.trim_start_matches('/').to_owned();
+                let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+                Some(ManagedContainer { name, running })
+            })
+            .collect())
     }
 }

@@ -46,6 +46,13 @@ pub struct ContainerSpec {
     pub tmp_size_bytes: u64,
 }
 
+/// A container the engine has with our labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedContainer {
+    pub name: String,
+    pub running: bool,
+}
+
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync {
     /// Creates and starts the container; returns its id.
@@ -54,6 +61,10 @@ pub trait ContainerRuntime: Send + Sync {
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
     /// Removes the container, killing it if needed; absent is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Ids of all running or stopped containers labelled with this instance.
-    async fn list_managed(&self, instance: &str) -> Result<Vec<String>, RuntimeError>;
+    /// All running or stopped containers labelled as this instance's
+    /// (every instance's with `None`).
+    async fn list_managed(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<ManagedContainer>, RuntimeError>;
 }

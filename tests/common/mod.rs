@@ -70,6 +70,8 @@ pub fn test_image() -> String {
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
+    pub admin_addr: String,
+    pub config_path: PathBuf,
     pub instance: String,
     pub dir: tempfile::TempDir,
     pub logs: Arc<Mutex<Vec<String>>>,
@@ -77,6 +79,7 @@ pub struct Daemon {
 }
 
 pub struct DaemonOptions {
+    pub pool_min: usize,
     pub model_url: String,
     pub api_key: String,
     pub extra_config: String,
@@ -103,6 +106,7 @@ impl Daemon {
             r#"
 [server]
 listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
 instance = "{instance}"
 shutdown_grace_secs = 5
 
@@ -121,6 +125,10 @@ workspace_root = "{root}/workspaces"
 socket_root = "{root}/sockets"
 memory_mb = 1024
 image = "{image}"
+
+[pool]
+min_size = {pool_min}
+
 {extra}
 
 [[tenants]]
@@ -135,40 +143,19 @@ token_sha256 = "{t2}"
             model = opts.model_url,
             extra = opts.extra_config,
             image = test_image(),
+            pool_min = opts.pool_min,
             t1 = agentbox::api::token_sha256(TOKEN),
             t2 = agentbox::api::token_sha256(OTHER_TOKEN),
         );
         let config_path = dir.path().join("agentbox.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("ANTHROPIC_API_KEY", &opts.api_key)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn agentbox");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["fields"]["message"] == "Listening." {
-                        let _ = addr_tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
-                    }
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("daemon did not log its listen address");
+        let (child, addr, admin_addr) = spawn_daemon(&config_path, &opts.api_key, &logs);
         Daemon {
             child,
             addr,
+            admin_addr,
+            config_path,
             instance,
             dir,
             logs,
@@ -180,12 +167,49 @@ token_sha256 = "{t2}"
         format!("http://{}{path}", self.addr)
     }
 
+    /// The admin status JSON (pool, containers, workers).
+    pub fn status(&self) -> Value {
+        let url = format!("http://{}/admin/api/status", self.admin_addr);
+        let out = Command::new("curl")
+            .args(["-sf", &url])
+            .output()
+            .expect("curl the admin status");
+        assert!(out.status.success(), "admin status failed");
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    /// Polls the status until `pred` holds, or panics after `secs`.
+    pub fn wait_status(&self, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The container serving a conversation, per the daemon's state.
+    pub fn container_of(&self, tenant: &str, conversation: &str) -> Option<String> {
+        let s = self.status();
+        s["containers"].as_array()?.iter().find_map(|c| {
+            let b = &c["binding"];
+            (b["tenant_id"] == tenant && b["conversation_id"] == conversation)
+                .then(|| c["name"].as_str().unwrap_or_default().to_owned())
+        })
+    }
+
+    /// The host directory mounted at /workspace in the conversation's container.
     pub fn workspace(&self, tenant: &str, conversation: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("workspaces")
-            .join(tenant)
-            .join(conversation)
+        let name = self
+            .container_of(tenant, conversation)
+            .expect("the conversation has a container");
+        self.dir.path().join("workspaces").join(name)
     }
 
     /// Ids of this daemon's containers, running or not.
@@ -204,6 +228,56 @@ token_sha256 = "{t2}"
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// `kill -9`: no chance to clean up, as after a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the daemon again on the same config and state (after `kill9`).
+    pub fn restart(&mut self) {
+        let (child, addr, admin_addr) = spawn_daemon(&self.config_path, &self.api_key, &self.logs);
+        self.child = child;
+        self.addr = addr;
+        self.admin_addr = admin_addr;
+    }
+
+    /// Rewrites the config file with `edit` and sends SIGHUP.
+    pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read config");
+        std::fs::write(&self.config_path, edit(text)).expect("write config");
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Container names the engine has for this daemon, running or not.
+    pub fn engine_names(&self) -> std::collections::BTreeSet<String> {
+        docker_ok(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=agentbox.instance={}", self.instance),
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
+    /// Container names the daemon's state knows.
+    pub fn state_names(&self) -> std::collections::BTreeSet<String> {
+        self.status()["containers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -235,15 +309,60 @@ impl Drop for Daemon {
     }
 }
 
+/// Starts `agentbox serve` and waits for its listen addresses.
+fn spawn_daemon(
+    config_path: &Path,
+    api_key: &str,
+    logs: &Arc<Mutex<Vec<String>>>,
+) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("ANTHROPIC_API_KEY", api_key)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn agentbox");
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["fields"]["message"] == "Listening." {
+                    let field = |k: &str| v["fields"][k].as_str().unwrap_or("").to_owned();
+                    let _ = addr_tx.send((field("addr"), field("admin_addr")));
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (addr, admin_addr) = addr_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("daemon did not log its listen address");
+    (child, addr, admin_addr)
+}
+
 /// A mock model plus a daemon pointed at it.
 pub async fn start_with_mock(api_key: &str) -> (MockModel, Daemon) {
+    start_with_mock_opts(api_key, 1, "").await
+}
+
+/// Like [`start_with_mock`] with a pool size and extra config sections.
+pub async fn start_with_mock_opts(
+    api_key: &str,
+    pool_min: usize,
+    extra: &str,
+) -> (MockModel, Daemon) {
     let mock = MockModel::start("127.0.0.1:0")
         .await
         .expect("start mock model");
     let opts = DaemonOptions {
+        pool_min,
         model_url: mock.url(),
         api_key: api_key.to_owned(),
-        extra_config: String::new(),
+        extra_config: extra.to_owned(),
     };
     let daemon = tokio::task::spawn_blocking(move || Daemon::start(opts))
         .await

@@ -1,0 +1,47 @@
+//! Run locks: one run per conversation at a time, and the sweeper never
+//! removes a container whose conversation has a run in progress.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedMutexGuard;
+
+#[derive(Default)]
+pub struct RunLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl RunLocks {
+    /// The conversation's lock if nobody holds it.
+    pub fn try_lock(&self, tenant: &str, conversation: &str) -> Option<OwnedMutexGuard<()>> {
+        let lock = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{tenant}/{conversation}"))
+            .or_default()
+            .clone();
+        lock.try_lock_owned().ok()
+    }
+
+    /// Drops entries nobody holds, so the map does not grow forever.
+    pub fn prune(&self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| Arc::strong_count(l) > 1 || l.try_lock().is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn second_lock_fails_until_the_first_is_dropped() {
+        let locks = super::RunLocks::default();
+        let g = locks.try_lock("t", "c").unwrap();
+        assert!(locks.try_lock("t", "c").is_none());
+        assert!(locks.try_lock("t", "other").is_some());
+        drop(g);
+        assert!(locks.try_lock("t", "c").is_some());
+        locks.prune();
+    }
+}

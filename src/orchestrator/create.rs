@@ -1,0 +1,107 @@
+//! Creating one container: record it, prepare its directories and proxy,
+//! start it with the hardened spec, wait until its agent answers.
+
+use super::{proxy_ctx, Orchestrator, OrchestratorError, CONTAINER_HOME};
+use crate::agent_client::AgentClient;
+use crate::audit::AuditEvent;
+use crate::proxy::container_env;
+use crate::runtime::{
+    ContainerSpec, LABEL_CONVERSATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TENANT,
+};
+use crate::state::{Binding, ContainerRecord, ContainerState};
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+impl Orchestrator {
+    /// Creates and starts `name`. A pool container (`binding` None) ends
+    /// `Ready`; a cold one stays `Warming` for the caller to claim. On any
+    /// failure the container is destroyed again.
+    pub(super) async fn create(
+        &self,
+        name: &str,
+        binding: Option<&Binding>,
+    ) -> Result<(), OrchestratorError> {
+        let cfg = self.cfg();
+        let c = &cfg.container;
+        self.store
+            .insert_container(&ContainerRecord::warming(name, &c.image, binding.is_some()))
+            .await?;
+        let result = self.create_inner(name, binding).await;
+        if let Err(e) = &result {
+            tracing::warn!(message = "Container creation failed.", container_id = %name, error = %e);
+            self.destroy(name, "create_failed").await;
+        }
+        result
+    }
+
+    async fn create_inner(
+        &self,
+        name: &str,
+        binding: Option<&Binding>,
+    ) -> Result<(), OrchestratorError> {
+        let cfg = self.cfg();
+        let c = &cfg.container;
+        let workspace_dir = self.workspace_dir(name);
+        let socket_dir = self.socket_dir(name);
+        prepare_dir(&workspace_dir, c.uid, c.gid)?;
+        prepare_dir(&workspace_dir.join(".agentbox/home"), c.uid, c.gid)?;
+        prepare_dir(&socket_dir, c.uid, c.gid)?;
+        let mut env = container_env(&cfg);
+        env.push(("HOME".to_owned(), CONTAINER_HOME.to_owned()));
+        let mut labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_INSTANCE.to_owned(), cfg.server.instance.clone()),
+        ]);
+        // Labels cannot change after create: only a cold start knows its
+        // conversation this early; pool containers' bindings live in state.
+        if let Some(b) = binding {
+            labels.insert(LABEL_CONVERSATION.to_owned(), b.conversation_id.clone());
+            labels.insert(LABEL_TENANT.to_owned(), b.tenant_id.clone());
+        }
+        let spec = ContainerSpec {
+            name: name.to_owned(),
+            image: c.image.clone(),
+            env,
+            labels,
+            workspace_dir,
+            socket_dir: socket_dir.clone(),
+            user: format!("{}:{}", c.uid, c.gid),
+            memory_bytes: (c.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: (c.cpus * 1e9) as i64,
+            pids_limit: c.pids_limit,
+            tmp_size_bytes: c.tmp_size_mb * 1024 * 1024,
+        };
+        // The proxy listens before the container starts, so the CLI's first
+        // request never finds the socket missing.
+        self.proxies
+            .ensure(self.gateway.clone(), &socket_dir, proxy_ctx(name, binding))
+            .map_err(OrchestratorError::Proxy)?;
+        self.runtime.create_and_start(&spec).await?;
+        let timeout = Duration::from_secs(c.start_timeout_secs);
+        AgentClient::new(&socket_dir)
+            .wait_ready(timeout)
+            .await
+            .map_err(|e| OrchestratorError::NotReady(e.to_string()))?;
+        if binding.is_none() {
+            self.store.transition(name, ContainerState::Ready).await?;
+        }
+        crate::audit::emit(&AuditEvent::ContainerCreated {
+            subject: super::subject(name, binding),
+            image: c.image.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// Creates `dir` owned by the container user, private to it.
+fn prepare_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), OrchestratorError> {
+    let wrap = |source| OrchestratorError::Prepare {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(wrap)?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(wrap)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(wrap)
+}

@@ -1,0 +1,193 @@
+//! The pool worker: keeps `pool.min_size` ready containers of the
+//! configured image, rolls ready containers of an older image, trims a
+//! pool that shrank, and never goes past `pool.max_size` containers.
+
+use super::{new_container_name, Orchestrator};
+use crate::state::{ContainerRecord, ContainerState};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WORKER: &str = "pool_refill";
+const TICK: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What one pass of the worker should do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Ready containers to remove, with the reason.
+    pub destroy: Vec<(String, &'static str)>,
+    /// How many containers to create.
+    pub create: usize,
+}
+
+/// Pure: decides from the records alone, so it is unit-tested.
+pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: usize) -> Plan {
+    let mut plan = Plan::default();
+    let mut ready: Vec<&ContainerRecord> = Vec::new();
+    let mut warming = 0;
+    for r in records.iter().filter(|r| !r.cold) {
+        match r.state {
+            ContainerState::Ready if r.image != image => {
+                plan.destroy.push((r.name.clone(), "image_roll"));
+            }
+            ContainerState::Ready => ready.push(r),
+            ContainerState::Warming if r.image == image => warming += 1,
+            _ => {}
+        }
+    }
+    // Shrink: drop the newest first; the oldest are claimed first anyway.
+    ready.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
+    let excess = (ready.len() + warming).saturating_sub(min);
+    for r in ready.iter().take(excess) {
+        plan.destroy.push((r.name.clone(), "pool_shrink"));
+    }
+    let live = records
+        .iter()
+        .filter(|r| r.state != ContainerState::Destroying)
+        .count()
+        .saturating_sub(plan.destroy.len());
+    let pool = (ready.len() + warming).saturating_sub(excess);
+    plan.create = min.saturating_sub(pool).min(max.saturating_sub(live));
+    plan
+}
+
+impl Orchestrator {
+    pub(super) async fn refill_loop(self: Arc<Self>) {
+        let mut backoff = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = self.refill.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+            match self.refill_once().await {
+                Ok(()) => backoff = Duration::ZERO,
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
+                    tracing::warn!(message = "Pool refill failed.", error = %e, retry_in_ms = backoff.as_millis() as u64);
+                    self.workers.report(WORKER, "backing off", Some(e));
+                }
+            }
+        }
+    }
+
+    async fn refill_once(&self) -> Result<(), String> {
+        let cfg = self.cfg();
+        let records = self.store.containers().await.map_err(|e| e.to_string())?;
+        let plan = plan(
+            &records,
+            &cfg.container.image,
+            cfg.pool.min_size,
+            cfg.pool.max_size,
+        );
+        for (name, reason) in &plan.destroy {
+            self.destroy(name, reason).await;
+        }
+        let mut failures = Vec::new();
+        let mut left = plan.create;
+        while left > 0 {
+            let batch = left.min(cfg.pool.refill_parallelism);
+            let results = futures_util::future::join_all(
+                (0..batch).map(|_| async { self.create(&new_container_name(), None).await }),
+            )
+            .await;
+            failures.extend(
+                results
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|e| e.to_string()),
+            );
+            left -= batch;
+            if !failures.is_empty() {
+                break;
+            }
+        }
+        if plan.create > 0 || !plan.destroy.is_empty() {
+            tracing::info!(
+                message = "Pool refilled.",
+                created = plan.create - failures.len().min(plan.create),
+                removed = plan.destroy.len(),
+                target = cfg.pool.min_size
+            );
+        }
+        match failures.into_iter().next() {
+            Some(e) => Err(e),
+            None => {
+                self.workers.report(WORKER, "idle", None);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, state: ContainerState, image: &str, created: u64) -> ContainerRecord {
+        let mut r = ContainerRecord::warming(name, image, false);
+        r.state = state;
+        r.created_ms = created;
+        r
+    }
+
+    #[test]
+    fn fills_up_to_min() {
+        let recs = vec![rec("a", ContainerState::Ready, "i", 1)];
+        assert_eq!(
+            plan(&recs, "i", 3, 10),
+            Plan {
+                destroy: vec![],
+                create: 2
+            }
+        );
+    }
+
+    #[test]
+    fn warming_counts_and_claimed_does_not() {
+        let recs = vec![
+            rec("a", ContainerState::Warming, "i", 1),
+            rec("b", ContainerState::Claimed, "i", 1),
+        ];
+        assert_eq!(plan(&recs, "i", 2, 10).create, 1);
+    }
+
+    #[test]
+    fn never_past_max() {
+        let recs: Vec<_> = (0..9)
+            .map(|n| rec(&n.to_string(), ContainerState::Claimed, "i", 1))
+            .collect();
+        assert_eq!(plan(&recs, "i", 4, 10).create, 1);
+    }
+
+    #[test]
+    fn rolls_old_image_and_refills() {
+        let recs = vec![
+            rec("old", ContainerState::Ready, "v1", 1),
+            rec("claimed-old", ContainerState::Claimed, "v1", 1),
+        ];
+        let p = plan(&recs, "v2", 1, 10);
+        assert_eq!(p.destroy, vec![("old".to_owned(), "image_roll")]);
+        assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn shrinks_newest_first() {
+        let recs = vec![
+            rec("a", ContainerState::Ready, "i", 1),
+            rec("b", ContainerState::Ready, "i", 3),
+            rec("c", ContainerState::Ready, "i", 2),
+        ];
+        let p = plan(&recs, "i", 1, 10);
+        assert_eq!(
+            p.destroy,
+            vec![
+                ("b".to_owned(), "pool_shrink"),
+                ("c".to_owned(), "pool_shrink")
+            ]
+        );
+        assert_eq!(p.create, 0);
+    }
+}

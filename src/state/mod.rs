@@ -1,0 +1,436 @@
+//! Durable daemon state in one redb file: containers and their lifecycle,
+//! conversations and the container and Claude session serving each.
+//!
+//! Every transition is one write transaction, so a crash leaves either the
+//! old or the new record, never half of one; a claim binds container and
+//! conversation in the same transaction. redb calls block on fsync, so the
+//! async wrappers run them on the blocking pool.
+
+mod records;
+
+pub use records::{conversation_key, Binding, ContainerRecord, ContainerState, ConversationRecord};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use std::path::Path;
+use std::sync::Arc;
+
+const SCHEMA_VERSION: u64 = 2;
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Key: `"{tenant}/{conversation}"`; value: JSON [`ConversationRecord`].
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+/// Key: container name; value: JSON [`ContainerRecord`].
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(String),
+    #[error("state record is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("state file has schema version {found}, this build knows {SCHEMA_VERSION}")]
+    Schema { found: u64 },
+    #[error("container {name} cannot go from {from:?} to {to:?}")]
+    Transition {
+        name: String,
+        from: ContainerState,
+        to: ContainerState,
+    },
+    #[error("no container record named {0}")]
+    UnknownContainer(String),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for StateError {
+        fn from(e: $t) -> Self { StateError::Db(e.to_string()) }
+    })*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    tokio::task::JoinError
+);
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A claim's outcome: the container and the conversation now bound to it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub container: ContainerRecord,
+    pub conversation: ConversationRecord,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StateError> {
+    let t = txn.open_table(table)?;
+    let raw = t.get(key)?;
+    raw.map(|v| serde_json::from_slice(v.value()).map_err(StateError::from))
+        .transpose()
+}
+
+fn put_json<T: serde::Serialize>(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec(value)?;
+    txn.open_table(table)?.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens or creates the state file and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StateError::Db(e.to_string()))?;
+        }
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema_version")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                // Version 1 had no containers table; opening it adds one.
+                Some(1) => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(found) => return Err(StateError::Schema { found }),
+            }
+            txn.open_table(CONVERSATIONS)?;
+            txn.open_table(CONTAINERS)?;
+        }
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write()?;
+            let out = f(&txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
+        .await?
+    }
+
+    async fn read_all<T>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+    ) -> Result<Vec<T>, StateError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(table)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (_, v) = row?;
+                out.push(serde_json::from_slice(v.value())?);
+            }
+            Ok(out)
+        })
+        .await?
+    }
+
+    pub async fn conversation(
+        &self,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<Option<ConversationRecord>, StateError> {
+        let db = self.db.clone();
+        let k = conversation_key(tenant, conversation);
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(CONVERSATIONS)?;
+            let raw = table.get(k.as_str())?;
+            raw.map(|v| serde_json::from_slice(v.value()).map_err(StateError::from))
+                .transpose()
+        })
+        .await?
+    }
+
+    pub async fn put_conversation(&self, rec: &ConversationRecord) -> Result<(), StateError> {
+        let rec = rec.clone();
+        self.write(move |txn| put_json(txn, CONVERSATIONS, &rec.key(), &rec))
+            .await
+    }
+
+    /// Read-modify-write of one conversation in one transaction (created
+    /// when absent); returns the record as written.
+    pub async fn update_conversation<F>(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        f: F,
+    ) -> Result<ConversationRecord, StateError>
+    where
+        F: FnOnce(&mut ConversationRecord) + Send + 'static,
+    {
+        let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
+        self.write(move |txn| {
+            let key = conversation_key(&tenant, &conversation);
+            let mut rec = get_json(txn, CONVERSATIONS, &key)?
+                .unwrap_or_else(|| ConversationRecord::new(&tenant, &conversation));
+            f(&mut rec);
+            put_json(txn, CONVERSATIONS, &key, &rec)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<ConversationRecord>, StateError> {
+        self.read_all(CONVERSATIONS).await
+    }
+
+    pub async fn containers(&self) -> Result<Vec<ContainerRecord>, StateError> {
+        self.read_all(CONTAINERS).await
+    }
+
+    pub async fn container(&self, name: &str) -> Result<Option<ContainerRecord>, StateError> {
+        let db = self.db.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(CONTAINERS)?;
+            let raw = table.get(name.as_str())?;
+            raw.map(|v| serde_json::from_slice(v.value()).map_err(StateError::from))
+                .transpose()
+        })
+        .await?
+    }
+
+    pub async fn insert_container(&self, rec: &ContainerRecord) -> Result<(), StateError> {
+        let rec = rec.clone();
+        self.write(move |txn| put_json(txn, CONTAINERS, &rec.name, &rec))
+            .await
+    }
+
+    /// Moves a container to `to` if its guard allows; returns the new record.
+    pub async fn transition(
+        &self,
+        name: &str,
+        to: ContainerState,
+    ) -> Result<ContainerRecord, StateError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let mut rec: ContainerRecord = get_json(txn, CONTAINERS, &name)?
+                .ok_or_else(|| StateError::UnknownContainer(name.clone()))?;
+            let allowed = match to {
+                ContainerState::Ready => rec.state.can_become_ready(),
+                ContainerState::Destroying => rec.state.can_destroy(),
+                ContainerState::Claimed | ContainerState::Warming => false,
+            };
+            if !allowed {
+                return Err(StateError::Transition {
+                    name,
+                    from: rec.state,
+                    to,
+                });
+            }
+            rec.state = to;
+            put_json(txn, CONTAINERS, &rec.name, &rec)?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    /// Binds a container to a conversation in one transaction: the container
+    /// becomes `Claimed`, the conversation points at it with a new
+    /// generation. `name` picks a specific container (a cold start); `None`
+    /// takes the oldest `Ready` one running `image`. `Ok(None)` when the
+    /// pool has none.
+    pub async fn claim(
+        &self,
+        name: Option<&str>,
+        image: &str,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<Option<Claim>, StateError> {
+        let (name, image) = (name.map(str::to_owned), image.to_owned());
+        let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
+        self.write(move |txn| {
+            let mut chosen: Option<ContainerRecord> = match &name {
+                Some(n) => get_json(txn, CONTAINERS, n)?,
+                None => {
+                    let t = txn.open_table(CONTAINERS)?;
+                    let mut best: Option<ContainerRecord> = None;
+                    for row in t.iter()? {
+                        let (_, v) = row?;
+                        let c: ContainerRecord = serde_json::from_slice(v.value())?;
+                        if c.state == ContainerState::Ready
+                            && c.image == image
+                            && best.as_ref().is_none_or(|b| c.created_ms < b.created_ms)
+                        {
+                            best = Some(c);
+                        }
+                    }
+                    best
+                }
+            };
+            let Some(container) = chosen.as_mut() else {
+                return Ok(None);
+            };
+            if !container.state.can_claim() {
+                return Err(StateError::Transition {
+                    name: container.name.clone(),
+                    from: container.state,
+                    to: ContainerState::Claimed,
+                });
+            }
+            let now = now_ms();
+            container.state = ContainerState::Claimed;
+            container.binding = Some(Binding {
+                tenant_id: tenant.clone(),
+                conversation_id: conversation.clone(),
+            });
+            container.last_activity_ms = now;
+            let key = conversation_key(&tenant, &conversation);
+            let mut conv = get_json(txn, CONVERSATIONS, &key)?
+                .unwrap_or_else(|| ConversationRecord::new(&tenant, &conversation));
+            conv.container_id = Some(container.name.clone());
+            conv.generation += 1;
+            conv.last_activity_ms = now;
+            put_json(txn, CONTAINERS, &container.name, &*container)?;
+            put_json(txn, CONVERSATIONS, &key, &conv)?;
+            Ok(Some(Claim {
+                container: container.clone(),
+                conversation: conv,
+            }))
+        })
+        .await
+    }
+
+    /// Records agent activity on a container.
+    pub async fn touch_container(&self, name: &str) -> Result<(), StateError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            if let Some(mut rec) = get_json::<ContainerRecord>(txn, CONTAINERS, &name)? {
+                rec.last_activity_ms = now_ms();
+                put_json(txn, CONTAINERS, &name, &rec)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets a container; a conversation still pointing at it is
+    /// unbound in the same transaction.
+    pub async fn remove_container(&self, name: &str) -> Result<(), StateError> {
+        let name = name.to_owned();
+        self.write(move |txn| {
+            let rec: Option<ContainerRecord> = get_json(txn, CONTAINERS, &name)?;
+            if let Some(b) = rec.and_then(|r| r.binding) {
+                let key = conversation_key(&b.tenant_id, &b.conversation_id);
+                if let Some(mut conv) = get_json::<ConversationRecord>(txn, CONVERSATIONS, &key)? {
+                    if conv.container_id.as_deref() == Some(name.as_str()) {
+                        conv.container_id = None;
+                        put_json(txn, CONVERSATIONS, &key, &conv)?;
+                    }
+                }
+            }
+            txn.open_table(CONTAINERS)?.remove(name.as_str())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let mut rec = ConversationRecord::new("t1", "c1");
+        rec.container_id = Some("abc".into());
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_conversation(&rec).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.conversation("t1", "c1").await.unwrap(), Some(rec));
+        assert_eq!(store.conversation("t2", "c1").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn claim_takes_the_oldest_ready_container_of_the_image() {
+        let (_d, s) = store();
+        for (name, image) in [("a", "img1"), ("b", "img2"), ("c", "img2")] {
+            s.insert_container(&ContainerRecord::warming(name, image, false))
+                .await
+                .unwrap();
+            s.transition(name, ContainerState::Ready).await.unwrap();
+        }
+        let claim = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        assert_eq!(claim.container.name, "b");
+        assert_eq!(claim.container.state, ContainerState::Claimed);
+        assert_eq!(claim.conversation.container_id.as_deref(), Some("b"));
+        assert_eq!(claim.conversation.generation, 1);
+        let again = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        assert_eq!(again.container.name, "c");
+        assert_eq!(again.conversation.generation, 2);
+        assert!(s.claim(None, "img2", "t", "x").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn guards_refuse_bad_transitions() {
+        let (_d, s) = store();
+        s.insert_container(&ContainerRecord::warming("a", "i", false))
+            .await
+            .unwrap();
+        s.transition("a", ContainerState::Ready).await.unwrap();
+        assert!(s.transition("a", ContainerState::Ready).await.is_err());
+        s.transition("a", ContainerState::Destroying).await.unwrap();
+        assert!(s.claim(Some("a"), "i", "t", "c").await.is_err());
+        assert!(s.transition("a", ContainerState::Destroying).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn removing_a_container_unbinds_its_conversation() {
+        let (_d, s) = store();
+        s.insert_container(&ContainerRecord::warming("a", "i", true))
+            .await
+            .unwrap();
+        s.claim(Some("a"), "i", "t", "c").await.unwrap().unwrap();
+        s.remove_container("a").await.unwrap();
+        assert!(s.containers().await.unwrap().is_empty());
+        let conv = s.conversation("t", "c").await.unwrap().unwrap();
+        assert_eq!(conv.container_id, None);
+        assert_eq!(conv.generation, 1, "the generation is never reset");
+    }
+}

@@ -1,0 +1,133 @@
+//! The records kept in the state file, and the container lifecycle with
+//! its guarded transitions.
+
+use serde::{Deserialize, Serialize};
+
+/// One conversation of one tenant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub tenant_id: String,
+    pub conversation_id: String,
+    /// Name of the container serving it, if any.
+    pub container_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Bumped each time the conversation gets a new container; fences
+    /// writers that belong to an older container.
+    #[serde(default)]
+    pub generation: u64,
+    /// Unix milliseconds of the last agent activity.
+    pub last_activity_ms: u64,
+}
+
+impl ConversationRecord {
+    pub fn new(tenant_id: &str, conversation_id: &str) -> Self {
+        Self {
+            tenant_id: tenant_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            container_id: None,
+            session_id: None,
+            generation: 0,
+            last_activity_ms: super::now_ms(),
+        }
+    }
+
+    pub fn key(&self) -> String {
+        conversation_key(&self.tenant_id, &self.conversation_id)
+    }
+}
+
+pub fn conversation_key(tenant: &str, conversation: &str) -> String {
+    format!("{tenant}/{conversation}")
+}
+
+/// Where a container is in its life.
+///
+/// ```text
+/// Warming --ready--> Ready --claim--> Claimed
+///    \                 \                 \
+///     +-----------------+-----------------+--> Destroying --> (record removed)
+/// ```
+/// A cold start goes Warming -> Claimed directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Recorded before the engine is asked to create it, so a crash at any
+    /// point leaves a record that reconcile can act on.
+    Warming,
+    /// Running, agent healthy, in the pool, bound to nobody.
+    Ready,
+    /// Bound to one conversation.
+    Claimed,
+    /// Being removed.
+    Destroying,
+}
+
+impl ContainerState {
+    pub fn can_become_ready(self) -> bool {
+        self == Self::Warming
+    }
+
+    pub fn can_claim(self) -> bool {
+        matches!(self, Self::Ready | Self::Warming)
+    }
+
+    pub fn can_destroy(self) -> bool {
+        self != Self::Destroying
+    }
+
+    /// Counted in the warm pool (ready or on its way).
+    pub fn in_pool(self) -> bool {
+        matches!(self, Self::Warming | Self::Ready)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub tenant_id: String,
+    pub conversation_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// The container's name, our key for it in the engine.
+    pub name: String,
+    pub state: ContainerState,
+    pub image: String,
+    pub created_ms: u64,
+    pub last_activity_ms: u64,
+    /// Set once claimed; a pool container belongs to nobody.
+    pub binding: Option<Binding>,
+    /// True when it was started for a waiting request (pool empty).
+    #[serde(default)]
+    pub cold: bool,
+}
+
+impl ContainerRecord {
+    pub fn warming(name: &str, image: &str, cold: bool) -> Self {
+        let now = super::now_ms();
+        Self {
+            name: name.to_owned(),
+            state: ContainerState::Warming,
+            image: image.to_owned(),
+            created_ms: now,
+            last_activity_ms: now,
+            binding: None,
+            cold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContainerState::*;
+
+    #[test]
+    fn guards() {
+        assert!(Warming.can_become_ready());
+        assert!(!Ready.can_become_ready());
+        assert!(Ready.can_claim() && Warming.can_claim());
+        assert!(!Claimed.can_claim() && !Destroying.can_claim());
+        assert!(!Destroying.can_destroy());
+        assert!(Ready.in_pool() && !Claimed.in_pool());
+    }
+}

@@ -1,0 +1,289 @@
+//! The orchestrator on a real engine: warm pool, claims, refill, SIGHUP
+//! resize and image roll, crash-safe restart, and the idle sweeper.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+const KEY: &str = "sk-orchestrator-test";
+
+fn ready_names(s: &Value) -> BTreeSet<String> {
+    s["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "ready")
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn run_ok(events: &str) {
+    let evs = parse_sse(events);
+    let result = evs.iter().find(|e| e.event == "result");
+    assert!(
+        result.is_some_and(|r| r.data["is_error"] == false),
+        "run did not succeed: {evs:#?}"
+    );
+}
+
+/// The engine and the state agree: nothing leaked, nothing phantom.
+fn assert_consistent(d: &Daemon) {
+    let engine = d.engine_names();
+    let state = d.state_names();
+    assert_eq!(engine, state, "engine and state disagree");
+    for name in &engine {
+        let c = inspect(name);
+        assert_eq!(c["State"]["Running"], true, "{name} is not running");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pool_prewarms_serves_claims_and_refills() {
+    let (_mock, d) = start_with_mock_opts(KEY, 2, "").await;
+    let s = d.wait_status(120, "pool at 2", |s| s["pool"]["ready"] == 2);
+    let warm = ready_names(&s);
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "pooled",
+        json!({"prompt": "!write a.txt x"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    run_ok(&body);
+    let used = d.container_of(TENANT, "pooled").expect("bound");
+    assert!(
+        warm.contains(&used),
+        "{used} did not come from the pool {warm:?}"
+    );
+    let s = d.wait_status(120, "refill to 2", |s| s["pool"]["ready"] == 2);
+    assert_eq!(s["pool"]["warm_claims_total"], 1);
+    assert_eq!(s["pool"]["cold_starts_total"], 0);
+    assert_eq!(s["pool"]["claimed"], 1);
+    // A second message reuses the conversation's container.
+    let (_, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "pooled",
+        json!({"prompt": "!write b.txt y"}),
+    )
+    .await;
+    run_ok(&body);
+    assert_eq!(
+        d.container_of(TENANT, "pooled").as_deref(),
+        Some(used.as_str())
+    );
+    assert_consistent(&d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_pool_falls_back_to_a_cold_start() {
+    let (_mock, d) = start_with_mock_opts(KEY, 0, "").await;
+    let (status, body) =
+        post_message(&d, Some(TOKEN), "cold", json!({"prompt": "!write a.txt x"})).await;
+    assert_eq!(status, 200);
+    run_ok(&body);
+    let s = d.status();
+    assert_eq!(s["pool"]["cold_starts_total"], 1);
+    let name = d.container_of(TENANT, "cold").unwrap();
+    // A cold container knows its conversation early enough to be labelled.
+    assert_eq!(
+        inspect(&name)["Config"]["Labels"]["agentbox.conversation"],
+        "cold"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_resizes_the_pool_and_rolls_the_image() {
+    let (_mock, d) = start_with_mock_opts(KEY, 1, "").await;
+    d.wait_status(120, "pool at 1", |s| s["pool"]["ready"] == 1);
+    let (_, body) =
+        post_message(&d, Some(TOKEN), "keep", json!({"prompt": "!write a.txt x"})).await;
+    run_ok(&body);
+    let claimed = d.container_of(TENANT, "keep").unwrap();
+
+    d.reload(|c| c.replace("min_size = 1", "min_size = 3"));
+    d.wait_status(180, "pool grown to 3", |s| s["pool"]["ready"] == 3);
+
+    let roll = format!("agentbox/workspace-base:roll-{}", std::process::id());
+    docker_ok(&["tag", &test_image(), &roll]);
+    let image_line = format!("image = \"{}\"", test_image());
+    d.reload(|c| {
+        c.replace("min_size = 3", "min_size = 1")
+            .replace(&image_line, &format!("image = \"{roll}\""))
+    });
+    let s = d.wait_status(180, "pool rolled to the new image", |s| {
+        s["pool"]["ready"] == 1
+            && s["pool"]["warming"] == 0
+            && s["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["state"] != "ready" || c["image"] == roll.as_str())
+    });
+    for name in ready_names(&s) {
+        assert_eq!(inspect(&name)["Config"]["Image"], roll.as_str());
+    }
+    // The claimed container was left alone.
+    assert_eq!(
+        d.container_of(TENANT, "keep").as_deref(),
+        Some(claimed.as_str())
+    );
+    assert_eq!(inspect(&claimed)["State"]["Running"], true);
+    assert_consistent(&d);
+    drop(d);
+    let _ = docker(&["rmi", &roll]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_any_point_leaves_nothing_leaked() {
+    let (_mock, mut d) = start_with_mock_opts(KEY, 2, "").await;
+
+    // 1. During prewarm: the pool is still being created.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.kill9();
+    // An orphan: ours by its labels, unknown to the state.
+    let orphan = format!("agentbox-orphan-{}", std::process::id());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &orphan,
+        "--network",
+        "none",
+        "--label",
+        "agentbox.managed=true",
+        "--label",
+        &format!("agentbox.instance={}", d.instance),
+        "--entrypoint",
+        "sleep",
+        &test_image(),
+        "300",
+    ]);
+    d.restart();
+    d.wait_status(120, "pool back at 2", |s| s["pool"]["ready"] == 2);
+    assert_consistent(&d);
+    assert!(!d.engine_names().contains(&orphan), "the orphan survived");
+
+    // 2. During a run.
+    let (_, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "survivor",
+        json!({"prompt": "!write first.txt 1"}),
+    )
+    .await;
+    run_ok(&body);
+    let url = d.url("/v1/conversations/survivor/messages");
+    let slow = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!sleep 3000\n!write late.txt 2"}))
+            .send()
+            .await
+            .map(|r| async { r.text().await });
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    d.kill9();
+    let _ = slow.await;
+    d.restart();
+    d.wait_status(120, "pool back at 2", |s| {
+        s["pool"]["ready"] == 2 && s["pool"]["warming"] == 0
+    });
+    assert_consistent(&d);
+
+    // 3. During a claim: kill right after the request goes out.
+    let url = d.url("/v1/conversations/claiming/messages");
+    let racing = tokio::spawn(async move {
+        let _ = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!write c.txt 3"}))
+            .send()
+            .await;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    d.kill9();
+    let _ = racing.await;
+    d.restart();
+    d.wait_status(120, "pool back at 2", |s| {
+        s["pool"]["ready"] == 2 && s["pool"]["warming"] == 0
+    });
+    assert_consistent(&d);
+
+    // Every conversation works again: on its old container or a new one.
+    for conv in ["survivor", "claiming"] {
+        let (status, body) = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            post_message(
+                &d,
+                Some(TOKEN),
+                conv,
+                json!({"prompt": "!write again.txt ok"}),
+            ),
+        )
+        .await
+        .expect("next message in time");
+        assert_eq!(status, 200);
+        run_ok(&body);
+    }
+    assert_consistent(&d);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sweeper_removes_idle_containers_but_never_a_running_one() {
+    let gc = "[gc]\nidle_ttl_secs = 2\ninterval_secs = 1\n";
+    let (_mock, d) = start_with_mock_opts(KEY, 0, gc).await;
+    let (_, body) =
+        post_message(&d, Some(TOKEN), "idle", json!({"prompt": "!write a.txt x"})).await;
+    run_ok(&body);
+    let idle = d.container_of(TENANT, "idle").unwrap();
+
+    let url = d.url("/v1/conversations/busy/messages");
+    let busy = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!sleep 6000\n!write late.txt done"}))
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("body")
+    });
+    // Wait until the busy run has its container, then past the idle TTL.
+    let d_ref = &d;
+    let busy_container = tokio::task::block_in_place(|| {
+        d_ref.wait_status(60, "busy claimed", |s| {
+            s["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["binding"]["conversation_id"] == "busy")
+        });
+        d_ref.container_of(TENANT, "busy").unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(
+        d.container_of(TENANT, "idle").is_none(),
+        "idle container still bound"
+    );
+    assert!(
+        !d.engine_names().contains(&idle),
+        "idle container still in the engine"
+    );
+    assert!(
+        d.engine_names().contains(&busy_container),
+        "the busy container was removed mid-run"
+    );
+
+    run_ok(&busy.await.unwrap());
+    // Once idle, it goes too.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(!d.engine_names().contains(&busy_container));
+    assert_consistent(&d);
+}
