@@ -30,4 +30,4 @@ demo: setup
 
 # Remove every container agentbox created on this host.
 destroy-all:
-    ids=$(docker ps -aq --filter label=agentbox.managed=true); [ -z "$ids" ] || docker rm -f -v $ids
+    cargo run --quiet --bin agentbox -- destroy-all --all-instances

@@ -33,6 +33,15 @@ enum Command {
     },
     /// Print the token_sha256 value for a tenant's bearer token.
     HashToken { token: String },
+    /// Remove every container of this instance, with its sockets,
+    /// workspace directories and state records (unsynced changes are lost).
+    DestroyAll {
+        #[arg(long, env = "AGENTBOX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Every agentbox container on the engine, whatever its instance.
+        #[arg(long)]
+        all_instances: bool,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> Result<agentbox::config::Config, ExitCode> {
@@ -40,6 +49,29 @@ fn load(path: Option<&PathBuf>) -> Result<agentbox::config::Config, ExitCode> {
         eprintln!("agentbox: invalid config: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("agentbox: cannot start the runtime: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+async fn destroy_all(cfg: &agentbox::config::Config, every: bool) -> anyhow::Result<()> {
+    let runtime = agentbox::runtime::docker::DockerRuntime::connect().await?;
+    let t = agentbox::orchestrator::destroy_all(cfg, &runtime, every).await?;
+    println!(
+        "removed {} containers, {} directories, {} state records",
+        t.containers, t.dirs, t.records
+    );
+    if let Some(why) = t.state_skipped {
+        println!("state file left alone ({why}); a running daemon reconciles it");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -55,20 +87,29 @@ fn main() -> ExitCode {
             println!("{}", agentbox::api::token_sha256(&token));
             ExitCode::SUCCESS
         }
+        Command::DestroyAll {
+            config,
+            all_instances,
+        } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match block_on(destroy_all(&cfg, all_instances)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agentbox: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve { config } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             agentbox::telemetry::init();
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("agentbox: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(agentbox::daemon::serve(cfg, config)) {
+            match block_on(agentbox::daemon::serve(cfg, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(message = "Daemon failed.", error = %e);

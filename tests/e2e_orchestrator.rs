@@ -287,3 +287,31 @@ async fn sweeper_removes_idle_containers_but_never_a_running_one() {
     assert!(!d.engine_names().contains(&busy_container));
     assert_consistent(&d);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destroy_all_removes_containers_sockets_and_records() {
+    let (_mock, mut d) = start_with_mock_opts(KEY, 2, "").await;
+    d.wait_status(120, "pool at 2", |s| s["pool"]["ready"] == 2);
+    d.kill9();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_agentbox"))
+        .args(["destroy-all", "--config"])
+        .arg(&d.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 2 containers"), "{text}");
+    assert!(d.engine_names().is_empty());
+    let sockets = std::fs::read_dir(d.dir.path().join("sockets"))
+        .unwrap()
+        .count();
+    assert_eq!(sockets, 0, "socket directories left behind");
+    // The state forgot them too: a restart without a pool knows none.
+    d.edit_config(|c| c.replace("min_size = 2", "min_size = 0"));
+    d.restart();
+    assert_eq!(d.status()["containers"], json!([]));
+}

@@ -12,6 +12,9 @@ mod create;
 mod gc;
 mod pool;
 mod reconcile;
+mod teardown;
+
+pub use teardown::{destroy_all, Teardown};
 
 use crate::audit::{AuditEvent, Subject};
 use crate::config::Config;

@@ -244,10 +244,15 @@ token_sha256 = "{t2}"
         self.admin_addr = admin_addr;
     }
 
-    /// Rewrites the config file with `edit` and sends SIGHUP.
-    pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+    /// Rewrites the config file with `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(&self.config_path).expect("read config");
         std::fs::write(&self.config_path, edit(text)).expect("write config");
+    }
+
+    /// Rewrites the config file with `edit` and sends SIGHUP.
+    pub fn reload(&self, edit: impl FnOnce(String) -> String) {
+        self.edit_config(edit);
         let _ = Command::new("kill")
             .args(["-HUP", &self.child.id().to_string()])
             .status();
