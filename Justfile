@@ -21,6 +21,12 @@ test: setup
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --quiet -- -D warnings
     cargo test --workspace --no-fail-fast
+    cargo test --bench agentbox -- --smoke
+
+# The benchmark suite in release mode; prints markdown tables for
+# docs/benchmarks.md. `just bench claim` runs one scenario.
+bench *ARGS: setup
+    cargo bench --bench agentbox -- {{ARGS}}
 
 # One conversation end to end against the mock model (or the real API when
 # ANTHROPIC_API_KEY is set).

@@ -37,7 +37,7 @@ pub fn prerequisites() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         run_script("tests/setup/ensure-docker.sh", &[]);
-        run_script("workspace-base/build-image.sh", &[]);
+        run_script("workspace-base/build-image.sh", &[&test_image()]);
     });
 }
 

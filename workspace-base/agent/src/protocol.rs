@@ -79,6 +79,8 @@ pub struct ExecuteRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum AgentEvent {
+    /// The agent accepted the run: the first byte the host gets from it.
+    Started {},
     /// The CLI's session id; the host keeps it to resume the conversation.
     Session {
         session_id: String,
@@ -116,6 +118,7 @@ impl AgentEvent {
     /// The SSE event name.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Started { .. } => "started",
             Self::Session { .. } => "session",
             Self::TextDelta { .. } => "text_delta",
             Self::ToolUse { .. } => "tool_use",

@@ -78,6 +78,7 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     let cli = agent.cli.clone();
     tokio::spawn(async move {
         let _guard = guard;
+        let _ = tx.send(AgentEvent::Started {}).await;
         tokio::join!(cli::run(&cli, &exec, tx), async {
             while let Some(ev) = rx.recv().await {
                 if body_tx.send_data(Bytes::from(ev.to_line())).await.is_err() {
