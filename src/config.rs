@@ -153,6 +153,8 @@ pub struct GcConfig {
     pub max_age_secs: u64,
     /// How often the sweeper runs (idle, age, orphans).
     pub interval_secs: u64,
+    /// How long a finished run's events stay available for replay.
+    pub run_retention_secs: u64,
 }
 
 impl Default for GcConfig {
@@ -161,6 +163,7 @@ impl Default for GcConfig {
             idle_ttl_secs: 1800,
             max_age_secs: 86_400,
             interval_secs: 30,
+            run_retention_secs: 86_400,
         }
     }
 }
@@ -290,6 +293,7 @@ impl Config {
             ("gc.idle_ttl_secs", self.gc.idle_ttl_secs),
             ("gc.max_age_secs", self.gc.max_age_secs),
             ("gc.interval_secs", self.gc.interval_secs),
+            ("gc.run_retention_secs", self.gc.run_retention_secs),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));

@@ -7,6 +7,7 @@
 
 use crate::agent_client::AgentClient;
 use crate::orchestrator::Orchestrator;
+use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -29,27 +30,46 @@ pub struct ConversationKey {
 
 pub struct Executor {
     orchestrator: Arc<Orchestrator>,
+    hub: Arc<RunHub>,
 }
 
 impl Executor {
     pub fn new(orchestrator: Arc<Orchestrator>) -> Arc<Self> {
-        Arc::new(Self { orchestrator })
+        Arc::new(Self {
+            orchestrator,
+            hub: Arc::new(RunHub::default()),
+        })
     }
 
-    /// Takes the conversation's run lock and starts the run in the
-    /// background; its events arrive on the returned channel, ending with
-    /// `result` or `error`.
-    pub fn start_run(
+    pub fn hub(&self) -> &RunHub {
+        &self.hub
+    }
+
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orchestrator
+    }
+
+    /// Takes the conversation's run lock, records a new run and starts it
+    /// in the background. Its events, ending with `result` or `error`, are
+    /// on the returned live run whether or not anybody listens.
+    pub async fn start_run(
         self: &Arc<Self>,
         key: ConversationKey,
         exec: ExecuteRequest,
-    ) -> Result<mpsc::Receiver<AgentEvent>, ExecuteError> {
+    ) -> Result<Arc<LiveRun>, ExecuteError> {
         let guard = self
             .orchestrator
             .locks()
             .try_lock(&key.tenant_id, &key.conversation_id)
             .ok_or(ExecuteError::Busy)?;
+        let store = self.orchestrator.store().clone();
+        let run = store
+            .begin_run(&key.tenant_id, &key.conversation_id)
+            .await?;
         let (tx, rx) = mpsc::channel(256);
+        let live = self
+            .hub
+            .record(store, &key.tenant_id, &key.conversation_id, run, rx);
         let this = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
@@ -59,7 +79,7 @@ impl Executor {
                 let _ = tx.send(ev).await;
             }
         });
-        Ok(rx)
+        Ok(live)
     }
 
     async fn run(

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod locks;
 pub mod orchestrator;
 pub mod proxy;
+pub mod runs;
 pub mod runtime;
 pub mod secrets;
 pub mod state;

@@ -7,15 +7,12 @@ use crate::execute::{ConversationKey, ExecuteError};
 use crate::ids::is_valid_id;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 use std::convert::Infallible;
-use std::time::Duration;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
-use workspace_agent::protocol::{AgentEvent, AgentOptions, ExecuteRequest};
+use workspace_agent::protocol::{AgentOptions, ExecuteRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,27 +49,13 @@ pub async fn post_message(
         options: req.options,
         resume_session_id: None,
     };
-    let rx = state.executor.start_run(key, exec).map_err(|e| match e {
-        ExecuteError::Busy => ApiError::Conflict(e.to_string()),
-        ExecuteError::State(e) => ApiError::Unavailable(e.to_string()),
-    })?;
-    let events = ReceiverStream::new(rx)
-        // The session id is the daemon's business; clients get it in `result`.
-        .filter(|ev| !matches!(ev, AgentEvent::Session { .. }))
-        .map({
-            let mut seq = 0u64;
-            move |ev| {
-                // Not part of the event contract: a comment that tells
-                // clients (and the benchmark) the agent has taken the run.
-                if matches!(ev, AgentEvent::Started { .. }) {
-                    return Ok(Event::default().comment("agent started"));
-                }
-                seq += 1;
-                Ok(Event::default()
-                    .id(seq.to_string())
-                    .event(ev.name())
-                    .data(ev.data().to_string()))
-            }
-        });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let live = state
+        .executor
+        .start_run(key, exec)
+        .await
+        .map_err(|e| match e {
+            ExecuteError::Busy => ApiError::Conflict(e.to_string()),
+            ExecuteError::State(e) => ApiError::Unavailable(e.to_string()),
+        })?;
+    Ok(super::events::sse(live.run, live.subscribe(0)))
 }

@@ -3,12 +3,18 @@
 //! Routes:
 //! - `GET /healthz`: liveness, no auth.
 //! - `POST /v1/conversations/{id}/messages`: run the agent, SSE out.
+//! - `GET /v1/conversations/{id}/events`: the latest run's events, or
+//!   those after `Last-Event-ID`, then live until the run ends.
+//! - `GET /v1/conversations/{id}`: state, container, recent runs.
+//! - `DELETE /v1/conversations/{id}`: remove its container and forget it.
 //!
 //! Every request gets a request id (`x-request-id` echoed or generated)
 //! carried by the tracing span of the request.
 
 mod auth;
+mod conversations;
 mod error;
+mod events;
 mod messages;
 
 pub use auth::{token_sha256, Authenticator, Tenant};
@@ -39,6 +45,11 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}/messages",
             post(messages::post_message),
+        )
+        .route("/v1/conversations/{id}/events", get(events::get_events))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get_conversation).delete(conversations::delete_conversation),
         )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -54,6 +54,11 @@ impl Orchestrator {
             }
         }
         let report = self.reconcile(false).await.map_err(|e| e.to_string())?;
+        let cutoff = now.saturating_sub(cfg.gc.run_retention_secs * 1000);
+        self.store
+            .prune_runs(cutoff)
+            .await
+            .map_err(|e| e.to_string())?;
         self.locks.prune();
         if removed > 0 {
             self.refill.notify_one();

@@ -155,6 +155,13 @@ impl Orchestrator {
     /// workers. Returns once the state matches the engine; the pool fills
     /// in the background.
     pub async fn start(self: &Arc<Self>) -> Result<(), OrchestratorError> {
+        let interrupted = self.store.interrupt_running_runs().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                message = "Runs interrupted by the last stop.",
+                runs = interrupted
+            );
+        }
         self.reconcile(true).await?;
         tokio::spawn(self.clone().refill_loop());
         tokio::spawn(self.clone().gc_loop());
@@ -277,6 +284,24 @@ impl Orchestrator {
                 proxy_ctx(name, Some(binding)),
             )
             .map_err(OrchestratorError::Proxy)
+    }
+
+    /// Removes the conversation's container, if it has one. The caller
+    /// holds the conversation's run lock.
+    pub async fn release_conversation(
+        &self,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<(), OrchestratorError> {
+        if let Some(name) = self
+            .store
+            .conversation(tenant, conversation)
+            .await?
+            .and_then(|c| c.container_id)
+        {
+            self.destroy(&name, "deleted").await;
+        }
+        Ok(())
     }
 
     /// Records agent activity, which the idle TTL is measured from.

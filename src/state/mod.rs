@@ -7,8 +7,12 @@
 //! async wrappers run them on the blocking pool.
 
 mod records;
+mod runs;
 
-pub use records::{conversation_key, Binding, ContainerRecord, ContainerState, ConversationRecord};
+pub use records::{
+    conversation_key, Binding, ContainerRecord, ContainerState, ConversationRecord, RunOutcome,
+    RunRecord, StoredEvent,
+};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
@@ -17,7 +21,8 @@ use std::sync::Arc;
 const SCHEMA_VERSION: u64 = 2;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Key: `"{tenant}/{conversation}"`; value: JSON [`ConversationRecord`].
-const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+pub(super) const CONVERSATIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("conversations");
 /// Key: container name; value: JSON [`ContainerRecord`].
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 
@@ -72,7 +77,7 @@ pub struct Store {
     db: Arc<Database>,
 }
 
-fn get_json<T: serde::de::DeserializeOwned>(
+pub(super) fn get_json<T: serde::de::DeserializeOwned>(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
@@ -83,7 +88,7 @@ fn get_json<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-fn put_json<T: serde::Serialize>(
+pub(super) fn put_json<T: serde::Serialize>(
     txn: &WriteTransaction,
     table: TableDefinition<&str, &[u8]>,
     key: &str,
@@ -118,6 +123,8 @@ impl Store {
             }
             txn.open_table(CONVERSATIONS)?;
             txn.open_table(CONTAINERS)?;
+            txn.open_table(runs::RUNS)?;
+            txn.open_table(runs::EVENTS)?;
         }
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })

@@ -17,6 +17,9 @@ pub struct ConversationRecord {
     pub generation: u64,
     /// Unix milliseconds of the last agent activity.
     pub last_activity_ms: u64,
+    /// How many runs the conversation has had; the latest run's number.
+    #[serde(default)]
+    pub runs: u64,
 }
 
 impl ConversationRecord {
@@ -28,6 +31,7 @@ impl ConversationRecord {
             session_id: None,
             generation: 0,
             last_activity_ms: super::now_ms(),
+            runs: 0,
         }
     }
 
@@ -130,4 +134,34 @@ mod tests {
         assert!(!Destroying.can_destroy());
         assert!(Ready.in_pool() && !Claimed.in_pool());
     }
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    Running,
+    Completed,
+    Failed,
+    /// The daemon stopped (or crashed) before the run ended.
+    Interrupted,
+}
+
+/// One run of a conversation, kept with its events for reconnects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run: u64,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub outcome: RunOutcome,
+    /// Events recorded so far; the last event's sequence number.
+    pub events: u64,
+}
+
+/// One relayed event as stored: its name and JSON payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event: String,
+    pub data: serde_json::Value,
 }

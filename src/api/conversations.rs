@@ -1,0 +1,91 @@
+//! `GET` and `DELETE /v1/conversations/{id}`: a conversation's state, and
+//! its end (container removed, runs forgotten).
+
+use super::error::ApiError;
+use super::AppState;
+use crate::ids::is_valid_id;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+/// How many recent runs `GET` lists.
+const RECENT_RUNS: usize = 10;
+
+fn valid(id: &str) -> Result<(), ApiError> {
+    // An id that cannot exist is simply not found, like any other.
+    is_valid_id(id).then_some(()).ok_or(ApiError::NotFound)
+}
+
+pub async fn get_conversation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = state.auth.authenticate(&headers)?;
+    valid(&id)?;
+    let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
+    let store = state.executor.orchestrator().store();
+    let conv = store
+        .conversation(&tenant.id, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or(ApiError::NotFound)?;
+    let container = match &conv.container_id {
+        Some(name) => store.container(name).await.map_err(unavailable)?,
+        None => None,
+    };
+    let runs = store
+        .runs(&tenant.id, &id, RECENT_RUNS)
+        .await
+        .map_err(unavailable)?;
+    let running = state.executor.hub().get(&tenant.id, &id).is_some();
+    Ok(Json(json!({
+        "conversation_id": conv.conversation_id,
+        "state": if running { "running" } else { "idle" },
+        "container": container.map(|c| json!({
+            "id": c.name,
+            "state": c.state,
+            "created_ms": c.created_ms,
+            "last_activity_ms": c.last_activity_ms,
+        })),
+        "session_id": conv.session_id,
+        "last_activity_ms": conv.last_activity_ms,
+        "generation": conv.generation,
+        "runs": runs,
+    })))
+}
+
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let tenant = state.auth.authenticate(&headers)?;
+    valid(&id)?;
+    let orchestrator = state.executor.orchestrator();
+    let store = orchestrator.store();
+    let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
+    if store
+        .conversation(&tenant.id, &id)
+        .await
+        .map_err(unavailable)?
+        .is_none()
+    {
+        return Err(ApiError::NotFound);
+    }
+    let _guard = orchestrator
+        .locks()
+        .try_lock(&tenant.id, &id)
+        .ok_or_else(|| ApiError::Conflict("a run is in progress; delete it when it ends".into()))?;
+    orchestrator
+        .release_conversation(&tenant.id, &id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    store
+        .delete_conversation(&tenant.id, &id)
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(message = "Conversation deleted.", tenant_id = %tenant.id, conversation_id = %id);
+    Ok(StatusCode::NO_CONTENT)
+}

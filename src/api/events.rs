@@ -1,0 +1,91 @@
+//! SSE rendering of a run's events, and `GET /v1/conversations/{id}/events`
+//! for clients that reconnect with `Last-Event-ID` (`{run}-{seq}`).
+
+use super::error::ApiError;
+use super::AppState;
+use crate::ids::is_valid_id;
+use crate::state::StoredEvent;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use std::convert::Infallible;
+use std::time::Duration;
+
+/// How often an idle stream gets a comment, so proxies keep it open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+pub fn sse(
+    run: u64,
+    events: impl Stream<Item = StoredEvent> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = events.map(move |ev| {
+        // Not part of the event contract: a comment that tells clients
+        // (and the benchmark) that the agent has taken the run.
+        if ev.event == "started" {
+            return Ok(Event::default().comment("agent started"));
+        }
+        Ok(Event::default()
+            .id(format!("{run}-{}", ev.seq))
+            .event(ev.event)
+            .data(ev.data.to_string()))
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT))
+}
+
+/// Parses `{run}-{seq}`.
+fn parse_event_id(s: &str) -> Option<(u64, u64)> {
+    let (run, seq) = s.trim().split_once('-')?;
+    Some((run.parse().ok()?, seq.parse().ok()?))
+}
+
+pub async fn get_events(
+    State(state): State<AppState>,
+    Path(conversation_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let tenant = state.auth.authenticate(&headers)?;
+    if !is_valid_id(&conversation_id) {
+        return Err(ApiError::NotFound);
+    }
+    let store = state.executor.orchestrator().store().clone();
+    let conv = store
+        .conversation(&tenant.id, &conversation_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or(ApiError::NotFound)?;
+    let last = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(v) => parse_event_id(v).ok_or_else(|| {
+            ApiError::BadRequest("Last-Event-ID must look like {run}-{seq}".into())
+        })?,
+        None => (conv.runs, 0),
+    };
+    let (run, after) = last;
+    if run == 0 || run > conv.runs {
+        return Err(ApiError::NotFound);
+    }
+    if let Some(live) = state
+        .executor
+        .hub()
+        .get(&tenant.id, &conversation_id)
+        .filter(|l| l.run == run)
+    {
+        return Ok(sse(run, live.subscribe(after).boxed()));
+    }
+    // The run is over (or the daemon restarted): replay what was recorded.
+    let stored = store
+        .events_after(&tenant.id, &conversation_id, run, after)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(sse(run, futures_util::stream::iter(stored).boxed()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_ids() {
+        assert_eq!(super::parse_event_id("3-17"), Some((3, 17)));
+        assert_eq!(super::parse_event_id("3"), None);
+        assert_eq!(super::parse_event_id("a-1"), None);
+    }
+}

@@ -1,0 +1,209 @@
+//! The execute service's API contract on a real engine: reconnects with
+//! `Last-Event-ID`, runs that outlive their client, conversation state and
+//! deletion, tenants, one run at a time, multi-turn sessions.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KEY: &str = "sk-execute-test";
+
+fn ids(events: &[SseEvent]) -> Vec<(u64, u64)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let (r, s) = e.id.as_deref()?.split_once('-')?;
+            Some((r.parse().ok()?, s.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn get(d: &Daemon, token: &str, path: &str, last_event_id: Option<&str>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(d.url(path)).bearer_auth(token);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(120), req.send())
+        .await
+        .expect("in time")
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_client_reconnects_without_duplicates_or_gaps() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let prompt = "!write a.txt 1\n!sleep 2000\n!write b.txt 2";
+    let mut resp = reqwest::Client::new()
+        .post(d.url("/v1/conversations/rc/messages"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"prompt": prompt}))
+        .send()
+        .await
+        .unwrap();
+    // Read until the first tool result, then drop the connection mid-run.
+    let mut first = String::new();
+    while !first.contains("event: tool_result") {
+        let chunk = resp.chunk().await.unwrap().expect("stream ended early");
+        first.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Keep only complete events: the last block may be cut.
+    let complete = &first[..first.rfind("\n\n").unwrap() + 2];
+    drop(resp);
+    let before = parse_sse(complete);
+    let last = before.last().unwrap().id.clone().unwrap();
+
+    let (status, rest) = get(&d, TOKEN, "/v1/conversations/rc/events", Some(&last)).await;
+    assert_eq!(status, 200);
+    let after = parse_sse(&rest);
+    let mut all = ids(&before);
+    all.extend(ids(&after));
+    let seqs: Vec<u64> = all.iter().map(|(_, s)| *s).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "duplicates or gaps: {all:?}");
+    assert!(all.iter().all(|(r, _)| *r == 1));
+    assert_eq!(after.last().unwrap().event, "result", "{after:#?}");
+    // The run went on without its client: both files exist.
+    let ws = d.workspace(TENANT, "rc");
+    assert_eq!(read_file(&ws.join("b.txt")), "2");
+
+    // After the run, a reconnect replays from the state file.
+    let (_, replay) = get(&d, TOKEN, "/v1/conversations/rc/events", Some("1-0")).await;
+    assert_eq!(ids(&parse_sse(&replay)), all);
+    let (status, _) = get(&d, TOKEN, "/v1/conversations/rc/events", Some("garbage")).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_run_at_a_time_and_tenants_are_isolated() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let url = d.url("/v1/conversations/busy/messages");
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!sleep 2500\n!text done"}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    // Wait until the run holds the conversation.
+    let mut running = false;
+    for _ in 0..100 {
+        let (s, body) = get(&d, TOKEN, "/v1/conversations/busy", None).await;
+        if s == 200 && serde_json::from_str::<Value>(&body).unwrap()["state"] == "running" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running, "the run never showed as running");
+    let (status, body) = post_message(&d, Some(TOKEN), "busy", json!({"prompt": "again"})).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("\"conflict\""));
+    let del = reqwest::Client::new()
+        .delete(d.url("/v1/conversations/busy"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 409);
+    // Another tenant sees nothing of it.
+    for path in ["/v1/conversations/busy", "/v1/conversations/busy/events"] {
+        let (status, _) = get(&d, OTHER_TOKEN, path, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    let del = reqwest::Client::new()
+        .delete(d.url("/v1/conversations/busy"))
+        .bearer_auth(OTHER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 404);
+    let events = parse_sse(&slow.await.unwrap());
+    assert_eq!(events.last().unwrap().event, "result");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conversation_state_and_delete() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let (_, body) = post_message(&d, Some(TOKEN), "doc", json!({"prompt": "!write a.txt x"})).await;
+    assert!(body.contains("event: result"));
+    let (status, body) = get(&d, TOKEN, "/v1/conversations/doc", None).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "idle");
+    assert_eq!(v["runs"][0]["outcome"], "completed", "{v:#}");
+    let container = v["container"]["id"].as_str().unwrap().to_owned();
+    assert!(d.engine_names().contains(&container));
+
+    let del = reqwest::Client::new()
+        .delete(d.url("/v1/conversations/doc"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let (status, _) = get(&d, TOKEN, "/v1/conversations/doc", None).await;
+    assert_eq!(status, 404);
+    assert!(
+        !d.engine_names().contains(&container),
+        "container left behind"
+    );
+    let (status, _) = get(&d, TOKEN, "/v1/conversations/never-was", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_second_message_resumes_the_claude_session() {
+    let (mock, d) = start_with_mock(KEY).await;
+    let (_, first) = post_message(
+        &d,
+        Some(TOKEN),
+        "turns",
+        json!({"prompt": "remember the word pelican\n!text ok"}),
+    )
+    .await;
+    let session = parse_sse(&first)
+        .into_iter()
+        .find(|e| e.event == "result")
+        .unwrap()
+        .data["session_id"]
+        .clone();
+    let (_, second) = post_message(
+        &d,
+        Some(TOKEN),
+        "turns",
+        json!({"prompt": "what was the word?\n!text pelican"}),
+    )
+    .await;
+    let result = parse_sse(&second)
+        .into_iter()
+        .find(|e| e.event == "result")
+        .unwrap();
+    assert_eq!(
+        result.data["session_id"], session,
+        "a new session was started"
+    );
+    let last = mock
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| {
+            r.path.starts_with("/v1/messages")
+                && r.body["messages"].to_string().contains("what was the word")
+        })
+        .expect("the second turn reached the model");
+    assert!(
+        last.body["messages"]
+            .to_string()
+            .contains("remember the word pelican"),
+        "the model did not see the earlier turn"
+    );
+}
