@@ -39,6 +39,7 @@ pub async fn post_message(
     if req.prompt.trim().is_empty() {
         return Err(ApiError::BadRequest("prompt must not be empty".to_owned()));
     }
+    req.options.validate().map_err(ApiError::BadRequest)?;
     let key = ConversationKey {
         tenant_id: tenant.id,
         conversation_id,

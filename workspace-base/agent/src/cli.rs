@@ -70,6 +70,14 @@ pub fn build_args(req: &ExecuteRequest) -> Vec<String> {
     if let Some(n) = o.max_turns {
         push("--max-turns", n.to_string());
     }
+    if let Some(b) = o.max_budget_usd {
+        push("--max-budget-usd", b.to_string());
+    }
+    if let Some(servers) = &o.mcp_servers {
+        push("--mcp-config", json!({ "mcpServers": servers }).to_string());
+        // Only the servers the request names: none from files in the workspace.
+        args.push("--strict-mcp-config".to_owned());
+    }
     if let Some(id) = &req.resume_session_id {
         args.push(format!("--resume={id}"));
     }

@@ -60,6 +60,68 @@ pub struct AgentOptions {
     pub permission_mode: Option<PermissionMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_turns: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_budget_usd: Option<f64>,
+    /// MCP servers by name, as in the SDK: `{"type": "stdio", "command",
+    /// "args", "env"}` servers run inside the container; `{"type": "http" |
+    /// "sse", "url", "headers"}` servers are reached through the egress
+    /// proxy and its allowlist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<serde_json::Map<String, Value>>,
+}
+
+impl AgentOptions {
+    /// Checks values serde cannot; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let non_empty = |field: &str, v: &Option<String>| match v {
+            Some(s) if s.trim().is_empty() => Err(format!("options.{field} must not be empty")),
+            _ => Ok(()),
+        };
+        non_empty("model", &self.model)?;
+        if self.max_turns == Some(0) {
+            return Err("options.max_turns must be at least 1".to_owned());
+        }
+        if let Some(b) = self.max_budget_usd {
+            if !(b.is_finite() && b > 0.0) {
+                return Err("options.max_budget_usd must be a positive number".to_owned());
+            }
+        }
+        for (field, tools) in [
+            ("allowed_tools", &self.allowed_tools),
+            ("disallowed_tools", &self.disallowed_tools),
+        ] {
+            if tools
+                .iter()
+                .flatten()
+                .any(|t| t.trim().is_empty() || t.contains(','))
+            {
+                return Err(format!(
+                    "options.{field} entries must be non-empty tool names without commas"
+                ));
+            }
+        }
+        for (name, server) in self.mcp_servers.iter().flatten() {
+            let kind = server
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("stdio");
+            let needs = match kind {
+                "stdio" => "command",
+                "http" | "sse" => "url",
+                other => {
+                    return Err(format!(
+                        "options.mcp_servers.{name}.type must be stdio, http or sse, not {other:?}"
+                    ))
+                }
+            };
+            if !server.get(needs).is_some_and(Value::is_string) {
+                return Err(format!(
+                    "options.mcp_servers.{name}.{needs} is required (a string)"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One run of the agent: a prompt, its options and the session to resume.
@@ -179,6 +241,27 @@ mod tests {
     fn unknown_option_is_refused_with_its_name() {
         let err = serde_json::from_str::<AgentOptions>(r#"{"modle":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("modle"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = |json: &str| {
+            serde_json::from_str::<AgentOptions>(json)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        assert!(bad(r#"{"max_turns":0}"#).contains("max_turns"));
+        assert!(bad(r#"{"max_budget_usd":-1}"#).contains("max_budget_usd"));
+        assert!(bad(r#"{"model":" "}"#).contains("model"));
+        assert!(bad(r#"{"allowed_tools":["Write,Bash"]}"#).contains("allowed_tools"));
+        assert!(bad(r#"{"mcp_servers":{"x":{"type":"ftp"}}}"#).contains("mcp_servers.x.type"));
+        assert!(bad(r#"{"mcp_servers":{"x":{"type":"http"}}}"#).contains("mcp_servers.x.url"));
+        let ok: AgentOptions = serde_json::from_str(
+            r#"{"max_turns":3,"mcp_servers":{"fs":{"command":"node","args":["s.js"]},"web":{"type":"sse","url":"https://x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.validate(), Ok(()));
     }
 
     #[test]
