@@ -54,6 +54,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The admin listener (status JSON); loopback only by default.
     pub admin_listen: SocketAddr,
+    /// PEM certificate chain and key: with both, the API speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback address must be asked for explicitly.
+    pub allow_insecure_http: bool,
     /// How long in-flight streams may run on after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Names this daemon on container labels, so two daemons sharing one
@@ -66,6 +71,9 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure_http: false,
             shutdown_grace_secs: 30,
             instance: "default".to_owned(),
         }
@@ -279,6 +287,18 @@ impl Config {
         if c.start_timeout_secs == 0 {
             return Err(invalid("container.start_timeout_secs", "must be positive"));
         }
+        let srv = &self.server;
+        match (&srv.tls_cert, &srv.tls_key) {
+            (Some(_), None) => return Err(invalid("server.tls_key", "is required with server.tls_cert")),
+            (None, Some(_)) => return Err(invalid("server.tls_cert", "is required with server.tls_key")),
+            (None, None) if !srv.listen.ip().is_loopback() && !srv.allow_insecure_http => {
+                return Err(invalid(
+                    "server.listen",
+                    "a non-loopback address needs TLS (server.tls_cert/tls_key) or server.allow_insecure_http = true",
+                ))
+            }
+            _ => {}
+        }
         let p = &self.pool;
         if p.max_size == 0 || p.min_size > p.max_size {
             return Err(invalid(
@@ -362,6 +382,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("tenants[0].token_sha256"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_plain_http_needs_an_opt_in() {
+        let err = parse("[server]\nlisten = \"0.0.0.0:8787\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.listen"), "{err}");
+        parse("[server]\nlisten = \"0.0.0.0:8787\"\nallow_insecure_http = true").unwrap();
+        parse("[server]\nlisten = \"0.0.0.0:8787\"\ntls_cert = \"/c\"\ntls_key = \"/k\"").unwrap();
+        let err = parse("[server]\ntls_cert = \"/c\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls_key"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `agentbox serve`: builds every subsystem from the config, serves the API
 //! and drains on SIGTERM.
 //!
-//! Order: state file -> Docker -> proxy gateway -> executor -> listener.
+//! Order: state file -> Docker -> proxy gateway -> TLS -> orchestrator
+//! (reconcile) -> listeners. SIGHUP reloads the config and the certificate.
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
 
@@ -15,6 +16,7 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
 use crate::state::{StateError, Store};
+use crate::tls::{TlsConfig, TlsListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,8 @@ pub enum DaemonError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
@@ -64,9 +68,13 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let gateway = Arc::new(
         Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
     );
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
+        _ => None,
+    };
     let orchestrator = Orchestrator::new(cfg.clone(), runtime, store, gateway);
     orchestrator.start().await?;
-    spawn_reload_on_sighup(orchestrator.clone(), config_path)?;
+    spawn_reload_on_sighup(orchestrator.clone(), config_path, tls.clone())?;
     let executor = Executor::new(orchestrator.clone());
     let state = AppState {
         auth: Arc::new(Authenticator::new(&cfg.tenants)),
@@ -91,15 +99,42 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
             tracing::error!(message = "Admin listener failed.", %error);
         }
     });
-    tracing::info!(message = "Listening.", addr = %local, admin_addr = %admin_local, instance = %cfg.server.instance,
+    tracing::info!(message = "Listening.", addr = %local, admin_addr = %admin_local, tls = tls.is_some(), instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
 
+    if tls.is_none() && !cfg.server.listen.ip().is_loopback() {
+        tracing::warn!(message = "The API listens on a non-loopback address over plain HTTP; bearer tokens travel in clear.");
+    }
+    let app = api::router(state);
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls).map_err(DaemonError::Serve)?;
+            run_until_drained(listener, app, stop_rx, grace).await?
+        }
+        None => run_until_drained(listener, app, stop_rx, grace).await?,
+    }
+    tracing::info!(message = "Stopped.");
+    Ok(())
+}
+
+/// Serves until a stop is requested, then lets open streams finish for at
+/// most `grace`.
+async fn run_until_drained<L>(
+    listener: L,
+    app: axum::Router,
+    stop_rx: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), DaemonError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let mut drain_rx = stop_rx.clone();
-    let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
     });
-    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     tokio::select! {
         r = server => r.map_err(DaemonError::Serve)?,
         _ = async {
@@ -107,7 +142,6 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
             tokio::time::sleep(grace).await;
         } => tracing::warn!(message = "Grace period over; closing streams still open."),
     }
-    tracing::info!(message = "Stopped.");
     Ok(())
 }
 
@@ -115,10 +149,19 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
 fn spawn_reload_on_sighup(
     orchestrator: std::sync::Arc<Orchestrator>,
     path: Option<PathBuf>,
+    tls: Option<Arc<TlsConfig>>,
 ) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(message = "TLS certificate reloaded."),
+                    Err(error) => {
+                        tracing::error!(message = "TLS reload failed; keeping the old certificate.", %error)
+                    }
+                }
+            }
             match Config::load(path.as_deref()) {
                 Ok(cfg) => orchestrator.reload(cfg),
                 Err(error) => {

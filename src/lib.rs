@@ -19,4 +19,5 @@ pub mod secrets;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod workers;

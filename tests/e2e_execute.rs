@@ -207,3 +207,72 @@ async fn the_second_message_resumes_the_claude_session() {
         "the model did not see the earlier turn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_speaks_https_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let openssl = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        openssl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    let env = vec![
+        (
+            "AGENTBOX_SERVER_TLS_CERT".to_owned(),
+            cert.display().to_string(),
+        ),
+        (
+            "AGENTBOX_SERVER_TLS_KEY".to_owned(),
+            key.display().to_string(),
+        ),
+    ];
+    let (_mock, d) = start_with_mock_env(KEY, 1, "", env).await;
+    let url = format!("https://{}/v1/conversations/tls/messages", d.addr);
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail-with-body", "-N", "--cacert"])
+        .arg(&cert)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-d", r#"{"prompt":"!write t.txt over tls"}"#, &url])
+        .output()
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(body.contains("event: result"), "{body}");
+    // Plain HTTP on the TLS port does not get through.
+    let plain = tokio::process::Command::new("curl")
+        .args(["-sS", "-m", "5", &format!("http://{}/healthz", d.addr)])
+        .output()
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("ok"));
+}

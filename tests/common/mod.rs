@@ -76,10 +76,13 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub api_key: String,
+    pub env: Vec<(String, String)>,
 }
 
 pub struct DaemonOptions {
     pub pool_min: usize,
+    /// Extra environment for the daemon (e.g. `AGENTBOX_SERVER_*` overrides).
+    pub env: Vec<(String, String)>,
     pub model_url: String,
     pub api_key: String,
     pub extra_config: String,
@@ -150,7 +153,7 @@ token_sha256 = "{t2}"
         let config_path = dir.path().join("agentbox.toml");
         std::fs::write(&config_path, config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (child, addr, admin_addr) = spawn_daemon(&config_path, &opts.api_key, &logs);
+        let (child, addr, admin_addr) = spawn_daemon(&config_path, &opts.api_key, &opts.env, &logs);
         Daemon {
             child,
             addr,
@@ -160,6 +163,7 @@ token_sha256 = "{t2}"
             dir,
             logs,
             api_key: opts.api_key,
+            env: opts.env,
         }
     }
 
@@ -238,7 +242,8 @@ token_sha256 = "{t2}"
 
     /// Starts the daemon again on the same config and state (after `kill9`).
     pub fn restart(&mut self) {
-        let (child, addr, admin_addr) = spawn_daemon(&self.config_path, &self.api_key, &self.logs);
+        let (child, addr, admin_addr) =
+            spawn_daemon(&self.config_path, &self.api_key, &self.env, &self.logs);
         self.child = child;
         self.addr = addr;
         self.admin_addr = admin_addr;
@@ -318,11 +323,13 @@ impl Drop for Daemon {
 fn spawn_daemon(
     config_path: &Path,
     api_key: &str,
+    env: &[(String, String)],
     logs: &Arc<Mutex<Vec<String>>>,
 ) -> (Child, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
         .args(["serve", "--config"])
         .arg(config_path)
+        .envs(env.iter().cloned())
         .env("ANTHROPIC_API_KEY", api_key)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -360,10 +367,21 @@ pub async fn start_with_mock_opts(
     pool_min: usize,
     extra: &str,
 ) -> (MockModel, Daemon) {
+    start_with_mock_env(api_key, pool_min, extra, Vec::new()).await
+}
+
+/// Like [`start_with_mock_opts`] with extra environment for the daemon.
+pub async fn start_with_mock_env(
+    api_key: &str,
+    pool_min: usize,
+    extra: &str,
+    env: Vec<(String, String)>,
+) -> (MockModel, Daemon) {
     let mock = MockModel::start("127.0.0.1:0")
         .await
         .expect("start mock model");
     let opts = DaemonOptions {
+        env,
         pool_min,
         model_url: mock.url(),
         api_key: api_key.to_owned(),
