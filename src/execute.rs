@@ -13,6 +13,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
+/// How long a broken agent connection may take to show as a stopped container.
+const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
     #[error("a run is already in progress for this conversation")]
@@ -89,12 +92,7 @@ impl Executor {
         tx: &mpsc::Sender<AgentEvent>,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
-        let assigned = self
-            .orchestrator
-            .acquire(&key.tenant_id, &key.conversation_id)
-            .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
-        self.orchestrator.touch(&assigned.container).await;
+        let assigned = self.assign(key, tx).await?;
         let store = self.orchestrator.store();
         exec.resume_session_id = store
             .conversation(&key.tenant_id, &key.conversation_id)
@@ -135,6 +133,40 @@ impl Executor {
             })
             .await
             .map_err(state_err)?;
-        outcome.map_err(|e| AgentEvent::error("agent_failed", e.to_string()))
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(e) if !self.orchestrator.survived(&assigned.container, LOSS_SETTLE).await => {
+                // The container died under the run: say so, then get the
+                // conversation a new one so its next message just works.
+                tracing::warn!(message = "Container lost during a run.", container_id = %assigned.container, error = %e);
+                let _ = tx
+                    .send(AgentEvent::error(
+                        "container_lost",
+                        format!("the container stopped during the run: {e}"),
+                    ))
+                    .await;
+                self.assign(key, tx).await.map(|_| ())
+            }
+            Err(e) => Err(AgentEvent::error("agent_failed", e.to_string())),
+        }
+    }
+
+    /// The conversation's container; a replacement for a lost one is
+    /// announced with `container_recovered` once it is ready.
+    async fn assign(
+        &self,
+        key: &ConversationKey,
+        tx: &mpsc::Sender<AgentEvent>,
+    ) -> Result<crate::orchestrator::Assigned, AgentEvent> {
+        let assigned = self
+            .orchestrator
+            .acquire(&key.tenant_id, &key.conversation_id)
+            .await
+            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+        self.orchestrator.touch(&assigned.container).await;
+        if assigned.recovered {
+            let _ = tx.send(AgentEvent::container_recovered()).await;
+        }
+        Ok(assigned)
     }
 }

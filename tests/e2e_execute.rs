@@ -276,3 +276,102 @@ async fn the_api_speaks_https_with_the_configured_certificate() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("ok"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_container_is_replaced_before_the_next_run() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let (_, body) =
+        post_message(&d, Some(TOKEN), "lost", json!({"prompt": "!write a.txt 1"})).await;
+    assert!(body.contains("event: result"));
+    let old = d.container_of(TENANT, "lost").unwrap();
+    docker_ok(&["rm", "-f", &old]);
+    let (status, body) =
+        post_message(&d, Some(TOKEN), "lost", json!({"prompt": "!write b.txt 2"})).await;
+    assert_eq!(status, 200);
+    let events = parse_sse(&body);
+    let names: Vec<&str> = names(&events);
+    let recovered = names
+        .iter()
+        .position(|n| *n == "container_recovered")
+        .expect("no container_recovered");
+    let result = names
+        .iter()
+        .position(|n| *n == "result")
+        .expect("no result");
+    assert!(recovered < result, "{names:?}");
+    assert_eq!(
+        events[recovered].data,
+        json!({"message": "Container recovered", "recovered": true})
+    );
+    let new = d.container_of(TENANT, "lost").unwrap();
+    assert_ne!(new, old);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let url = d.url("/v1/conversations/killed/messages");
+    let run = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!write early.txt 1\n!sleep 4000\n!write late.txt 2"}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let d_ref = &d;
+    let victim = tokio::task::block_in_place(|| {
+        d_ref.wait_status(60, "the run's container", |s| {
+            s["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["binding"]["conversation_id"] == "killed")
+        });
+        d_ref.container_of(TENANT, "killed").unwrap()
+    });
+    // Let the first tool run, then kill the container under the run.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    docker_ok(&["kill", &victim]);
+    let body = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run hung after its container died")
+        .unwrap();
+    let events = parse_sse(&body);
+    let names = names(&events);
+    let error = names
+        .iter()
+        .position(|n| *n == "error")
+        .expect("no error event");
+    assert_eq!(events[error].data["code"], "container_lost");
+    let recovered = names
+        .iter()
+        .position(|n| *n == "container_recovered")
+        .expect("no container_recovered");
+    assert!(error < recovered, "{names:?}");
+    let fresh = d
+        .container_of(TENANT, "killed")
+        .expect("a new container is bound");
+    assert_ne!(fresh, victim);
+    assert_eq!(inspect(&fresh)["State"]["Running"], true);
+    // The next message runs normally.
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "killed",
+        json!({"prompt": "!write next.txt 3"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = parse_sse(&body);
+    let result = events
+        .iter()
+        .find(|e| e.event == "result")
+        .expect("no result");
+    assert_eq!(result.data["is_error"], false, "{events:#?}");
+    assert!(!events.iter().any(|e| e.event == "container_recovered"));
+}

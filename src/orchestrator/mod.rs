@@ -16,6 +16,7 @@ mod teardown;
 
 pub use teardown::{destroy_all, Teardown};
 
+use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
 use crate::config::Config;
 use crate::locks::RunLocks;
@@ -33,6 +34,10 @@ use tokio::sync::Notify;
 /// `HOME` inside the container: inside the workspace, so the CLI's session
 /// files travel with it and a conversation can resume in a new container.
 pub const CONTAINER_HOME: &str = "/workspace/.agentbox/home";
+
+/// How long a reused container's agent may take to answer before the
+/// conversation gets a new container.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestratorError {
@@ -76,6 +81,8 @@ pub struct Assigned {
     pub workspace_dir: PathBuf,
     /// True when the conversation got this container for this request.
     pub fresh: bool,
+    /// True when it replaces a container the conversation lost.
+    pub recovered: bool,
     /// The conversation's generation with this container.
     pub generation: u64,
 }
@@ -196,30 +203,63 @@ impl Orchestrator {
             tenant_id: tenant.to_owned(),
             conversation_id: conversation.to_owned(),
         };
+        let mut recovered = false;
         if let Some(conv) = self.store.conversation(tenant, conversation).await? {
             if let Some(name) = conv.container_id {
-                if self.runtime.is_running(&name).await? {
+                if self.runtime.is_running(&name).await? && self.healthy(&name).await {
                     self.bind_proxy(&name, &binding)?;
                     return Ok(self.assigned(&name, false, conv.generation));
                 }
-                tracing::info!(message = "Conversation container is gone; assigning a new one.",
+                tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
                     container_id = %name, tenant_id = tenant, conversation_id = conversation);
-                self.destroy(&name, "lost").await;
+                self.destroy(&name, "crashed").await;
+                recovered = true;
             }
         }
+        let mut assigned = self.claim_or_start(&binding).await?;
+        assigned.recovered = recovered;
+        Ok(assigned)
+    }
+
+    /// Whether the engine still runs the container after a connection to
+    /// it broke. The engine reports a killed container as running for a
+    /// moment, so a "running" answer is re-checked for up to `settle`.
+    pub async fn survived(&self, name: &str, settle: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + settle;
+        loop {
+            if !self.runtime.is_running(name).await.unwrap_or(false) {
+                return false;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the container's agent answers.
+    async fn healthy(&self, name: &str) -> bool {
+        AgentClient::new(&self.socket_dir(name))
+            .wait_ready(HEALTH_TIMEOUT)
+            .await
+            .is_ok()
+    }
+
+    async fn claim_or_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
+        let (tenant, conversation) = (binding.tenant_id.as_str(), binding.conversation_id.as_str());
         let image = self.cfg().container.image.clone();
         if let Some(claim) = self.store.claim(None, &image, tenant, conversation).await? {
             self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
             self.refill.notify_one();
             let name = claim.container.name;
-            self.bind_proxy(&name, &binding)?;
+            self.bind_proxy(&name, binding)?;
             crate::audit::emit(&AuditEvent::PoolClaimed {
-                subject: subject(&name, Some(&binding)),
+                subject: subject(&name, Some(binding)),
                 warm: true,
             });
             return Ok(self.assigned(&name, true, claim.conversation.generation));
         }
-        self.cold_start(&binding).await
+        self.cold_start(binding).await
     }
 
     async fn cold_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
@@ -272,6 +312,7 @@ impl Orchestrator {
             socket_dir: self.socket_dir(name),
             workspace_dir: self.workspace_dir(name),
             fresh,
+            recovered: false,
             generation,
         }
     }

@@ -25,6 +25,18 @@ const STDERR_TAIL_LINES: usize = 20;
 pub struct CliConfig {
     pub program: PathBuf,
     pub workdir: PathBuf,
+    /// The CLI's HOME; its sessions live under `.claude/projects/`.
+    pub home: PathBuf,
+}
+
+/// Whether the CLI has the session's transcript. A workspace restored from
+/// an older checkpoint may lack it, and `--resume` of a missing session
+/// fails the whole run, so the run then starts a new session instead.
+pub fn session_exists(home: &std::path::Path, id: &str) -> bool {
+    let file = format!("{id}.jsonl");
+    std::fs::read_dir(home.join(".claude/projects"))
+        .map(|dirs| dirs.flatten().any(|d| d.path().join(&file).is_file()))
+        .unwrap_or(false)
 }
 
 /// The command-line arguments for one run.
@@ -108,6 +120,14 @@ async fn run_inner(
     req: &ExecuteRequest,
     tx: &mpsc::Sender<AgentEvent>,
 ) -> Result<(), String> {
+    let mut req = req.clone();
+    if let Some(id) = &req.resume_session_id {
+        if !session_exists(&cfg.home, id) {
+            eprintln!("workspace-agent: session {id} is not in this workspace; starting a new one");
+            req.resume_session_id = None;
+        }
+    }
+    let req = &req;
     let mut child = Command::new(&cfg.program)
         .args(build_args(req))
         .current_dir(&cfg.workdir)
@@ -215,6 +235,17 @@ mod tests {
     }
 
     #[test]
+    fn sessions_are_found_in_any_project_dir() {
+        let home = std::env::temp_dir().join(format!("agent-home-{}", std::process::id()));
+        let project = home.join(".claude/projects/-workspace");
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(project.join("abc.jsonl"), "{}").unwrap();
+        assert!(session_exists(&home, "abc"));
+        assert!(!session_exists(&home, "def"));
+        let _ = std::fs::remove_dir_all(home);
+    }
+
+    #[test]
     fn prompt_is_one_json_line() {
         let line = user_message_line("a\nb \"q\"");
         assert_eq!(line.matches('\n').count(), 1);
@@ -227,6 +258,7 @@ mod tests {
         let cfg = CliConfig {
             program: "/nonexistent/claude".into(),
             workdir: "/".into(),
+            home: "/nonexistent".into(),
         };
         let (tx, mut rx) = mpsc::channel(8);
         let req = ExecuteRequest {

@@ -25,6 +25,7 @@ async fn run() -> std::io::Result<()> {
     let cli = CliConfig {
         program: env_or("AGENTBOX_CLAUDE", "claude").into(),
         workdir: env_or("AGENTBOX_WORKDIR", "/workspace").into(),
+        home: env_or("HOME", "/workspace/.agentbox/home").into(),
     };
     let gateway = TcpListener::bind(env_or("AGENTBOX_GATEWAY_ADDR", GATEWAY_ADDR)).await?;
     let agent_sock = dir.join(AGENT_SOCKET);

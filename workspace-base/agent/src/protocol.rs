@@ -174,6 +174,12 @@ pub enum AgentEvent {
         code: String,
         message: String,
     },
+    /// Sent by the host, never the agent: the conversation's container was
+    /// lost, a new one is ready with the workspace restored.
+    ContainerRecovered {
+        message: String,
+        recovered: bool,
+    },
 }
 
 impl AgentEvent {
@@ -187,6 +193,7 @@ impl AgentEvent {
             Self::ToolResult { .. } => "tool_result",
             Self::Result { .. } => "result",
             Self::Error { .. } => "error",
+            Self::ContainerRecovered { .. } => "container_recovered",
         }
     }
 
@@ -195,6 +202,13 @@ impl AgentEvent {
         match serde_json::to_value(self) {
             Ok(Value::Object(mut map)) => map.remove("data").unwrap_or(Value::Null),
             _ => Value::Null,
+        }
+    }
+
+    pub fn container_recovered() -> Self {
+        Self::ContainerRecovered {
+            message: "Container recovered".to_owned(),
+            recovered: true,
         }
     }
 
