@@ -1,7 +1,12 @@
 //! The agent's HTTP API on its Unix socket, served to the host daemon only.
 //!
 //! Routes: `GET /health` (200 once the agent is up) and `POST /execute`
-//! (one run at a time; NDJSON [`AgentEvent`] stream in the response body).
+//! (NDJSON [`AgentEvent`] stream in the response body).
+//!
+//! One run at a time: the host allows one run per conversation, so a new
+//! `/execute` while a run is going means the host that asked for the old
+//! one is gone (it crashed or restarted). The old run is stopped, CLI and
+//! all, and the new one starts.
 
 use crate::cli::{self, CliConfig};
 use crate::protocol::{AgentEvent, ExecuteRequest};
@@ -15,6 +20,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
 
 /// Largest request body the agent reads; the host enforces its own limit.
 const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -23,15 +29,15 @@ type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
 pub struct Agent {
     cli: CliConfig,
-    /// Held for the length of a run: one run at a time per container.
-    busy: Arc<Mutex<()>>,
+    /// The run in progress, if any.
+    current: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Agent {
     pub fn new(cli: CliConfig) -> Arc<Self> {
         Arc::new(Self {
             cli,
-            busy: Arc::new(Mutex::new(())),
+            current: Mutex::new(None),
         })
     }
 }
@@ -70,14 +76,17 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         Ok(r) => r,
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
     };
-    let Ok(guard) = agent.busy.clone().try_lock_owned() else {
-        return plain(StatusCode::CONFLICT, "a run is already in progress");
-    };
+    let mut current = agent.current.lock().await;
+    if let Some(old) = current.take().filter(|h| !h.is_finished()) {
+        eprintln!("workspace-agent: a new run replaces one whose host went away");
+        // Dropping the run's future kills its CLI (kill_on_drop).
+        old.abort();
+        let _ = old.await;
+    }
     let (mut body_tx, body) = Channel::new(16);
     let (tx, mut rx) = mpsc::channel::<AgentEvent>(64);
     let cli = agent.cli.clone();
-    tokio::spawn(async move {
-        let _guard = guard;
+    *current = Some(tokio::spawn(async move {
         let _ = tx.send(AgentEvent::Started {}).await;
         tokio::join!(cli::run(&cli, &exec, tx), async {
             while let Some(ev) = rx.recv().await {
@@ -86,7 +95,8 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         });
-    });
+    }));
+    drop(current);
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::Right(body))
