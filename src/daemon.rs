@@ -38,6 +38,8 @@ pub enum DaemonError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
@@ -53,6 +55,13 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         tracing::info!(message = "Shutdown requested; draining.");
         let _ = stop_tx.send(true);
     });
+    // Before anything that emits audit events (reconcile at start-up).
+    let t = &cfg.telemetry;
+    crate::audit::install(crate::audit::AuditFile::open(
+        &t.audit_path,
+        t.audit_max_bytes,
+        t.audit_max_files,
+    )?)?;
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let api_key = secrets::anthropic_api_key();

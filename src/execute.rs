@@ -6,10 +6,12 @@
 //! [`Executor::start_run`] and read the events it sends.
 
 use crate::agent_client::AgentClient;
+use crate::audit::ExecutionAudit;
 use crate::orchestrator::Orchestrator;
 use crate::state::{now_ms, StateError};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +53,24 @@ impl Executor {
             .ok_or(ExecuteError::Busy)?;
         let (tx, rx) = mpsc::channel(256);
         let this = self.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(ev) = this.run(&key, exec, &tx).await {
-                tracing::warn!(message = "Run failed.", tenant_id = %key.tenant_id,
-                    conversation_id = %key.conversation_id, error = ?ev);
-                let _ = tx.send(ev).await;
+        // Every line and audit event of the run carries these ids.
+        let span = crate::telemetry::execution_span(&key.tenant_id, &key.conversation_id);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let mut audit =
+                    ExecutionAudit::start(&key.tenant_id, &key.conversation_id, &exec.options);
+                let outcome = this.run(&key, exec, &tx, &mut audit).await;
+                // Audited before the stream ends, so a client that saw the
+                // end can find the record.
+                audit.finish(outcome.as_ref().err());
+                if let Err(ev) = outcome {
+                    tracing::warn!(message = "Run failed.", error = ?ev);
+                    let _ = tx.send(ev).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(rx)
     }
 
@@ -67,6 +79,7 @@ impl Executor {
         key: &ConversationKey,
         mut exec: ExecuteRequest,
         tx: &mpsc::Sender<AgentEvent>,
+        audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
         let assigned = self
@@ -74,6 +87,8 @@ impl Executor {
             .acquire(&key.tenant_id, &key.conversation_id)
             .await
             .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+        tracing::Span::current().record("container_id", assigned.container.as_str());
+        audit.set_container(&assigned.container);
         self.orchestrator.touch(&assigned.container).await;
         let store = self.orchestrator.store();
         exec.resume_session_id = store
@@ -87,6 +102,7 @@ impl Executor {
         let mut session_id = None;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
+                audit.observe(&ev);
                 if let AgentEvent::Session { session_id: s }
                 | AgentEvent::Result { session_id: s, .. } = &ev
                 {
