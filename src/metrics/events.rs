@@ -74,3 +74,66 @@ fn ended(i: &super::Instruments, outcome: &'static str, timing: &ExecutionTiming
         i.execution_first_event.record(ms as f64 / 1000.0, &[]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::{self, AuditEvent, ProxyRequest, Subject, SyncFigures};
+
+    fn series(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{prefix} missing"))
+            .parse()
+            .unwrap()
+    }
+
+    // Proxy and sync counters come from their branches' audit events alone:
+    // this is the wiring they rely on. Labels unique to this test keep it
+    // independent of other tests sharing the process-wide registry.
+    #[test]
+    fn proxy_and_sync_events_are_counted() {
+        let request = ProxyRequest {
+            route: "connect".into(),
+            method: "CONNECT".into(),
+            host: "example.org".into(),
+            port: 443,
+            reason: "events_test_refusal".into(),
+            status: Some(403),
+            bytes_from_container: 7,
+            bytes_to_container: 11,
+            duration_ms: 1,
+            credential: None,
+        };
+        let before = crate::metrics::render().unwrap();
+        let bytes = |t: &str| series(t, "agentbox_proxy_bytes_total{direction=\"to_container\"}");
+        audit::emit(&AuditEvent::ProxyRequestBlocked {
+            subject: Subject::default(),
+            request,
+        });
+        audit::emit(&AuditEvent::FileSyncToContainer {
+            subject: Subject::default(),
+            sync: SyncFigures {
+                bytes: 5,
+                duration_ms: 20,
+                outcome: "stale".into(),
+                ..Default::default()
+            },
+        });
+        let after = crate::metrics::render().unwrap();
+        assert_eq!(
+            series(
+                &after,
+                "agentbox_proxy_requests_total{outcome=\"blocked\",reason=\"events_test_refusal\"}"
+            ),
+            1.0
+        );
+        assert!(bytes(&after) - bytes(&before) >= 11.0);
+        assert!(
+            series(
+                &after,
+                "agentbox_sync_runs_total{direction=\"to_container\",outcome=\"stale\"}"
+            ) >= 1.0
+        );
+        assert!(after.contains("agentbox_sync_duration_seconds_count{direction=\"to_container\"}"));
+    }
+}
