@@ -3,6 +3,7 @@
 //! Routes:
 //! - `GET /admin/api/status`: pool, containers, workers as JSON.
 //! - `GET /healthz`: liveness.
+//! - `GET /metrics`: Prometheus text format (`docs/metrics.md`).
 
 use crate::orchestrator::Orchestrator;
 use axum::extract::State;
@@ -16,6 +17,7 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/admin/api/status", get(status))
+        .route("/metrics", get(crate::metrics::handler))
         .with_state(orchestrator)
 }
 

@@ -1,8 +1,19 @@
-//! Typed audit events: one variant per thing that happens, written as one
-//! JSON line each to the tracing output under the `audit` target.
+//! Typed audit events: one variant per thing that happens. [`emit`] writes
+//! each as one JSON line to the append-only audit file ([`sink`]) and to the
+//! tracing output under the `audit` target, and counts it in the metrics.
+//! The request, tenant, conversation and container ids an event lacks are
+//! taken from the enclosing tracing span, so code below an execution never
+//! passes them by hand. `docs/audit-events.md` lists every event and field.
 //!
 //! **Invariant:** no event carries a credential value; at most a
-//! credential's name.
+//! credential's name. Prompts and file contents never appear either.
+
+mod execution;
+mod sink;
+mod timestamp;
+
+pub use execution::ExecutionAudit;
+pub use sink::{install, AuditError, AuditFile};
 
 use serde::Serialize;
 
@@ -17,45 +28,261 @@ pub struct Subject {
     pub container_id: String,
 }
 
+impl Subject {
+    /// Takes the ids this subject lacks from the span context.
+    fn fill_missing(&mut self, ctx: &crate::telemetry::SpanContext) {
+        for (mine, theirs) in [
+            (&mut self.tenant_id, &ctx.tenant_id),
+            (&mut self.conversation_id, &ctx.conversation_id),
+            (&mut self.container_id, &ctx.container_id),
+        ] {
+            if mine.is_empty() {
+                if let Some(v) = theirs {
+                    mine.clone_from(v);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AuditEvent {
+    /// A container was created and its agent answers.
     ContainerCreated {
         #[serde(flatten)]
         subject: Subject,
         image: String,
     },
+    /// A container and its directories were removed.
     ContainerDestroyed {
         #[serde(flatten)]
         subject: Subject,
         reason: String,
     },
+    /// A container that should be running was found stopped; it is then
+    /// destroyed (`container_destroyed`, reason `crashed`).
+    ContainerCrashed {
+        #[serde(flatten)]
+        subject: Subject,
+        /// Its lifecycle state when found (`ready`, `claimed`, ...).
+        state: String,
+    },
+    /// A conversation whose container died got a new one, its files
+    /// restored from the last sync. The subject names the new container.
+    ContainerRecovered {
+        #[serde(flatten)]
+        subject: Subject,
+        previous_container_id: String,
+        reason: String,
+    },
+    /// A container was bound to a conversation.
     PoolClaimed {
         #[serde(flatten)]
         subject: Subject,
         /// False for a cold start (the pool was empty).
         warm: bool,
     },
+    /// The egress proxy let a request or tunnel through (written when it ends).
+    ProxyRequestAllowed {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        request: ProxyRequest,
+    },
+    /// The egress proxy refused a request.
+    ProxyRequestBlocked {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        request: ProxyRequest,
+    },
+    /// A container's proxy task died and was started again.
+    ProxyTaskRestarted {
+        #[serde(flatten)]
+        subject: Subject,
+        cause: String,
+    },
+    /// A workspace restore from the object store into the container's
+    /// workspace.
+    FileSyncToContainer {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        sync: SyncFigures,
+    },
+    /// A push of the container's workspace to the object store.
+    FileSyncFromContainer {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        sync: SyncFigures,
+    },
+    /// A run of the agent began (before a container is assigned).
+    AgentExecutionStarted {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        options: ExecutionOptions,
+    },
+    /// A run ended with the CLI's `result`.
+    AgentExecutionCompleted {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        timing: ExecutionTiming,
+        /// The CLI's own verdict (for example `error_max_turns`).
+        is_error: bool,
+        subtype: String,
+        num_turns: u64,
+    },
+    /// A run ended without a result.
+    AgentExecutionFailed {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        timing: ExecutionTiming,
+        /// The stable code of the SSE `error` event.
+        code: String,
+        message: String,
+    },
+}
+
+/// One proxy decision. `credential` names the credential the proxy added
+/// (`anthropic_api_key`, `aws_sigv4:env`, ...), never its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyRequest {
+    /// `model_gateway`, `connect`, `http` or `none` (unparseable).
+    pub route: String,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// The rule that allowed it, or the stable refusal code.
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub bytes_from_container: u64,
+    pub bytes_to_container: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// What one file sync moved and how it ended.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncFigures {
+    pub generation: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// `ok`, `failed` or `stale` (refused: a newer generation owns the
+    /// conversation).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The security-relevant options a run asked for; never the prompt.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExecutionOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+}
+
+/// How long a run took, and how long until the agent's first event.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExecutionTiming {
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_event_ms: Option<u64>,
 }
 
 impl AuditEvent {
-    pub fn name(&self) -> String {
-        match serde_json::to_value(self) {
-            Ok(v) => v["event"].as_str().unwrap_or("unknown").to_owned(),
-            Err(_) => "unknown".to_owned(),
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ContainerCreated { .. } => "container_created",
+            Self::ContainerDestroyed { .. } => "container_destroyed",
+            Self::ContainerCrashed { .. } => "container_crashed",
+            Self::ContainerRecovered { .. } => "container_recovered",
+            Self::PoolClaimed { .. } => "pool_claimed",
+            Self::ProxyRequestAllowed { .. } => "proxy_request_allowed",
+            Self::ProxyRequestBlocked { .. } => "proxy_request_blocked",
+            Self::ProxyTaskRestarted { .. } => "proxy_task_restarted",
+            Self::FileSyncToContainer { .. } => "file_sync_to_container",
+            Self::FileSyncFromContainer { .. } => "file_sync_from_container",
+            Self::AgentExecutionStarted { .. } => "agent_execution_started",
+            Self::AgentExecutionCompleted { .. } => "agent_execution_completed",
+            Self::AgentExecutionFailed { .. } => "agent_execution_failed",
+        }
+    }
+
+    fn subject_mut(&mut self) -> &mut Subject {
+        match self {
+            Self::ContainerCreated { subject, .. }
+            | Self::ContainerDestroyed { subject, .. }
+            | Self::ContainerCrashed { subject, .. }
+            | Self::ContainerRecovered { subject, .. }
+            | Self::PoolClaimed { subject, .. }
+            | Self::ProxyRequestAllowed { subject, .. }
+            | Self::ProxyRequestBlocked { subject, .. }
+            | Self::ProxyTaskRestarted { subject, .. }
+            | Self::FileSyncToContainer { subject, .. }
+            | Self::FileSyncFromContainer { subject, .. }
+            | Self::AgentExecutionStarted { subject, .. }
+            | Self::AgentExecutionCompleted { subject, .. }
+            | Self::AgentExecutionFailed { subject, .. } => subject,
         }
     }
 }
 
-/// Records one audit event.
+/// One line of the audit log: when, under which request, and the event.
+#[derive(Serialize)]
+struct Record<'a> {
+    timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
+}
+
+/// The JSON line for `event`, completed from the span context.
+fn record_line(event: &AuditEvent, ctx: &crate::telemetry::SpanContext) -> (AuditEvent, String) {
+    let mut event = event.clone();
+    event.subject_mut().fill_missing(ctx);
+    let record = Record {
+        timestamp: timestamp::now_rfc3339(),
+        request_id: ctx.request_id.as_deref(),
+        event: &event,
+    };
+    // Serialising plain strings and numbers cannot fail; should it ever,
+    // the line still says which event it lost.
+    let line = serde_json::to_string(&record).unwrap_or_else(|e| {
+        serde_json::json!({"timestamp": record.timestamp, "event": event.name(),
+            "serialization_error": e.to_string()})
+        .to_string()
+    });
+    (event, line)
+}
+
+/// Records one audit event: audit file, tracing output, metrics.
 pub fn emit(event: &AuditEvent) {
-    let json = serde_json::to_string(event).unwrap_or_default();
-    tracing::info!(target: "audit", message = "Audit event.", event = %event.name(), audit = %json);
+    let ctx = crate::telemetry::current_context();
+    let (event, line) = record_line(event, &ctx);
+    sink::append(&line);
+    crate::metrics::observe_event(&event);
+    tracing::info!(target: "audit", message = "Audit event.", event = event.name(), audit = %line);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::SpanContext;
 
     #[test]
     fn events_are_flat_json_with_their_name() {
@@ -72,5 +299,77 @@ mod tests {
         assert_eq!(v["tenant_id"], "t");
         assert!(v.get("conversation_id").is_none());
         assert_eq!(ev.name(), "container_created");
+    }
+
+    #[test]
+    fn name_matches_the_serialised_tag() {
+        let s = Subject::default();
+        let t = ExecutionTiming::default();
+        for ev in [
+            AuditEvent::ContainerCrashed {
+                subject: s.clone(),
+                state: "ready".into(),
+            },
+            AuditEvent::AgentExecutionStarted {
+                subject: s.clone(),
+                options: ExecutionOptions::default(),
+            },
+            AuditEvent::AgentExecutionFailed {
+                subject: s.clone(),
+                timing: t.clone(),
+                code: "x".into(),
+                message: "y".into(),
+            },
+            AuditEvent::FileSyncFromContainer {
+                subject: s.clone(),
+                sync: SyncFigures::default(),
+            },
+        ] {
+            let v = serde_json::to_value(&ev).unwrap();
+            assert_eq!(v["event"], ev.name());
+        }
+    }
+
+    #[test]
+    fn lines_carry_timestamp_request_id_and_span_ids() {
+        let ctx = SpanContext {
+            request_id: Some("req-1".into()),
+            tenant_id: Some("acme".into()),
+            conversation_id: Some("conv".into()),
+            container_id: Some("from-span".into()),
+        };
+        let ev = AuditEvent::PoolClaimed {
+            subject: Subject {
+                container_id: "agentbox-1".into(),
+                ..Default::default()
+            },
+            warm: true,
+        };
+        let (_, line) = record_line(&ev, &ctx);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["event"], "pool_claimed");
+        assert_eq!(v["request_id"], "req-1");
+        assert_eq!(v["tenant_id"], "acme");
+        assert_eq!(v["conversation_id"], "conv");
+        // The event's own ids win over the span's.
+        assert_eq!(v["container_id"], "agentbox-1");
+        assert_eq!(v["warm"], true);
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(line.starts_with("{\"timestamp\":"), "{line}");
+    }
+
+    #[test]
+    fn without_a_span_there_is_no_request_id() {
+        let ev = AuditEvent::ContainerDestroyed {
+            subject: Subject {
+                container_id: "c".into(),
+                ..Default::default()
+            },
+            reason: "idle".into(),
+        };
+        let (_, line) = record_line(&ev, &SpanContext::default());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(v.get("request_id").is_none());
+        assert!(v.get("tenant_id").is_none());
     }
 }

@@ -7,6 +7,7 @@
 
 pub use crate::proxy::config::{ModelConfig, Provider, ProxyConfig};
 pub use crate::sync::config::StorageConfig;
+pub use crate::telemetry::TelemetryConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub struct Config {
     pub container: ContainerConfig,
     pub pool: PoolConfig,
     pub gc: GcConfig,
+    pub telemetry: TelemetryConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -229,6 +231,7 @@ impl Config {
                 "container",
                 "pool",
                 "gc",
+                "telemetry",
             ]
             .contains(&section.as_str())
             {
@@ -259,6 +262,7 @@ impl Config {
         self.model.validate()?;
         self.proxy.validate()?;
         self.storage.validate()?;
+        self.telemetry.validate()?;
         let c = &self.container;
         if c.image.trim().is_empty() {
             return Err(invalid("container.image", "must not be empty"));

@@ -42,6 +42,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), DaemonError> {
@@ -57,6 +59,13 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         tracing::info!(message = "Shutdown requested; draining.");
         let _ = stop_tx.send(true);
     });
+    // Before anything that emits audit events (reconcile at start-up).
+    let t = &cfg.telemetry;
+    crate::audit::install(crate::audit::AuditFile::open(
+        &t.audit_path,
+        t.audit_max_bytes,
+        t.audit_max_files,
+    )?)?;
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let api_key = secrets::anthropic_api_key();

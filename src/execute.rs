@@ -6,11 +6,13 @@
 //! [`Executor::start_run`] and read the events it sends.
 
 use crate::agent_client::AgentClient;
+use crate::audit::ExecutionAudit;
 use crate::orchestrator::Orchestrator;
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 /// How long a broken agent connection may take to show as a stopped container.
@@ -74,14 +76,24 @@ impl Executor {
             .hub
             .record(store, &key.tenant_id, &key.conversation_id, run, rx);
         let this = self.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(ev) = this.run(&key, exec, &tx).await {
-                tracing::warn!(message = "Run failed.", tenant_id = %key.tenant_id,
-                    conversation_id = %key.conversation_id, error = ?ev);
-                let _ = tx.send(ev).await;
+        // Every line and audit event of the run carries these ids.
+        let span = crate::telemetry::execution_span(&key.tenant_id, &key.conversation_id);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let mut audit =
+                    ExecutionAudit::start(&key.tenant_id, &key.conversation_id, &exec.options);
+                let outcome = this.run(&key, exec, &tx, &mut audit).await;
+                // Audited before the stream ends, so a client that saw the
+                // end can find the record.
+                audit.finish(outcome.as_ref().err());
+                if let Err(ev) = outcome {
+                    tracing::warn!(message = "Run failed.", error = ?ev);
+                    let _ = tx.send(ev).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(live)
     }
 
@@ -90,9 +102,12 @@ impl Executor {
         key: &ConversationKey,
         mut exec: ExecuteRequest,
         tx: &mpsc::Sender<AgentEvent>,
+        audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
         let assigned = self.assign(key, tx).await?;
+        tracing::Span::current().record("container_id", assigned.container.as_str());
+        audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
         exec.resume_session_id = store
             .conversation(&key.tenant_id, &key.conversation_id)
@@ -105,6 +120,7 @@ impl Executor {
         let mut session_id = None;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
+                audit.observe(&ev);
                 if let AgentEvent::Session { session_id: s }
                 | AgentEvent::Result { session_id: s, .. } = &ev
                 {
@@ -135,16 +151,21 @@ impl Executor {
             .map_err(state_err)?;
         match outcome {
             Ok(()) => Ok(()),
-            Err(e) if !self.orchestrator.survived(&assigned.container, LOSS_SETTLE).await => {
+            Err(e)
+                if !self
+                    .orchestrator
+                    .survived(&assigned.container, LOSS_SETTLE)
+                    .await =>
+            {
                 // The container died under the run: say so, then get the
                 // conversation a new one so its next message just works.
                 tracing::warn!(message = "Container lost during a run.", container_id = %assigned.container, error = %e);
-                let _ = tx
-                    .send(AgentEvent::error(
-                        "container_lost",
-                        format!("the container stopped during the run: {e}"),
-                    ))
-                    .await;
+                let lost = AgentEvent::error(
+                    "container_lost",
+                    format!("the container stopped during the run: {e}"),
+                );
+                audit.observe(&lost);
+                let _ = tx.send(lost).await;
                 self.assign(key, tx).await.map(|_| ())
             }
             Err(e) => Err(AgentEvent::error("agent_failed", e.to_string())),

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod execute;
 pub mod ids;
 pub mod locks;
+pub mod metrics;
 pub mod orchestrator;
 pub mod proxy;
 pub mod runs;

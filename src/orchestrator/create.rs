@@ -78,12 +78,14 @@ impl Orchestrator {
         self.proxies
             .ensure(self.gateway.clone(), &socket_dir, proxy_ctx(name, binding))
             .map_err(OrchestratorError::Proxy)?;
+        let started = std::time::Instant::now();
         self.runtime.create_and_start(&spec).await?;
         let timeout = Duration::from_secs(c.start_timeout_secs);
         AgentClient::new(&socket_dir)
             .wait_ready(timeout)
             .await
             .map_err(|e| OrchestratorError::NotReady(e.to_string()))?;
+        crate::metrics::container_started(started.elapsed());
         if binding.is_none() {
             self.store.transition(name, ContainerState::Ready).await?;
         }

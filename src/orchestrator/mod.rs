@@ -203,7 +203,7 @@ impl Orchestrator {
             tenant_id: tenant.to_owned(),
             conversation_id: conversation.to_owned(),
         };
-        let mut recovered = false;
+        let mut lost = None;
         if let Some(conv) = self.store.conversation(tenant, conversation).await? {
             if let Some(name) = conv.container_id {
                 if self.runtime.is_running(&name).await? && self.healthy(&name).await {
@@ -213,11 +213,18 @@ impl Orchestrator {
                 tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
                     container_id = %name, tenant_id = tenant, conversation_id = conversation);
                 self.destroy(&name, "crashed").await;
-                recovered = true;
+                lost = Some(name);
             }
         }
         let mut assigned = self.claim_or_start(&binding).await?;
-        assigned.recovered = recovered;
+        if let Some(previous) = lost {
+            assigned.recovered = true;
+            crate::audit::emit(&AuditEvent::ContainerRecovered {
+                subject: subject(&assigned.container, Some(&binding)),
+                previous_container_id: previous,
+                reason: "container_lost".to_owned(),
+            });
+        }
         Ok(assigned)
     }
 

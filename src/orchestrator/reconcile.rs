@@ -56,6 +56,10 @@ impl Orchestrator {
                     report.lost += 1;
                 }
                 Some(false) => {
+                    crate::audit::emit(&AuditEvent::ContainerCrashed {
+                        subject: super::subject(&r.name, r.binding.as_ref()),
+                        state: format!("{:?}", r.state).to_lowercase(),
+                    });
                     self.destroy(&r.name, "crashed").await;
                     report.removed += 1;
                 }

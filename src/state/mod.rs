@@ -137,9 +137,11 @@ impl Store {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let txn = db.begin_write()?;
             let out = f(&txn)?;
             txn.commit()?;
+            crate::metrics::state_transaction(crate::metrics::TxKind::Write, started.elapsed());
             Ok(out)
         })
         .await?
@@ -154,6 +156,7 @@ impl Store {
     {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let txn = db.begin_read()?;
             let t = txn.open_table(table)?;
             let mut out = Vec::new();
@@ -161,6 +164,7 @@ impl Store {
                 let (_, v) = row?;
                 out.push(serde_json::from_slice(v.value())?);
             }
+            crate::metrics::state_transaction(crate::metrics::TxKind::Read, started.elapsed());
             Ok(out)
         })
         .await?

@@ -132,6 +132,9 @@ image = "{image}"
 [pool]
 min_size = {pool_min}
 
+[telemetry]
+audit_path = "{root}/audit.log"
+
 {extra}
 
 [[tenants]]

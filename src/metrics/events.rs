@@ -1,0 +1,139 @@
+//! Counting audit events: every event the daemon emits passes through
+//! [`observe_event`], so a thing that happens is logged and counted from
+//! one place. Proxy and sync metrics follow from their audit events.
+
+use super::instruments::RECLAIM_REASONS;
+use super::{kv, proxy_bytes, proxy_decision, sync_run, with};
+use super::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome};
+use crate::audit::{AuditEvent, ExecutionTiming, ProxyRequest};
+use std::time::Duration;
+
+pub fn observe_event(event: &AuditEvent) {
+    with(|i| i.audit_events.add(1, &[kv("event", event.name())]));
+    match event {
+        AuditEvent::ContainerCreated { .. } => with(|i| i.containers_created.add(1, &[])),
+        AuditEvent::ContainerDestroyed { reason, .. } => with(|i| {
+            let label = i.destroy_reasons.get(reason);
+            i.containers_destroyed.add(1, &[kv("reason", label)]);
+            if RECLAIM_REASONS.contains(&reason.as_str()) {
+                i.containers_reclaimed
+                    .add(1, &[kv("reason", reason.clone())]);
+            }
+        }),
+        AuditEvent::ContainerCrashed { .. } => with(|i| i.containers_crashed.add(1, &[])),
+        AuditEvent::ContainerRecovered { .. } => with(|i| i.containers_recovered.add(1, &[])),
+        AuditEvent::PoolClaimed { warm, .. } => with(|i| {
+            let kind = if *warm { "warm" } else { "cold" };
+            i.pool_claims.add(1, &[kv("kind", kind)]);
+        }),
+        AuditEvent::ProxyRequestAllowed { request, .. } => proxied(ProxyOutcome::Allowed, request),
+        AuditEvent::ProxyRequestBlocked { request, .. } => proxied(ProxyOutcome::Blocked, request),
+        AuditEvent::ProxyTaskRestarted { .. } => {}
+        AuditEvent::FileSyncToContainer { sync, .. }
+        | AuditEvent::FileSyncFromContainer { sync, .. } => {
+            let direction = match event {
+                AuditEvent::FileSyncToContainer { .. } => SyncDirection::ToContainer,
+                _ => SyncDirection::FromContainer,
+            };
+            sync_run(
+                direction,
+                SyncOutcome::parse(&sync.outcome),
+                sync.bytes,
+                Duration::from_millis(sync.duration_ms),
+            );
+        }
+        AuditEvent::AgentExecutionStarted { .. } => with(|i| {
+            i.executions_started.add(1, &[]);
+            i.executions_in_flight.add(1, &[]);
+        }),
+        AuditEvent::AgentExecutionCompleted { timing, .. } => with(|i| {
+            i.executions_completed.add(1, &[]);
+            ended(i, "completed", timing);
+        }),
+        AuditEvent::AgentExecutionFailed { timing, code, .. } => with(|i| {
+            let code = i.failure_codes.get(code);
+            i.executions_failed.add(1, &[kv("code", code)]);
+            ended(i, "failed", timing);
+        }),
+    }
+}
+
+fn proxied(outcome: ProxyOutcome, request: &ProxyRequest) {
+    proxy_decision(outcome, &request.reason);
+    proxy_bytes(ProxyDirection::FromContainer, request.bytes_from_container);
+    proxy_bytes(ProxyDirection::ToContainer, request.bytes_to_container);
+}
+
+fn ended(i: &super::Instruments, outcome: &'static str, timing: &ExecutionTiming) {
+    i.executions_in_flight.add(-1, &[]);
+    i.execution_duration.record(
+        timing.duration_ms as f64 / 1000.0,
+        &[kv("outcome", outcome)],
+    );
+    if let Some(ms) = timing.first_event_ms {
+        i.execution_first_event.record(ms as f64 / 1000.0, &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::{self, AuditEvent, ProxyRequest, Subject, SyncFigures};
+
+    fn series(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{prefix} missing"))
+            .parse()
+            .unwrap()
+    }
+
+    // Proxy and sync counters come from their branches' audit events alone:
+    // this is the wiring they rely on. Labels unique to this test keep it
+    // independent of other tests sharing the process-wide registry.
+    #[test]
+    fn proxy_and_sync_events_are_counted() {
+        let request = ProxyRequest {
+            route: "connect".into(),
+            method: "CONNECT".into(),
+            host: "example.org".into(),
+            port: 443,
+            reason: "events_test_refusal".into(),
+            status: Some(403),
+            bytes_from_container: 7,
+            bytes_to_container: 11,
+            duration_ms: 1,
+            credential: None,
+        };
+        let before = crate::metrics::render().unwrap();
+        let bytes = |t: &str| series(t, "agentbox_proxy_bytes_total{direction=\"to_container\"}");
+        audit::emit(&AuditEvent::ProxyRequestBlocked {
+            subject: Subject::default(),
+            request,
+        });
+        audit::emit(&AuditEvent::FileSyncToContainer {
+            subject: Subject::default(),
+            sync: SyncFigures {
+                bytes: 5,
+                duration_ms: 20,
+                outcome: "stale".into(),
+                ..Default::default()
+            },
+        });
+        let after = crate::metrics::render().unwrap();
+        assert_eq!(
+            series(
+                &after,
+                "agentbox_proxy_requests_total{outcome=\"blocked\",reason=\"events_test_refusal\"}"
+            ),
+            1.0
+        );
+        assert!(bytes(&after) - bytes(&before) >= 11.0);
+        assert!(
+            series(
+                &after,
+                "agentbox_sync_runs_total{direction=\"to_container\",outcome=\"stale\"}"
+            ) >= 1.0
+        );
+        assert!(after.contains("agentbox_sync_duration_seconds_count{direction=\"to_container\"}"));
+    }
+}

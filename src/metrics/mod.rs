@@ -1,0 +1,168 @@
+//! Prometheus metrics through OpenTelemetry: the instruments, a small typed
+//! API that records them, and the text served at `GET /metrics` on the
+//! admin listener.
+//!
+//! Names follow `agentbox_<noun>_<unit>`: counters end in `_total`,
+//! durations are seconds, sizes bytes. Labels are bounded: fixed enums, or
+//! strings capped by [`labels::Bounded`]; never a tenant, conversation or
+//! container id. Most counters follow from audit events ([`observe_event`]),
+//! so one thing that happens is one event, logged and counted alike. The
+//! catalogue is `docs/metrics.md`.
+
+mod events;
+mod http;
+mod instruments;
+pub mod labels;
+
+pub use events::observe_event;
+pub use http::handler;
+pub use labels::{ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
+
+use crate::orchestrator::Status;
+use crate::state::ContainerState;
+use instruments::{Instruments, CONTAINER_STATES, POOL_STATES};
+use opentelemetry::KeyValue;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics pipeline unavailable: {0}")]
+    Unavailable(String),
+    #[error("encoding metrics: {0}")]
+    Encode(#[from] prometheus::Error),
+}
+
+/// The process-wide instruments, built on first use so that any code path
+/// (and any unit test) can record without set-up. When the pipeline cannot
+/// be built, recording is a no-op and scrapes fail loudly with the reason.
+fn pipeline() -> Result<&'static Instruments, &'static str> {
+    static CELL: OnceLock<Result<Instruments, String>> = OnceLock::new();
+    CELL.get_or_init(|| Instruments::build().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+fn with(f: impl FnOnce(&Instruments)) {
+    if let Ok(i) = pipeline() {
+        f(i)
+    }
+}
+
+fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
+    KeyValue::new(key, value)
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> Result<String, MetricsError> {
+    let i = pipeline().map_err(|e| MetricsError::Unavailable(e.to_owned()))?;
+    Ok(prometheus::TextEncoder::new().encode_to_string(&i.registry.gather())?)
+}
+
+/// Pool and container gauges from the orchestrator's status; called on
+/// every scrape, so they are as fresh as the state file.
+pub fn observe_status(status: &Status) {
+    with(|i| {
+        let p = &status.pool;
+        i.pool_target.record(p.target as u64, &[]);
+        i.pool_max.record(p.max_size as u64, &[]);
+        for (state, n) in POOL_STATES.iter().zip([p.warming, p.ready]) {
+            i.pool_containers.record(n as u64, &[kv("state", *state)]);
+        }
+        for (state, label) in [
+            ContainerState::Warming,
+            ContainerState::Ready,
+            ContainerState::Claimed,
+            ContainerState::Destroying,
+        ]
+        .into_iter()
+        .zip(CONTAINER_STATES)
+        {
+            let n = status
+                .containers
+                .iter()
+                .filter(|c| c.state == state)
+                .count();
+            i.containers.record(n as u64, &[kv("state", label)]);
+        }
+    });
+}
+
+/// A container came up: from the create request to its agent answering.
+pub fn container_started(elapsed: Duration) {
+    with(|i| i.container_start.record(elapsed.as_secs_f64(), &[]));
+}
+
+/// One redb transaction, commit (and its fsync) included.
+pub fn state_transaction(kind: TxKind, elapsed: Duration) {
+    with(|i| {
+        i.state_transaction
+            .record(elapsed.as_secs_f64(), &[kv("kind", kind.as_str())])
+    });
+}
+
+/// One egress proxy decision. `reason` is the allowing rule or the
+/// refusal code; it must be a short code, never a host name.
+pub fn proxy_decision(outcome: ProxyOutcome, reason: &str) {
+    with(|i| {
+        let reason = i.proxy_reasons.get(reason);
+        i.proxy_requests
+            .add(1, &[kv("outcome", outcome.as_str()), kv("reason", reason)]);
+    });
+}
+
+/// Bytes through the egress proxy.
+pub fn proxy_bytes(direction: ProxyDirection, n: u64) {
+    with(|i| i.proxy_bytes.add(n, &[kv("direction", direction.as_str())]));
+}
+
+/// One workspace sync run.
+pub fn sync_run(direction: SyncDirection, outcome: SyncOutcome, bytes: u64, duration: Duration) {
+    with(|i| {
+        let d = kv("direction", direction.as_str());
+        i.sync_runs
+            .add(1, &[d.clone(), kv("outcome", outcome.as_str())]);
+        i.sync_bytes.add(bytes, std::slice::from_ref(&d));
+        i.sync_duration.record(duration.as_secs_f64(), &[d]);
+    });
+}
+
+/// Conversations whose workspace changes are not yet in the object store.
+pub fn set_sync_backlog(n: i64) {
+    with(|i| i.sync_backlog.record(n, &[]));
+}
+
+/// An audit line could not be written to the audit file.
+pub(crate) fn audit_write_failed() {
+    with(|i| i.audit_write_failures.add(1, &[]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrape_has_the_zero_series_and_follows_the_naming_rules() {
+        proxy_decision(ProxyOutcome::Blocked, "port_not_allowed");
+        let text = render().unwrap();
+        for needle in [
+            "agentbox_build_info{version=",
+            "agentbox_pool_claims_total{kind=\"cold\"} 0",
+            "agentbox_containers{state=\"claimed\"}",
+            "agentbox_proxy_requests_total{outcome=\"blocked\",reason=\"port_not_allowed\"} 1",
+            "agentbox_sync_runs_total{direction=\"from_container\",outcome=\"failed\"} 0",
+            "agentbox_sync_backlog_conversations 0",
+            "agentbox_executions_in_flight 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(name.starts_with("agentbox_"), "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert!(!name.contains("otel"), "{line}");
+        }
+        assert!(!text.contains("otel_scope"), "{text}");
+    }
+}
