@@ -12,6 +12,7 @@ pub mod execute;
 pub mod ids;
 pub mod locks;
 pub mod orchestrator;
+pub mod preflight;
 pub mod proxy;
 pub mod runtime;
 pub mod secrets;
