@@ -36,6 +36,23 @@ pub enum AuditEvent {
         /// False for a cold start (the pool was empty).
         warm: bool,
     },
+    /// The proxy refused a container's request to leave.
+    ProxyRequestBlocked {
+        #[serde(flatten)]
+        subject: Subject,
+        method: String,
+        host: String,
+        reason: String,
+    },
+    /// A run ended; `error_code` is set when the daemon ended it with an
+    /// `error` event.
+    RunFinished {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_code: Option<String>,
+        duration_ms: u64,
+    },
 }
 
 impl AuditEvent {
@@ -51,6 +68,7 @@ impl AuditEvent {
 pub fn emit(event: &AuditEvent) {
     let json = serde_json::to_string(event).unwrap_or_default();
     tracing::info!(target: "audit", message = "Audit event.", event = %event.name(), audit = %json);
+    crate::admin::recent::record(event);
 }
 
 #[cfg(test)]

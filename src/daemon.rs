@@ -64,7 +64,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let gateway = Arc::new(
         Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
     );
-    let orchestrator = Orchestrator::new(cfg.clone(), runtime, store, gateway);
+    let orchestrator = Orchestrator::new(cfg.clone(), runtime.clone(), store, gateway);
     orchestrator.start().await?;
     spawn_reload_on_sighup(orchestrator.clone(), config_path)?;
     let executor = Executor::new(orchestrator.clone());
@@ -85,7 +85,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
             source,
         })?;
     let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
-    let admin_app = admin::router(orchestrator.clone());
+    let admin_app = admin::router(&cfg, orchestrator.clone(), runtime);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin_listener, admin_app).await {
             tracing::error!(message = "Admin listener failed.", %error);

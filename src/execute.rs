@@ -53,7 +53,21 @@ impl Executor {
         let this = self.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(ev) = this.run(&key, exec, &tx).await {
+            let started = std::time::Instant::now();
+            let outcome = this.run(&key, exec, &tx).await;
+            crate::audit::emit(&crate::audit::AuditEvent::RunFinished {
+                subject: crate::audit::Subject {
+                    tenant_id: key.tenant_id.clone(),
+                    conversation_id: key.conversation_id.clone(),
+                    container_id: String::new(),
+                },
+                error_code: match &outcome {
+                    Err(AgentEvent::Error { code, .. }) => Some(code.clone()),
+                    _ => None,
+                },
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
+            if let Err(ev) = outcome {
                 tracing::warn!(message = "Run failed.", tenant_id = %key.tenant_id,
                     conversation_id = %key.conversation_id, error = ?ev);
                 let _ = tx.send(ev).await;

@@ -82,6 +82,16 @@ impl Gateway {
                 conversation_id = %ctx.conversation_id, %method, %host,
                 reason = "egress_not_allowed",
             );
+            crate::audit::emit(&crate::audit::AuditEvent::ProxyRequestBlocked {
+                subject: crate::audit::Subject {
+                    tenant_id: ctx.tenant_id.clone(),
+                    conversation_id: ctx.conversation_id.clone(),
+                    container_id: ctx.container_id.clone(),
+                },
+                method: method.to_string(),
+                host,
+                reason: "egress_not_allowed".to_owned(),
+            });
             return text(StatusCode::FORBIDDEN, "blocked: destination not allowed\n");
         }
         let resp = match self.forward(req).await {
