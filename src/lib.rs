@@ -6,6 +6,7 @@ pub mod admin;
 pub mod agent_client;
 pub mod api;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod execute;
