@@ -6,10 +6,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 default: test
 
-# Docker engine running, Claude Code CLI on the host, workspace image built.
+# Docker engine running, Claude Code CLI on the host, Chromium for the
+# status-page test, workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
     bash tests/setup/ensure-claude.sh
+    bash tests/setup/ensure-chromium.sh
     bash workspace-base/build-image.sh
 
 # Build the workspace image (skipped when its inputs are unchanged).
@@ -37,3 +39,15 @@ demo: setup
 # Remove every container agentbox created on this host.
 destroy-all:
     cargo run --quiet --bin agentbox -- destroy-all --all-instances
+
+# Preflight checks of this host: pass / warn / fail with the fix for each.
+doctor *ARGS:
+    cargo run --quiet --bin agentbox -- doctor {{ARGS}}
+
+# The running daemon's pool, containers, workers, events and health.
+status *ARGS:
+    cargo run --quiet --bin agentbox -- status {{ARGS}}
+
+# Ask the running daemon to sweep idle, old and orphaned containers now.
+gc *ARGS:
+    cargo run --quiet --bin agentbox -- gc {{ARGS}}

@@ -277,6 +277,7 @@ pub fn emit(event: &AuditEvent) {
     sink::append(&line);
     crate::metrics::observe_event(&event);
     tracing::info!(target: "audit", message = "Audit event.", event = event.name(), audit = %line);
+    crate::admin::recent::record(&event);
 }
 
 #[cfg(test)]

@@ -54,13 +54,17 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// The admin listener (status JSON); loopback only by default.
+    /// The admin listener (status page, JSON, operator commands); loopback
+    /// only by default.
     pub admin_listen: SocketAddr,
     /// PEM certificate chain and key: with both, the API speaks HTTPS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Plain HTTP on a non-loopback address must be asked for explicitly.
     pub allow_insecure_http: bool,
+    /// Hex SHA-256 of the admin token; required when `admin_listen` is not
+    /// loopback, and never one of the tenants' tokens.
+    pub admin_token_sha256: Option<String>,
     /// How long in-flight streams may run on after SIGTERM.
     pub shutdown_grace_secs: u64,
     /// Names this daemon on container labels, so two daemons sharing one
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             allow_insecure_http: false,
+            admin_token_sha256: None,
             shutdown_grace_secs: 30,
             instance: "default".to_owned(),
         }
@@ -329,6 +334,7 @@ impl Config {
                 "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
             ));
         }
+        self.validate_admin()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if !crate::ids::is_valid_id(&t.id) {
@@ -349,6 +355,32 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The admin listener shows every tenant's conversations and can sweep
+    /// containers: off loopback it needs its own token, which must not be
+    /// a tenant's (a tenant would otherwise hold admin rights).
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "server.admin_token_sha256";
+        match &self.server.admin_token_sha256 {
+            None if !self.server.admin_listen.ip().is_loopback() => Err(invalid(
+                KEY,
+                "required when server.admin_listen is not a loopback address",
+            )),
+            None => Ok(()),
+            Some(h) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Err(invalid(KEY, "must be 64 hex digits (sha256 of the token)"))
+            }
+            Some(h)
+                if self
+                    .tenants
+                    .iter()
+                    .any(|t| t.token_sha256.eq_ignore_ascii_case(h)) =>
+            {
+                Err(invalid(KEY, "must not be a tenant's token"))
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -400,6 +432,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.tls_key"), "{err}");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_its_own_token() {
+        let err = parse("[server]\nadmin_listen = \"0.0.0.0:8788\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.admin_token_sha256"), "{err}");
+        let hash = "ab".repeat(32);
+        parse(&format!(
+            "[server]\nadmin_listen = \"0.0.0.0:8788\"\nadmin_token_sha256 = \"{hash}\""
+        ))
+        .unwrap();
+        let err = parse(&format!(
+            "[server]\nadmin_token_sha256 = \"{hash}\"\n[[tenants]]\nid = \"a\"\ntoken_sha256 = \"{}\"",
+            hash.to_uppercase()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tenant"), "{err}");
     }
 
     #[test]

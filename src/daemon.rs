@@ -81,7 +81,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
         _ => None,
     };
-    let orchestrator = Orchestrator::new(cfg.clone(), runtime, store, gateway);
+    let orchestrator = Orchestrator::new(cfg.clone(), runtime.clone(), store, gateway);
     orchestrator.start().await?;
     spawn_reload_on_sighup(orchestrator.clone(), config_path, tls.clone())?;
     let executor = Executor::new(orchestrator.clone());
@@ -102,7 +102,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
             source,
         })?;
     let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
-    let admin_app = admin::router(orchestrator.clone());
+    let admin_app = admin::router(&cfg, orchestrator.clone(), runtime);
     tokio::spawn(async move {
         if let Err(error) = axum::serve(admin_listener, admin_app).await {
             tracing::error!(message = "Admin listener failed.", %error);

@@ -23,6 +23,15 @@ impl RunLocks {
         lock.try_lock_owned().ok()
     }
 
+    /// Whether a run holds the conversation's lock right now.
+    pub fn is_held(&self, tenant: &str, conversation: &str) -> bool {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&format!("{tenant}/{conversation}"))
+            .is_some_and(|l| l.try_lock().is_err())
+    }
+
     /// Drops entries nobody holds, so the map does not grow forever.
     pub fn prune(&self) {
         self.map
@@ -39,6 +48,7 @@ mod tests {
         let locks = super::RunLocks::default();
         let g = locks.try_lock("t", "c").unwrap();
         assert!(locks.try_lock("t", "c").is_none());
+        assert!(locks.is_held("t", "c") && !locks.is_held("t", "other"));
         assert!(locks.try_lock("t", "other").is_some());
         drop(g);
         assert!(locks.try_lock("t", "c").is_some());

@@ -1,11 +1,11 @@
-//! The `agentbox` command: the host daemon and its admin commands.
+//! The `agentbox` command: the host daemon and its operator commands. Only
+//! the command line lives here; each command is in `agentbox::cli` (or
+//! `agentbox::daemon` for `serve`).
 
+use agentbox::cli::{self, AdminArgs, CliError};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// Exit status for a bad configuration (EX_CONFIG-style usage error).
-const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
 #[command(
@@ -31,8 +31,34 @@ enum Command {
         #[arg(long, env = "AGENTBOX_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print the token_sha256 value for a tenant's bearer token.
+    /// Print the token_sha256 value for a tenant's (or the admin) token.
     HashToken { token: String },
+    /// Show the running daemon's pool, containers, conversations, workers,
+    /// recent audit events and health.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check this host for the daemon: pass, warn or fail with the fix for
+    /// each (exit 1 when anything fails).
+    Doctor {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// HTTPS endpoint whose Date header the clock is checked against
+        /// (default: model.anthropic_base_url when it is HTTPS).
+        #[arg(long)]
+        clock_url: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to sweep idle, old and orphaned containers now.
+    Gc {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Remove every container of this instance, with its sockets,
     /// workspace directories and state records (unsynced changes are lost).
     DestroyAll {
@@ -42,81 +68,89 @@ enum Command {
         #[arg(long)]
         all_instances: bool,
     },
+    /// The workspace image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
 }
 
-fn load(path: Option<&PathBuf>) -> Result<agentbox::config::Config, ExitCode> {
-    agentbox::config::Config::load(path.map(PathBuf::as_path)).map_err(|e| {
-        eprintln!("agentbox: invalid config: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(f),
-        Err(e) => {
-            eprintln!("agentbox: cannot start the runtime: {e}");
-            std::process::exit(1)
-        }
-    }
-}
-
-async fn destroy_all(cfg: &agentbox::config::Config, every: bool) -> anyhow::Result<()> {
-    let runtime = agentbox::runtime::docker::DockerRuntime::connect().await?;
-    let t = agentbox::orchestrator::destroy_all(cfg, &runtime, every).await?;
-    println!(
-        "removed {} containers, {} directories, {} state records",
-        t.containers, t.dirs, t.records
-    );
-    if let Some(why) = t.state_skipped {
-        println!("state file left alone ({why}); a running daemon reconciles it");
-    }
-    Ok(())
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build it (workspace-base/build-image.sh), streaming progress.
+    Build {
+        /// The workspace-base directory, or a checkout holding it.
+        #[arg(long)]
+        context: Option<PathBuf>,
+        /// Run `docker build` even when the image's inputs are unchanged.
+        #[arg(long)]
+        force: bool,
+        /// Also bypass Docker's layer cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Image tag (default agentbox/workspace-base:latest).
+        tag: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Validate { config } => match load(config.as_ref()) {
-            Ok(_) => {
-                println!("config ok");
-                ExitCode::SUCCESS
-            }
-            Err(code) => code,
-        },
+        Command::Validate { config } => cli::finish(cli::load_config(config.as_ref()).map(|_| {
+            println!("config ok");
+            ExitCode::SUCCESS
+        })),
         Command::HashToken { token } => {
             println!("{}", agentbox::api::token_sha256(&token));
             ExitCode::SUCCESS
         }
+        Command::Status { admin, json } => {
+            cli::finish(cli::block_on(cli::status::run(&admin, json)).and_then(|r| r))
+        }
+        Command::Doctor {
+            admin,
+            clock_url,
+            json,
+        } => cli::finish(
+            cli::block_on(cli::doctor::run(&admin, clock_url.as_deref(), json)).and_then(|r| r),
+        ),
+        Command::Gc { admin } => cli::finish(cli::block_on(cli::gc::run(&admin)).and_then(|r| r)),
         Command::DestroyAll {
             config,
             all_instances,
-        } => {
-            let cfg = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match block_on(destroy_all(&cfg, all_instances)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("agentbox: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => cli::finish(
+            cli::block_on(cli::destroy::run(config.as_ref(), all_instances)).and_then(|r| r),
+        ),
+        Command::Image {
+            command:
+                ImageCommand::Build {
+                    context,
+                    force,
+                    no_cache,
+                    tag,
+                },
+        } => cli::finish(cli::image::build(&cli::image::BuildArgs {
+            context,
+            force,
+            no_cache,
+            tag,
+        })),
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match cli::load_config(config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return cli::finish(Err::<ExitCode, CliError>(e)),
+    };
+    agentbox::telemetry::init();
+    match cli::block_on(agentbox::daemon::serve(cfg, config)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!(message = "Daemon failed.", error = %e);
+            eprintln!("agentbox: {e}");
+            ExitCode::FAILURE
         }
-        Command::Serve { config } => {
-            let cfg = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            agentbox::telemetry::init();
-            match block_on(agentbox::daemon::serve(cfg, config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(message = "Daemon failed.", error = %e);
-                    eprintln!("agentbox: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Err(e) => cli::finish(Err(e)),
     }
 }

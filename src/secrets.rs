@@ -1,7 +1,8 @@
 //! Secrets held by the daemon: a redacting newtype and where they come from.
 //!
 //! **Invariant:** a [`Secret`] is only ever revealed to build an outgoing
-//! request header in [`crate::proxy`]; it has no `Display`, and its `Debug`
+//! request header: the model key in [`crate::proxy`], the operator's admin
+//! token in [`crate::cli::client`]; it has no `Display`, and its `Debug`
 //! prints a placeholder.
 
 use std::fmt;

@@ -25,6 +25,19 @@ impl Orchestrator {
         }
     }
 
+    /// A sweep asked for by an operator (`agentbox gc`), reported like the
+    /// timer's so the status page shows it.
+    pub async fn sweep_now(&self) -> Result<usize, String> {
+        let result = self.sweep().await;
+        match &result {
+            Ok(n) => self
+                .workers
+                .report(WORKER, &format!("removed {n} (on request)"), None),
+            Err(e) => self.workers.report(WORKER, "failed", Some(e.clone())),
+        }
+        result
+    }
+
     /// One sweep; returns how many containers it removed.
     pub async fn sweep(&self) -> Result<usize, String> {
         let cfg = self.cfg();

@@ -22,8 +22,27 @@ pub struct ReconcileReport {
     pub removed: usize,
 }
 
+const WORKER: &str = "reconcile";
+
 impl Orchestrator {
+    /// One reconcile pass, reported as the `reconcile` worker.
     pub async fn reconcile(&self, startup: bool) -> Result<ReconcileReport, OrchestratorError> {
+        let result = self.reconcile_once(startup).await;
+        match &result {
+            Ok(r) => self.workers.report(
+                WORKER,
+                &format!(
+                    "adopted {} lost {} orphans {} removed {}",
+                    r.adopted, r.lost, r.orphans, r.removed
+                ),
+                None,
+            ),
+            Err(e) => self.workers.report(WORKER, "failed", Some(e.to_string())),
+        }
+        result
+    }
+
+    async fn reconcile_once(&self, startup: bool) -> Result<ReconcileReport, OrchestratorError> {
         let cfg = self.cfg();
         let engine: HashMap<String, bool> = self
             .runtime

@@ -82,6 +82,33 @@ impl Gateway {
                 conversation_id = %ctx.conversation_id, %method, %host,
                 reason = "egress_not_allowed",
             );
+            crate::audit::emit(&crate::audit::AuditEvent::ProxyRequestBlocked {
+                subject: crate::audit::Subject {
+                    tenant_id: ctx.tenant_id.clone(),
+                    conversation_id: ctx.conversation_id.clone(),
+                    container_id: ctx.container_id.clone(),
+                },
+                request: crate::audit::ProxyRequest {
+                    route: if method == Method::CONNECT {
+                        "connect"
+                    } else {
+                        "http"
+                    }
+                    .to_owned(),
+                    method: method.to_string(),
+                    port: req
+                        .uri()
+                        .port_u16()
+                        .unwrap_or(if method == Method::CONNECT { 443 } else { 80 }),
+                    host,
+                    reason: "egress_not_allowed".to_owned(),
+                    status: Some(403),
+                    bytes_from_container: 0,
+                    bytes_to_container: 0,
+                    duration_ms: 0,
+                    credential: None,
+                },
+            });
             return text(StatusCode::FORBIDDEN, "blocked: destination not allowed\n");
         }
         let resp = match self.forward(req).await {

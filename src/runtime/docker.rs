@@ -2,15 +2,18 @@
 
 use super::spec::hardened_create_body;
 use super::{
-    ContainerRuntime, ContainerSpec, ManagedContainer, RuntimeError, LABEL_INSTANCE, LABEL_MANAGED,
+    ContainerRuntime, ContainerSpec, ContainerStats, EngineInfo, ManagedContainer, RuntimeError,
+    LABEL_INSTANCE, LABEL_MANAGED,
 };
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerSummaryStateEnum;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StatsOptionsBuilder,
 };
 use bollard::Docker;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 
 pub struct DockerRuntime {
@@ -116,5 +119,65 @@ impl ContainerRuntime for DockerRuntime {
                 Some(ManagedContainer { name, running })
             })
             .collect())
+    }
+
+    async fn stats(&self, id: &str) -> Result<Option<ContainerStats>, RuntimeError> {
+        // One-shot: one reading now instead of the engine waiting a second
+        // for a second one; the caller keeps the previous reading for rates.
+        let opts = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(true)
+            .build();
+        let mut stream = self.docker.stats(id, Some(opts));
+        let s = match stream.next().await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) if is_not_found(&e) => return Ok(None),
+            Some(Err(e)) => return Err(engine(e)),
+            None => return Ok(None),
+        };
+        let cpu = s.cpu_stats.unwrap_or_default();
+        let mem = s.memory_stats.unwrap_or_default();
+        // cgroup v1 reports the page cache as `total_inactive_file`, v2 as
+        // `inactive_file`; `docker stats` subtracts it, and so do we.
+        let cache = mem
+            .stats
+            .as_ref()
+            .and_then(|m| {
+                m.get("total_inactive_file")
+                    .or_else(|| m.get("inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        Ok(Some(ContainerStats {
+            memory_bytes: mem.usage.unwrap_or(0).saturating_sub(cache),
+            memory_limit_bytes: mem.limit.unwrap_or(0),
+            cpu_total_ns: cpu.cpu_usage.and_then(|u| u.total_usage).unwrap_or(0),
+            system_cpu_ns: cpu.system_cpu_usage.unwrap_or(0),
+            online_cpus: cpu.online_cpus.unwrap_or(0),
+            pids: s.pids_stats.and_then(|p| p.current).unwrap_or(0),
+        }))
+    }
+
+    async fn engine_info(&self) -> Result<EngineInfo, RuntimeError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        let version = self.docker.version().await.map_err(engine)?;
+        Ok(EngineInfo {
+            version: info.server_version.unwrap_or_default(),
+            api_version: version.api_version.unwrap_or_default(),
+            security_options: info.security_options.unwrap_or_default(),
+            storage_driver: info.driver.unwrap_or_default(),
+        })
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(engine(e)),
+        }
     }
 }

@@ -53,6 +53,32 @@ pub struct ManagedContainer {
     pub running: bool,
 }
 
+/// One reading of a container's resource use, as the engine reports it.
+/// CPU figures are cumulative: a rate needs two readings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerStats {
+    /// Memory in use without the reclaimable page cache (what `docker stats` shows).
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    /// Nanoseconds of CPU the container used since it started.
+    pub cpu_total_ns: u64,
+    /// Nanoseconds of CPU the whole host used, on the same clock.
+    pub system_cpu_ns: u64,
+    pub online_cpus: u32,
+    pub pids: u64,
+}
+
+/// What the engine says about itself, for `doctor` and the status page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+    /// Docker's `SecurityOptions`, e.g. `name=seccomp,profile=default`,
+    /// `name=apparmor`, `name=userns`.
+    pub security_options: Vec<String>,
+    pub storage_driver: String,
+}
+
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync {
     /// Creates and starts the container; returns its id.
@@ -67,4 +93,10 @@ pub trait ContainerRuntime: Send + Sync {
         &self,
         instance: Option<&str>,
     ) -> Result<Vec<ManagedContainer>, RuntimeError>;
+    /// One resource reading of a running container; `None` when absent.
+    async fn stats(&self, id: &str) -> Result<Option<ContainerStats>, RuntimeError>;
+    /// The engine's version and security options.
+    async fn engine_info(&self) -> Result<EngineInfo, RuntimeError>;
+    /// Whether the engine has this image locally.
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
 }
