@@ -9,6 +9,7 @@ default: test
 # Docker engine running, Claude Code CLI on the host, workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
+    bash tests/setup/ensure-isolation-tools.sh
     bash tests/setup/ensure-claude.sh
     bash workspace-base/build-image.sh
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod execute;
 pub mod ids;
+pub mod isolation;
 pub mod locks;
 pub mod orchestrator;
 pub mod proxy;
