@@ -10,6 +10,7 @@ default: test
 # status-page test, workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
+    bash tests/setup/ensure-isolation-tools.sh
     bash tests/setup/ensure-claude.sh
     bash tests/setup/ensure-chromium.sh
     bash workspace-base/build-image.sh

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use workspace_agent::protocol::{AgentEvent, ExecuteRequest, AGENT_SOCKET};
+use workspace_agent::protocol::{
+    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -66,6 +68,50 @@ impl AgentClient {
                 return Err(AgentError::NotReady(timeout));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Reads the agent's confinement report from `GET /health`.
+    pub async fn confinement(&self) -> Result<Confinement, AgentError> {
+        let req = Request::get("/health")
+            .header("host", "agent")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| AgentError::Connection(e.to_string()))?;
+        let body = self
+            .send(req)
+            .await?
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| AgentError::Connection(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice::<Health>(&body)
+            .map(|h| h.confinement)
+            .map_err(|e| AgentError::Connection(format!("health body: {e}")))
+    }
+
+    /// Logs how the container confines itself; a Landlock that is not
+    /// fully enforced is a warning, since the path layer is then weaker.
+    pub async fn log_confinement(&self, container: &str) {
+        match self.confinement().await {
+            Ok(c) => {
+                let enforcement = serde_json::to_value(c.landlock).unwrap_or_default();
+                let enforcement = enforcement.as_str().unwrap_or("unknown");
+                let detail = c.detail.as_deref().unwrap_or("");
+                if matches!(
+                    c.landlock,
+                    Enforcement::FullyEnforced | Enforcement::Skipped
+                ) {
+                    tracing::info!(message = "Container confinement.", container_id = %container,
+                        layer = c.layer.as_str(), landlock = enforcement, landlock_abi = ?c.landlock_abi, detail);
+                } else {
+                    tracing::warn!(message = "Container confinement is weaker than intended.", container_id = %container,
+                        layer = c.layer.as_str(), landlock = enforcement, landlock_abi = ?c.landlock_abi, detail);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(message = "Container confinement unknown.", container_id = %container, %error)
+            }
         }
     }
 

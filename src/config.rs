@@ -119,6 +119,13 @@ pub struct ContainerConfig {
     pub tmp_size_mb: u64,
     /// How long a new container may take until its agent answers.
     pub start_timeout_secs: u64,
+    /// Seccomp profile file replacing the embedded `seccomp/workspace.json`.
+    pub seccomp_profile: Option<PathBuf>,
+    /// Hard size limit of each workspace, an ext4 image loop-mounted at the
+    /// workspace directory; 0 turns the quota off.
+    pub disk_quota_mb: u64,
+    /// Where the workspace images live; default `{workspace_root}/../quota-images`.
+    pub quota_dir: Option<PathBuf>,
 }
 
 impl Default for ContainerConfig {
@@ -134,6 +141,9 @@ impl Default for ContainerConfig {
             pids_limit: 512,
             tmp_size_mb: 256,
             start_timeout_secs: 60,
+            seccomp_profile: None,
+            disk_quota_mb: 1024,
+            quota_dir: None,
         }
     }
 }
@@ -292,6 +302,21 @@ impl Config {
         }
         if c.pids_limit < 16 {
             return Err(invalid("container.pids_limit", "must be at least 16"));
+        }
+        for (key, path) in [
+            ("container.seccomp_profile", &c.seccomp_profile),
+            ("container.quota_dir", &c.quota_dir),
+        ] {
+            if path.as_ref().is_some_and(|p| !p.is_absolute()) {
+                return Err(invalid(key, "must be an absolute path"));
+            }
+        }
+        // Below this mkfs.ext4 has no room for its journal and metadata.
+        if c.disk_quota_mb != 0 && c.disk_quota_mb < 16 {
+            return Err(invalid(
+                "container.disk_quota_mb",
+                "must be 0 (off) or at least 16",
+            ));
         }
         if c.start_timeout_secs == 0 {
             return Err(invalid("container.start_timeout_secs", "must be positive"));

@@ -1,8 +1,9 @@
 //! `agentbox serve`: builds every subsystem from the config, serves the API
 //! and drains on SIGTERM.
 //!
-//! Order: state file -> Docker -> proxy gateway -> TLS -> orchestrator
-//! (reconcile) -> listeners. SIGHUP reloads the config and the certificate.
+//! Order: state file -> Docker -> isolation detection -> proxy gateway ->
+//! TLS -> orchestrator (reconcile) -> listeners. SIGHUP reloads the config
+//! and the certificate.
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
 
@@ -10,6 +11,7 @@ use crate::admin;
 use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
 use crate::execute::Executor;
+use crate::isolation::{HostFiles, Isolation, IsolationError};
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::proxy::Gateway;
 use crate::runtime::docker::DockerRuntime;
@@ -31,6 +33,8 @@ pub enum DaemonError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Orchestrator(#[from] OrchestratorError),
+    #[error("isolation: {0}")]
+    Isolation(#[from] IsolationError),
     #[error("model gateway: {0}")]
     Gateway(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -68,6 +72,12 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     )?)?;
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
+    let isolation = Isolation::detect(
+        &cfg.container,
+        &runtime.engine_facts().await?,
+        &HostFiles::default(),
+    )?;
+    isolation.report.log();
     let api_key = secrets::anthropic_api_key();
     if api_key.is_none() {
         tracing::warn!(
@@ -81,7 +91,8 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
         _ => None,
     };
-    let orchestrator = Orchestrator::new(cfg.clone(), runtime.clone(), store, gateway);
+    let orchestrator =
+        Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
     orchestrator.start().await?;
     spawn_reload_on_sighup(orchestrator.clone(), config_path, tls.clone())?;
     let executor = Executor::new(orchestrator.clone());

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod execute;
 pub mod ids;
+pub mod isolation;
 pub mod locks;
 pub mod metrics;
 pub mod orchestrator;

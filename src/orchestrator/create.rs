@@ -45,9 +45,14 @@ impl Orchestrator {
         let c = &cfg.container;
         let workspace_dir = self.workspace_dir(name);
         let socket_dir = self.socket_dir(name);
-        prepare_dir(&workspace_dir, c.uid, c.gid)?;
-        prepare_dir(&workspace_dir.join(".agentbox/home"), c.uid, c.gid)?;
-        prepare_dir(&socket_dir, c.uid, c.gid)?;
+        // Under userns-remap the container's uid is a different host uid.
+        let (uid, gid) = self.isolation.host_owner(c.uid, c.gid);
+        if let Some(quota) = &self.isolation.quota {
+            quota.ensure(&workspace_dir, uid, gid).await?;
+        }
+        prepare_dir(&workspace_dir, uid, gid)?;
+        prepare_dir(&workspace_dir.join(".agentbox/home"), uid, gid)?;
+        prepare_dir(&socket_dir, uid, gid)?;
         let mut env = container_env(&cfg);
         env.push(("HOME".to_owned(), CONTAINER_HOME.to_owned()));
         let mut labels = HashMap::from([
@@ -72,6 +77,7 @@ impl Orchestrator {
             nano_cpus: (c.cpus * 1e9) as i64,
             pids_limit: c.pids_limit,
             tmp_size_bytes: c.tmp_size_mb * 1024 * 1024,
+            confinement: self.isolation.confinement.clone(),
         };
         // The proxy listens before the container starts, so the CLI's first
         // request never finds the socket missing.
@@ -81,11 +87,13 @@ impl Orchestrator {
         let started = std::time::Instant::now();
         self.runtime.create_and_start(&spec).await?;
         let timeout = Duration::from_secs(c.start_timeout_secs);
-        AgentClient::new(&socket_dir)
+        let agent = AgentClient::new(&socket_dir);
+        agent
             .wait_ready(timeout)
             .await
             .map_err(|e| OrchestratorError::NotReady(e.to_string()))?;
         crate::metrics::container_started(started.elapsed());
+        agent.log_confinement(name).await;
         if binding.is_none() {
             self.store.transition(name, ContainerState::Ready).await?;
         }

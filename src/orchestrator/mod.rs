@@ -19,6 +19,7 @@ pub use teardown::{destroy_all, Teardown};
 use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
 use crate::config::Config;
+use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
 use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
 use crate::runtime::{ContainerRuntime, RuntimeError};
@@ -56,6 +57,8 @@ pub enum OrchestratorError {
     NotReady(String),
     #[error("at capacity: {0} containers (pool.max_size)")]
     Capacity(usize),
+    #[error("workspace quota: {0}")]
+    Quota(#[from] crate::isolation::quota::QuotaError),
 }
 
 impl OrchestratorError {
@@ -65,7 +68,7 @@ impl OrchestratorError {
             Self::Runtime(RuntimeError::Unreachable(_)) => "runtime_unavailable",
             Self::Runtime(_) | Self::NotReady(_) => "container_start_failed",
             Self::State(_) => "state_error",
-            Self::Prepare { .. } => "workspace_failed",
+            Self::Prepare { .. } | Self::Quota(_) => "workspace_failed",
             Self::Proxy(_) => "proxy_failed",
             Self::Capacity(_) => "capacity_exhausted",
         }
@@ -99,6 +102,8 @@ pub struct Status {
     pub pool: PoolStatus,
     pub containers: Vec<ContainerRecord>,
     pub workers: BTreeMap<&'static str, WorkerStatus>,
+    /// Which isolation layers protect the containers on this host.
+    pub isolation: IsolationReport,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -123,6 +128,7 @@ pub struct Orchestrator {
     workers: Workers,
     refill: Notify,
     counters: Counters,
+    isolation: Isolation,
 }
 
 impl Orchestrator {
@@ -132,7 +138,21 @@ impl Orchestrator {
         store: Store,
         gateway: Arc<Gateway>,
     ) -> Arc<Self> {
+        Self::with_isolation(cfg, runtime, store, gateway, Isolation::default())
+    }
+
+    /// Like [`Orchestrator::new`], with the host's detected isolation
+    /// layers (seccomp profile, AppArmor or Landlock, userns-remap
+    /// ownership, disk quota) for every container it creates.
+    pub fn with_isolation(
+        cfg: Config,
+        runtime: Arc<dyn ContainerRuntime>,
+        store: Store,
+        gateway: Arc<Gateway>,
+        isolation: Isolation,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            isolation,
             cfg: RwLock::new(Arc::new(cfg)),
             runtime,
             store,
@@ -386,6 +406,11 @@ impl Orchestrator {
     }
 
     fn remove_dirs(&self, name: &str) {
+        // A quota filesystem must be unmounted first, or removing the
+        // workspace empties it and leaves the mount and its image behind.
+        if let Err(error) = crate::isolation::quota::release(&self.workspace_dir(name)) {
+            tracing::warn!(message = "Releasing the workspace quota failed.", container_id = %name, %error);
+        }
         for dir in [self.socket_dir(name), self.workspace_dir(name)] {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -420,6 +445,7 @@ impl Orchestrator {
             },
             containers,
             workers: self.workers.snapshot(),
+            isolation: self.isolation.report.clone(),
         })
     }
 

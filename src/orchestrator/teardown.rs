@@ -32,10 +32,28 @@ pub async fn destroy_all(
             continue;
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with("agentbox-")
-                && std::fs::remove_dir_all(entry.path()).is_ok()
-            {
+            if !entry.file_name().to_string_lossy().starts_with("agentbox-") {
+                continue;
+            }
+            // Unmount a workspace quota first; removing through the mount
+            // would leave the mount and its image behind.
+            let _ = crate::isolation::quota::release(&entry.path());
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
                 out.dirs += 1;
+            }
+        }
+    }
+    // Images whose mount is already gone (after a reboot) are left here.
+    let images = cfg
+        .container
+        .quota_dir
+        .clone()
+        .unwrap_or_else(|| crate::isolation::default_quota_dir(&cfg.container.workspace_root));
+    if let Ok(entries) = std::fs::read_dir(&images) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("agentbox-") && name.ends_with(".ext4") {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
     }

@@ -5,6 +5,7 @@ use super::{
     ContainerRuntime, ContainerSpec, ContainerStats, EngineInfo, ManagedContainer, RuntimeError,
     LABEL_INSTANCE, LABEL_MANAGED,
 };
+use crate::isolation::EngineFacts;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerSummaryStateEnum;
@@ -30,6 +31,16 @@ impl DockerRuntime {
             .await
             .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
         Ok(Self { docker })
+    }
+
+    /// The engine's security options and data root (`docker info`), from
+    /// which the daemon decides AppArmor and userns-remap handling.
+    pub async fn engine_facts(&self) -> Result<EngineFacts, RuntimeError> {
+        let info = self.docker.info().await.map_err(engine)?;
+        Ok(EngineFacts {
+            security_options: info.security_options.unwrap_or_default(),
+            root_dir: info.docker_root_dir.unwrap_or_default(),
+        })
     }
 }
 

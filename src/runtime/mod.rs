@@ -44,6 +44,9 @@ pub struct ContainerSpec {
     pub nano_cpus: i64,
     pub pids_limit: i64,
     pub tmp_size_bytes: u64,
+    /// Seccomp and path confinement; its default is the embedded seccomp
+    /// profile with Landlock.
+    pub confinement: spec::Confinement,
 }
 
 /// A container the engine has with our labels.

@@ -2,20 +2,62 @@
 //! request with every hardening layer switched on.
 
 use super::ContainerSpec;
+use crate::isolation::seccomp::EMBEDDED_PROFILE;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use std::collections::HashMap;
-use workspace_agent::protocol::SOCKET_DIR;
+use std::sync::Arc;
+use workspace_agent::protocol::{PathLayer, L2_ENV, SOCKET_DIR};
 
 /// Docker's json-file driver keeps logs forever unless capped.
 const LOG_MAX_SIZE: &str = "10m";
 const LOG_MAX_FILES: &str = "2";
 
+/// The kernel-side confinement of one container: its seccomp profile and
+/// which layer confines its paths.
+#[derive(Clone, Debug)]
+pub struct Confinement {
+    /// Seccomp profile JSON, handed to Docker inline.
+    pub seccomp_profile: Arc<str>,
+    /// The loaded AppArmor profile to use, or `None` for Landlock, which
+    /// the agent then applies to itself.
+    pub apparmor_profile: Option<String>,
+}
+
+impl Default for Confinement {
+    fn default() -> Self {
+        // Compacting is not needed for Docker to accept it; the embedded
+        // text is what `isolation::seccomp` checks in its tests.
+        Self {
+            seccomp_profile: Arc::from(EMBEDDED_PROFILE),
+            apparmor_profile: None,
+        }
+    }
+}
+
+impl Confinement {
+    pub fn path_layer(&self) -> PathLayer {
+        match self.apparmor_profile {
+            Some(_) => PathLayer::Apparmor,
+            None => PathLayer::Landlock,
+        }
+    }
+}
+
 pub fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut security_opt = vec![
+        "no-new-privileges:true".to_owned(),
+        format!("seccomp={}", spec.confinement.seccomp_profile),
+    ];
+    // Docker silently drops an AppArmor option on hosts without AppArmor,
+    // so it is only set where detection found the profile loaded.
+    if let Some(profile) = &spec.confinement.apparmor_profile {
+        security_opt.push(format!("apparmor={profile}"));
+    }
     let host_config = HostConfig {
         network_mode: Some("none".to_owned()),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".to_owned()]),
-        security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
+        security_opt: Some(security_opt),
         // tini as PID 1 reaps the zombies the agent's tools leave behind.
         init: Some(true),
         tmpfs: Some(HashMap::from([(
@@ -28,7 +70,8 @@ pub fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         nano_cpus: Some(spec.nano_cpus),
         pids_limit: Some(spec.pids_limit),
         // Docker's bind syntax takes no nosuid/nodev; no-new-privileges
-        // already makes setuid files on the workspace give nothing.
+        // already makes setuid files on the workspace give nothing, and the
+        // quota filesystem under it is mounted nosuid,nodev on the host.
         binds: Some(vec![
             format!("{}:/workspace:rw", spec.workspace_dir.display()),
             format!("{}:{SOCKET_DIR}:rw", spec.socket_dir.display()),
@@ -42,10 +85,21 @@ pub fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     };
+    let mut env: Vec<String> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| k != L2_ENV)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    // The agent applies Landlock to itself unless AppArmor confines it.
+    env.push(format!(
+        "{L2_ENV}={}",
+        spec.confinement.path_layer().as_str()
+    ));
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
-        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(env),
         labels: Some(spec.labels.clone()),
         working_dir: Some("/workspace".to_owned()),
         host_config: Some(host_config),
@@ -70,6 +124,7 @@ mod tests {
             nano_cpus: 1_000_000_000,
             pids_limit: 256,
             tmp_size_bytes: 1 << 26,
+            confinement: Confinement::default(),
         }
     }
 
@@ -80,20 +135,43 @@ mod tests {
         assert_eq!(hc.network_mode.as_deref(), Some("none"));
         assert_eq!(hc.readonly_rootfs, Some(true));
         assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
-        assert!(hc
-            .security_opt
-            .unwrap()
-            .contains(&"no-new-privileges:true".to_owned()));
+        let opts = hc.security_opt.unwrap();
+        assert!(opts.contains(&"no-new-privileges:true".to_owned()));
+        assert!(
+            opts.iter()
+                .any(|o| o.starts_with("seccomp={") && o.contains("SCMP_ACT_ERRNO")),
+            "{opts:?}"
+        );
+        assert!(!opts.iter().any(|o| o.starts_with("apparmor=")));
         assert_eq!(hc.memory, hc.memory_swap);
         assert_eq!(hc.pids_limit, Some(256));
         assert!(hc.tmpfs.unwrap()["/tmp"].contains("nosuid,nodev"));
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
-        assert_eq!(body.env.unwrap(), vec!["A=1".to_owned()]);
+        assert_eq!(
+            body.env.unwrap(),
+            vec!["A=1".to_owned(), "AGENTBOX_L2=landlock".to_owned()]
+        );
         let binds = hc.binds.unwrap();
         assert_eq!(
             binds.len(),
             2,
             "only the workspace and the socket dir: {binds:?}"
         );
+    }
+
+    #[test]
+    fn apparmor_replaces_landlock_and_cannot_be_overridden_by_env() {
+        let mut s = spec();
+        s.confinement.apparmor_profile = Some("workspace-container".into());
+        s.env.push((L2_ENV.into(), "none".into()));
+        let body = hardened_create_body(&s);
+        let opts = body.host_config.unwrap().security_opt.unwrap();
+        assert!(opts.contains(&"apparmor=workspace-container".to_owned()));
+        let env = body.env.unwrap();
+        assert_eq!(
+            env.iter().filter(|e| e.starts_with("AGENTBOX_L2=")).count(),
+            1
+        );
+        assert!(env.contains(&"AGENTBOX_L2=apparmor".to_owned()), "{env:?}");
     }
 }

@@ -37,6 +37,7 @@ pub fn prerequisites() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         run_script("tests/setup/ensure-docker.sh", &[]);
+        run_script("tests/setup/ensure-isolation-tools.sh", &[]);
         run_script("workspace-base/build-image.sh", &[&test_image()]);
     });
 }
@@ -319,6 +320,22 @@ impl Drop for Daemon {
         for id in self.containers() {
             let _ = docker(&["rm", "-f", "-v", &id]);
         }
+        release_mounts_under(self.dir.path());
+    }
+}
+
+/// Unmounts the workspace quota filesystems under `dir` (deepest first),
+/// so a test's temporary directory leaves no loop mount behind.
+pub fn release_mounts_under(dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = agentbox::isolation::quota::parse_mountinfo(&info)
+        .into_iter()
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = Command::new("umount").arg(&p).status();
     }
 }
 

@@ -169,7 +169,9 @@ main() {
     die "existing dockerd does not answer 'docker info'"
   fi
 
-  if systemd_usable; then
+  # systemd's docker.service knows nothing of AGENTBOX_DOCKERD_ARGS: an
+  # engine with extra arguments (a second, remapped engine) is always ours.
+  if ((${#EXTRA_ARGS[@]} == 0)) && systemd_usable; then
     say "systemd is PID 1: systemctl start docker"
     systemctl start docker
     wait_for_docker || die "docker.service started but 'docker info' fails; see: journalctl -u docker"

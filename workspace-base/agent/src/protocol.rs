@@ -16,6 +16,67 @@ pub const PROXY_SOCKET: &str = "proxy.sock";
 /// Address inside the container that is bridged to the proxy socket.
 pub const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 
+/// Environment variable by which the host tells the agent which layer
+/// confines paths: `apparmor` (the kernel already does) or `landlock` (the
+/// agent must restrict itself). Absent means `landlock`.
+pub const L2_ENV: &str = "AGENTBOX_L2";
+
+/// The layer that confines what paths a container may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathLayer {
+    Apparmor,
+    Landlock,
+}
+
+impl PathLayer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apparmor => "apparmor",
+            Self::Landlock => "landlock",
+        }
+    }
+
+    /// Reads [`L2_ENV`]'s value; anything but `apparmor` means Landlock,
+    /// so a typo never switches confinement off.
+    pub fn from_env_value(value: Option<&str>) -> Self {
+        match value {
+            Some("apparmor") => Self::Apparmor,
+            _ => Self::Landlock,
+        }
+    }
+}
+
+/// How far the agent's Landlock restriction took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforcement {
+    FullyEnforced,
+    PartiallyEnforced,
+    NotEnforced,
+    /// Not attempted: AppArmor confines the container instead.
+    Skipped,
+}
+
+/// The confinement the agent reports in `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    pub layer: PathLayer,
+    pub landlock: Enforcement,
+    /// The kernel's Landlock ABI version, when it has one.
+    pub landlock_abi: Option<i32>,
+    /// Why it is not fully enforced, or what was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The JSON body of the agent's `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub confinement: Confinement,
+}
+
 /// Claude Code permission modes, spelled as the CLI and the Agent SDK spell them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,7 @@
 //! The agent's HTTP API on its Unix socket, served to the host daemon only.
 //!
-//! Routes: `GET /health` (200 once the agent is up) and `POST /execute`
+//! Routes: `GET /health` (200 once the agent is up, with a JSON
+//! [`Health`] body saying how it is confined) and `POST /execute`
 //! (NDJSON [`AgentEvent`] stream in the response body).
 //!
 //! One run at a time: the host allows one run per conversation, so a new
@@ -9,7 +10,7 @@
 //! all, and the new one starts.
 
 use crate::cli::{self, CliConfig};
-use crate::protocol::{AgentEvent, ExecuteRequest};
+use crate::protocol::{AgentEvent, Confinement, ExecuteRequest, Health};
 use bytes::Bytes;
 use http_body_util::{channel::Channel, BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -29,14 +30,16 @@ type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 
 pub struct Agent {
     cli: CliConfig,
+    confinement: Confinement,
     /// The run in progress, if any.
     current: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Agent {
-    pub fn new(cli: CliConfig) -> Arc<Self> {
+    pub fn new(cli: CliConfig, confinement: Confinement) -> Arc<Self> {
         Arc::new(Self {
             cli,
+            confinement,
             current: Mutex::new(None),
         })
     }
@@ -58,7 +61,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> std::io::Result
 
 async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => plain(StatusCode::OK, "ok"),
+        (&Method::GET, "/health") => health(&agent),
         (&Method::POST, "/execute") => execute(agent, req).await,
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     })
@@ -101,6 +104,24 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         .header("content-type", "application/x-ndjson")
         .body(Body::Right(body))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+fn health(agent: &Agent) -> Response<Body> {
+    let body = Health {
+        status: "ok".to_owned(),
+        confinement: agent.confinement.clone(),
+    };
+    match serde_json::to_vec(&body) {
+        Ok(json) => {
+            let mut resp = Response::new(Body::Left(Full::new(Bytes::from(json))));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
