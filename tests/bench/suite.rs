@@ -4,9 +4,16 @@
 //! test suite, so the harness never rots. Benchmarks print figures; they
 //! never assert on time.
 //!
-//! Scenarios: `claim` (request -> first byte from the agent, warm pool vs
-//! empty pool, with `docker run --rm` of the same image and flags as the
-//! floor of a cold start).
+//! Scenarios (run all, or name some):
+//! - `claim`: request -> first byte from the agent and -> the CLI's first
+//!   model request, warm pool vs empty pool, with `docker run --rm` of the
+//!   same image and flags as the floor of a cold start.
+//! - `restart`: `kill -9` of the daemon with many live containers, then
+//!   the time until it has reconciled and serves, and until the pool is
+//!   whole again.
+//! - `density`: the agent's idle RSS and the host memory per idle warm
+//!   container; how many would fit in this host's available memory.
+//! - `throughput`: concurrent multi-turn conversations with tool use.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -44,91 +51,153 @@ fn args() -> Args {
     a
 }
 
-/// Median and spread of a sample, in milliseconds.
+impl Args {
+    fn wants(&self, name: &str) -> bool {
+        self.scenarios.is_empty() || self.scenarios.iter().any(|s| s == name)
+    }
+
+    /// `full` normally, `smoke` in smoke mode.
+    fn size(&self, full: usize, smoke: usize) -> usize {
+        if self.smoke {
+            smoke
+        } else {
+            full
+        }
+    }
+}
+
+/// Median and spread of a sample.
 struct Summary {
     n: usize,
     p50: f64,
     p90: f64,
+    p99: f64,
     min: f64,
     max: f64,
 }
 
-fn summarize(mut ms: Vec<f64>) -> Summary {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+fn summarize(mut v: Vec<f64>) -> Summary {
+    assert!(!v.is_empty(), "empty sample");
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     Summary {
-        n: ms.len(),
+        n: v.len(),
         p50: pick(0.5),
         p90: pick(0.9),
-        min: ms[0],
-        max: ms[ms.len() - 1],
+        p99: pick(0.99),
+        min: v[0],
+        max: v[v.len() - 1],
     }
 }
 
-fn row(name: &str, s: &Summary) -> String {
-    format!(
-        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        s.n, s.p50, s.p90, s.min, s.max
-    )
+fn header() {
+    println!("| measure | n | p50 | p90 | p99 | min | max |");
+    println!("|---|---|---|---|---|---|---|");
 }
 
-/// One request: milliseconds to the agent's first byte (the `agent started`
-/// comment) and to the first event, and whether the run succeeded.
-async fn timed_run(d: &Daemon, conversation: &str) -> (f64, f64) {
+fn row(name: &str, s: &Summary) {
+    println!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        s.n, s.p50, s.p90, s.p99, s.min, s.max
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What one run took, in milliseconds from sending the request.
+struct Timing {
+    /// The `agent started` comment: the first byte from the agent.
+    agent: f64,
+    /// The first SSE event.
+    first_event: f64,
+    /// The stream's end.
+    total: f64,
+    /// Unix ms when the request went out (for the mock's timestamps).
+    sent_at_ms: u64,
+}
+
+async fn timed_run(d: &Daemon, conversation: &str, prompt: &str) -> Result<Timing, String> {
+    let sent_at_ms = now_ms();
     let started = Instant::now();
     let mut resp = reqwest::Client::new()
         .post(d.url(&format!("/v1/conversations/{conversation}/messages")))
         .bearer_auth(TOKEN)
-        .json(&json!({"prompt": "!text hi"}))
+        .json(&json!({ "prompt": prompt }))
         .send()
         .await
-        .expect("send");
-    assert_eq!(resp.status(), 200);
+        .map_err(|e| e.to_string())?;
+    if resp.status() != 200 {
+        return Err(format!("status {}", resp.status()));
+    }
     let (mut agent, mut first_event) = (None, None);
     let mut body = String::new();
-    while let Some(chunk) = resp.chunk().await.expect("read stream") {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
         body.push_str(&String::from_utf8_lossy(&chunk));
         let elapsed = started.elapsed().as_secs_f64() * 1000.0;
         if agent.is_none() && body.contains(": agent started") {
             agent = Some(elapsed);
         }
-        if first_event.is_none() && body.contains("\nevent:") || body.starts_with("event:") {
-            first_event.get_or_insert(elapsed);
+        if first_event.is_none() && (body.contains("\nevent:") || body.starts_with("event:")) {
+            first_event = Some(elapsed);
         }
     }
-    assert!(body.contains("event: result"), "run failed: {body}");
-    (
-        agent.expect("no `agent started` comment"),
-        first_event.expect("no event"),
-    )
+    let events = parse_sse(&body);
+    let ok = events
+        .iter()
+        .any(|e| e.event == "result" && e.data["is_error"] == false);
+    if !ok {
+        return Err(format!("run failed: {body}"));
+    }
+    Ok(Timing {
+        agent: agent.ok_or("no `agent started` comment")?,
+        first_event: first_event.ok_or("no event")?,
+        total: started.elapsed().as_secs_f64() * 1000.0,
+        sent_at_ms,
+    })
+}
+
+/// Milliseconds from sending to the first model request the mock saw after.
+fn to_first_model_request(mock: &mock_model::MockModel, sent_at_ms: u64) -> f64 {
+    mock.requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/messages") && r.at_ms >= sent_at_ms)
+        .map(|r| (r.at_ms - sent_at_ms) as f64)
+        .fold(f64::INFINITY, f64::min)
 }
 
 async fn claim(a: &Args) {
     let runs = a.runs;
-    // Warm: a pool big enough that every request finds a ready container.
-    let (_mock, d) = start_with_mock_opts("bench-key", 2, "").await;
-    let (mut warm_agent, mut warm_event) = (Vec::new(), Vec::new());
-    for i in 0..runs {
-        tokio::task::block_in_place(|| {
-            d.wait_status(120, "a ready container", |s| s["pool"]["ready"] == 2)
-        });
-        let (agent, event) = timed_run(&d, &format!("warm-{i}")).await;
-        warm_agent.push(agent);
-        warm_event.push(event);
+    let mut rows = Vec::new();
+    for (label, pool) in [("warm pool", 2), ("empty pool", 0)] {
+        let (mock, d) = start_with_mock_opts("bench-key", pool, "").await;
+        let (mut agent, mut model, mut event) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            if pool > 0 {
+                tokio::task::block_in_place(|| {
+                    d.wait_status(120, "a ready container", |s| s["pool"]["ready"] == pool)
+                });
+            }
+            let t = timed_run(&d, &format!("c-{i}"), "!text hi")
+                .await
+                .expect("run");
+            agent.push(t.agent);
+            model.push(to_first_model_request(&mock, t.sent_at_ms));
+            event.push(t.first_event);
+        }
+        if pool > 0 {
+            assert_eq!(
+                d.status()["pool"]["cold_starts_total"],
+                0,
+                "a warm run started cold"
+            );
+        }
+        rows.push((label, summarize(agent), summarize(model), summarize(event)));
     }
-    let s = d.status();
-    assert_eq!(s["pool"]["cold_starts_total"], 0, "a warm run started cold");
-    drop(d);
-
-    let (_mock, d) = start_with_mock_opts("bench-key", 0, "").await;
-    let (mut cold_agent, mut cold_event) = (Vec::new(), Vec::new());
-    for i in 0..runs {
-        let (agent, event) = timed_run(&d, &format!("cold-{i}")).await;
-        cold_agent.push(agent);
-        cold_event.push(event);
-    }
-    drop(d);
-
     let mut floor = Vec::new();
     let image = test_image();
     for _ in 0..runs {
@@ -158,44 +227,184 @@ async fn claim(a: &Args) {
         ]);
         floor.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-
-    let (wa, ca) = (summarize(warm_agent), summarize(cold_agent));
     println!("\n### Claim latency (ms)\n");
-    println!("| measure | runs | p50 | p90 | min | max |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "{}",
-        row("warm pool: request -> first byte from the agent", &wa)
-    );
-    println!(
-        "{}",
-        row("empty pool: request -> first byte from the agent", &ca)
-    );
-    println!(
-        "{}",
+    header();
+    for (label, agent, _, _) in &rows {
         row(
-            "`docker run --rm` same image and flags (floor of a cold start)",
-            &summarize(floor)
-        )
+            &format!("{label}: request -> first byte from the agent"),
+            agent,
+        );
+    }
+    row(
+        "`docker run --rm`, same image and flags (floor of a cold start)",
+        &summarize(floor),
     );
-    println!(
-        "{}",
+    for (label, _, model, _) in &rows {
         row(
-            "warm pool: request -> first SSE event (includes the CLI start)",
-            &summarize(warm_event)
-        )
+            &format!("{label}: request -> the CLI's first model request"),
+            model,
+        );
+    }
+    for (label, _, _, event) in &rows {
+        row(&format!("{label}: request -> first SSE event"), event);
+    }
+    println!(
+        "\nwarm p50 is {:.1}x faster than cold p50 (first byte from the agent)\n",
+        rows[1].1.p50 / rows[0].1.p50
+    );
+}
+
+async fn restart(a: &Args) {
+    let n = a.size(50, 3);
+    let env = vec![("AGENTBOX_POOL_MAX_SIZE".to_owned(), (n + 8).to_string())];
+    let (_mock, mut d) = start_with_mock_env("bench-key", n, "", env).await;
+    let fill = Instant::now();
+    tokio::task::block_in_place(|| {
+        d.wait_status(900, "the pool filled", |s| s["pool"]["ready"] == n as u64)
+    });
+    let fill_s = fill.elapsed().as_secs_f64();
+    let (mut serving, mut whole) = (Vec::new(), Vec::new());
+    for _ in 0..a.size(3, 1) {
+        d.kill9();
+        let t = Instant::now();
+        tokio::task::block_in_place(|| d.restart());
+        serving.push(t.elapsed().as_secs_f64() * 1000.0);
+        tokio::task::block_in_place(|| {
+            d.wait_status(120, "the pool adopted", |s| {
+                s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
+            })
+        });
+        whole.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(d.engine_names().len(), n, "containers leaked or lost");
+    }
+    println!("\n### Restart after `kill -9` with {n} live containers (ms)\n");
+    println!("(filling the pool of {n} took {fill_s:.1} s)\n");
+    header();
+    row("restart -> reconciled and serving", &summarize(serving));
+    row(
+        "restart -> pool whole again (all adopted)",
+        &summarize(whole),
+    );
+}
+
+fn mib(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.trim().parse().unwrap_or(f64::NAN);
+    match unit.trim() {
+        "B" => v / 1048576.0,
+        "KiB" | "kB" => v / 1024.0,
+        "MiB" | "MB" => v,
+        "GiB" | "GB" => v * 1024.0,
+        _ => f64::NAN,
+    }
+}
+
+async fn density(a: &Args) {
+    let n = a.size(10, 2);
+    let (_mock, d) = start_with_mock_opts("bench-key", n, "").await;
+    let s = tokio::task::block_in_place(|| {
+        d.wait_status(300, "the pool filled", |s| s["pool"]["ready"] == n as u64)
+    });
+    // Let start-up settle before measuring idle memory.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let names: Vec<String> = s["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect();
+    let (mut rss, mut host) = (Vec::new(), Vec::new());
+    for name in &names {
+        let out = docker_ok(&[
+            "exec", name, "sh", "-c",
+            "for p in /proc/[0-9]*; do if grep -q workspace-agent $p/cmdline 2>/dev/null; then grep VmRSS $p/status; fi; done",
+        ]);
+        let kib: f64 = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("agent VmRSS");
+        rss.push(kib / 1024.0);
+        let usage = docker_ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
+        host.push(mib(usage.split('/').next().unwrap_or("")));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available_mib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN);
+    let per = summarize(host);
+    println!("\n### Density: {n} idle warm containers (MiB)\n");
+    header();
+    row("workspace-agent idle RSS", &summarize(rss));
+    row("host memory per idle warm container (cgroup usage)", &per);
+    println!(
+        "\nMemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm containers\n",
+        per.p50,
+        available_mib / per.p50
+    );
+}
+
+async fn throughput(a: &Args) {
+    let (conversations, turns) = (a.size(20, 3), a.size(3, 2));
+    let env = vec![(
+        "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+        (conversations + 8).to_string(),
+    )];
+    let (_mock, d) = start_with_mock_env("bench-key", 4, "", env).await;
+    tokio::task::block_in_place(|| {
+        d.wait_status(300, "the pool filled", |s| s["pool"]["ready"] == 4)
+    });
+    let d = std::sync::Arc::new(d);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..conversations)
+        .map(|c| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for t in 0..turns {
+                    let prompt =
+                        format!("turn {t}\n!write f{t}.txt content {t}\n!bash cat f{t}.txt");
+                    out.push(timed_run(&d, &format!("tp-{c}"), &prompt).await);
+                }
+                out
+            })
+        })
+        .collect();
+    let (mut first, mut total, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        for r in task.await.expect("conversation task") {
+            match r {
+                Ok(t) => {
+                    first.push(t.first_event);
+                    total.push(t.total);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "\n### Throughput: {conversations} concurrent conversations x {turns} turns with tools\n"
     );
     println!(
-        "{}",
-        row(
-            "empty pool: request -> first SSE event",
-            &summarize(cold_event)
-        )
+        "errors: {} of {} runs; wall time {wall:.1} s\n",
+        errors.len(),
+        conversations * turns
     );
-    println!(
-        "\nwarm p50 is {:.1}x faster than cold p50\n",
-        ca.p50 / wa.p50
-    );
+    header();
+    if !first.is_empty() {
+        row("time to first event (ms)", &summarize(first));
+        row("run time (ms)", &summarize(total));
+    }
+    for e in errors.iter().take(3) {
+        println!("\nerror: {}", e.chars().take(300).collect::<String>());
+    }
+    assert!(errors.is_empty(), "throughput runs failed");
 }
 
 fn main() {
@@ -204,16 +413,30 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let all = a.scenarios.is_empty();
     let t = Instant::now();
+    println!(
+        "bench on {} cores, kernel {}, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        if a.smoke { "smoke mode" } else { "full" }
+    );
     rt.block_on(async {
-        if all || a.scenarios.iter().any(|s| s == "claim") {
+        if a.wants("claim") {
             claim(&a).await;
         }
+        if a.wants("restart") {
+            restart(&a).await;
+        }
+        if a.wants("density") {
+            density(&a).await;
+        }
+        if a.wants("throughput") {
+            throughput(&a).await;
+        }
     });
-    eprintln!(
-        "bench: done in {:.1}s{}",
-        t.elapsed().as_secs_f64(),
-        if a.smoke { " (smoke)" } else { "" }
-    );
+    eprintln!("bench: done in {:.1}s", t.elapsed().as_secs_f64());
 }

@@ -69,6 +69,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Parsed JSON body, or Null when the body is empty or not JSON.
     pub body: serde_json::Value,
+    /// When it arrived, in Unix milliseconds (benchmarks time against it).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl RecordedRequest {

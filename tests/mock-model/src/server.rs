@@ -58,6 +58,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if parts.method == Method::GET && parts.uri.path() == REQUESTS_PATH {
         return json_response(StatusCode::OK, json!(shared.snapshot()));
     }
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(bytes) => bytes,
         Err(e) => return api_error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
@@ -68,6 +72,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         path: path.clone(),
         headers: header_pairs(&parts.headers),
         body: parsed.clone().unwrap_or(Value::Null),
+        at_ms,
     });
     route(&shared, &parts.method, parts.uri.path(), parsed, &bytes).await
 }
