@@ -30,6 +30,46 @@ pub enum AuditEvent {
         subject: Subject,
         reason: String,
     },
+    /// The egress proxy let a request or tunnel through (written when it ends).
+    ProxyRequestAllowed {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        request: ProxyRequest,
+    },
+    /// The egress proxy refused a request.
+    ProxyRequestBlocked {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        request: ProxyRequest,
+    },
+    /// A container's proxy task died and was started again.
+    ProxyTaskRestarted {
+        #[serde(flatten)]
+        subject: Subject,
+        cause: String,
+    },
+}
+
+/// One proxy decision. `credential` names the credential the proxy added
+/// (`anthropic_api_key`, `aws_sigv4:env`, ...), never its value.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyRequest {
+    /// `model_gateway`, `connect`, `http` or `none` (unparseable).
+    pub route: String,
+    pub method: String,
+    pub host: String,
+    pub port: u16,
+    /// The rule that allowed it, or the stable refusal code.
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub bytes_from_container: u64,
+    pub bytes_to_container: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 impl AuditEvent {

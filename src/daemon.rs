@@ -9,7 +9,7 @@ use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
 use crate::execute::Executor;
 use crate::orchestrator::Orchestrator;
-use crate::proxy::Gateway;
+use crate::proxy::{AwsEnv, Gateway, ProxyError};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
@@ -24,8 +24,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("model gateway: {0}")]
-    Gateway(std::io::Error),
+    #[error("egress proxy: {0}")]
+    Gateway(ProxyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -38,15 +38,15 @@ pub enum DaemonError {
 pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
-    let api_key = secrets::anthropic_api_key();
-    if api_key.is_none() {
+    let gateway = Arc::new(
+        Gateway::new(&cfg, secrets::anthropic_api_key(), AwsEnv::from_process())
+            .map_err(DaemonError::Gateway)?,
+    );
+    if gateway.missing_api_key() {
         tracing::warn!(
             message = "ANTHROPIC_API_KEY is not set; model requests go out without a key."
         );
     }
-    let gateway = Arc::new(
-        Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
-    );
     let orchestrator = Orchestrator::new(cfg.clone(), runtime, gateway);
     let executor = Executor::new(orchestrator, store);
     let state = AppState {
