@@ -58,12 +58,15 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    // Registered before "Listening." so a SIGTERM right after it drains
+    // instead of killing the process with the default action.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tracing::info!(message = "Listening.", addr = %local, instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        wait_for_signal(term).await;
         tracing::info!(message = "Shutdown requested; draining.");
         let _ = stop_tx.send(true);
     });
@@ -84,9 +87,8 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
+async fn wait_for_signal(term: std::io::Result<tokio::signal::unix::Signal>) {
+    match term {
         Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -37,7 +37,8 @@ pub fn prerequisites() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         run_script("tests/setup/ensure-docker.sh", &[]);
-        run_script("workspace-base/build-image.sh", &[]);
+        // The tag under test, so a branch's image never replaces `:latest`.
+        run_script("workspace-base/build-image.sh", &[&test_image()]);
     });
 }
 
