@@ -31,3 +31,7 @@ demo: setup
 # Remove every container agentbox created on this host.
 destroy-all:
     ids=$(docker ps -aq --filter label=agentbox.managed=true); [ -z "$ids" ] || docker rm -f -v $ids
+
+# Egress proxy vs squid vs tinyproxy on loopback (prints figures; see docs/benchmarks.md).
+bench-proxy *ARGS:
+    bash tests/bench/bench-proxy.sh {{ARGS}}

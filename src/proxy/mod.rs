@@ -18,6 +18,8 @@ mod decision;
 mod dns;
 mod env;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz_check;
 mod gateway;
 pub mod hostmatch;
 mod io;

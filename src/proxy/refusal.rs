@@ -3,7 +3,7 @@
 //! gets. Answers never echo what the client sent.
 
 use super::addr::Forbidden;
-use hyper::StatusCode;
+use http::StatusCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
