@@ -177,24 +177,36 @@ async fn https_server(cert: Vec<u8>, key: Vec<u8>) -> u16 {
     port
 }
 
-/// A plain-HTTP server on loopback answering `hello-plain`.
-async fn http_server() -> u16 {
+/// A plain-HTTP server on loopback answering `hello-plain`; keeps the
+/// request heads it saw.
+async fn http_server() -> (u16, Arc<Mutex<Vec<String>>>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = heads.clone();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = l.accept().await {
-            tokio::spawn(async move { answer(&mut tcp, "hello-plain").await });
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                if let Some(head) = answer(&mut tcp, "hello-plain").await {
+                    seen.lock().unwrap().push(head);
+                }
+            });
         }
     });
-    port
+    (port, heads)
 }
 
-async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, body: &str) {
+/// Reads one request head, answers `body`, returns the head.
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    body: &str,
+) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -204,6 +216,7 @@ async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut
     );
     let _ = s.write_all(resp.as_bytes()).await;
     let _ = s.shutdown().await;
+    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Sends raw request heads to the proxy from inside the container and
@@ -223,7 +236,7 @@ async fn forward_proxy_allows_listed_names_and_refuses_every_bypass() {
     let certs = tempfile::tempdir().unwrap();
     let (cert_pem, cert_der, key_der) = test_cert(certs.path());
     let tls_port = https_server(cert_der, key_der).await;
-    let http_port = http_server().await;
+    let (http_port, heads) = http_server().await;
     let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
     let extra = format!(
         r#"
@@ -360,6 +373,19 @@ allow_private_cidrs = ["127.0.0.0/8"]
     for line in out.lines() {
         assert!(line.ends_with("HTTP/1.1 403 Forbidden"), "{out}");
     }
+    // npm and git take the proxy from the environment too (the server is
+    // on the host's loopback: reaching it at all means through the proxy).
+    exec(
+        &container,
+        &format!(
+            "npm ping --registry http://allowed.test:{http_port}/ >/dev/null 2>&1; \
+             git ls-remote http://allowed.test:{http_port}/r.git >/dev/null 2>&1; true"
+        ),
+    );
+    let seen = heads.lock().unwrap().join("\n---\n").to_ascii_lowercase();
+    assert!(seen.contains("user-agent: npm/"), "{seen}");
+    assert!(seen.contains("user-agent: git/"), "{seen}");
+
     // Without the proxy there is no way out at all.
     let (code, _) = exec(
         &container,

@@ -6,10 +6,11 @@
 //! apply as for any other program on the host. `getaddrinfo` does not
 //! report TTLs, so answers are kept for a fixed `proxy.dns_cache_ttl_secs`
 //! (30 s by default) and failures for a few seconds. hickory-resolver would
-//! give real TTLs but costs ~25 more crates in a debug build, and the
-//! proxy's safety does not depend on the TTL: every address is checked
-//! after resolution and the connection goes to a checked address, never to
-//! a name resolved a second time.
+//! give real TTLs, but a scratch crate of it and tokio built cold in 17 s
+//! with 79 crates here (aws-sigv4 with tokio: 8 s, 50), and the proxy's
+//! safety does not depend on the TTL: every address is checked after
+//! resolution and the connection goes to a checked address, never to a
+//! name resolved a second time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -3,26 +3,54 @@
 //! `tests/e2e_proxy.rs`.)
 
 use super::*;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use std::sync::Mutex as StdMutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixStream};
 
-/// An upstream that records request headers and answers `hello`.
-async fn http_upstream() -> (u16, Arc<StdMutex<Vec<HeaderMap>>>) {
+/// An upstream that records request headers and answers `hello`; also
+/// `/redirect` (a 302 elsewhere) and `/stream` (`first`, then `second`
+/// once the returned `Notify` fires).
+async fn http_upstream() -> (u16, Arc<StdMutex<Vec<HeaderMap>>>, Arc<tokio::sync::Notify>) {
+    use axum::response::IntoResponse;
     let seen: Arc<StdMutex<Vec<HeaderMap>>> = Arc::default();
-    let rec = seen.clone();
-    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
-        let rec = rec.clone();
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (rec, release) = (seen.clone(), go.clone());
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
+        let (rec, release) = (rec.clone(), release.clone());
         async move {
             rec.lock().unwrap().push(headers);
-            "hello"
+            match uri.path() {
+                "/redirect" => (
+                    StatusCode::FOUND,
+                    [("location", "http://elsewhere.test/steal")],
+                    "moved",
+                )
+                    .into_response(),
+                "/stream" => {
+                    let chunks = futures_util::stream::unfold(0, move |n| {
+                        let release = release.clone();
+                        async move {
+                            match n {
+                                0 => Some((Ok::<_, std::io::Error>(Bytes::from("first;")), 1)),
+                                1 => {
+                                    release.notified().await;
+                                    Some((Ok(Bytes::from("second")), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    axum::body::Body::from_stream(chunks).into_response()
+                }
+                _ => "hello".into_response(),
+            }
         }
     });
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(l, app).await.ok() });
-    (port, seen)
+    (port, seen, go)
 }
 
 /// An upstream that echoes every byte back.
@@ -44,18 +72,28 @@ struct Fixture {
     _dir: tempfile::TempDir,
     socket: std::path::PathBuf,
     registry: ProxyRegistry,
+    gw: Arc<Gateway>,
     echo: u16,
     http: u16,
     seen: Arc<StdMutex<Vec<HeaderMap>>>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 async fn fixture(max_connections: usize) -> Fixture {
+    fixture_with(max_connections, None).await
+}
+
+/// `model_url` defaults to the recording upstream.
+async fn fixture_with(max_connections: usize, model_url: Option<&str>) -> Fixture {
     let echo = echo_upstream().await;
-    let (http, seen) = http_upstream().await;
+    let (http, seen, release) = http_upstream().await;
+    let model_url = model_url
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("http://127.0.0.1:{http}"));
     let text = format!(
         r#"
 [model]
-anthropic_base_url = "http://127.0.0.1:{http}"
+anthropic_base_url = "{model_url}"
 [proxy]
 allowed_domains = ["allowed.test", "*.wild.test", "meta.test", "private.test"]
 allowed_ports = [{echo}, {http}]
@@ -64,9 +102,16 @@ max_connections_per_container = {max_connections}
 [proxy.resolve]
 "allowed.test" = "127.0.0.1"
 "a.wild.test" = "127.0.0.1"
+"tenant.test" = "127.0.0.1"
 "meta.test" = "169.254.169.254"
 "private.test" = "10.0.0.1"
-"#
+
+[[tenants]]
+id = "t1"
+token_sha256 = "{hash}"
+allowed_domains = ["tenant.test"]
+"#,
+        hash = "0".repeat(64)
     );
     let cfg = Config::from_toml(&text, Vec::new()).unwrap();
     cfg.validate().unwrap();
@@ -79,14 +124,16 @@ max_connections_per_container = {max_connections}
         tenant_id: "t1".into(),
         conversation_id: "conv".into(),
     };
-    registry.ensure(gw, dir.path(), ctx).unwrap();
+    registry.ensure(gw.clone(), dir.path(), ctx).unwrap();
     Fixture {
         socket: dir.path().join(PROXY_SOCKET),
         _dir: dir,
         registry,
+        gw,
         echo,
         http,
         seen,
+        release,
     }
 }
 
@@ -310,4 +357,113 @@ async fn a_killed_proxy_task_comes_back_without_losing_connections() {
         UnixStream::connect(&f.socket).await.is_err(),
         "stopped: the socket no longer accepts"
     );
+}
+
+#[tokio::test]
+async fn tenants_get_their_own_additions_only() {
+    let f = fixture(8).await;
+    let s = tunnel(&f, "tenant.test", f.echo).await;
+    assert!(s.is_ok(), "t1 lists tenant.test: {:?}", s.err());
+    // Another tenant's container on the same gateway.
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = ProxyContext {
+        container_id: "c2".into(),
+        tenant_id: "t2".into(),
+        conversation_id: "conv".into(),
+    };
+    f.registry.ensure(f.gw.clone(), dir.path(), ctx).unwrap();
+    let other = Fixture {
+        socket: dir.path().join(PROXY_SOCKET),
+        ..fixture(8).await
+    };
+    let err = tunnel(&other, "tenant.test", f.echo).await.err().unwrap();
+    assert!(err.starts_with("HTTP/1.1 403"), "{err}");
+    assert!(tunnel(&other, "allowed.test", f.echo).await.is_ok());
+}
+
+#[tokio::test]
+async fn gateway_streams_answers_and_never_follows_redirects() {
+    let f = fixture(8).await;
+    let mut s = UnixStream::connect(&f.socket).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The first chunk arrives while the upstream still holds the second.
+    while !String::from_utf8_lossy(&got).contains("first;") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the gateway buffered the answer")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    f.release.notify_one();
+    s.read_to_end(&mut got).await.unwrap();
+    assert!(String::from_utf8_lossy(&got).contains("second"));
+
+    let before = f.seen.lock().unwrap().len();
+    let out = exchange(&f, "GET /redirect HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 302"), "{out}");
+    assert!(
+        out.contains("location: http://elsewhere.test/steal"),
+        "{out}"
+    );
+    assert_eq!(
+        f.seen.lock().unwrap().len(),
+        before + 1,
+        "the redirect was not followed"
+    );
+}
+
+/// A `MakeWriter` that keeps everything written.
+#[derive(Clone, Default)]
+struct Captured(Arc<StdMutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Everything the proxy logs at TRACE, on success and on upstream
+/// failure, is free of the key (current-thread runtime: every task logs
+/// into this thread's subscriber).
+#[tokio::test]
+async fn no_credential_in_any_log_line_at_trace() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(logs.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let ok = fixture(8).await;
+    let down = fixture_with(8, Some("http://127.0.0.1:1")).await;
+    for f in [&ok, &down] {
+        let out = exchange(
+            f,
+            "POST /v1/messages HTTP/1.1\r\nx-api-key: real-key\r\nContent-Length: 2\r\n\r\n{}",
+        )
+        .await;
+        assert!(!out.contains("real-key"), "{out}");
+    }
+    // Decisions are written just after the connection closes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("Model gateway upstream failed."), "{text}");
+    assert!(text.contains("proxy_request_allowed"), "{text}");
+    assert!(!text.contains("real-key"), "{text}");
 }
