@@ -461,8 +461,14 @@ async fn no_credential_in_any_log_line_at_trace() {
         assert!(!out.contains("real-key"), "{out}");
     }
     // Decisions are written just after the connection closes.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let read = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    for _ in 0..100 {
+        if read().matches("proxy_request_").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = read();
     assert!(text.contains("Model gateway upstream failed."), "{text}");
     assert!(text.contains("proxy_request_allowed"), "{text}");
     assert!(!text.contains("real-key"), "{text}");
