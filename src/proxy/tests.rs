@@ -460,16 +460,11 @@ async fn no_credential_in_any_log_line_at_trace() {
         .await;
         assert!(!out.contains("real-key"), "{out}");
     }
-    // Decisions are written just after the connection closes.
-    let read = || String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    for _ in 0..100 {
-        if read().matches("proxy_request_").count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let text = read();
+    // Callsites only this test reaches are captured for sure (tracing
+    // caches interest per callsite across threads, so the audit lines that
+    // concurrent tests also write may bypass this thread's subscriber; the
+    // e2e tests check those in the daemon's own log).
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("Model gateway upstream failed."), "{text}");
-    assert!(text.contains("proxy_request_allowed"), "{text}");
     assert!(!text.contains("real-key"), "{text}");
 }
