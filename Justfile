@@ -52,3 +52,11 @@ status *ARGS:
 # Ask the running daemon to sweep idle, old and orphaned containers now.
 gc *ARGS:
     cargo run --quiet --bin agentbox -- gc {{ARGS}}
+
+# Egress proxy vs squid vs tinyproxy on loopback (prints figures; see docs/benchmarks.md).
+bench-proxy *ARGS:
+    bash tests/bench/bench-proxy.sh {{ARGS}}
+
+# Fuzz the proxy's request parsing and host matching (needs nightly and cargo-fuzz).
+fuzz-proxy SECS="60":
+    cargo +nightly fuzz run proxy_request --fuzz-dir tests/fuzz -- -max_total_time={{SECS}} -max_len=512

@@ -199,6 +199,9 @@ pub struct TenantConfig {
     pub id: String,
     /// Hex SHA-256 of the tenant's bearer token; the token itself is never stored.
     pub token_sha256: String,
+    /// Names this tenant's containers may reach on top of `proxy.allowed_domains`.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
 }
 
 impl Config {
@@ -378,6 +381,10 @@ impl Config {
                     "must be 64 hex digits (sha256 of the token)",
                 ));
             }
+            crate::proxy::config::parse_patterns(
+                &format!("tenants[{i}].allowed_domains"),
+                &t.allowed_domains,
+            )?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::execute::Executor;
 use crate::isolation::{HostFiles, Isolation, IsolationError};
 use crate::orchestrator::{Orchestrator, OrchestratorError};
-use crate::proxy::Gateway;
+use crate::proxy::{AwsEnv, Gateway, ProxyError};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
@@ -35,8 +35,8 @@ pub enum DaemonError {
     Orchestrator(#[from] OrchestratorError),
     #[error("isolation: {0}")]
     Isolation(#[from] IsolationError),
-    #[error("model gateway: {0}")]
-    Gateway(std::io::Error),
+    #[error("egress proxy: {0}")]
+    Gateway(ProxyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -78,15 +78,15 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         &HostFiles::default(),
     )?;
     isolation.report.log();
-    let api_key = secrets::anthropic_api_key();
-    if api_key.is_none() {
+    let gateway = Arc::new(
+        Gateway::new(&cfg, secrets::anthropic_api_key(), AwsEnv::from_process())
+            .map_err(DaemonError::Gateway)?,
+    );
+    if gateway.missing_api_key() {
         tracing::warn!(
             message = "ANTHROPIC_API_KEY is not set; model requests go out without a key."
         );
     }
-    let gateway = Arc::new(
-        Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
-    );
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
         _ => None,

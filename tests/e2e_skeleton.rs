@@ -171,6 +171,9 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(r.status(), 413);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "payload_too_large");
+    // A fresh client: the server closes the connection after a 413 with an
+    // unread body, and the pool might hand that connection out again.
+    let client = reqwest::Client::new();
     let r = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-request-id"));

@@ -89,6 +89,7 @@ INPUTS=$(
   {
     printf 'dockerfile '; sha256sum <"$HERE/Dockerfile"
     printf 'agent '; sha256sum <"$BUILD_DIR/workspace-agent"
+    printf 'node '; cat "$HERE"/node/* | sha256sum
     printf 'claude-code %s\n' "$VERSION"
     printf 'base %s\n' "$(docker image inspect -f '{{.Id}}' debian:bookworm-slim)"
   } | sha256sum | cut -d' ' -f1
@@ -107,8 +108,8 @@ OLD_ID=$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)
 step "docker build -t $TAG (classic builder)"
 build_args=(--build-arg "CLAUDE_CODE_VERSION=$VERSION")
 [[ -n ${NPM_REGISTRY:-} ]] && build_args+=(--build-arg "NPM_REGISTRY=$NPM_REGISTRY")
-# Send only the Dockerfile and .build/ as the context (not the agent's sources).
-tar -C "$HERE" -c Dockerfile .build/workspace-agent .build/host-ca.pem |
+# Send only the Dockerfile, node/ and .build/ as the context (not the agent's sources).
+tar -C "$HERE" -c Dockerfile node .build/workspace-agent .build/host-ca.pem |
   DOCKER_BUILDKIT=0 docker build \
     --force-rm "${NO_CACHE[@]}" \
     "${build_args[@]}" \

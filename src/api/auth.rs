@@ -66,6 +66,7 @@ mod tests {
         Authenticator::new(&[TenantConfig {
             id: "acme".into(),
             token_sha256: token_sha256("s3cret"),
+            allowed_domains: Vec::new(),
         }])
     }
 

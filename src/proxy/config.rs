@@ -1,8 +1,13 @@
 //! Configuration of the model gateway (`[model]`) and of the egress proxy
-//! (`[proxy]`).
+//! (`[proxy]`). `validate()` is pure; the typed values the proxy runs on
+//! are derived here too, so a config that validates always builds.
 
+use super::addr::Cidr;
+use super::hostmatch::{normalize, Pattern};
 use crate::config::{invalid, ConfigError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -17,8 +22,24 @@ pub enum Provider {
 pub struct ModelConfig {
     pub provider: Provider,
     pub anthropic_base_url: String,
+    /// Bedrock runtime endpoint; empty means
+    /// `https://bedrock-runtime.{region}.amazonaws.com`.
+    pub bedrock_base_url: String,
+    /// Bedrock control-plane endpoint, for the CLI's inference-profile
+    /// listing; empty means `https://bedrock.{region}.amazonaws.com`.
+    pub bedrock_control_url: String,
+    pub region: String,
+    /// `ANTHROPIC_MODEL` for the CLI in Bedrock mode.
+    pub bedrock_model: String,
+    /// `ANTHROPIC_DEFAULT_HAIKU_MODEL` for the CLI in Bedrock mode.
+    pub bedrock_small_model: String,
+    /// Profile in the shared AWS files; empty means `AWS_PROFILE` or
+    /// `default`.
+    pub aws_profile: String,
     /// Retries the CLI makes on a failed model call (the CLI's default is 10).
     pub max_retries: u32,
+    /// Largest request body the gateway accepts (it buffers bodies to sign them).
+    pub max_request_body_mb: u64,
 }
 
 impl Default for ModelConfig {
@@ -26,36 +47,234 @@ impl Default for ModelConfig {
         Self {
             provider: Provider::Anthropic,
             anthropic_base_url: "https://api.anthropic.com".to_owned(),
+            bedrock_base_url: String::new(),
+            bedrock_control_url: String::new(),
+            region: "us-east-1".to_owned(),
+            bedrock_model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".to_owned(),
+            bedrock_small_model: "us.anthropic.claude-haiku-4-5-20251001-v1:0".to_owned(),
+            aws_profile: String::new(),
             max_retries: 10,
+            max_request_body_mb: 64,
         }
     }
 }
 
 impl ModelConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.anthropic_base_url;
-        if !(url.starts_with("http://") || url.starts_with("https://"))
-            || url.parse::<hyper::Uri>().is_err()
-        {
-            return Err(invalid(
-                "model.anthropic_base_url",
-                "must be an http(s) URL",
-            ));
+        check_url("model.anthropic_base_url", &self.anthropic_base_url)?;
+        for (key, url) in [
+            ("model.bedrock_base_url", &self.bedrock_base_url),
+            ("model.bedrock_control_url", &self.bedrock_control_url),
+        ] {
+            if !url.is_empty() {
+                check_url(key, url)?;
+            }
         }
-        if self.provider == Provider::Bedrock {
-            return Err(invalid("model.provider", "bedrock is not supported yet"));
+        if self.region.is_empty()
+            || !self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid("model.region", "must look like us-east-1"));
+        }
+        for (key, id) in [
+            ("model.bedrock_model", &self.bedrock_model),
+            ("model.bedrock_small_model", &self.bedrock_small_model),
+        ] {
+            if id.is_empty()
+                || id
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return Err(invalid(key, "must be a model id without spaces"));
+            }
+        }
+        if self.max_request_body_mb == 0 || self.max_request_body_mb > 1024 {
+            return Err(invalid("model.max_request_body_mb", "must be in 1..=1024"));
         }
         Ok(())
+    }
+
+    /// The Bedrock runtime endpoint, the default one for the region when unset.
+    pub fn bedrock_runtime_url(&self) -> String {
+        if self.bedrock_base_url.is_empty() {
+            format!("https://bedrock-runtime.{}.amazonaws.com", self.region)
+        } else {
+            self.bedrock_base_url.clone()
+        }
+    }
+
+    pub fn bedrock_control_plane_url(&self) -> String {
+        if self.bedrock_control_url.is_empty() {
+            format!("https://bedrock.{}.amazonaws.com", self.region)
+        } else {
+            self.bedrock_control_url.clone()
+        }
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .parse::<hyper::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be an http(s) URL"))
     }
 }
 
 /// The forward-proxy route (everything but the model gateway).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ProxyConfig {}
+pub struct ProxyConfig {
+    /// Names (`example.com`), subdomain wildcards (`*.example.com`) and IP
+    /// addresses the containers may reach.
+    pub allowed_domains: Vec<String>,
+    pub allowed_ports: Vec<u16>,
+    /// Ranges exempt from the private/loopback/metadata refusal.
+    pub allow_private_cidrs: Vec<String>,
+    /// Fixed answers for names, like curl's `--resolve` (name -> address).
+    pub resolve: BTreeMap<String, String>,
+    /// How long a DNS answer is reused.
+    pub dns_cache_ttl_secs: u64,
+    pub max_connections_per_container: usize,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            allowed_domains: Vec::new(),
+            allowed_ports: vec![443, 80],
+            allow_private_cidrs: Vec::new(),
+            resolve: BTreeMap::new(),
+            dns_cache_ttl_secs: 30,
+            max_connections_per_container: 64,
+            connect_timeout_secs: 10,
+        }
+    }
+}
 
 impl ProxyConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        parse_patterns("proxy.allowed_domains", &self.allowed_domains)?;
+        if self.allowed_ports.contains(&0) {
+            return Err(invalid("proxy.allowed_ports", "0 is not a port"));
+        }
+        self.private_cidrs()?;
+        self.resolve_overrides()?;
+        if self.dns_cache_ttl_secs > 3600 {
+            return Err(invalid("proxy.dns_cache_ttl_secs", "must be at most 3600"));
+        }
+        if self.max_connections_per_container == 0 {
+            return Err(invalid(
+                "proxy.max_connections_per_container",
+                "must be positive",
+            ));
+        }
+        if self.connect_timeout_secs == 0 || self.connect_timeout_secs > 300 {
+            return Err(invalid("proxy.connect_timeout_secs", "must be in 1..=300"));
+        }
         Ok(())
+    }
+
+    pub fn patterns(&self) -> Result<Vec<Pattern>, ConfigError> {
+        parse_patterns("proxy.allowed_domains", &self.allowed_domains)
+    }
+
+    pub fn private_cidrs(&self) -> Result<Vec<Cidr>, ConfigError> {
+        self.allow_private_cidrs
+            .iter()
+            .map(|c| {
+                c.parse().map_err(|e: super::addr::CidrError| {
+                    invalid("proxy.allow_private_cidrs", e.to_string())
+                })
+            })
+            .collect()
+    }
+
+    /// The `resolve` table with names in normal form.
+    pub fn resolve_overrides(&self) -> Result<BTreeMap<String, IpAddr>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, ip) in &self.resolve {
+            let key = format!("proxy.resolve.{name}");
+            let name = normalize(name).map_err(|e| invalid(&key, e.to_string()))?;
+            let ip: IpAddr = ip
+                .parse()
+                .map_err(|_| invalid(&key, "must be an IP address"))?;
+            out.insert(name.as_str().to_owned(), ip);
+        }
+        Ok(out)
+    }
+}
+
+/// Parses allowlist entries, naming the bad one in the error.
+pub fn parse_patterns(key: &str, entries: &[String]) -> Result<Vec<Pattern>, ConfigError> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Pattern::parse(e).map_err(|err| invalid(&format!("{key}[{i}]"), err.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_defaults_validate_and_bad_entries_are_named() {
+        ProxyConfig::default().validate().unwrap();
+        let c = ProxyConfig {
+            allowed_domains: vec!["ok.com".into(), "127.1".into()],
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("proxy.allowed_domains[1]"), "{err}");
+        let c = ProxyConfig {
+            resolve: BTreeMap::from([("allowed.test".into(), "nope".into())]),
+            ..Default::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("proxy.resolve.allowed.test"));
+        let c = ProxyConfig {
+            allow_private_cidrs: vec!["10.0.0.0/99".into()],
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn bedrock_urls_default_from_region() {
+        let m = ModelConfig {
+            provider: Provider::Bedrock,
+            region: "eu-west-1".into(),
+            ..Default::default()
+        };
+        m.validate().unwrap();
+        assert_eq!(
+            m.bedrock_runtime_url(),
+            "https://bedrock-runtime.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            m.bedrock_control_plane_url(),
+            "https://bedrock.eu-west-1.amazonaws.com"
+        );
+        let bad = ModelConfig {
+            region: "EU WEST".into(),
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("model.region"));
     }
 }

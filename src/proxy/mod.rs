@@ -1,26 +1,73 @@
 //! The per-container egress proxy: one Unix socket per container, the
 //! container's only way out (it has `--network none`).
 //!
-//! **Invariant:** credentials exist only inside this module's [`Gateway`];
-//! no other part of the daemon, and nothing in a container, ever holds them.
+//! Two routes share the socket, chosen by the first request head
+//! ([`request`]): origin-form requests go to the model gateway
+//! ([`gateway`], which adds the credential), absolute-form `http://` and
+//! `CONNECT` go to the forward proxy ([`forward`], allowlist only).
+//! [`ProxyRegistry`] runs and supervises one proxy task per container.
+//!
+//! **Invariant:** credentials exist only inside this module's gateway; no
+//! other part of the daemon, and nothing in a container, ever holds them.
 
+pub mod addr;
 pub mod config;
+mod conn;
+mod credentials;
+mod decision;
+mod dns;
 mod env;
+mod forward;
+#[doc(hidden)]
+pub mod fuzz_check;
 mod gateway;
+pub mod hostmatch;
+mod io;
+mod policy;
+mod refusal;
+pub mod request;
+mod sigv4;
 
+pub use conn::KILL_HOOK_PATH;
+pub use credentials::AwsEnv;
 pub use env::container_env;
-pub use gateway::Gateway;
+pub use gateway::{ModelGateway, ModelGatewayError};
+pub use policy::Policy;
+pub use refusal::Refusal;
 
-use hyper_util::rt::TokioIo;
+use crate::audit::{AuditEvent, Subject};
+use crate::config::{Config, ConfigError};
+use crate::secrets::Secret;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::header::HeaderValue;
+use hyper::{Response, StatusCode};
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
 use workspace_agent::protocol::PROXY_SOCKET;
 
-/// Who a proxy socket belongs to; carried on every log line it writes.
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Set to `1` in the daemon's environment to enable test-only hooks
+/// ([`KILL_HOOK_PATH`]). Never set in production.
+pub const TEST_HOOKS_ENV: &str = "AGENTBOX_TEST_HOOKS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    ModelGateway(#[from] ModelGatewayError),
+}
+
+/// Who a proxy socket belongs to; carried on every audit event it writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyContext {
     pub container_id: String,
@@ -28,10 +75,148 @@ pub struct ProxyContext {
     pub conversation_id: String,
 }
 
-/// The running proxy tasks, one per container.
+/// The egress gateway behind every container's proxy socket: the model
+/// gateway, DNS and the tenants' policies, shared by all containers.
+pub struct Gateway {
+    model: ModelGateway,
+    resolver: dns::Resolver,
+    policies: HashMap<String, Arc<Policy>>,
+    default_policy: Arc<Policy>,
+    connect_timeout: Duration,
+    max_connections: usize,
+    test_hooks: bool,
+}
+
+impl Gateway {
+    /// Builds from a validated config; `api_key` is the Anthropic key,
+    /// `aws_env` the daemon's AWS variables (Bedrock).
+    pub fn new(cfg: &Config, api_key: Option<Secret>, aws_env: AwsEnv) -> Result<Self, ProxyError> {
+        let p = &cfg.proxy;
+        let base = p.patterns()?;
+        let ports = p.allowed_ports.clone();
+        let exempt = p.private_cidrs()?;
+        let mut policies = HashMap::new();
+        for (i, t) in cfg.tenants.iter().enumerate() {
+            let mut patterns = base.clone();
+            patterns.extend(config::parse_patterns(
+                &format!("tenants[{i}].allowed_domains"),
+                &t.allowed_domains,
+            )?);
+            policies.insert(
+                t.id.clone(),
+                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
+            );
+        }
+        Ok(Self {
+            model: ModelGateway::new(&cfg.model, api_key, aws_env)?,
+            resolver: dns::Resolver::new(
+                p.resolve_overrides()?,
+                Duration::from_secs(p.dns_cache_ttl_secs),
+            ),
+            policies,
+            default_policy: Arc::new(Policy::new(base, ports, exempt)),
+            connect_timeout: Duration::from_secs(p.connect_timeout_secs),
+            max_connections: p.max_connections_per_container,
+            test_hooks: std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1"),
+        })
+    }
+
+    /// True when the Anthropic gateway would forward without a key.
+    pub fn missing_api_key(&self) -> bool {
+        self.model.missing_api_key()
+    }
+
+    /// The per-container state for `ctx` (its tenant's policy, its
+    /// connection cap).
+    pub fn container(&self, ctx: ProxyContext) -> Arc<ContainerProxy> {
+        let policy = self
+            .policies
+            .get(&ctx.tenant_id)
+            .cloned()
+            .unwrap_or_else(|| self.default_policy.clone());
+        let (stop, _) = watch::channel(false);
+        Arc::new(ContainerProxy {
+            ctx,
+            policy,
+            permits: Arc::new(Semaphore::new(self.max_connections)),
+            serve_task: Mutex::new(None),
+            stop,
+        })
+    }
+
+    /// Serves one accepted client connection in the background, or refuses
+    /// it at once when the container is at its connection cap.
+    pub fn accept<S>(self: &Arc<Self>, c: &Arc<ContainerProxy>, mut stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (proxy, c) = (self.clone(), c.clone());
+        let mut stopped = c.stop.subscribe();
+        tokio::spawn(async move {
+            let Ok(_permit) = c.permits.clone().try_acquire_owned() else {
+                let why = Refusal::ConnectionLimit;
+                let _ = stream.write_all(&why.raw_response()).await;
+                decision::Decision::blocked(decision::Route::None, "", "", 0, why).emit(
+                    &c.ctx,
+                    (0, 0),
+                    Instant::now(),
+                );
+                return;
+            };
+            tokio::select! {
+                () = conn::handle(proxy, c.clone(), stream) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        });
+    }
+}
+
+/// One container's proxy: its context, policy and connection cap.
+pub struct ContainerProxy {
+    ctx: ProxyContext,
+    policy: Arc<Policy>,
+    permits: Arc<Semaphore>,
+    /// The running accept loop, so the test hook can kill it.
+    serve_task: Mutex<Option<AbortHandle>>,
+    /// Set when the container's proxy is stopped: open connections end.
+    stop: watch::Sender<bool>,
+}
+
+impl ContainerProxy {
+    fn kill_serve_task(&self) {
+        if let Some(h) = self
+            .serve_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            h.abort();
+        }
+    }
+}
+
+/// Answers the proxy writes itself: short plain text.
+pub(crate) fn text_response(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(forward::text_body(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("text/plain"));
+    resp
+}
+
+pub(crate) fn refusal_response(why: Refusal) -> Response<ProxyBody> {
+    text_response(why.status(), why.body())
+}
+
+struct Running {
+    supervisor: JoinHandle<()>,
+    container: Arc<ContainerProxy>,
+}
+
+/// The running proxy tasks, one supervised task per container.
 #[derive(Default)]
 pub struct ProxyRegistry {
-    tasks: Mutex<HashMap<String, (JoinHandle<()>, ProxyContext)>>,
+    tasks: Mutex<HashMap<String, Running>>,
 }
 
 impl ProxyRegistry {
@@ -41,35 +226,54 @@ impl ProxyRegistry {
     /// (a pool container claimed by a conversation).
     pub fn ensure(
         &self,
-        gateway: Arc<Gateway>,
+        proxy: Arc<Gateway>,
         socket_dir: &Path,
         ctx: ProxyContext,
     ) -> std::io::Result<()> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((task, current)) = tasks.get(&ctx.container_id) {
-            if !task.is_finished() && *current == ctx {
+        if let Some(t) = tasks.get(&ctx.container_id) {
+            if !t.supervisor.is_finished() && t.container.ctx == ctx {
                 return Ok(());
             }
-            task.abort();
         }
-        let listener = bind_socket(&socket_dir.join(PROXY_SOCKET))?;
+        // A claim changes who the socket serves: the old task and its
+        // connections go, a new one starts with the new context.
+        if let Some(old) = tasks.remove(&ctx.container_id) {
+            old.supervisor.abort();
+            let _ = old.container.stop.send(true);
+        }
+        let listener = Arc::new(bind_socket(&socket_dir.join(PROXY_SOCKET))?);
         let id = ctx.container_id.clone();
-        let task = tokio::spawn(serve(listener, gateway, ctx.clone()));
-        tasks.insert(id, (task, ctx));
+        let c = proxy.container(ctx);
+        let supervisor = tokio::spawn(supervise(listener, proxy, c.clone()));
+        tasks.insert(
+            id,
+            Running {
+                supervisor,
+                container: c,
+            },
+        );
         Ok(())
     }
 
-    /// Stops the container's proxy, if any.
+    #[cfg(test)]
+    fn container_state(&self, container_id: &str) -> Option<Arc<ContainerProxy>> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.get(container_id).map(|t| t.container.clone())
+    }
+
+    /// Stops the container's proxy and its open connections, if any.
     pub fn stop(&self, container_id: &str) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, _)) = tasks.remove(container_id) {
-            t.abort();
+        if let Some(t) = tasks.remove(container_id) {
+            t.supervisor.abort();
+            let _ = t.container.stop.send(true);
         }
     }
 }
 
 /// Binds the socket so the container's unprivileged user can connect.
-fn bind_socket(path: &PathBuf) -> std::io::Result<UnixListener> {
+fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     // Connecting needs write permission on the socket file; the directory
@@ -78,25 +282,66 @@ fn bind_socket(path: &PathBuf) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-async fn serve(listener: UnixListener, gateway: Arc<Gateway>, ctx: ProxyContext) {
-    let ctx = Arc::new(ctx);
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(error) => {
-                tracing::warn!(message = "Proxy accept failed.", %error, container_id = %ctx.container_id);
-                continue;
-            }
-        };
-        let (gateway, ctx) = (gateway.clone(), ctx.clone());
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let (gateway, ctx) = (gateway.clone(), ctx.clone());
-                async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &ctx).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
+/// Ends the accept loop and every open connection when dropped, which is
+/// what aborting the supervisor does.
+struct StopGuard(Arc<ContainerProxy>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        self.0.kill_serve_task();
+        let _ = self.0.stop.send(true);
     }
 }
+
+/// Runs the accept loop and starts it again the moment it dies. The
+/// listener outlives each loop, so connections arriving meanwhile wait in
+/// its backlog instead of failing.
+async fn supervise(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<ContainerProxy>) {
+    let _guard = StopGuard(c.clone());
+    let mut quick_deaths = 0u32;
+    loop {
+        let started = Instant::now();
+        let task = tokio::spawn(serve(listener.clone(), proxy.clone(), c.clone()));
+        *c.serve_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        let cause = match task.await {
+            Ok(()) => "stopped".to_owned(),
+            Err(e) if e.is_panic() => "panicked".to_owned(),
+            Err(_) => "killed".to_owned(),
+        };
+        tracing::warn!(message = "Proxy task died; restarting.", container_id = %c.ctx.container_id, %cause);
+        crate::audit::emit(&AuditEvent::ProxyTaskRestarted {
+            subject: Subject {
+                tenant_id: c.ctx.tenant_id.clone(),
+                conversation_id: c.ctx.conversation_id.clone(),
+                container_id: c.ctx.container_id.clone(),
+            },
+            cause,
+        });
+        // A loop that dies at once again and again gets a short pause, so a
+        // persistent fault cannot spin a core.
+        quick_deaths = if started.elapsed() < Duration::from_secs(1) {
+            quick_deaths + 1
+        } else {
+            0
+        };
+        if quick_deaths > 3 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn serve(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<ContainerProxy>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => proxy.accept(&c, stream),
+            Err(error) => {
+                tracing::warn!(message = "Proxy accept failed.", %error, container_id = %c.ctx.container_id);
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

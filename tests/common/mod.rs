@@ -38,6 +38,7 @@ pub fn prerequisites() {
     READY.get_or_init(|| {
         run_script("tests/setup/ensure-docker.sh", &[]);
         run_script("tests/setup/ensure-isolation-tools.sh", &[]);
+        // The tag under test, so a branch's image never replaces `:latest`.
         run_script("workspace-base/build-image.sh", &[&test_image()]);
     });
 }

@@ -6,8 +6,11 @@
 //! The prompt scripts the model: `!write <path> <content>`, `!bash <cmd>`,
 //! `!text <words>` and `!sleep <ms>` lines (see [`script`]).
 
+pub mod bedrock;
+pub mod eventstream;
 pub mod script;
 pub mod server;
+pub mod sigv4;
 pub mod sse;
 
 use std::net::SocketAddr;
@@ -29,11 +32,27 @@ pub struct MockModel {
 impl MockModel {
     /// Binds to `addr` (e.g. "127.0.0.1:0") and serves in a background tokio task.
     pub async fn start(addr: &str) -> anyhow::Result<MockModel> {
+        Self::start_with(addr, None).await
+    }
+
+    /// Like [`MockModel::start`], also serving Bedrock's endpoints for
+    /// requests signed (SigV4) with `key`.
+    pub async fn start_bedrock(addr: &str, key: sigv4::AwsKey) -> anyhow::Result<MockModel> {
+        Self::start_with(addr, Some(key)).await
+    }
+
+    async fn start_with(
+        addr: &str,
+        bedrock_key: Option<sigv4::AwsKey>,
+    ) -> anyhow::Result<MockModel> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding mock model to {addr}"))?;
         let addr = listener.local_addr().context("reading bound address")?;
-        let shared = Arc::new(server::Shared::default());
+        let shared = Arc::new(server::Shared {
+            bedrock_key,
+            ..Default::default()
+        });
         let app = server::router(shared.clone());
         let task = tokio::spawn(async move {
             // Serving only ends on an accept error; nothing to recover then.
@@ -45,6 +64,15 @@ impl MockModel {
     /// Base URL, e.g. "http://127.0.0.1:PORT" (use as ANTHROPIC_BASE_URL).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Why each refused Bedrock request was refused (bad or no signature).
+    pub fn bedrock_rejections(&self) -> Vec<String> {
+        self.shared
+            .rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Everything received so far, in order (except `GET /_mock/requests`).

@@ -24,6 +24,10 @@ pub const REQUESTS_PATH: &str = "/_mock/requests";
 pub struct Shared {
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub ids: Ids,
+    /// The AWS key Bedrock requests must be signed with (see [`crate::bedrock`]).
+    pub bedrock_key: Option<crate::sigv4::AwsKey>,
+    /// Why each refused Bedrock request was refused.
+    pub rejections: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -34,6 +38,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn reject(&self, why: String) {
+        self.rejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(why);
     }
 
     fn record(&self, request: RecordedRequest) {
@@ -67,13 +78,25 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Err(e) => return api_error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
     };
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+    let headers = header_pairs(&parts.headers);
     shared.record(RecordedRequest {
         method: parts.method.to_string(),
         path: path.clone(),
-        headers: header_pairs(&parts.headers),
+        headers: headers.clone(),
         body: parsed.clone().unwrap_or(Value::Null),
         at_ms,
     });
+    let bedrock = crate::bedrock::route(
+        &shared,
+        &parts.method,
+        &path,
+        &headers,
+        &bytes,
+        parsed.as_ref(),
+    );
+    if let Some(resp) = bedrock.await {
+        return resp;
+    }
     route(&shared, &parts.method, parts.uri.path(), parsed, &bytes).await
 }
 

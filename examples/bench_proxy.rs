@@ -1,0 +1,293 @@
+//! Loopback benchmark of the egress proxy against squid, tinyproxy and no
+//! proxy at all. Run by `just bench-proxy` (tests/bench/bench-proxy.sh),
+//! which installs and starts squid and tinyproxy; prints figures only.
+//!
+//! ```text
+//! bench_proxy serve PORT                      # agentbox's proxy on 127.0.0.1:PORT
+//! bench_proxy run NAME=ADDR... [--mib N] [--requests N]
+//! ```
+//!
+//! `run` measures, for each proxy: CONNECT-tunnel download throughput (one
+//! tunnel, N MiB), and the latency of small requests each on a new
+//! connection, through a CONNECT tunnel and as absolute-form plain HTTP.
+//! `direct` (no proxy) is the baseline for the added latency.
+
+use agentbox::config::Config;
+use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(args.get(1).ok_or("serve PORT")?.parse()?).await,
+        Some("run") => run(&args[1..]).await,
+        _ => {
+            Err("usage: bench_proxy serve PORT | run NAME=ADDR... [--mib N] [--requests N]".into())
+        }
+    }
+}
+
+/// agentbox's proxy on TCP, allowing `bench.test` (-> 127.0.0.1) on any port.
+async fn serve(port: u16) -> Res<()> {
+    let text = r#"
+[proxy]
+allowed_domains = ["bench.test"]
+allowed_ports = []
+allow_private_cidrs = ["127.0.0.0/8"]
+max_connections_per_container = 1024
+[proxy.resolve]
+"bench.test" = "127.0.0.1"
+"#;
+    let mut cfg = Config::from_toml(text, Vec::new())?;
+    // Every port: the upstreams listen on ephemeral ones.
+    cfg.proxy.allowed_ports = (1..=u16::MAX).collect();
+    cfg.validate()?;
+    let gw = Arc::new(Gateway::new(&cfg, None, AwsEnv::default())?);
+    let c = gw.container(ProxyContext {
+        container_id: "bench".into(),
+        tenant_id: "bench".into(),
+        conversation_id: "bench".into(),
+    });
+    let l = TcpListener::bind(("127.0.0.1", port)).await?;
+    eprintln!("agentbox proxy listening on 127.0.0.1:{port}");
+    loop {
+        let (s, _) = l.accept().await?;
+        let _ = s.set_nodelay(true);
+        gw.accept(&c, s);
+    }
+}
+
+struct Opts {
+    proxies: Vec<(String, String)>,
+    mib: usize,
+    requests: usize,
+}
+
+async fn run(args: &[String]) -> Res<()> {
+    let mut o = Opts {
+        proxies: vec![("direct".into(), String::new())],
+        mib: 1024,
+        requests: 2000,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--mib" => o.mib = it.next().ok_or("--mib N")?.parse()?,
+            "--requests" => o.requests = it.next().ok_or("--requests N")?.parse()?,
+            pair => {
+                let (n, addr) = pair.split_once('=').ok_or("NAME=ADDR")?;
+                o.proxies.push((n.into(), addr.into()));
+            }
+        }
+    }
+    let blast = blast_server(o.mib).await?;
+    let http = http_server().await?;
+    println!(
+        "{:<10} {:>12} {:>11} {:>11} {:>12} {:>12} {:>11} {:>11}",
+        "proxy",
+        "tunnel MiB/s",
+        "CONNECT p50",
+        "CONNECT p99",
+        "+p50 vs dir",
+        "+p99 vs dir",
+        "HTTP p50",
+        "HTTP p99"
+    );
+    let mut base: Option<(Duration, Duration)> = None;
+    for (name, addr) in &o.proxies {
+        let proxy = (!addr.is_empty()).then_some(addr.as_str());
+        let mibps = {
+            let mut best = 0.0f64;
+            for _ in 0..3 {
+                best = best.max(throughput(proxy, blast, o.mib).await?);
+            }
+            best
+        };
+        let tunnel = latencies(o.requests, || small_request(proxy, http, Mode::Tunnel)).await?;
+        let plain = latencies(o.requests, || small_request(proxy, http, Mode::Plain)).await?;
+        let (p50, p99) = (pct(&tunnel, 50), pct(&tunnel, 99));
+        let b = *base.get_or_insert((p50, p99));
+        println!(
+            "{name:<10} {mibps:>12.0} {:>11} {:>11} {:>12} {:>12} {:>11} {:>11}",
+            us(p50),
+            us(p99),
+            us(p50.saturating_sub(b.0)),
+            us(p99.saturating_sub(b.1)),
+            us(pct(&plain, 50)),
+            us(pct(&plain, 99)),
+        );
+    }
+    Ok(())
+}
+
+fn us(d: Duration) -> String {
+    format!("{} us", d.as_micros())
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+async fn latencies<F, Fut>(n: usize, mut f: F) -> Res<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Res<()>>,
+{
+    for _ in 0..n / 10 {
+        f().await?; // warm-up
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await?;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Upstream that sends `mib` MiB on every connection, then closes.
+async fn blast_server(mib: usize) -> Res<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    tokio::spawn(async move {
+        let chunk = vec![0x5au8; 256 * 1024];
+        while let Ok((mut s, _)) = l.accept().await {
+            let chunk = chunk.clone();
+            tokio::spawn(async move {
+                for _ in 0..mib * 4 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Upstream HTTP server: one small answer per connection.
+async fn http_server() -> Res<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let port = l.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_ok() {
+                    let body = "x".repeat(100);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{body}"
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Reads a head; returns it and whatever came after it in the same reads.
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Res<Vec<u8>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut b = [0u8; 512];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut b).await?;
+        if n == 0 {
+            return Err("eof before end of head".into());
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+    Ok(buf)
+}
+
+/// Opens a tunnel to `bench.test:port` (squid and tinyproxy get the
+/// address; agentbox refuses IP literals, and resolves the name from its
+/// fixed table, so neither side does a DNS lookup).
+/// Returns the stream and any tunnel bytes read along with the answer.
+async fn connect_via(proxy: Option<&str>, port: u16) -> Res<(TcpStream, usize)> {
+    let Some(proxy) = proxy else {
+        let s = TcpStream::connect(("127.0.0.1", port)).await?;
+        s.set_nodelay(true)?;
+        return Ok((s, 0));
+    };
+    let mut s = TcpStream::connect(proxy).await?;
+    s.set_nodelay(true)?;
+    let host = target_host(proxy);
+    s.write_all(
+        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let head = read_head(&mut s).await?;
+    if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+        return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
+    }
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    Ok((s, head.len() - end))
+}
+
+fn target_host(proxy: &str) -> &'static str {
+    if std::env::var("AGENTBOX_BENCH_ADDR").is_ok_and(|a| a == proxy) {
+        "bench.test"
+    } else {
+        "127.0.0.1"
+    }
+}
+
+async fn throughput(proxy: Option<&str>, port: u16, mib: usize) -> Res<f64> {
+    let t = Instant::now();
+    let (mut s, mut total) = connect_via(proxy, port).await?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    if total != mib * 1024 * 1024 {
+        return Err(format!("short read: {total}").into());
+    }
+    Ok(mib as f64 / t.elapsed().as_secs_f64())
+}
+
+enum Mode {
+    Tunnel,
+    Plain,
+}
+
+async fn small_request(proxy: Option<&str>, port: u16, mode: Mode) -> Res<()> {
+    let (mut s, target) = match (mode, proxy) {
+        (Mode::Plain, Some(p)) => {
+            let s = TcpStream::connect(p).await?;
+            s.set_nodelay(true)?;
+            (s, format!("http://{}:{port}/", target_host(p)))
+        }
+        (_, proxy) => (connect_via(proxy, port).await?.0, "/".to_owned()),
+    };
+    s.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: bench.test\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    drain_response(&mut s).await
+}
+
+async fn drain_response<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Res<()> {
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    if !buf.ends_with(&[b'x'; 100]) {
+        return Err(format!("bad answer: {}", String::from_utf8_lossy(&buf)).into());
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Name resolution for the forward proxy, with a small cache and the
+//! operator's fixed answers (`proxy.resolve`).
+//!
+//! Resolution goes through the system resolver (`getaddrinfo` via tokio's
+//! `lookup_host`), so `/etc/hosts`, `nsswitch` and the host's DNS setup
+//! apply as for any other program on the host. `getaddrinfo` does not
+//! report TTLs, so answers are kept for a fixed `proxy.dns_cache_ttl_secs`
+//! (30 s by default) and failures for a few seconds. hickory-resolver would
+//! give real TTLs, but a scratch crate of it and tokio built cold in 17 s
+//! with 79 crates here (aws-sigv4 with tokio: 8 s, 50), and the proxy's
+//! safety does not depend on the TTL: every address is checked after
+//! resolution and the connection goes to a checked address, never to a
+//! name resolved a second time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a failed lookup is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Upper bound on cached names, so a container cannot grow it forever.
+const MAX_ENTRIES: usize = 4096;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DnsError {
+    #[error("name does not resolve")]
+    NotFound,
+}
+
+#[derive(Clone)]
+struct Entry {
+    answer: Result<Vec<IpAddr>, DnsError>,
+    expires: Instant,
+}
+
+pub struct Resolver {
+    overrides: BTreeMap<String, IpAddr>,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Entry>>,
+}
+
+impl Resolver {
+    pub fn new(overrides: BTreeMap<String, IpAddr>, ttl: Duration) -> Self {
+        Self {
+            overrides,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Addresses for a normalised name; the operator's override wins.
+    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Some(ip) = self.overrides.get(name) {
+            return Ok(vec![*ip]);
+        }
+        let now = Instant::now();
+        if let Some(e) = self.lock().get(name) {
+            if e.expires > now {
+                return e.answer.clone();
+            }
+        }
+        let answer = match tokio::net::lookup_host((name, 0)).await {
+            Ok(addrs) => {
+                let mut ips: Vec<IpAddr> = Vec::new();
+                for a in addrs {
+                    if !ips.contains(&a.ip()) {
+                        ips.push(a.ip());
+                    }
+                }
+                if ips.is_empty() {
+                    Err(DnsError::NotFound)
+                } else {
+                    Ok(ips)
+                }
+            }
+            Err(_) => Err(DnsError::NotFound),
+        };
+        let ttl = if answer.is_ok() {
+            self.ttl
+        } else {
+            NEGATIVE_TTL
+        };
+        if !ttl.is_zero() {
+            let mut cache = self.lock();
+            if cache.len() >= MAX_ENTRIES {
+                cache.retain(|_, e| e.expires > now);
+                if cache.len() >= MAX_ENTRIES {
+                    cache.clear();
+                }
+            }
+            cache.insert(
+                name.to_owned(),
+                Entry {
+                    answer: answer.clone(),
+                    expires: now + ttl,
+                },
+            );
+        }
+        answer
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overrides_and_cache() {
+        let r = Resolver::new(
+            BTreeMap::from([("allowed.test".to_owned(), "127.0.0.1".parse().unwrap())]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(
+            r.resolve("allowed.test").await.unwrap(),
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        let local = r.resolve("localhost").await.unwrap();
+        assert!(local.iter().all(|ip| ip.is_loopback()), "{local:?}");
+        assert!(r.lock().contains_key("localhost"), "answer cached");
+        assert_eq!(
+            r.resolve("no-such-name.invalid").await,
+            Err(DnsError::NotFound)
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Why the proxy refused a request: one stable reason code per cause (it
+//! goes into the audit event) and the short plain-text answer the container
+//! gets. Answers never echo what the client sent.
+
+use super::addr::Forbidden;
+use http::StatusCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed request")]
+    Malformed,
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("no request head in time")]
+    HeadTimeout,
+    #[error("ambiguous request framing")]
+    AmbiguousFraming,
+    #[error("protocol upgrades are not allowed")]
+    UpgradeNotAllowed,
+    #[error("only http:// (absolute form) and CONNECT are proxied")]
+    SchemeNotAllowed,
+    #[error("data sent before the CONNECT was answered")]
+    EarlyData,
+    #[error("destination not allowed")]
+    DomainNotAllowed,
+    #[error("IP address literals are not allowed")]
+    IpLiteral,
+    #[error("port not allowed")]
+    PortNotAllowed,
+    #[error("destination resolves to a forbidden address ({})", .0.reason())]
+    ForbiddenAddress(Forbidden),
+    #[error("destination does not resolve")]
+    DnsFailed,
+    #[error("cannot connect to destination")]
+    ConnectFailed,
+    #[error("too many connections from this container")]
+    ConnectionLimit,
+    #[error("path not allowed on the model gateway")]
+    GatewayPathNotAllowed,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("model API unreachable")]
+    UpstreamFailed,
+    #[error("model credentials unavailable")]
+    CredentialsUnavailable,
+}
+
+impl Refusal {
+    /// The stable reason code for audit events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed_request",
+            Self::HeadTooLarge => "head_too_large",
+            Self::HeadTimeout => "head_timeout",
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::UpgradeNotAllowed => "upgrade_not_allowed",
+            Self::SchemeNotAllowed => "scheme_not_allowed",
+            Self::EarlyData => "data_before_connect_answered",
+            Self::DomainNotAllowed => "domain_not_allowed",
+            Self::IpLiteral => "ip_literal_not_allowed",
+            Self::PortNotAllowed => "port_not_allowed",
+            Self::ForbiddenAddress(f) => f.reason(),
+            Self::DnsFailed => "dns_failed",
+            Self::ConnectFailed => "connect_failed",
+            Self::ConnectionLimit => "connection_limit",
+            Self::GatewayPathNotAllowed => "gateway_path_not_allowed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::UpstreamFailed => "upstream_failed",
+            Self::CredentialsUnavailable => "credentials_unavailable",
+        }
+    }
+
+    /// Policy refusals are 403; broken requests 400; our own or the
+    /// upstream's trouble 5xx.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed | Self::AmbiguousFraming | Self::EarlyData => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::DnsFailed | Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::ConnectionLimit | Self::CredentialsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The body of the answer: `blocked: <reason>` for policy decisions.
+    pub fn body(&self) -> String {
+        if self.status() == StatusCode::FORBIDDEN {
+            format!("blocked: {self}\n")
+        } else {
+            format!("{self}\n")
+        }
+    }
+
+    /// The whole HTTP/1.1 answer, for paths that write raw bytes (before
+    /// or instead of handing the connection to hyper).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_short_and_plain() {
+        let r = Refusal::DomainNotAllowed.raw_response();
+        let text = String::from_utf8(r).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nblocked: destination not allowed\n"));
+        assert_eq!(
+            Refusal::ForbiddenAddress(Forbidden::Metadata).reason(),
+            "metadata_address"
+        );
+        assert_eq!(Refusal::EarlyData.status(), StatusCode::BAD_REQUEST);
+    }
+}
