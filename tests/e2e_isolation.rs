@@ -360,15 +360,13 @@ async fn disk_fill_stops_at_the_quota_and_the_host_is_untouched() {
     eprintln!("dd wrote {} MiB into a 64 MiB workspace", filled >> 20);
     assert!(filled <= 64 << 20, "{filled} bytes written");
     assert!(filled >= 40 << 20, "only {filled} bytes written");
-    // The host paid at most the image size (allocated blocks), and its
-    // free space moved by no more than that.
+    // The host paid at most the image size: its allocated blocks are the
+    // only host space the fill could take. (The host's free space is only
+    // reported: other tests and builds write to the same disk meanwhile.)
     let allocated = image_allocated(&image);
     assert!(allocated <= 66 << 20, "image allocates {allocated} bytes");
     let host_drop = host_free_before.saturating_sub(free_bytes(daemon.dir.path()));
-    assert!(
-        host_drop <= 80 << 20,
-        "host free space dropped by {host_drop}"
-    );
+    eprintln!("host free space moved by {} MiB meanwhile", host_drop >> 20);
 
     // The workspace still works once the file is gone.
     let out = exec(
