@@ -23,6 +23,8 @@ struct Log {
     /// The agent took the run. Not an event of the contract: a fresh
     /// stream shows it as a comment, and it takes no sequence number.
     started: bool,
+    /// The agent's CLI was already running when the run started.
+    prestarted: bool,
     done: bool,
 }
 
@@ -62,8 +64,12 @@ impl LiveRun {
         stored
     }
 
-    fn mark_started(&self) {
-        self.log().started = true;
+    fn mark_started(&self, prestarted: bool) {
+        {
+            let mut log = self.log();
+            log.started = true;
+            log.prestarted = prestarted;
+        }
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -101,7 +107,7 @@ impl LiveRun {
                             buf.push_back(StoredEvent {
                                 seq: 0,
                                 event: "started".to_owned(),
-                                data: serde_json::Value::Null,
+                                data: serde_json::json!({ "prestarted": log.prestarted }),
                             });
                         }
                         buf.extend(log.events.iter().skip(cursor as usize).cloned());
@@ -167,7 +173,7 @@ impl RunHub {
                 tokio::select! {
                     ev = events.recv() => match ev {
                         Some(AgentEvent::Session { .. }) => {}
-                        Some(AgentEvent::Started {}) => rec.mark_started(),
+                        Some(AgentEvent::Started { prestarted }) => rec.mark_started(prestarted),
                         Some(ev) => {
                             if let AgentEvent::Result { is_error, .. } = &ev {
                                 outcome = if *is_error { RunOutcome::Failed } else { RunOutcome::Completed };

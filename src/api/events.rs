@@ -23,7 +23,12 @@ pub fn sse(
         // Not part of the event contract: a comment that tells clients
         // (and the benchmark) that the agent has taken the run.
         if ev.event == "started" {
-            return Ok(Event::default().comment("agent started"));
+            let note = if ev.data["prestarted"] == true {
+                "agent started; cli prestarted"
+            } else {
+                "agent started"
+            };
+            return Ok(Event::default().comment(note));
         }
         Ok(Event::default()
             .id(format!("{run}-{}", ev.seq))

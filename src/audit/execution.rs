@@ -217,7 +217,7 @@ mod tests {
     #[test]
     fn first_event_is_timed_once() {
         let mut a = ExecutionAudit::start("t", "c", &AgentOptions::default());
-        a.observe(&AgentEvent::Started {});
+        a.observe(&AgentEvent::Started { prestarted: false });
         let first = a.first_event;
         std::thread::sleep(Duration::from_millis(5));
         a.observe(&result(false));

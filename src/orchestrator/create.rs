@@ -55,6 +55,8 @@ impl Orchestrator {
         prepare_dir(&socket_dir, uid, gid)?;
         let mut env = container_env(&cfg);
         env.push(("HOME".to_owned(), CONTAINER_HOME.to_owned()));
+        let prestart = if c.prestart_cli { "1" } else { "0" };
+        env.push(("AGENTBOX_PRESTART_CLI".to_owned(), prestart.to_owned()));
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_INSTANCE.to_owned(), cfg.server.instance.clone()),

@@ -119,6 +119,8 @@ struct Timing {
     total: f64,
     /// Unix ms when the request went out (for the mock's timestamps).
     sent_at_ms: u64,
+    /// The agent's CLI was already running.
+    prestarted: bool,
 }
 
 async fn timed_run(d: &Daemon, conversation: &str, prompt: &str) -> Result<Timing, String> {
@@ -158,6 +160,7 @@ async fn timed_run(d: &Daemon, conversation: &str, prompt: &str) -> Result<Timin
         first_event: first_event.ok_or("no event")?,
         total: started.elapsed().as_secs_f64() * 1000.0,
         sent_at_ms,
+        prestarted: body.contains(": agent started; cli prestarted"),
     })
 }
 
@@ -176,6 +179,7 @@ async fn claim(a: &Args) {
     for (label, pool) in [("warm pool", 2), ("empty pool", 0)] {
         let (mock, d) = start_with_mock_opts("bench-key", pool, "").await;
         let (mut agent, mut model, mut event) = (Vec::new(), Vec::new(), Vec::new());
+        let mut fresh_cli = 0;
         for i in 0..runs {
             if pool > 0 {
                 tokio::task::block_in_place(|| {
@@ -186,6 +190,7 @@ async fn claim(a: &Args) {
                 .await
                 .expect("run");
             agent.push(t.agent);
+            fresh_cli += usize::from(!t.prestarted);
             model.push(to_first_model_request(&mock, t.sent_at_ms));
             event.push(t.first_event);
         }
@@ -196,6 +201,9 @@ async fn claim(a: &Args) {
                 "a warm run started cold"
             );
         }
+        println!(
+            "{label}: {fresh_cli} of {runs} runs started a fresh CLI (no pre-started one fitted)"
+        );
         rows.push((label, summarize(agent), summarize(model), summarize(event)));
     }
     let mut floor = Vec::new();

@@ -4,18 +4,19 @@
 //! The CLI is started the way the Agent SDK starts it: stream-json on both
 //! stdin and stdout. The prompt goes in as one NDJSON user message (never as
 //! an argument, so it is not visible in `/proc/*/cmdline` and has no argv
-//! size limit); stdin stays open until the `result` line, then EOF ends the
-//! CLI.
+//! size limit). Stdin stays open after a turn's `result`, so the same
+//! process can take the session's next turn.
 
-use crate::protocol::{AgentEvent, ExecuteRequest, PermissionMode};
+use crate::protocol::{AgentEvent, AgentOptions, ExecuteRequest, PermissionMode};
 use crate::translate::Translator;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// How much of the CLI's stderr is kept for an error message.
 const STDERR_TAIL_LINES: usize = 20;
@@ -107,77 +108,136 @@ pub fn user_message_line(prompt: &str) -> String {
     format!("{msg}\n")
 }
 
-/// Runs the CLI to completion, sending events to `tx`. Always ends with a
-/// `result` or an `error` event.
-pub async fn run(cfg: &CliConfig, req: &ExecuteRequest, tx: mpsc::Sender<AgentEvent>) {
-    if let Err(message) = run_inner(cfg, req, &tx).await {
-        let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
+/// A running CLI in stream-json input mode. Between turns it waits on
+/// stdin, so the next turn of the same session starts without the CLI's
+/// start-up (about half a second), the way the Agent SDK's client keeps it.
+pub struct CliProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr_tail: JoinHandle<String>,
+    /// The options it was started with; a request must ask for the same.
+    options: AgentOptions,
+    /// The session it holds once a turn has run; `None` while pre-started.
+    session_id: Option<String>,
+}
+
+impl CliProcess {
+    /// Starts the CLI for `options`, resuming `resume` when its transcript
+    /// is in the workspace.
+    pub fn spawn(
+        cfg: &CliConfig,
+        options: &AgentOptions,
+        resume: Option<&str>,
+    ) -> Result<Self, String> {
+        let resume = resume.filter(|id| {
+            let present = session_exists(&cfg.home, id);
+            if !present {
+                eprintln!(
+                    "workspace-agent: session {id} is not in this workspace; starting a new one"
+                );
+            }
+            present
+        });
+        let req = ExecuteRequest {
+            prompt: String::new(),
+            options: options.clone(),
+            resume_session_id: resume.map(str::to_owned),
+        };
+        let mut child = Command::new(&cfg.program)
+            .args(build_args(&req))
+            .current_dir(&cfg.workdir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cfg.program.display()))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err("child stdio was not piped".to_owned());
+        };
+        Ok(Self {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            stderr_tail: tokio::spawn(tail_lines(stderr)),
+            options: options.clone(),
+            session_id: resume.map(str::to_owned),
+        })
+    }
+
+    /// Whether this process can take `req` as its next turn.
+    pub fn fits(&mut self, req: &ExecuteRequest) -> bool {
+        let alive = matches!(self.child.try_wait(), Ok(None));
+        alive && self.options == req.options && self.session_id == req.resume_session_id
+    }
+
+    /// Whether it was started ahead of any request and has run no turn.
+    pub fn is_fresh(&self) -> bool {
+        self.session_id.is_none()
+    }
+
+    /// Runs one turn, sending events to `tx`. `Ok(true)` when the turn
+    /// ended with `result` and the process can take another.
+    pub async fn turn(
+        &mut self,
+        prompt: &str,
+        tx: &mpsc::Sender<AgentEvent>,
+    ) -> Result<bool, String> {
+        self.stdin
+            .write_all(user_message_line(prompt).as_bytes())
+            .await
+            .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
+        self.stdin
+            .flush()
+            .await
+            .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
+        let translator = Translator::new(true);
+        while let Ok(Some(line)) = self.lines.next_line().await {
+            for ev in translator.translate(&line) {
+                let done = match &ev {
+                    AgentEvent::Result { session_id, .. } => {
+                        if !session_id.is_empty() {
+                            self.session_id = Some(session_id.clone());
+                        }
+                        true
+                    }
+                    _ => false,
+                };
+                if tx.send(ev).await.is_err() {
+                    // The host went away mid-turn: this process is spent.
+                    return Ok(false);
+                }
+                if done {
+                    return Ok(true);
+                }
+            }
+        }
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| format!("waiting for the CLI: {e}"))?;
+        let tail = (&mut self.stderr_tail).await.unwrap_or_default();
+        Err(format!(
+            "the CLI exited ({status}) without a result: {}",
+            tail.trim()
+        ))
     }
 }
 
-async fn run_inner(
-    cfg: &CliConfig,
-    req: &ExecuteRequest,
-    tx: &mpsc::Sender<AgentEvent>,
-) -> Result<(), String> {
-    let mut req = req.clone();
-    if let Some(id) = &req.resume_session_id {
-        if !session_exists(&cfg.home, id) {
-            eprintln!("workspace-agent: session {id} is not in this workspace; starting a new one");
-            req.resume_session_id = None;
-        }
-    }
-    let req = &req;
-    let mut child = Command::new(&cfg.program)
-        .args(build_args(req))
-        .current_dir(&cfg.workdir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", cfg.program.display()))?;
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err("child stdio was not piped".to_owned());
+/// Runs one turn on a new CLI (no reuse), sending events to `tx`; always
+/// ends with a `result` or an `error` event.
+pub async fn run(cfg: &CliConfig, req: &ExecuteRequest, tx: mpsc::Sender<AgentEvent>) {
+    let outcome = match CliProcess::spawn(cfg, &req.options, req.resume_session_id.as_deref()) {
+        Ok(mut p) => p.turn(&req.prompt, &tx).await.map(|_| ()),
+        Err(e) => Err(e),
     };
-    let stderr_tail = tokio::spawn(tail_lines(stderr));
-    stdin
-        .write_all(user_message_line(&req.prompt).as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
-
-    let translator = Translator::new(true);
-    let mut stdin = Some(stdin);
-    let mut saw_result = false;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        for ev in translator.translate(&line) {
-            if matches!(ev, AgentEvent::Result { .. }) {
-                saw_result = true;
-                // EOF on stdin tells the CLI the conversation turn is over.
-                stdin.take();
-            }
-            if tx.send(ev).await.is_err() {
-                // The host went away; the CLI is killed on drop.
-                return Ok(());
-            }
-        }
+    if let Err(message) = outcome {
+        let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
     }
-    drop(stdin);
-    let status = child
-        .wait()
-        .await
-        .map_err(|e| format!("waiting for the CLI: {e}"))?;
-    if saw_result {
-        return Ok(());
-    }
-    let tail = stderr_tail.await.unwrap_or_default();
-    Err(format!(
-        "the CLI exited ({status}) without a result: {}",
-        tail.trim()
-    ))
 }
 
 async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {

@@ -52,7 +52,7 @@ fn run() -> std::io::Result<()> {
         let listener = UnixListener::from_std(listener)?;
         eprintln!("workspace-agent: ready on {}", agent_sock.display());
         tokio::select! {
-            r = server::serve(listener, server::Agent::new(cli, confinement)) => r,
+            r = server::serve(listener, server::Agent::new(cli, confinement, env_or("AGENTBOX_PRESTART_CLI", "1") == "1")) => r,
             r = bridge::serve(gateway, dir.join(PROXY_SOCKET)) => r,
             r = terminated() => r,
         }

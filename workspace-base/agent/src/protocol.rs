@@ -203,7 +203,11 @@ pub struct ExecuteRequest {
 #[serde(tag = "event", content = "data", rename_all = "snake_case")]
 pub enum AgentEvent {
     /// The agent accepted the run: the first byte the host gets from it.
-    Started {},
+    /// `prestarted` says the CLI was already running (no start-up wait).
+    Started {
+        #[serde(default)]
+        prestarted: bool,
+    },
     /// The CLI's session id; the host keeps it to resume the conversation.
     Session {
         session_id: String,

@@ -9,8 +9,8 @@
 //! one is gone (it crashed or restarted). The old run is stopped, CLI and
 //! all, and the new one starts.
 
-use crate::cli::{self, CliConfig};
-use crate::protocol::{AgentEvent, Confinement, ExecuteRequest, Health};
+use crate::cli::{CliConfig, CliProcess};
+use crate::protocol::{AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health};
 use bytes::Bytes;
 use http_body_util::{channel::Channel, BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -33,15 +33,60 @@ pub struct Agent {
     confinement: Confinement,
     /// The run in progress, if any.
     current: Mutex<Option<JoinHandle<()>>>,
+    /// A CLI waiting on stdin: pre-started for a first turn with default
+    /// options, or kept after a turn for the session's next one.
+    idle: Mutex<Option<CliProcess>>,
 }
 
+/// Files the CLI reads once at start-up. A pre-started CLI predates the
+/// workspace a claim restores, so when any of these exist it is not used.
+const STARTUP_FILES: &[&str] = &[
+    "CLAUDE.md",
+    ".claude/settings.json",
+    ".claude/settings.local.json",
+    ".claude/CLAUDE.md",
+    ".mcp.json",
+];
+
 impl Agent {
-    pub fn new(cli: CliConfig, confinement: Confinement) -> Arc<Self> {
+    /// With `prestart`, a CLI with default options is started now, so the
+    /// first prompt does not wait for the CLI's start-up.
+    pub fn new(cli: CliConfig, confinement: Confinement, prestart: bool) -> Arc<Self> {
+        let idle = if prestart {
+            match CliProcess::spawn(&cli, &AgentOptions::default(), None) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("workspace-agent: pre-starting the CLI failed: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Arc::new(Self {
             cli,
             confinement,
             current: Mutex::new(None),
+            idle: Mutex::new(idle),
         })
+    }
+
+    /// The idle CLI when it fits the request, else a new one; the flag
+    /// says whether the idle one was used.
+    async fn process_for(&self, req: &ExecuteRequest) -> (Result<CliProcess, String>, bool) {
+        let idle = self.idle.lock().await.take();
+        if let Some(mut p) = idle {
+            let workspace_changed = p.is_fresh()
+                && STARTUP_FILES.iter().any(|f| {
+                    self.cli.workdir.join(f).exists()
+                        || self.cli.home.join(".claude").join(f).exists()
+                });
+            if p.fits(req) && !workspace_changed {
+                return (Ok(p), true);
+            }
+        }
+        let fresh = CliProcess::spawn(&self.cli, &req.options, req.resume_session_id.as_deref());
+        (fresh, false)
     }
 }
 
@@ -88,10 +133,27 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     }
     let (mut body_tx, body) = Channel::new(16);
     let (tx, mut rx) = mpsc::channel::<AgentEvent>(64);
-    let cli = agent.cli.clone();
+    let runner = agent.clone();
     *current = Some(tokio::spawn(async move {
-        let _ = tx.send(AgentEvent::Started {}).await;
-        tokio::join!(cli::run(&cli, &exec, tx), async {
+        let turn = async move {
+            let (process, reused) = runner.process_for(&exec).await;
+            let _ = tx.send(AgentEvent::Started { prestarted: reused }).await;
+            let outcome = match process {
+                Ok(mut p) => match p.turn(&exec.prompt, &tx).await {
+                    Ok(true) => {
+                        runner.idle.lock().await.replace(p);
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(message) = outcome {
+                let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
+            }
+        };
+        tokio::join!(turn, async {
             while let Some(ev) = rx.recv().await {
                 if body_tx.send_data(Bytes::from(ev.to_line())).await.is_err() {
                     break;
