@@ -207,6 +207,10 @@ pub struct TenantConfig {
     /// Names this tenant's containers may reach on top of `proxy.allowed_domains`.
     #[serde(default)]
     pub allowed_domains: Vec<String>,
+    /// Most runs this tenant may have in progress at once (all its
+    /// conversations together); unset means no limit but the pool's.
+    #[serde(default)]
+    pub max_concurrent_runs: Option<usize>,
 }
 
 impl Config {
@@ -374,6 +378,12 @@ impl Config {
                 return Err(invalid(
                     &format!("tenants[{i}].id"),
                     "must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                ));
+            }
+            if t.max_concurrent_runs == Some(0) {
+                return Err(invalid(
+                    &format!("tenants[{i}].max_concurrent_runs"),
+                    "must be at least 1",
                 ));
             }
             if !seen.insert(&t.id) {

@@ -136,6 +136,13 @@ impl RunHub {
             .cloned()
     }
 
+    /// Runs in progress for a tenant (all its conversations).
+    pub fn running_for(&self, tenant: &str) -> usize {
+        let prefix = format!("{tenant}/");
+        let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().filter(|k| k.starts_with(&prefix)).count()
+    }
+
     fn insert(&self, key: String, live: Arc<LiveRun>) {
         self.live
             .lock()

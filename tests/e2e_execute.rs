@@ -375,3 +375,38 @@ async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn(
     assert_eq!(result.data["is_error"], false, "{events:#?}");
     assert!(!events.iter().any(|e| e.event == "container_recovered"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_over_its_run_limit_gets_429() {
+    // The harness gives OTHER_TENANT `max_concurrent_runs = 1`.
+    let (_mock, d) = start_with_mock(KEY).await;
+    let url = d.url("/v1/conversations/first/messages");
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(OTHER_TOKEN)
+            .json(&json!({"prompt": "!sleep 2500\n!text done"}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let mut limited = false;
+    for _ in 0..100 {
+        let (status, body) =
+            post_message(&d, Some(OTHER_TOKEN), "second", json!({"prompt": "hi"})).await;
+        if status == 429 {
+            assert!(body.contains("too_many_runs"), "{body}");
+            limited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(limited, "the second run was never refused");
+    // Another tenant is not affected.
+    let (status, _) = post_message(&d, Some(TOKEN), "mine", json!({"prompt": "!text ok"})).await;
+    assert_eq!(status, 200);
+    assert!(slow.await.unwrap().contains("event: result"));
+}

@@ -10,11 +10,13 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
     pub id: String,
+    /// `tenants[].max_concurrent_runs`.
+    pub max_concurrent_runs: Option<usize>,
 }
 
 pub struct Authenticator {
-    /// (sha256 digest, tenant id)
-    tenants: Vec<([u8; 32], String)>,
+    /// (sha256 digest, tenant)
+    tenants: Vec<([u8; 32], Tenant)>,
 }
 
 impl Authenticator {
@@ -25,7 +27,13 @@ impl Authenticator {
             .filter_map(|t| {
                 let mut digest = [0u8; 32];
                 hex::decode_to_slice(&t.token_sha256, &mut digest).ok()?;
-                Some((digest, t.id.clone()))
+                Some((
+                    digest,
+                    Tenant {
+                        id: t.id.clone(),
+                        max_concurrent_runs: t.max_concurrent_runs,
+                    },
+                ))
             })
             .collect();
         Self { tenants }
@@ -43,7 +51,7 @@ impl Authenticator {
         self.tenants
             .iter()
             .find(|(d, _)| constant_time_eq(d, &digest))
-            .map(|(_, id)| Tenant { id: id.clone() })
+            .map(|(_, tenant)| tenant.clone())
             .ok_or(ApiError::Unauthorized)
     }
 }
@@ -67,6 +75,7 @@ mod tests {
             id: "acme".into(),
             token_sha256: token_sha256("s3cret"),
             allowed_domains: Vec::new(),
+            max_concurrent_runs: None,
         }])
     }
 

@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("{0}")]
+    TooMany(String),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -30,6 +32,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -41,6 +44,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Conflict(_) => "conflict",
             Self::TooLarge(_) => "payload_too_large",
+            Self::TooMany(_) => "too_many_runs",
             Self::Unavailable(_) => "unavailable",
         }
     }

@@ -40,6 +40,16 @@ pub async fn post_message(
         return Err(ApiError::BadRequest("prompt must not be empty".to_owned()));
     }
     req.options.validate().map_err(ApiError::BadRequest)?;
+    // Checked when the request arrives: a soft limit, enough to keep one
+    // tenant from taking every container.
+    if let Some(max) = tenant.max_concurrent_runs {
+        if state.executor.hub().running_for(&tenant.id) >= max {
+            return Err(ApiError::TooMany(format!(
+                "tenant {} already has {max} runs in progress",
+                tenant.id
+            )));
+        }
+    }
     let key = ConversationKey {
         tenant_id: tenant.id,
         conversation_id,

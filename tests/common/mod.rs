@@ -146,6 +146,7 @@ token_sha256 = "{t1}"
 [[tenants]]
 id = "{OTHER_TENANT}"
 token_sha256 = "{t2}"
+max_concurrent_runs = 1
 "#,
             root = dir.path().display(),
             model = opts.model_url,
