@@ -30,6 +30,35 @@ pub enum AuditEvent {
         subject: Subject,
         reason: String,
     },
+    /// A workspace restore from the object store into the container's
+    /// workspace.
+    FileSyncToContainer {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        sync: SyncFigures,
+    },
+    /// A push of the container's workspace to the object store.
+    FileSyncFromContainer {
+        #[serde(flatten)]
+        subject: Subject,
+        #[serde(flatten)]
+        sync: SyncFigures,
+    },
+}
+
+/// What one file sync moved and how it ended.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncFigures {
+    pub generation: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// `ok`, `failed` or `stale` (refused: a newer generation owns the
+    /// conversation).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl AuditEvent {

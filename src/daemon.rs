@@ -14,6 +14,9 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
 use crate::state::{StateError, Store};
+use crate::sync::fsx::Owner;
+use crate::sync::store::StoreError;
+use crate::sync::SyncService;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,6 +36,8 @@ pub enum DaemonError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("object store: {0}")]
+    Storage(#[from] StoreError),
 }
 
 pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
@@ -48,7 +53,12 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         Gateway::new(&cfg.model.anthropic_base_url, api_key).map_err(DaemonError::Gateway)?,
     );
     let orchestrator = Orchestrator::new(cfg.clone(), runtime, gateway);
-    let executor = Executor::new(orchestrator, store);
+    let owner = Owner {
+        uid: cfg.container.uid,
+        gid: cfg.container.gid,
+    };
+    let sync = SyncService::open(&cfg.storage, owner, store.clone())?;
+    let executor = Executor::new(orchestrator, store, sync);
     let state = AppState {
         auth: Arc::new(Authenticator::new(&cfg.tenants)),
         executor,

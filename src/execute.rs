@@ -8,6 +8,7 @@
 use crate::agent_client::AgentClient;
 use crate::orchestrator::Orchestrator;
 use crate::state::{now_ms, ConversationRecord, StateError, Store};
+use crate::sync::{Placement, SyncService};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, OwnedMutexGuard};
@@ -31,15 +32,17 @@ pub struct ConversationKey {
 pub struct Executor {
     orchestrator: Orchestrator,
     store: Store,
+    sync: SyncService,
     /// One run per conversation at a time.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Executor {
-    pub fn new(orchestrator: Orchestrator, store: Store) -> Arc<Self> {
+    pub fn new(orchestrator: Orchestrator, store: Store, sync: SyncService) -> Arc<Self> {
         Arc::new(Self {
             orchestrator,
             store,
+            sync,
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -97,10 +100,17 @@ impl Executor {
             .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
         rec.last_activity_ms = now_ms();
         self.store.put_conversation(&rec).await.map_err(state_err)?;
+        let place = Placement {
+            container: &assigned.container,
+            workspace_dir: &assigned.workspace_dir,
+        };
+        let mut run_sync = (self.sync.prepare(&mut rec, place).await)
+            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
 
         exec.resume_session_id = rec.session_id.clone();
         let (agent_tx, mut agent_rx) = mpsc::channel(256);
         let client = AgentClient::new(&assigned.socket_dir);
+        let mut result_event = None;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
                 if let AgentEvent::Session { session_id } | AgentEvent::Result { session_id, .. } =
@@ -109,6 +119,13 @@ impl Executor {
                     if !session_id.is_empty() {
                         rec.session_id = Some(session_id.clone());
                     }
+                }
+                run_sync.observe(&ev);
+                // `result` waits for the end-of-run sync: a client that
+                // sees it may rely on the turn's files being stored.
+                if matches!(ev, AgentEvent::Result { .. }) {
+                    result_event = Some(ev);
+                    continue;
                 }
                 let _ = tx.send(ev).await;
             }
@@ -121,6 +138,12 @@ impl Executor {
             },
             relay
         );
+        // Errors are logged, audited and retried in the background by the
+        // sync service; the run's outcome is the agent's.
+        let _ = run_sync.finish().await;
+        if let Some(ev) = result_event {
+            let _ = tx.send(ev).await;
+        }
         rec.last_activity_ms = now_ms();
         self.store.put_conversation(&rec).await.map_err(state_err)?;
         outcome.map_err(|e| AgentEvent::error("agent_failed", e.to_string()))
