@@ -67,12 +67,11 @@ impl StorageConfig {
         } else {
             return Err(invalid("storage.url", "must start with file:// or s3://"));
         }
-        if !self.endpoint.is_empty()
-            && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
-        {
+        let http = self.endpoint.starts_with("http://");
+        if !(self.endpoint.is_empty() || http || self.endpoint.starts_with("https://")) {
             return Err(invalid("storage.endpoint", "must be an http(s):// URL"));
         }
-        if self.endpoint.starts_with("http://") && !self.allow_http {
+        if http && !self.allow_http {
             return Err(invalid(
                 "storage.endpoint",
                 "plain http needs storage.allow_http = true",

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+
 use mock_model::MockModel;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -84,6 +86,12 @@ pub struct DaemonOptions {
 
 impl Daemon {
     pub fn start(opts: DaemonOptions) -> Daemon {
+        Self::start_with_env(opts, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment for the daemon
+    /// (`AGENTBOX_<SECTION>_<KEY>` overrides, `AWS_*` credentials).
+    pub fn start_with_env(opts: DaemonOptions, env: &[(String, String)]) -> Daemon {
         prerequisites();
         let dir = tempfile::Builder::new()
             .prefix("agentbox-e2e-")
@@ -144,6 +152,7 @@ token_sha256 = "{t2}"
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("ANTHROPIC_API_KEY", &opts.api_key)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
