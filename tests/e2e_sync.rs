@@ -520,3 +520,335 @@ suite!(
     store_outage_keeps_a_backlog_and_loses_nothing,
     tampered_manifest_is_refused,
 );
+
+// ---------------------------------------------------------------------
+// End to end: the real daemon, dockerd, image and CLI, syncing to moto
+// ---------------------------------------------------------------------
+
+const KEY: &str = "sk-ant-e2e-sync";
+const STORE_PREFIX: &str = "agentbox";
+
+/// A daemon syncing to a fresh moto bucket through `endpoint` (moto
+/// itself, or a forwarder in front of it); returns a backend reading the
+/// same bucket directly from moto.
+async fn s3_daemon(
+    endpoint: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (mock_model::MockModel, Daemon, Arc<dyn ObjectBackend>) {
+    let moto_url = moto::endpoint();
+    let bucket = moto::bucket(&moto_url).await;
+    let mut env = moto::daemon_env(endpoint.unwrap_or(&moto_url), &bucket, STORE_PREFIX);
+    env.push(("AGENTBOX_STORAGE_DEBOUNCE_MS".into(), "200".into()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mock = mock_model::MockModel::start("127.0.0.1:0")
+        .await
+        .expect("mock model");
+    let opts = DaemonOptions {
+        model_url: mock.url(),
+        api_key: KEY.to_owned(),
+        extra_config: String::new(),
+    };
+    let daemon = tokio::task::spawn_blocking(move || Daemon::start_with_env(opts, &env))
+        .await
+        .unwrap();
+    let cfg = StorageConfig {
+        url: format!("s3://{bucket}/{STORE_PREFIX}"),
+        endpoint: moto_url,
+        allow_http: true,
+        path_style: true,
+        region: moto::REGION.to_owned(),
+        ..Default::default()
+    };
+    (mock, daemon, raw_backend(&cfg))
+}
+
+/// Posts a prompt and streams its events into `tx` as they arrive.
+fn stream_run(
+    daemon: &Daemon,
+    conversation: &str,
+    prompt: &str,
+) -> tokio::sync::mpsc::UnboundedReceiver<SseEvent> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let url = daemon.url(&format!("/v1/conversations/{conversation}/messages"));
+    let body = json!({"prompt": prompt});
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let resp = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("post message");
+        assert_eq!(resp.status().as_u16(), 200);
+        let mut buf = String::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                for ev in parse_sse(&block) {
+                    let _ = tx.send(ev);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Every event of a run, bounded in time.
+async fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<SseEvent>) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(150), async {
+        while let Some(ev) = rx.recv().await {
+            out.push(ev);
+        }
+    })
+    .await
+    .expect("the run did not end within 150 s");
+    out
+}
+
+async fn run_to_end(daemon: &Daemon, conversation: &str, prompt: &str) -> Vec<SseEvent> {
+    collect(stream_run(daemon, conversation, prompt)).await
+}
+
+fn tool_output(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "tool_result")
+        .map(|e| e.data["content"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn assert_ok_result(events: &[SseEvent]) {
+    let result = events.iter().find(|e| e.event == "result");
+    assert!(
+        result.is_some_and(|r| r.data["is_error"] == false),
+        "no successful result: {events:#?}"
+    );
+}
+
+async fn stored_at(backend: &Arc<dyn ObjectBackend>, conv: &str) -> Option<Manifest> {
+    latest_manifest(backend.as_ref(), &ConvPrefix(format!("{TENANT}/{conv}")))
+        .await
+        .expect("read the store")
+}
+
+/// Removes the conversation's container and its host workspace, so only
+/// the object store still has its files.
+fn lose_container_and_workspace(daemon: &Daemon, conv: &str) {
+    for id in daemon.containers() {
+        docker_ok(&["rm", "-f", &id]);
+    }
+    let ws = daemon.workspace(TENANT, conv);
+    std::fs::remove_dir_all(&ws).expect("remove host workspace");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_files_and_session_survive_container_loss_and_host_wipe() {
+    let (mock, daemon, backend) = s3_daemon(None, &[]).await;
+    let conv = "survive";
+    let events = run_to_end(
+        &daemon,
+        conv,
+        "Make files.\n!write notes.txt hello from run one\n\
+         !bash mkdir -p tools && echo tool > tools/t.sh && chmod 750 tools/t.sh && ln -s notes.txt alias",
+    )
+    .await;
+    assert_ok_result(&events);
+    // `result` came after the final sync: the store has the files now.
+    let m = stored_at(&backend, conv).await.expect("a manifest");
+    for p in ["notes.txt", "tools/t.sh", "alias"] {
+        assert!(has(&m, p), "{p} missing: {:?}", m.entries.keys());
+    }
+    assert!(
+        m.entries
+            .keys()
+            .any(|k| k.as_str().starts_with(".agentbox/home/.claude/projects/")),
+        "the CLI's session files are synced: {:?}",
+        m.entries.keys()
+    );
+    let first_container = daemon.containers();
+    let requests_before = mock.requests().len();
+
+    lose_container_and_workspace(&daemon, conv);
+    let events = run_to_end(
+        &daemon,
+        conv,
+        "!bash cat notes.txt && ls -l tools/t.sh && readlink alias",
+    )
+    .await;
+    assert_ok_result(&events);
+    let out = tool_output(&events);
+    assert!(out.contains("hello from run one"), "{out}");
+    assert!(out.contains("-rwxr-x---"), "mode kept: {out}");
+    assert!(out.contains("notes.txt"), "link kept: {out}");
+    assert_ne!(daemon.containers(), first_container, "a new container");
+    let meta = std::fs::metadata(daemon.workspace(TENANT, conv).join("notes.txt")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+    // The CLI resumed the session restored from the store: the model saw
+    // the first run's prompt again.
+    let resumed = mock.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.path.starts_with("/v1/messages"))
+        .any(|r| r.body.to_string().contains("Make files."));
+    assert!(resumed, "the second run did not resume the first session");
+    let audit = daemon.logs().join("\n");
+    assert!(audit.contains("file_sync_from_container"), "no push audit");
+    assert!(audit.contains("file_sync_to_container"), "no restore audit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
+    let (_mock, daemon, backend) = s3_daemon(None, &[]).await;
+    let conv = "checkpoint";
+    let mut rx = stream_run(
+        &daemon,
+        conv,
+        "!write early.txt early bird\n!sleep 6000\n!write late.txt late",
+    );
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        while let Ok(ev) = rx.try_recv() {
+            seen.push(ev);
+        }
+        assert!(
+            !seen
+                .iter()
+                .any(|e| e.event == "result" || e.event == "error"),
+            "the run ended before the checkpoint was seen: {seen:#?}"
+        );
+        if let Some(m) = stored_at(&backend, conv).await {
+            if has(&m, "early.txt") {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "no checkpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Mid-run, the container dies.
+    let containers = daemon.containers();
+    assert_eq!(containers.len(), 1);
+    docker_ok(&["kill", &containers[0]]);
+    let rest = collect(rx).await;
+    assert!(
+        !rest.iter().any(|e| e.event == "result"),
+        "the run cannot have finished: {rest:#?}"
+    );
+
+    lose_container_and_workspace(&daemon, conv);
+    let events = run_to_end(&daemon, conv, "!bash cat early.txt").await;
+    assert_ok_result(&events);
+    assert!(tool_output(&events).contains("early bird"), "{events:#?}");
+}
+
+/// A TCP forwarder on loopback that can drop its listener (and every
+/// connection) and come back on the same port: an object store that goes
+/// down and returns.
+struct Forwarder {
+    addr: std::net::SocketAddr,
+    target: String,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Forwarder {
+    async fn start(target: &str) -> Forwarder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let f = Forwarder {
+            addr: listener.local_addr().unwrap(),
+            target: target.trim_start_matches("http://").to_owned(),
+            task: std::sync::Mutex::new(None),
+        };
+        f.serve(listener);
+        f
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) drops every
+            // connection with it.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                conns.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    fn down(&self) {
+        if let Some(t) = self.task.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+
+    async fn up(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_store_outage_mid_run_loses_nothing() {
+    let fwd = Forwarder::start(&moto::endpoint()).await;
+    let (_mock, daemon, backend) = s3_daemon(
+        Some(&fwd.url()),
+        &[("AGENTBOX_STORAGE_FINAL_SYNC_TIMEOUT_SECS", "2")],
+    )
+    .await;
+    let conv = "outage";
+    let mut rx = stream_run(
+        &daemon,
+        conv,
+        "!write one.txt first\n!sleep 1500\n!write two.txt second",
+    );
+    let mut events = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        let first_result = ev.event == "tool_result";
+        events.push(ev);
+        if first_result {
+            // The store goes away in the middle of the run.
+            fwd.down();
+            break;
+        }
+    }
+    events.extend(collect(rx).await);
+    assert_ok_result(&events);
+    assert!(
+        daemon.logs().iter().any(|l| l.contains("Sync failed.")),
+        "the outage is visible in the log"
+    );
+
+    fwd.up().await;
+    let t0 = Instant::now();
+    loop {
+        if let Some(m) = stored_at(&backend, conv).await {
+            if has(&m, "one.txt") && has(&m, "two.txt") {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the backlog never reached the store"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    lose_container_and_workspace(&daemon, conv);
+    let events = run_to_end(&daemon, conv, "!bash cat one.txt two.txt").await;
+    assert_ok_result(&events);
+    let out = tool_output(&events);
+    assert!(out.contains("first") && out.contains("second"), "{out}");
+}

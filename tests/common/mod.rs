@@ -39,7 +39,9 @@ pub fn prerequisites() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| {
         run_script("tests/setup/ensure-docker.sh", &[]);
-        run_script("workspace-base/build-image.sh", &[]);
+        // Builds the tag under test, so a branch can test its own image
+        // (AGENTBOX_TEST_IMAGE) without rebuilding the shared default tag.
+        run_script("workspace-base/build-image.sh", &[&test_image()]);
     });
 }
 
