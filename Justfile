@@ -31,3 +31,10 @@ demo: setup
 # Remove every container agentbox created on this host.
 destroy-all:
     ids=$(docker ps -aq --filter label=agentbox.managed=true); [ -z "$ids" ] || docker rm -f -v $ids
+
+# Workspace sync beside rclone (moto S3 and a local directory); prints
+# figures for docs/benchmarks.md. Not a test.
+bench-sync:
+    bash tests/setup/ensure-moto.sh >/dev/null
+    command -v rclone >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends rclone; }
+    cargo run --release --quiet --example sync_bench

@@ -1,7 +1,8 @@
 //! `agentbox serve`: builds every subsystem from the config, serves the API
 //! and drains on SIGTERM.
 //!
-//! Order: state file -> Docker -> proxy gateway -> executor -> listener.
+//! Order: state file -> Docker -> proxy gateway -> object store (sync) ->
+//! executor -> listener.
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
 

@@ -852,3 +852,56 @@ async fn daemon_store_outage_mid_run_loses_nothing() {
     let out = tool_output(&events);
     assert!(out.contains("first") && out.contains("second"), "{out}");
 }
+
+// ---------------------------------------------------------------------
+// The S3 lifecycle policy, applied to a bucket on moto
+// ---------------------------------------------------------------------
+
+fn aws(endpoint: &str, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("aws")
+        .args(["--endpoint-url", endpoint, "--output", "json", "s3api"])
+        .args(args)
+        .output()
+        .expect("run the AWS CLI (ensure-moto.sh installs it)");
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("aws json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_policy_applies_and_reads_back_equal() {
+    let endpoint = moto::endpoint();
+    let bucket = moto::bucket(&endpoint).await;
+    let script = repo_root().join("appliance/s3/apply-lifecycle.sh");
+    for _ in 0..2 {
+        // Twice: applying is idempotent.
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args([&bucket, &endpoint])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let file: serde_json::Value = serde_json::from_str(&read_file(
+        &repo_root().join("appliance/s3/lifecycle-policy.json"),
+    ))
+    .unwrap();
+    let mut got = aws(
+        &endpoint,
+        &["get-bucket-lifecycle-configuration", "--bucket", &bucket],
+    );
+    // Servers add their default for this one key; the rules are ours.
+    got.as_object_mut()
+        .unwrap()
+        .remove("TransitionDefaultMinimumObjectSize");
+    assert_eq!(got, file);
+    let versioning = aws(&endpoint, &["get-bucket-versioning", "--bucket", &bucket]);
+    assert_eq!(versioning["Status"], "Enabled");
+}

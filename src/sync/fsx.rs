@@ -17,6 +17,7 @@ use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Names of temp files; a restore removes any left by a crash.
 pub const TEMP_PREFIX: &str = ".agentbox-restore-";
@@ -118,72 +119,30 @@ impl Root {
         Ok(cur)
     }
 
-    /// Every entry under the root, depth first, parents before children.
-    /// Names that are not UTF-8 are skipped (and logged): the store keys
-    /// are UTF-8.
+    /// Every entry under the root, in no particular order. Directories are
+    /// listed by a few threads sharing a queue: the walk is one `fstatat`
+    /// per entry, and it dominates an incremental push. Names that are not
+    /// UTF-8 are skipped (and logged): the store keys are UTF-8.
     pub fn walk(&self) -> io::Result<Vec<Found>> {
-        let mut out = Vec::new();
-        self.walk_dir(self.fd.try_clone()?, None, &mut out)?;
-        Ok(out)
-    }
-
-    fn walk_dir(
-        &self,
-        fd: OwnedFd,
-        prefix: Option<&RelPath>,
-        out: &mut Vec<Found>,
-    ) -> io::Result<()> {
-        let mut dir = Dir::from_fd(fd.try_clone()?).map_err(errno)?;
-        let mut names: Vec<String> = Vec::new();
-        for ent in dir.iter() {
-            let ent = ent.map_err(errno)?;
-            let bytes = ent.file_name().to_bytes();
-            if bytes == b"." || bytes == b".." {
-                continue;
-            }
-            match std::str::from_utf8(bytes) {
-                Ok(s) => names.push(s.to_owned()),
-                Err(_) => tracing::warn!(message = "Skipping a file name that is not UTF-8.",
-                    name = %String::from_utf8_lossy(bytes)),
-            }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4);
+        let queue = WalkQueue {
+            state: Mutex::new((vec![DirJob::Root(self.fd.try_clone()?)], 0, None)),
+            cv: Condvar::new(),
+        };
+        let parts: Vec<Vec<Found>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads).map(|_| s.spawn(|| queue.work())).collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        let state = queue.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = state.2 {
+            return Err(e);
         }
-        names.sort();
-        for name in names {
-            let path = match prefix {
-                Some(p) => p.join(&name),
-                None => RelPath::parse(&name),
-            };
-            let Ok(path) = path else { continue };
-            let st = match fstatat(fd.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                // Deleted since it was listed: the agent is still working.
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(errno(e)),
-            };
-            match kind_of(&st) {
-                SFlag::S_IFREG => out.push(found(path, &st, Kind::File)),
-                SFlag::S_IFLNK => {
-                    let target = match readlinkat(fd.as_fd(), name.as_str()) {
-                        Ok(t) => t,
-                        Err(Errno::ENOENT) => continue,
-                        Err(e) => return Err(errno(e)),
-                    };
-                    let target = target.to_string_lossy().into_owned();
-                    out.push(found(path, &st, Kind::Symlink(target)));
-                }
-                SFlag::S_IFDIR => {
-                    let sub = match openat(fd.as_fd(), name.as_str(), DIR_FLAGS, Mode::empty()) {
-                        Ok(sub) => sub,
-                        Err(Errno::ENOENT) => continue,
-                        Err(e) => return Err(errno(e)),
-                    };
-                    out.push(found(path.clone(), &st, Kind::Dir));
-                    self.walk_dir(sub, Some(&path), out)?;
-                }
-                _ => out.push(found(path, &st, Kind::Other)),
-            }
-        }
-        Ok(())
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// True when the workspace holds anything but (empty) directories.
@@ -330,6 +289,122 @@ impl Root {
             Err(e) => Err(errno(e)),
         }
     }
+}
+
+/// A directory to list: the root, or a name in an already open parent.
+/// Subdirectories are opened only when their turn comes, so a wide tree
+/// does not hold one descriptor per pending directory.
+enum DirJob {
+    Root(OwnedFd),
+    Sub(Arc<OwnedFd>, String, RelPath),
+}
+
+/// Directories still to list, how many are being listed, the first error.
+type WalkState = (Vec<DirJob>, usize, Option<io::Error>);
+
+struct WalkQueue {
+    state: Mutex<WalkState>,
+    cv: Condvar,
+}
+
+impl WalkQueue {
+    fn work(&self) -> Vec<Found> {
+        let mut out = Vec::new();
+        loop {
+            let job = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if st.2.is_some() {
+                        return out;
+                    }
+                    if let Some(job) = st.0.pop() {
+                        st.1 += 1;
+                        break job;
+                    }
+                    if st.1 == 0 {
+                        return out;
+                    }
+                    st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut subdirs = Vec::new();
+            let r = match job {
+                DirJob::Root(fd) => list_dir(fd, None, &mut out, &mut subdirs),
+                DirJob::Sub(parent, name, path) => {
+                    match openat(parent.as_fd(), name.as_str(), DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => list_dir(fd, Some(&path), &mut out, &mut subdirs),
+                        // Removed, or swapped for a link or file, since it
+                        // was seen: the agent is still working.
+                        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(()),
+                        Err(e) => Err(errno(e)),
+                    }
+                }
+            };
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.1 -= 1;
+            match r {
+                Ok(()) => st.0.extend(subdirs),
+                Err(e) => {
+                    st.2.get_or_insert(e);
+                }
+            }
+            drop(st);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// Lists one directory: its entries into `out`, its subdirectories (opened
+/// without following links) into `subdirs`.
+fn list_dir(
+    fd: OwnedFd,
+    prefix: Option<&RelPath>,
+    out: &mut Vec<Found>,
+    subdirs: &mut Vec<DirJob>,
+) -> io::Result<()> {
+    let mut dir = Dir::from_fd(fd.try_clone()?).map_err(errno)?;
+    let fd = Arc::new(fd);
+    for ent in dir.iter() {
+        let ent = ent.map_err(errno)?;
+        let bytes = ent.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(bytes) else {
+            tracing::warn!(message = "Skipping a file name that is not UTF-8.",
+                name = %String::from_utf8_lossy(bytes));
+            continue;
+        };
+        let path = match prefix {
+            Some(p) => p.join(name),
+            None => RelPath::parse(name),
+        };
+        let Ok(path) = path else { continue };
+        let st = match fstatat(fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Deleted since it was listed: the agent is still working.
+            Err(Errno::ENOENT) => continue,
+            Err(e) => return Err(errno(e)),
+        };
+        match kind_of(&st) {
+            SFlag::S_IFREG => out.push(found(path, &st, Kind::File)),
+            SFlag::S_IFLNK => {
+                let target = match readlinkat(fd.as_fd(), name) {
+                    Ok(t) => t,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(errno(e)),
+                };
+                let target = target.to_string_lossy().into_owned();
+                out.push(found(path, &st, Kind::Symlink(target)));
+            }
+            SFlag::S_IFDIR => {
+                out.push(found(path.clone(), &st, Kind::Dir));
+                subdirs.push(DirJob::Sub(fd.clone(), name.to_owned(), path));
+            }
+            _ => out.push(found(path, &st, Kind::Other)),
+        }
+    }
+    Ok(())
 }
 
 fn libc_enoent() -> i32 {

@@ -9,6 +9,7 @@ use super::paths::check_link_target;
 use super::store::{ObjectBackend, StoreError};
 use super::walk::{hash_file, now_ns, StatCache};
 use futures_util::{stream, StreamExt, TryStreamExt};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::future::Future;
 use std::path::Path;
@@ -101,42 +102,53 @@ pub struct PushJob<'a> {
 /// Pushes the workspace. `base` is the last manifest this process knows
 /// committed (replaced by the stored one when that is newer); `fence` runs
 /// right before the commit and fails the push when this generation is no
-/// longer the conversation's current one. Returns the committed manifest.
+/// longer the conversation's current one. Returns the committed manifest,
+/// or `None` when nothing changed and `base` stays current.
 pub async fn push<F>(
     job: PushJob<'_>,
-    base: Option<Manifest>,
+    base: Option<&Manifest>,
     cache: &mut StatCache,
     fence: F,
-) -> Result<(Manifest, PushReport), PushError>
+) -> Result<(Option<Manifest>, PushReport), PushError>
 where
     F: Future<Output = Result<(), PushError>>,
 {
     let backend = job.backend.clone();
-    let stored = stored_generations(backend.as_ref(), job.prefix).await?;
-    refuse_newer(&stored, job.generation)?;
-    let base = match (base, stored.last()) {
-        (Some(b), Some(&g)) if b.generation == g => Some(b),
-        (_, Some(&g)) => {
-            let bytes = backend.get(&job.prefix.key(&manifest_key(g))).await?;
-            Some(Manifest::parse(&bytes, g)?)
-        }
-        (_, None) => None,
+    // The store's side (list, maybe fetch the base) and the workspace walk
+    // run side by side: both are latency an incremental push waits for.
+    let remote = async {
+        let stored = stored_generations(backend.as_ref(), job.prefix).await?;
+        refuse_newer(&stored, job.generation)?;
+        let base = match (base, stored.last()) {
+            // Borrowed: a manifest of many files is costly to copy.
+            (Some(b), Some(&g)) if b.generation == g => Some(Cow::Borrowed(b)),
+            (_, Some(&g)) => {
+                let bytes = backend.get(&job.prefix.key(&manifest_key(g))).await?;
+                Some(Cow::Owned(Manifest::parse(&bytes, g)?))
+            }
+            (_, None) => None,
+        };
+        Ok::<_, PushError>((stored, base))
     };
-
     let ws_err = |source| PushError::Workspace {
         path: job.dir.display().to_string(),
         source,
     };
     let dir = job.dir.to_owned();
     let scan_ns = now_ns();
-    let (root, found) = tokio::task::spawn_blocking(move || {
-        let root = Root::open(&dir)?;
-        let found = root.walk()?;
-        Ok::<_, std::io::Error>((Arc::new(root), found))
-    })
-    .await
-    .map_err(|e| ws_err(std::io::Error::other(e.to_string())))?
-    .map_err(ws_err)?;
+    let local = async {
+        tokio::task::spawn_blocking(move || {
+            let root = Root::open(&dir)?;
+            let found = root.walk()?;
+            Ok::<_, std::io::Error>((Arc::new(root), found))
+        })
+        .await
+        .map_err(|e| ws_err(std::io::Error::other(e.to_string())))?
+        .map_err(ws_err)
+    };
+    let (remote, local) = tokio::join!(remote, local);
+    let (stored, base) = remote?;
+    let (root, found) = local?;
 
     let mut manifest = Manifest::new(job.generation);
     let mut to_hash: Vec<Found> = Vec::new();
@@ -178,10 +190,7 @@ where
         }
     }
 
-    let known: HashSet<String> = base
-        .as_ref()
-        .map(|b| b.blobs().into_iter().map(str::to_owned).collect())
-        .unwrap_or_default();
+    let known: HashSet<&str> = base.as_ref().map(|b| b.blobs()).unwrap_or_default();
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let threshold = job.transfer.multipart_threshold;
     let hashed: Vec<(Found, String, u64, Option<u64>)> = stream::iter(to_hash)
@@ -210,7 +219,7 @@ where
                         })
                     }
                 };
-                let new = !known.contains(&h.sha256)
+                let new = !known.contains(h.sha256.as_str())
                     && sent
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -270,7 +279,7 @@ where
             .count() as u64;
         if b.generation == job.generation && b.same_content(&manifest) {
             report.unchanged = true;
-            return Ok((b.clone(), report));
+            return Ok((None, report));
         }
     }
 
@@ -317,7 +326,7 @@ where
             failed
         );
     }
-    Ok((manifest, report))
+    Ok((Some(manifest), report))
 }
 
 fn refuse_newer(stored: &[u64], mine: u64) -> Result<(), PushError> {

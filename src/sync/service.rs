@@ -455,8 +455,10 @@ impl Inner {
             generation,
             transfer: self.transfer,
         };
-        let (manifest, report) = push::push(job, st.base.clone(), &mut st.cache, fence).await?;
-        st.base = Some(manifest);
+        let (committed, report) = push::push(job, st.base.as_ref(), &mut st.cache, fence).await?;
+        if let Some(m) = committed {
+            st.base = Some(m);
+        }
         Ok(report)
     }
 }

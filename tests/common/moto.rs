@@ -30,6 +30,7 @@ pub fn endpoint() -> String {
         std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
         std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
         std::env::set_var("AWS_REGION", REGION);
+        std::env::set_var("AWS_DEFAULT_REGION", REGION);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
     .clone()
