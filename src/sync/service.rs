@@ -41,8 +41,6 @@ pub enum SyncError {
     Push(#[from] PushError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl SyncError {
@@ -52,7 +50,6 @@ impl SyncError {
             Self::Restore(_) => "workspace_restore_failed",
             Self::Push(_) => "workspace_sync_failed",
             Self::State(_) => "state_error",
-            Self::Store(_) => "storage_unavailable",
         }
     }
 }
@@ -443,9 +440,11 @@ impl Inner {
                     mine: generation,
                     reason: format!("the state file holds generation {}", r.generation),
                 }),
-                None => Err(PushError::Fence(
-                    "the conversation is not in the state file".into(),
-                )),
+                // Deleted conversations take no more pushes.
+                None => Err(PushError::Stale {
+                    mine: generation,
+                    reason: "the conversation is no longer in the state file".into(),
+                }),
             }
         };
         let job = PushJob {
