@@ -361,7 +361,14 @@ async fn stale_generation_cannot_write(kind: Backend) {
     a.assign(&mut rec, 1, &ws).await.unwrap();
     a.svc.push_now(T, "st").await.unwrap();
 
-    // Another writer owns generation 5 now (its own state, same store).
+    // A writer of generation 3 (its own state file, same store) restores...
+    let c = node(&cfg, backend.clone());
+    let ws_c = fresh_workspace(root.path(), "ws_c");
+    let mut rec_c = ConversationRecord::new(T, "st");
+    c.assign(&mut rec_c, 3, &ws_c).await.unwrap();
+    assert_eq!(rec_c.generation, 3);
+
+    // ...then another writer takes over with generation 5 and commits.
     let b = node(&cfg, backend.clone());
     let ws_b = fresh_workspace(root.path(), "ws_b");
     let mut rec_b = ConversationRecord::new(T, "st");
@@ -369,12 +376,8 @@ async fn stale_generation_cannot_write(kind: Backend) {
     write(&ws_b, "b.txt", b"from 5");
     b.svc.push_now(T, "st").await.unwrap();
 
-    // A writer of generation 3 whose state file still says 3: the stored
-    // manifest of generation 5 refuses it.
-    let c = node(&cfg, backend.clone());
-    let ws_c = fresh_workspace(root.path(), "ws_c");
-    let mut rec_c = ConversationRecord::new(T, "st");
-    c.assign(&mut rec_c, 3, &ws_c).await.unwrap();
+    // Generation 3's state file still says 3, but the stored manifest of
+    // generation 5 refuses it.
     write(&ws_c, "c.txt", b"stale");
     let err = c.svc.push_now(T, "st").await.unwrap_err();
     assert!(
@@ -397,6 +400,36 @@ async fn stale_generation_cannot_write(kind: Backend) {
     assert_eq!(m.generation, 5);
     assert!(has(&m, "b.txt") && !has(&m, "c.txt") && !has(&m, "late.txt"));
     assert_eq!(c.svc.stats().stale_refusals_total, 1);
+}
+
+async fn a_new_state_file_carries_on_above_the_stored_generation(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let backend = raw_backend(&cfg);
+    let old = node(&cfg, backend.clone());
+    let root = tempfile::tempdir().unwrap();
+    let ws = fresh_workspace(root.path(), "ws");
+    write(&ws, "a.txt", b"before the reinstall");
+    let mut rec = ConversationRecord::new(T, "re");
+    old.assign(&mut rec, 7, &ws).await.unwrap();
+    old.svc.push_now(T, "re").await.unwrap();
+
+    // The host is reinstalled: a new state file, the same bucket.
+    let new = node(&cfg, backend.clone());
+    let ws2 = fresh_workspace(root.path(), "ws2");
+    let mut rec2 = ConversationRecord::new(T, "re");
+    new.assign(&mut rec2, 1, &ws2).await.unwrap();
+    assert_eq!(rec2.generation, 8, "continues above the stored generation");
+    let persisted = new.store.conversation(T, "re").await.unwrap().unwrap();
+    assert_eq!(persisted.generation, 8);
+    assert_eq!(
+        std::fs::read(ws2.join("a.txt")).unwrap(),
+        b"before the reinstall"
+    );
+    write(&ws2, "b.txt", b"after");
+    new.svc.push_now(T, "re").await.unwrap();
+    let m = stored(backend.as_ref(), "re").await.unwrap();
+    assert_eq!(m.generation, 8);
+    assert!(has(&m, "a.txt") && has(&m, "b.txt"));
 }
 
 async fn store_outage_keeps_a_backlog_and_loses_nothing(kind: Backend) {
@@ -517,6 +550,7 @@ suite!(
     incremental_push_moves_only_changes_and_propagates_deletions,
     failed_restore_never_leads_to_a_push,
     stale_generation_cannot_write,
+    a_new_state_file_carries_on_above_the_stored_generation,
     store_outage_keeps_a_backlog_and_loses_nothing,
     tampered_manifest_is_refused,
 );

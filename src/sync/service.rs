@@ -218,6 +218,15 @@ impl SyncService {
                     subject: conv.subject(&st.container),
                     sync: figures(report.files, report.bytes, "ok", None),
                 });
+                if let Some(g) = st.base.as_ref().map(|m| m.generation) {
+                    if g >= rec.generation {
+                        // The store is ahead of the state file (it was
+                        // reset or replaced, the bucket kept): carry on
+                        // above it, or every push would be refused as stale.
+                        rec.generation = g + 1;
+                        st.generation = rec.generation;
+                    }
+                }
                 self.mark_restored(&mut st, rec).await?;
                 Ok(self.run_sync(conv.clone()))
             }
