@@ -455,6 +455,10 @@ async fn store_outage_keeps_a_backlog_and_loses_nothing(kind: Backend) {
     })
     .await;
     assert_eq!(n.svc.stats().backlog, 1);
+    assert!(
+        !n.svc.forget(T, "out"),
+        "pending changes are never forgotten"
+    );
 
     // The end of the run cannot sync either; it gives up after the
     // configured wait and leaves the work to the background worker.
@@ -470,6 +474,12 @@ async fn store_outage_keeps_a_backlog_and_loses_nothing(kind: Backend) {
     .await;
     let m = stored(n.backend.as_ref(), "out").await.unwrap();
     assert!(has(&m, "during-outage.txt"));
+    wait_for(
+        "the idle state to be dropped",
+        Duration::from_secs(5),
+        || async { n.svc.forget(T, "out") },
+    )
+    .await;
 }
 
 async fn tampered_manifest_is_refused(kind: Backend) {

@@ -272,6 +272,23 @@ impl SyncService {
         self.inner.push_once(&conv, "manual").await
     }
 
+    /// Drops what this process keeps for a conversation (last manifest,
+    /// stat cache) unless it still has changes to push; for the sweeper,
+    /// once a conversation's container is gone. Returns whether it did.
+    /// The next run restores or keeps the host copy as usual; its first
+    /// push hashes the workspace again.
+    pub fn forget(&self, tenant: &str, conversation: &str) -> bool {
+        let mut convs = self.inner.convs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{tenant}/{conversation}");
+        let idle = convs.get(&key).is_some_and(|c| {
+            !c.schedule.is_pending() && Arc::strong_count(c) == 1 && c.state.try_lock().is_ok()
+        });
+        if idle {
+            convs.remove(&key);
+        }
+        idle
+    }
+
     /// True while a conversation has changes not yet in the store.
     pub fn is_pending(&self, tenant: &str, conversation: &str) -> bool {
         self.inner.conv(tenant, conversation).schedule.is_pending()
