@@ -5,7 +5,7 @@
 
 use super::fsx::{Found, Kind, Root};
 use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};
-use super::paths::check_link_target;
+use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
 use super::walk::{hash_file, now_ns, StatCache};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -150,47 +150,36 @@ where
     let (stored, base) = remote?;
     let (root, found) = local?;
 
-    let mut manifest = Manifest::new(job.generation);
+    // Paths are moved, not copied, and the map is built once from a
+    // vector: this loop runs over every entry of the workspace.
+    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(found.len());
     let mut to_hash: Vec<Found> = Vec::new();
     for f in found {
-        match &f.kind {
-            Kind::Dir => {
-                manifest
-                    .entries
-                    .insert(f.path.clone(), Entry::Dir { mode: f.mode });
-            }
-            Kind::Symlink(target) => match check_link_target(&f.path, target) {
-                Ok(()) => {
-                    manifest.entries.insert(
-                        f.path.clone(),
-                        Entry::Symlink {
-                            target: target.clone(),
-                        },
-                    );
-                }
+        match f.kind {
+            Kind::Dir => entries.push((f.path, Entry::Dir { mode: f.mode })),
+            Kind::Symlink(target) => match check_link_target(&f.path, &target) {
+                Ok(()) => entries.push((f.path, Entry::Symlink { target })),
                 Err(error) => {
                     tracing::warn!(message = "Symlink not synced.", %error);
                 }
             },
-            Kind::File => match cache.lookup(&f) {
-                Some(sha) => {
-                    manifest.entries.insert(
-                        f.path.clone(),
-                        Entry::File {
-                            mode: f.mode,
-                            size: f.size,
-                            mtime_ns: f.mtime_ns,
-                            sha256: sha.to_owned(),
-                        },
-                    );
-                }
+            Kind::File => match cache.lookup(&f).map(str::to_owned) {
+                Some(sha256) => entries.push((
+                    f.path,
+                    Entry::File {
+                        mode: f.mode,
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        sha256,
+                    },
+                )),
                 None => to_hash.push(f),
             },
             Kind::Other => {}
         }
     }
 
-    let known: HashSet<&str> = base.as_ref().map(|b| b.blobs()).unwrap_or_default();
+    let known = Known::new(base.as_deref(), to_hash.len());
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let threshold = job.transfer.multipart_threshold;
     let hashed: Vec<(Found, String, u64, Option<u64>)> = stream::iter(to_hash)
@@ -219,7 +208,7 @@ where
                         })
                     }
                 };
-                let new = !known.contains(h.sha256.as_str())
+                let new = !known.contains(&h.sha256)
                     && sent
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -261,7 +250,7 @@ where
             report.bytes += n;
         }
         cache.remember(&f, &sha, scan_ns);
-        manifest.entries.insert(
+        entries.push((
             f.path,
             Entry::File {
                 mode: f.mode,
@@ -269,15 +258,14 @@ where
                 mtime_ns: f.mtime_ns,
                 sha256: sha,
             },
-        );
+        ));
     }
-    if let Some(b) = &base {
-        report.deleted = b
-            .entries
-            .keys()
-            .filter(|k| !manifest.entries.contains_key(*k))
-            .count() as u64;
-        if b.generation == job.generation && b.same_content(&manifest) {
+    let mut manifest = Manifest::new(job.generation);
+    manifest.entries = entries.into_iter().collect();
+    let diff = base.as_deref().map(|b| Diff::of(b, &manifest));
+    if let (Some(b), Some(d)) = (base.as_deref(), &diff) {
+        report.deleted = d.deleted;
+        if b.generation == job.generation && d.same {
             report.unchanged = true;
             return Ok((None, report));
         }
@@ -297,17 +285,15 @@ where
 
     // Garbage: older generations' manifests and blobs no longer referenced.
     // Failures only leak objects; the next push tries again.
-    let live = manifest.blobs();
     let mut garbage: Vec<String> = stored
         .iter()
         .filter(|g| **g < job.generation)
         .map(|g| job.prefix.key(&manifest_key(*g)))
         .collect();
-    if let Some(b) = &base {
+    if let Some(d) = diff {
         garbage.extend(
-            b.blobs()
+            d.unreferenced(&manifest)
                 .into_iter()
-                .filter(|s| !live.contains(s))
                 .map(|s| job.prefix.key(&blob_key(s))),
         );
     }
@@ -329,6 +315,89 @@ where
     Ok((Some(manifest), report))
 }
 
+/// Blobs the store holds, as far as the base manifest says. A push that
+/// hashed a few files scans the manifest for them; many build a set.
+enum Known<'a> {
+    Nothing,
+    Scan(&'a Manifest),
+    Set(HashSet<&'a str>),
+}
+
+impl<'a> Known<'a> {
+    fn new(base: Option<&'a Manifest>, lookups: usize) -> Self {
+        match base {
+            None => Known::Nothing,
+            Some(b) if lookups <= 8 => Known::Scan(b),
+            Some(b) => Known::Set(b.blobs()),
+        }
+    }
+
+    fn contains(&self, sha256: &str) -> bool {
+        match self {
+            Known::Nothing => false,
+            Known::Scan(m) => m.entries.values().any(|e| file_sha(e) == Some(sha256)),
+            Known::Set(s) => s.contains(sha256),
+        }
+    }
+}
+
+fn file_sha(e: &Entry) -> Option<&str> {
+    match e {
+        Entry::File { sha256, .. } => Some(sha256),
+        _ => None,
+    }
+}
+
+/// How a new manifest differs from its base, found in one merge pass over
+/// both (their maps are sorted by path).
+struct Diff<'a> {
+    /// Paths gone.
+    deleted: u64,
+    /// Every entry equal.
+    same: bool,
+    /// Hashes of base files that are gone or changed: maybe unreferenced.
+    dropped: HashSet<&'a str>,
+}
+
+impl<'a> Diff<'a> {
+    fn of(base: &'a Manifest, new: &Manifest) -> Self {
+        let mut d = Diff {
+            deleted: 0,
+            same: base.entries.len() == new.entries.len(),
+            dropped: HashSet::new(),
+        };
+        let mut theirs = new.entries.iter().peekable();
+        for (path, old) in &base.entries {
+            while theirs.next_if(|(p, _)| *p < path).is_some() {
+                d.same = false;
+            }
+            let now = theirs.next_if(|(p, _)| *p == path).map(|(_, e)| e);
+            if now != Some(old) {
+                d.same = false;
+                if now.is_none() {
+                    d.deleted += 1;
+                }
+                if let Some(sha) = file_sha(old) {
+                    d.dropped.insert(sha);
+                }
+            }
+        }
+        if theirs.next().is_some() {
+            d.same = false;
+        }
+        d
+    }
+
+    /// The dropped hashes no entry of `new` refers to any more.
+    fn unreferenced(self, new: &Manifest) -> Vec<&'a str> {
+        let live = Known::new(Some(new), self.dropped.len());
+        self.dropped
+            .into_iter()
+            .filter(|s| !live.contains(s))
+            .collect()
+    }
+}
+
 fn refuse_newer(stored: &[u64], mine: u64) -> Result<(), PushError> {
     match stored.last() {
         Some(&g) if g > mine => Err(PushError::Stale {
@@ -336,5 +405,48 @@ fn refuse_newer(stored: &[u64], mine: u64) -> Result<(), PushError> {
             reason: format!("the store holds generation {g}"),
         }),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(files: &[(&str, &str)]) -> Manifest {
+        let mut m = Manifest::new(1);
+        for (p, sha) in files {
+            m.entries.insert(
+                RelPath::parse(p).unwrap(),
+                Entry::File {
+                    mode: 0o644,
+                    size: 1,
+                    mtime_ns: 0,
+                    sha256: sha.repeat(64),
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn diff_finds_deletions_and_only_truly_unreferenced_blobs() {
+        let base = m(&[("a", "1"), ("b", "1"), ("c", "2")]);
+        let same = Diff::of(&base, &base.clone());
+        assert!(same.same && same.deleted == 0);
+        // `a` is gone but its content lives on in `b`; `c` changed.
+        let new = m(&[("b", "1"), ("c", "3"), ("d", "4")]);
+        let d = Diff::of(&base, &new);
+        assert!(!d.same);
+        assert_eq!(d.deleted, 1);
+        assert_eq!(d.unreferenced(&new), vec!["2".repeat(64).as_str()]);
+        // Many dropped hashes take the set path; same answer.
+        let many: Vec<(String, String)> = (0..20)
+            .map(|i| (format!("f{i}"), format!("{:x}", i % 16)))
+            .collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+        let big = m(&refs);
+        let d = Diff::of(&big, &m(&[("x", "0")]));
+        assert_eq!(d.deleted, 20);
+        assert_eq!(d.unreferenced(&m(&[("x", "0")])).len(), 15);
     }
 }
