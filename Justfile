@@ -60,3 +60,11 @@ bench-proxy *ARGS:
 # Fuzz the proxy's request parsing and host matching (needs nightly and cargo-fuzz).
 fuzz-proxy SECS="60":
     cargo +nightly fuzz run proxy_request --fuzz-dir tests/fuzz -- -max_total_time={{SECS}} -max_len=512
+    ids=$(docker ps -aq --filter label=agentbox.managed=true); [ -z "$ids" ] || docker rm -f -v $ids
+
+# Workspace sync beside rclone (moto S3 and a local directory); prints
+# figures for docs/benchmarks.md. Not a test.
+bench-sync:
+    bash tests/setup/ensure-moto.sh >/dev/null
+    command -v rclone >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends rclone; }
+    cargo run --release --quiet --example sync_bench

@@ -2,7 +2,7 @@
 //! and drains on SIGTERM.
 //!
 //! Order: state file -> Docker -> isolation detection -> proxy gateway ->
-//! TLS -> orchestrator (reconcile) -> listeners. SIGHUP reloads the config
+//! TLS -> object store (sync) -> orchestrator (reconcile) -> listeners. SIGHUP reloads the config
 //! and the certificate.
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
@@ -18,6 +18,9 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::RuntimeError;
 use crate::secrets;
 use crate::state::{StateError, Store};
+use crate::sync::fsx::Owner;
+use crate::sync::store::StoreError;
+use crate::sync::SyncService;
 use crate::tls::{TlsConfig, TlsListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("object store: {0}")]
+    Storage(#[from] StoreError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
 }
@@ -91,11 +96,16 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         (Some(cert), Some(key)) => Some(TlsConfig::load(cert, key)?),
         _ => None,
     };
+    // Restored files belong to the container's user as the host sees it
+    // (a different uid under userns-remap).
+    let (uid, gid) = isolation.host_owner(cfg.container.uid, cfg.container.gid);
+    let sync = SyncService::open(&cfg.storage, Owner { uid, gid }, store.clone())?;
     let orchestrator =
         Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
+    orchestrator.set_sync(sync.clone());
     orchestrator.start().await?;
     spawn_reload_on_sighup(orchestrator.clone(), config_path, tls.clone())?;
-    let executor = Executor::new(orchestrator.clone());
+    let executor = Executor::new(orchestrator.clone(), sync);
     let state = AppState {
         auth: Arc::new(Authenticator::new(&cfg.tenants)),
         executor,

@@ -10,6 +10,7 @@ use crate::audit::ExecutionAudit;
 use crate::orchestrator::Orchestrator;
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
+use crate::sync::{Placement, RunSync, SyncService};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -36,13 +37,15 @@ pub struct ConversationKey {
 pub struct Executor {
     orchestrator: Arc<Orchestrator>,
     hub: Arc<RunHub>,
+    sync: SyncService,
 }
 
 impl Executor {
-    pub fn new(orchestrator: Arc<Orchestrator>) -> Arc<Self> {
+    pub fn new(orchestrator: Arc<Orchestrator>, sync: SyncService) -> Arc<Self> {
         Arc::new(Self {
             orchestrator,
             hub: Arc::new(RunHub::default()),
+            sync,
         })
     }
 
@@ -105,7 +108,7 @@ impl Executor {
         audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
-        let assigned = self.assign(key, tx).await?;
+        let (assigned, mut run_sync) = self.assign(key, tx).await?;
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
@@ -118,6 +121,7 @@ impl Executor {
         let (agent_tx, mut agent_rx) = mpsc::channel(256);
         let client = AgentClient::new(&assigned.socket_dir);
         let mut session_id = None;
+        let mut result_event = None;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
                 audit.observe(&ev);
@@ -127,6 +131,13 @@ impl Executor {
                     if !s.is_empty() {
                         session_id = Some(s.clone());
                     }
+                }
+                run_sync.observe(&ev);
+                // `result` waits for the end-of-run sync: a client that
+                // sees it may rely on the turn's files being stored.
+                if matches!(ev, AgentEvent::Result { .. }) {
+                    result_event = Some(ev);
+                    continue;
                 }
                 let _ = tx.send(ev).await;
             }
@@ -139,6 +150,15 @@ impl Executor {
             },
             relay
         );
+        // The end of a run always syncs, and `result` waits for it (capped
+        // by storage.final_sync_timeout_secs): a client that saw `result`
+        // may rely on the turn's files being in the store. A failed sync
+        // is logged, audited and retried in the background; the run's
+        // outcome stays the agent's.
+        let _ = run_sync.finish().await;
+        if let Some(ev) = result_event {
+            let _ = tx.send(ev).await;
+        }
         self.orchestrator.touch(&assigned.container).await;
         store
             .update_conversation(&key.tenant_id, &key.conversation_id, move |rec| {
@@ -172,22 +192,41 @@ impl Executor {
         }
     }
 
-    /// The conversation's container; a replacement for a lost one is
-    /// announced with `container_recovered` once it is ready.
+    /// The conversation's container with its workspace ready (restored
+    /// from the object store when the container is new to it); a
+    /// replacement for a lost one is announced with `container_recovered`
+    /// once its files are back.
     async fn assign(
         &self,
         key: &ConversationKey,
         tx: &mpsc::Sender<AgentEvent>,
-    ) -> Result<crate::orchestrator::Assigned, AgentEvent> {
+    ) -> Result<(crate::orchestrator::Assigned, RunSync), AgentEvent> {
         let assigned = self
             .orchestrator
             .acquire(&key.tenant_id, &key.conversation_id)
             .await
             .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
+        let mut rec = self
+            .orchestrator
+            .store()
+            .conversation(&key.tenant_id, &key.conversation_id)
+            .await
+            .map_err(|e| AgentEvent::error("state_error", e.to_string()))?
+            .ok_or_else(|| AgentEvent::error("state_error", "the conversation vanished"))?;
+        let place = Placement {
+            container: &assigned.container,
+            workspace_dir: &assigned.workspace_dir,
+            fresh: assigned.fresh,
+        };
+        let run_sync = self
+            .sync
+            .prepare(&mut rec, place)
+            .await
+            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
         if assigned.recovered {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }
-        Ok(assigned)
+        Ok((assigned, run_sync))
     }
 }

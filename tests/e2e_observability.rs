@@ -218,9 +218,10 @@ fn required_fields(event: &str) -> &'static [&'static str] {
         "pool_claimed" | "agent_execution_completed" | "agent_execution_failed" => RUN,
         "agent_execution_started" => &["request_id", "tenant_id", "conversation_id"],
         // The proxy serves the container, not an API request: no request id.
-        "proxy_request_allowed" | "proxy_request_blocked" => {
-            &["tenant_id", "conversation_id", "container_id"]
-        }
+        "proxy_request_allowed"
+        | "proxy_request_blocked"
+        | "file_sync_to_container"
+        | "file_sync_from_container" => &["tenant_id", "conversation_id", "container_id"],
         "container_created" | "container_destroyed" | "container_crashed" => &["container_id"],
         other => panic!("unexpected audit event {other}"),
     }
@@ -288,12 +289,15 @@ async fn one_execution_cycle_is_audited_and_counted_without_leaking_the_key() {
         }
         assert!(l["timestamp"].as_str().unwrap().ends_with('Z'), "{l}");
     }
-    // The lifecycle of this container, in order (its egress decisions
-    // interleave with the run and are checked above).
+    // The lifecycle of this container, in order (its egress decisions and
+    // workspace syncs interleave with the run and are checked above).
     let cycle: Vec<&str> = lines
         .iter()
         .filter(|l| l["container_id"] == container.as_str())
-        .filter(|l| !l["event"].as_str().unwrap_or("").starts_with("proxy_"))
+        .filter(|l| {
+            let e = l["event"].as_str().unwrap_or("");
+            !e.starts_with("proxy_") && !e.starts_with("file_sync_")
+        })
         .map(|l| l["event"].as_str().unwrap())
         .collect();
     assert_eq!(

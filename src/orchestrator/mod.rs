@@ -129,6 +129,9 @@ pub struct Orchestrator {
     refill: Notify,
     counters: Counters,
     isolation: Isolation,
+    /// Workspace sync, so a container's last changes are pushed before
+    /// its workspace is removed.
+    sync: std::sync::OnceLock<crate::sync::SyncService>,
 }
 
 impl Orchestrator {
@@ -162,7 +165,13 @@ impl Orchestrator {
             workers: Workers::default(),
             refill: Notify::new(),
             counters: Counters::default(),
+            sync: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands the orchestrator the workspace sync (set once, at start-up).
+    pub fn set_sync(&self, sync: crate::sync::SyncService) {
+        let _ = self.sync.set(sync);
     }
 
     /// The configuration in force (replaced on reload).
@@ -393,6 +402,19 @@ impl Orchestrator {
         if let Err(error) = self.runtime.remove(name).await {
             tracing::warn!(message = "Container removal failed; will retry.", container_id = %name, %error);
             return;
+        }
+        // The workspace outlives its container on the host: push what the
+        // last checkpoint missed (a crash mid-run) before it goes. The
+        // conversation's generation has not moved on yet, so the push is
+        // not fenced off; it is refused if the workspace was never restored.
+        if let (Some(sync), Some(b)) = (
+            self.sync.get(),
+            rec.as_ref().and_then(|r| r.binding.as_ref()),
+        ) {
+            if let Err(error) = sync.push_now(&b.tenant_id, &b.conversation_id).await {
+                tracing::warn!(message = "Final push before removal failed.", container_id = %name, %error);
+            }
+            sync.forget(&b.tenant_id, &b.conversation_id);
         }
         self.remove_dirs(name);
         if let Err(error) = self.store.remove_container(name).await {

@@ -15,6 +15,12 @@ pub struct ConversationRecord {
     /// writers that belong to an older container.
     #[serde(default)]
     pub generation: u64,
+    /// The generation whose workspace on the host is known complete
+    /// (restored, or kept from an earlier generation); 0 while a restore
+    /// is pending or was cut short. Workspace sync pushes nothing until it
+    /// equals `generation`.
+    #[serde(default)]
+    pub restored_generation: u64,
     /// Unix milliseconds of the last agent activity.
     pub last_activity_ms: u64,
     /// How many runs the conversation has had; the latest run's number.
@@ -30,6 +36,7 @@ impl ConversationRecord {
             container_id: None,
             session_id: None,
             generation: 0,
+            restored_generation: 0,
             last_activity_ms: super::now_ms(),
             runs: 0,
         }

@@ -1,4 +1,25 @@
 //! Workspace sync between a conversation's workspace directory and the
-//! object store.
+//! object store: restore before a run, debounced checkpoints after
+//! file-changing tool results, a final sync at the end of each run.
+//! See docs/sync.md.
+//!
+//! Modules, one concern each: `config` (`[storage]`), `paths` (confined
+//! paths), `manifest` (the stored format and keys), `store` (the object
+//! store behind a trait), `fsx` (no-follow file access), `walk` (scanning
+//! and hashing), `push`, `restore`, `scheduler` (debounce and retry),
+//! `stats` (counters and the backlog gauge), `service` (what the execute
+//! service calls).
 
 pub mod config;
+pub mod fsx;
+pub mod manifest;
+pub mod paths;
+pub mod push;
+pub mod restore;
+pub mod scheduler;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod walk;
+
+pub use service::{Placement, RunSync, SyncError, SyncService};

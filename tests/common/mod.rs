@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod moto;
+
 use mock_model::MockModel;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -92,6 +94,13 @@ pub struct DaemonOptions {
 
 impl Daemon {
     pub fn start(opts: DaemonOptions) -> Daemon {
+        Self::start_with_env(opts, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment for the daemon
+    /// (`AGENTBOX_<SECTION>_<KEY>` overrides, `AWS_*` credentials).
+    pub fn start_with_env(mut opts: DaemonOptions, env: &[(String, String)]) -> Daemon {
+        opts.env.extend(env.iter().cloned());
         prerequisites();
         let dir = tempfile::Builder::new()
             .prefix("agentbox-e2e-")

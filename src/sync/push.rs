@@ -1,0 +1,452 @@
+//! One push: workspace -> object store. Walks the workspace, hashes what
+//! the stat cache cannot vouch for, uploads blobs the store lacks, checks
+//! the fence, commits the manifest with one PUT, then drops what the new
+//! manifest no longer needs.
+
+use super::fsx::{Found, Kind, Root};
+use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};
+use super::paths::{check_link_target, RelPath};
+use super::store::{ObjectBackend, StoreError};
+use super::walk::{hash_file, now_ns, StatCache};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("workspace {path}: {source}")]
+    Workspace {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("generation {mine} is stale: {reason}")]
+    Stale { mine: u64, reason: String },
+    #[error("stored manifest: {0}")]
+    Manifest(#[from] super::manifest::ManifestError),
+    #[error("the workspace was never restored for this generation; nothing is pushed")]
+    NotRestored,
+    #[error("fence check failed: {0}")]
+    Fence(String),
+}
+
+/// How transfers run.
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    pub concurrency: usize,
+    /// Files at or above this size are streamed (multipart) rather than
+    /// read into memory.
+    pub multipart_threshold: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Files whose content was uploaded.
+    pub files: u64,
+    pub bytes: u64,
+    /// Paths gone since the previous manifest.
+    pub deleted: u64,
+    /// Nothing changed: no manifest was written.
+    pub unchanged: bool,
+}
+
+/// Where one conversation lives in the store: `{tenant}/{conversation}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvPrefix(pub String);
+
+impl ConvPrefix {
+    pub fn key(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.0)
+    }
+}
+
+/// Generations of the manifests under `prefix`, highest last.
+pub async fn stored_generations(
+    backend: &dyn ObjectBackend,
+    prefix: &ConvPrefix,
+) -> Result<Vec<u64>, StoreError> {
+    let mut gens: Vec<u64> = backend
+        .list(&prefix.key(MANIFESTS_DIR))
+        .await?
+        .iter()
+        .filter_map(|k| generation_of_key(k))
+        .collect();
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+/// The newest manifest under `prefix`, if any.
+pub async fn latest_manifest(
+    backend: &dyn ObjectBackend,
+    prefix: &ConvPrefix,
+) -> Result<Option<Manifest>, PushError> {
+    let Some(&g) = stored_generations(backend, prefix).await?.last() else {
+        return Ok(None);
+    };
+    let bytes = backend.get(&prefix.key(&manifest_key(g))).await?;
+    Ok(Some(Manifest::parse(&bytes, g)?))
+}
+
+pub struct PushJob<'a> {
+    pub backend: Arc<dyn ObjectBackend>,
+    pub prefix: &'a ConvPrefix,
+    pub dir: &'a Path,
+    pub generation: u64,
+    pub transfer: Transfer,
+}
+
+/// Pushes the workspace. `base` is the last manifest this process knows
+/// committed (replaced by the stored one when that is newer); `fence` runs
+/// right before the commit and fails the push when this generation is no
+/// longer the conversation's current one. Returns the committed manifest,
+/// or `None` when nothing changed and `base` stays current.
+pub async fn push<F>(
+    job: PushJob<'_>,
+    base: Option<&Manifest>,
+    cache: &mut StatCache,
+    fence: F,
+) -> Result<(Option<Manifest>, PushReport), PushError>
+where
+    F: Future<Output = Result<(), PushError>>,
+{
+    let backend = job.backend.clone();
+    // The store's side (list, maybe fetch the base) and the workspace walk
+    // run side by side: both are latency an incremental push waits for.
+    let remote = async {
+        let stored = stored_generations(backend.as_ref(), job.prefix).await?;
+        refuse_newer(&stored, job.generation)?;
+        let base = match (base, stored.last()) {
+            // Borrowed: a manifest of many files is costly to copy.
+            (Some(b), Some(&g)) if b.generation == g => Some(Cow::Borrowed(b)),
+            (_, Some(&g)) => {
+                let bytes = backend.get(&job.prefix.key(&manifest_key(g))).await?;
+                Some(Cow::Owned(Manifest::parse(&bytes, g)?))
+            }
+            (_, None) => None,
+        };
+        Ok::<_, PushError>((stored, base))
+    };
+    let ws_err = |source| PushError::Workspace {
+        path: job.dir.display().to_string(),
+        source,
+    };
+    let dir = job.dir.to_owned();
+    let scan_ns = now_ns();
+    let local = async {
+        tokio::task::spawn_blocking(move || {
+            let root = Root::open(&dir)?;
+            let found = root.walk()?;
+            Ok::<_, std::io::Error>((Arc::new(root), found))
+        })
+        .await
+        .map_err(|e| ws_err(std::io::Error::other(e.to_string())))?
+        .map_err(ws_err)
+    };
+    let (remote, local) = tokio::join!(remote, local);
+    let (stored, base) = remote?;
+    let (root, found) = local?;
+
+    // Paths are moved, not copied, and the map is built once from a
+    // vector: this loop runs over every entry of the workspace.
+    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(found.len());
+    let mut to_hash: Vec<Found> = Vec::new();
+    for f in found {
+        match f.kind {
+            Kind::Dir => entries.push((f.path, Entry::Dir { mode: f.mode })),
+            Kind::Symlink(target) => match check_link_target(&f.path, &target) {
+                Ok(()) => entries.push((f.path, Entry::Symlink { target })),
+                Err(error) => {
+                    tracing::warn!(message = "Symlink not synced.", %error);
+                }
+            },
+            Kind::File => match cache.lookup(&f).map(str::to_owned) {
+                Some(sha256) => entries.push((
+                    f.path,
+                    Entry::File {
+                        mode: f.mode,
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        sha256,
+                    },
+                )),
+                None => to_hash.push(f),
+            },
+            Kind::Other => {}
+        }
+    }
+
+    let known = Known::new(base.as_deref(), to_hash.len());
+    let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let threshold = job.transfer.multipart_threshold;
+    let hashed: Vec<(Found, String, u64, Option<u64>)> = stream::iter(to_hash)
+        .map(|f| {
+            let root = root.clone();
+            let backend = backend.clone();
+            let known = &known;
+            let sent = sent.clone();
+            let prefix = job.prefix;
+            async move {
+                let path = f.path.clone();
+                let h = tokio::task::spawn_blocking(move || {
+                    hash_file(&root, &path, threshold).map(|h| (h, root))
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()));
+                let (h, root) = match h.and_then(|r| r) {
+                    Ok(x) => x,
+                    // Gone or replaced since the walk: the agent is still
+                    // working; the next push picks up what is there then.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => {
+                        return Err(PushError::Workspace {
+                            path: f.path.to_string(),
+                            source: e,
+                        })
+                    }
+                };
+                let new = !known.contains(&h.sha256)
+                    && sent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(h.sha256.clone());
+                let mut uploaded = None;
+                if new {
+                    let key = prefix.key(&blob_key(&h.sha256));
+                    uploaded = Some(match h.data {
+                        Some(data) => {
+                            let n = data.len() as u64;
+                            backend.put(&key, data).await?;
+                            n
+                        }
+                        None => {
+                            let path = f.path.clone();
+                            let file = tokio::task::spawn_blocking(move || root.open_file(&path))
+                                .await
+                                .map_err(|e| StoreError::Backend(e.to_string()))?
+                                .map_err(|source| PushError::Workspace {
+                                    path: f.path.to_string(),
+                                    source,
+                                })?;
+                            backend.put_file(&key, file, &h.sha256).await?
+                        }
+                    });
+                }
+                Ok::<_, PushError>(Some((f, h.sha256, h.size, uploaded)))
+            }
+        })
+        .buffer_unordered(job.transfer.concurrency)
+        .try_filter_map(|x| async move { Ok(x) })
+        .try_collect()
+        .await?;
+
+    let mut report = PushReport::default();
+    for (f, sha, size, uploaded) in hashed {
+        if let Some(n) = uploaded {
+            report.files += 1;
+            report.bytes += n;
+        }
+        cache.remember(&f, &sha, scan_ns);
+        entries.push((
+            f.path,
+            Entry::File {
+                mode: f.mode,
+                size,
+                mtime_ns: f.mtime_ns,
+                sha256: sha,
+            },
+        ));
+    }
+    let mut manifest = Manifest::new(job.generation);
+    manifest.entries = entries.into_iter().collect();
+    let diff = base.as_deref().map(|b| Diff::of(b, &manifest));
+    if let (Some(b), Some(d)) = (base.as_deref(), &diff) {
+        report.deleted = d.deleted;
+        if b.generation == job.generation && d.same {
+            report.unchanged = true;
+            return Ok((None, report));
+        }
+    }
+
+    fence.await?;
+    refuse_newer(
+        &stored_generations(backend.as_ref(), job.prefix).await?,
+        job.generation,
+    )?;
+    backend
+        .put(
+            &job.prefix.key(&manifest_key(job.generation)),
+            manifest.to_bytes().into(),
+        )
+        .await?;
+
+    // Garbage: older generations' manifests and blobs no longer referenced.
+    // Failures only leak objects; the next push tries again.
+    let mut garbage: Vec<String> = stored
+        .iter()
+        .filter(|g| **g < job.generation)
+        .map(|g| job.prefix.key(&manifest_key(*g)))
+        .collect();
+    if let Some(d) = diff {
+        garbage.extend(
+            d.unreferenced(&manifest)
+                .into_iter()
+                .map(|s| job.prefix.key(&blob_key(s))),
+        );
+    }
+    let failed = stream::iter(garbage)
+        .map(|k| {
+            let backend = backend.clone();
+            async move { backend.delete(&k).await.err() }
+        })
+        .buffer_unordered(job.transfer.concurrency)
+        .filter_map(|e| async move { e })
+        .count()
+        .await;
+    if failed > 0 {
+        tracing::warn!(
+            message = "Some unreferenced objects were not deleted.",
+            failed
+        );
+    }
+    Ok((Some(manifest), report))
+}
+
+/// Blobs the store holds, as far as the base manifest says. A push that
+/// hashed a few files scans the manifest for them; many build a set.
+enum Known<'a> {
+    Nothing,
+    Scan(&'a Manifest),
+    Set(HashSet<&'a str>),
+}
+
+impl<'a> Known<'a> {
+    fn new(base: Option<&'a Manifest>, lookups: usize) -> Self {
+        match base {
+            None => Known::Nothing,
+            Some(b) if lookups <= 8 => Known::Scan(b),
+            Some(b) => Known::Set(b.blobs()),
+        }
+    }
+
+    fn contains(&self, sha256: &str) -> bool {
+        match self {
+            Known::Nothing => false,
+            Known::Scan(m) => m.entries.values().any(|e| file_sha(e) == Some(sha256)),
+            Known::Set(s) => s.contains(sha256),
+        }
+    }
+}
+
+fn file_sha(e: &Entry) -> Option<&str> {
+    match e {
+        Entry::File { sha256, .. } => Some(sha256),
+        _ => None,
+    }
+}
+
+/// How a new manifest differs from its base, found in one merge pass over
+/// both (their maps are sorted by path).
+struct Diff<'a> {
+    /// Paths gone.
+    deleted: u64,
+    /// Every entry equal.
+    same: bool,
+    /// Hashes of base files that are gone or changed: maybe unreferenced.
+    dropped: HashSet<&'a str>,
+}
+
+impl<'a> Diff<'a> {
+    fn of(base: &'a Manifest, new: &Manifest) -> Self {
+        let mut d = Diff {
+            deleted: 0,
+            same: base.entries.len() == new.entries.len(),
+            dropped: HashSet::new(),
+        };
+        let mut theirs = new.entries.iter().peekable();
+        for (path, old) in &base.entries {
+            while theirs.next_if(|(p, _)| *p < path).is_some() {
+                d.same = false;
+            }
+            let now = theirs.next_if(|(p, _)| *p == path).map(|(_, e)| e);
+            if now != Some(old) {
+                d.same = false;
+                if now.is_none() {
+                    d.deleted += 1;
+                }
+                if let Some(sha) = file_sha(old) {
+                    d.dropped.insert(sha);
+                }
+            }
+        }
+        if theirs.next().is_some() {
+            d.same = false;
+        }
+        d
+    }
+
+    /// The dropped hashes no entry of `new` refers to any more.
+    fn unreferenced(self, new: &Manifest) -> Vec<&'a str> {
+        let live = Known::new(Some(new), self.dropped.len());
+        self.dropped
+            .into_iter()
+            .filter(|s| !live.contains(s))
+            .collect()
+    }
+}
+
+fn refuse_newer(stored: &[u64], mine: u64) -> Result<(), PushError> {
+    match stored.last() {
+        Some(&g) if g > mine => Err(PushError::Stale {
+            mine,
+            reason: format!("the store holds generation {g}"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(files: &[(&str, &str)]) -> Manifest {
+        let mut m = Manifest::new(1);
+        for (p, sha) in files {
+            m.entries.insert(
+                RelPath::parse(p).unwrap(),
+                Entry::File {
+                    mode: 0o644,
+                    size: 1,
+                    mtime_ns: 0,
+                    sha256: sha.repeat(64),
+                },
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn diff_finds_deletions_and_only_truly_unreferenced_blobs() {
+        let base = m(&[("a", "1"), ("b", "1"), ("c", "2")]);
+        let same = Diff::of(&base, &base.clone());
+        assert!(same.same && same.deleted == 0);
+        // `a` is gone but its content lives on in `b`; `c` changed.
+        let new = m(&[("b", "1"), ("c", "3"), ("d", "4")]);
+        let d = Diff::of(&base, &new);
+        assert!(!d.same);
+        assert_eq!(d.deleted, 1);
+        assert_eq!(d.unreferenced(&new), vec!["2".repeat(64).as_str()]);
+        // Many dropped hashes take the set path; same answer.
+        let many: Vec<(String, String)> = (0..20)
+            .map(|i| (format!("f{i}"), format!("{:x}", i % 16)))
+            .collect();
+        let refs: Vec<(&str, &str)> = many.iter().map(|(p, s)| (p.as_str(), s.as_str())).collect();
+        let big = m(&refs);
+        let d = Diff::of(&big, &m(&[("x", "0")]));
+        assert_eq!(d.deleted, 20);
+        assert_eq!(d.unreferenced(&m(&[("x", "0")])).len(), 15);
+    }
+}

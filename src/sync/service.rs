@@ -1,0 +1,551 @@
+//! The sync service: what the execute service calls. [`SyncService::prepare`]
+//! restores a conversation's workspace before the agent runs; the returned
+//! [`RunSync`] watches the run's events, schedules a debounced checkpoint
+//! after each file-changing tool result, and syncs at the end.
+//!
+//! **Invariants:**
+//! - Nothing is pushed for a conversation until its restore succeeded in
+//!   the current generation (the in-memory `restored` flag gates pushes).
+//! - One restore or push per conversation at a time (the state mutex).
+//! - A push commits only while its generation is the one in the state
+//!   file and no newer manifest is stored.
+
+use super::config::StorageConfig;
+use super::fsx::{Owner, Root};
+use super::manifest::Manifest;
+use super::push::{self, latest_manifest, ConvPrefix, PushError, PushJob, PushReport, Transfer};
+use super::restore::{self, RestoreError};
+use super::scheduler::{backoff, Attempt, Schedule};
+use super::stats::{SyncSnapshot, SyncStats};
+use super::store::{ObjectBackend, ObjectStoreBackend, StoreError};
+use super::walk::StatCache;
+use crate::audit::{AuditEvent, Subject, SyncFigures};
+use crate::state::{ConversationRecord, StateError, Store};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use workspace_agent::protocol::AgentEvent;
+
+/// Tools whose result may have changed files in the workspace.
+pub const FILE_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit", "Bash"];
+
+/// Restore attempts before a run gives up (the store may blink).
+const RESTORE_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("workspace restore failed: {0}")]
+    Restore(#[from] RestoreError),
+    #[error("workspace sync failed: {0}")]
+    Push(#[from] PushError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl SyncError {
+    /// Stable code for the SSE `error` event.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Restore(_) => "workspace_restore_failed",
+            Self::Push(_) => "workspace_sync_failed",
+            Self::State(_) => "state_error",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SyncService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn ObjectBackend>,
+    store: Store,
+    owner: Owner,
+    transfer: Transfer,
+    debounce: Duration,
+    final_timeout: Duration,
+    convs: Mutex<HashMap<String, Arc<Conv>>>,
+    stats: SyncStats,
+}
+
+struct Conv {
+    tenant_id: String,
+    conversation_id: String,
+    prefix: ConvPrefix,
+    state: tokio::sync::Mutex<ConvState>,
+    schedule: Schedule,
+}
+
+#[derive(Default)]
+struct ConvState {
+    dir: PathBuf,
+    container: String,
+    generation: u64,
+    /// The workspace is complete for `generation`: pushes may run.
+    restored: bool,
+    /// The last manifest committed (or restored) by this process.
+    base: Option<Manifest>,
+    cache: StatCache,
+}
+
+/// Where a run's workspace is and who runs it.
+pub struct Placement<'a> {
+    pub container: &'a str,
+    pub workspace_dir: &'a Path,
+    /// The container was just given to this conversation: its workspace
+    /// holds nothing of the conversation's (a pool container's directory,
+    /// perhaps with files the pre-started CLI wrote), so it is restored,
+    /// never kept.
+    pub fresh: bool,
+}
+
+impl SyncService {
+    /// Builds the backend `cfg.storage` names.
+    pub fn open(
+        storage: &StorageConfig,
+        owner: Owner,
+        store: Store,
+    ) -> Result<SyncService, StoreError> {
+        let backend = Arc::new(ObjectStoreBackend::open(storage)?);
+        Ok(Self::new(storage, owner, store, backend))
+    }
+
+    pub fn new(
+        storage: &StorageConfig,
+        owner: Owner,
+        store: Store,
+        backend: Arc<dyn ObjectBackend>,
+    ) -> SyncService {
+        SyncService {
+            inner: Arc::new(Inner {
+                backend,
+                store,
+                owner,
+                transfer: Transfer {
+                    concurrency: storage.transfer_concurrency,
+                    multipart_threshold: storage.multipart_threshold_mb * 1024 * 1024,
+                },
+                debounce: Duration::from_millis(storage.debounce_ms),
+                final_timeout: Duration::from_secs(storage.final_sync_timeout_secs),
+                convs: Mutex::new(HashMap::new()),
+                stats: SyncStats::default(),
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> SyncSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Makes the workspace ready for a run (see docs/sync.md for the rules)
+    /// and persists `rec.restored_generation`. On error nothing will be
+    /// pushed for this generation and the caller must not run the agent.
+    pub async fn prepare(
+        &self,
+        rec: &mut ConversationRecord,
+        at: Placement<'_>,
+    ) -> Result<RunSync, SyncError> {
+        let conv = self.inner.conv(&rec.tenant_id, &rec.conversation_id);
+        let mut st = conv.state.lock().await;
+        if st.generation != rec.generation {
+            st.restored = false;
+        }
+        st.generation = rec.generation;
+        st.dir = at.workspace_dir.to_owned();
+        st.container = at.container.to_owned();
+
+        let dir = st.dir.clone();
+        let has_files = tokio::task::spawn_blocking(move || match Root::open(&dir) {
+            Ok(root) => root.has_files(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|source| RestoreError::Workspace {
+            path: at.workspace_dir.display().to_string(),
+            source,
+        })?;
+
+        let trusted = rec.restored_generation == rec.generation && st.restored;
+        if trusted && has_files {
+            return Ok(self.run_sync(conv.clone()));
+        }
+        if has_files && rec.restored_generation != 0 && !at.fresh {
+            // The host copy was complete at the end of an earlier
+            // generation and only containers of this conversation wrote it
+            // since: it is the newest state there is. Downloading would
+            // throw away whatever the last push missed.
+            tracing::info!(message = "Keeping the workspace on the host.",
+                tenant_id = %rec.tenant_id, conversation_id = %rec.conversation_id,
+                generation = rec.generation);
+            self.mark_restored(&mut st, rec).await?;
+            drop(st);
+            self.inner.schedule(&conv);
+            return Ok(self.run_sync(conv));
+        }
+
+        // Download. Until it succeeds the host copy is not trusted, also
+        // across a daemon crash.
+        if rec.restored_generation != 0 {
+            rec.restored_generation = 0;
+            self.inner.store.put_conversation(rec).await?;
+        }
+        let started = Instant::now();
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.inner.restore_latest(&conv, &mut st, has_files).await {
+                Ok(r) => break Ok(r),
+                Err(e) if attempt < RESTORE_ATTEMPTS => {
+                    tracing::warn!(message = "Restore failed; retrying.", error = %e,
+                        conversation_id = %rec.conversation_id, attempt);
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let figures = |files, bytes, outcome: &str, error: Option<String>| SyncFigures {
+            generation: rec.generation,
+            files,
+            bytes,
+            duration_ms: started.elapsed().as_millis() as u64,
+            outcome: outcome.to_owned(),
+            error,
+        };
+        match result {
+            Ok(report) => {
+                self.inner.stats.restored(report.bytes);
+                crate::audit::emit(&AuditEvent::FileSyncToContainer {
+                    subject: conv.subject(&st.container),
+                    sync: figures(report.files, report.bytes, "ok", None),
+                });
+                if let Some(g) = st.base.as_ref().map(|m| m.generation) {
+                    if g >= rec.generation {
+                        // The store is ahead of the state file (it was
+                        // reset or replaced, the bucket kept): carry on
+                        // above it, or every push would be refused as stale.
+                        rec.generation = g + 1;
+                        st.generation = rec.generation;
+                    }
+                }
+                self.mark_restored(&mut st, rec).await?;
+                Ok(self.run_sync(conv.clone()))
+            }
+            Err(e) => {
+                self.inner.stats.restore_failed(&e.to_string());
+                crate::audit::emit(&AuditEvent::FileSyncToContainer {
+                    subject: conv.subject(&st.container),
+                    sync: figures(0, 0, "failed", Some(e.to_string())),
+                });
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn mark_restored(
+        &self,
+        st: &mut ConvState,
+        rec: &mut ConversationRecord,
+    ) -> Result<(), SyncError> {
+        rec.restored_generation = rec.generation;
+        self.inner.store.put_conversation(rec).await?;
+        st.restored = true;
+        Ok(())
+    }
+
+    fn run_sync(&self, conv: Arc<Conv>) -> RunSync {
+        RunSync {
+            inner: self.inner.clone(),
+            conv,
+            tools: HashMap::new(),
+        }
+    }
+
+    /// Pushes a conversation now (tests, benchmarks, admin tools); the
+    /// same path as a checkpoint, without the debounce.
+    pub async fn push_now(
+        &self,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<PushReport, SyncError> {
+        let conv = self.inner.conv(tenant, conversation);
+        conv.schedule.mark(false);
+        self.inner.push_once(&conv, "manual").await
+    }
+
+    /// Drops what this process keeps for a conversation (last manifest,
+    /// stat cache) unless it still has changes to push; for the sweeper,
+    /// once a conversation's container is gone. Returns whether it did.
+    /// The next run restores or keeps the host copy as usual; its first
+    /// push hashes the workspace again.
+    pub fn forget(&self, tenant: &str, conversation: &str) -> bool {
+        let mut convs = self.inner.convs.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{tenant}/{conversation}");
+        let idle = convs.get(&key).is_some_and(|c| {
+            !c.schedule.is_pending() && Arc::strong_count(c) == 1 && c.state.try_lock().is_ok()
+        });
+        if idle {
+            convs.remove(&key);
+        }
+        idle
+    }
+
+    /// True while a conversation has changes not yet in the store.
+    pub fn is_pending(&self, tenant: &str, conversation: &str) -> bool {
+        self.inner.conv(tenant, conversation).schedule.is_pending()
+    }
+}
+
+impl Conv {
+    fn subject(&self, container: &str) -> Subject {
+        Subject {
+            tenant_id: self.tenant_id.clone(),
+            conversation_id: self.conversation_id.clone(),
+            container_id: container.to_owned(),
+        }
+    }
+}
+
+impl Inner {
+    fn conv(&self, tenant: &str, conversation: &str) -> Arc<Conv> {
+        self.convs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(format!("{tenant}/{conversation}"))
+            .or_insert_with(|| {
+                Arc::new(Conv {
+                    tenant_id: tenant.to_owned(),
+                    conversation_id: conversation.to_owned(),
+                    // Both ids are validated path components (crate::ids).
+                    prefix: ConvPrefix(format!("{tenant}/{conversation}")),
+                    state: tokio::sync::Mutex::new(ConvState::default()),
+                    schedule: Schedule::default(),
+                })
+            })
+            .clone()
+    }
+
+    async fn restore_latest(
+        &self,
+        conv: &Conv,
+        st: &mut ConvState,
+        has_files: bool,
+    ) -> Result<restore::RestoreReport, RestoreError> {
+        let latest = latest_manifest(self.backend.as_ref(), &conv.prefix)
+            .await
+            .map_err(|e| match e {
+                PushError::Store(s) => RestoreError::Store(s),
+                PushError::Manifest(m) => RestoreError::Manifest(m),
+                other => RestoreError::Store(StoreError::Backend(other.to_string())),
+            })?;
+        let Some(manifest) = latest else {
+            // A new conversation, or one whose files never reached the
+            // store: what the host has (if anything) is all there is.
+            if has_files {
+                tracing::info!(message = "Nothing stored yet; keeping the host workspace.",
+                    conversation_id = %conv.conversation_id);
+            }
+            st.base = None;
+            return Ok(restore::RestoreReport::default());
+        };
+        if !st.dir.exists() {
+            std::fs::create_dir_all(&st.dir).map_err(|source| RestoreError::Workspace {
+                path: st.dir.display().to_string(),
+                source,
+            })?;
+            std::os::unix::fs::chown(&st.dir, Some(self.owner.uid), Some(self.owner.gid)).map_err(
+                |source| RestoreError::Workspace {
+                    path: st.dir.display().to_string(),
+                    source,
+                },
+            )?;
+        }
+        let report = restore::restore(
+            self.backend.clone(),
+            &conv.prefix,
+            &st.dir,
+            &manifest,
+            self.owner,
+            self.transfer,
+            &mut st.cache,
+        )
+        .await?;
+        st.base = Some(manifest);
+        Ok(report)
+    }
+
+    fn schedule(self: &Arc<Self>, conv: &Arc<Conv>) {
+        let marked = conv.schedule.mark(true);
+        if marked.newly_pending {
+            self.stats.backlog_add(1);
+        }
+        if marked.spawn_worker {
+            let this = self.clone();
+            let conv = conv.clone();
+            tokio::spawn(async move {
+                conv.schedule
+                    .run_worker(this.debounce, || {
+                        let (this, conv) = (this.clone(), conv.clone());
+                        async move {
+                            match this.push_once(&conv, "checkpoint").await {
+                                Ok(_) => Attempt::Done,
+                                Err(SyncError::Push(PushError::Stale { .. }))
+                                | Err(SyncError::Push(PushError::NotRestored)) => Attempt::GiveUp,
+                                Err(_) => Attempt::Failed,
+                            }
+                        }
+                    })
+                    .await
+            });
+        }
+    }
+
+    /// One push under the conversation's lock, with the scheduler's and
+    /// the audit log's bookkeeping.
+    async fn push_once(&self, conv: &Conv, trigger: &str) -> Result<PushReport, SyncError> {
+        let mut st = conv.state.lock().await;
+        conv.schedule.push_started();
+        let started = Instant::now();
+        let result = self.push_locked(conv, &mut st).await;
+        let attempt = match &result {
+            Ok(_) => Attempt::Done,
+            Err(PushError::Stale { .. }) | Err(PushError::NotRestored) => Attempt::GiveUp,
+            Err(_) => Attempt::Failed,
+        };
+        if conv.schedule.push_ended(&attempt) {
+            self.stats.backlog_add(-1);
+        }
+        let mut figures = SyncFigures {
+            generation: st.generation,
+            duration_ms: started.elapsed().as_millis() as u64,
+            ..Default::default()
+        };
+        match &result {
+            Ok(r) => {
+                self.stats.pushed(r.bytes);
+                if r.unchanged {
+                    return Ok(r.clone());
+                }
+                figures.files = r.files;
+                figures.bytes = r.bytes;
+                figures.outcome = "ok".to_owned();
+            }
+            Err(e) => {
+                if attempt == Attempt::GiveUp {
+                    self.stats.stale();
+                    figures.outcome = "stale".to_owned();
+                } else {
+                    self.stats.push_failed(&e.to_string());
+                    figures.outcome = "failed".to_owned();
+                }
+                figures.error = Some(e.to_string());
+                tracing::warn!(message = "Sync failed.", error = %e, trigger,
+                    tenant_id = %conv.tenant_id, conversation_id = %conv.conversation_id);
+            }
+        }
+        crate::audit::emit(&AuditEvent::FileSyncFromContainer {
+            subject: conv.subject(&st.container),
+            sync: figures,
+        });
+        result.map_err(SyncError::from)
+    }
+
+    async fn push_locked(&self, conv: &Conv, st: &mut ConvState) -> Result<PushReport, PushError> {
+        if !st.restored {
+            return Err(PushError::NotRestored);
+        }
+        let generation = st.generation;
+        let fence = async {
+            let rec = self
+                .store
+                .conversation(&conv.tenant_id, &conv.conversation_id)
+                .await
+                .map_err(|e| PushError::Fence(e.to_string()))?;
+            match rec {
+                Some(r) if r.generation == generation => Ok(()),
+                Some(r) => Err(PushError::Stale {
+                    mine: generation,
+                    reason: format!("the state file holds generation {}", r.generation),
+                }),
+                // Deleted conversations take no more pushes.
+                None => Err(PushError::Stale {
+                    mine: generation,
+                    reason: "the conversation is no longer in the state file".into(),
+                }),
+            }
+        };
+        let job = PushJob {
+            backend: self.backend.clone(),
+            prefix: &conv.prefix,
+            dir: &st.dir,
+            generation,
+            transfer: self.transfer,
+        };
+        let (committed, report) = push::push(job, st.base.as_ref(), &mut st.cache, fence).await?;
+        if let Some(m) = committed {
+            st.base = Some(m);
+        }
+        Ok(report)
+    }
+}
+
+/// The sync side of one run.
+pub struct RunSync {
+    inner: Arc<Inner>,
+    conv: Arc<Conv>,
+    /// tool_use id -> tool name, to know what a tool_result belongs to.
+    tools: HashMap<String, String>,
+}
+
+impl RunSync {
+    /// Looks at one relayed event; a file-changing tool's result schedules
+    /// a debounced checkpoint. Never blocks.
+    pub fn observe(&mut self, ev: &AgentEvent) {
+        match ev {
+            AgentEvent::ToolUse { id, name, .. } => {
+                self.tools.insert(id.clone(), name.clone());
+            }
+            AgentEvent::ToolResult { tool_use_id, .. } => {
+                if let Some(name) = self.tools.remove(tool_use_id) {
+                    if FILE_TOOLS.contains(&name.as_str()) {
+                        self.inner.schedule(&self.conv);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The end-of-run sync: pushes now, retrying with backoff for up to
+    /// `storage.final_sync_timeout_secs`. If the store stays down the
+    /// changes stay in the backlog and a background worker keeps trying.
+    pub async fn finish(self) -> Result<PushReport, SyncError> {
+        let marked = self.conv.schedule.mark(false);
+        if marked.newly_pending {
+            self.inner.stats.backlog_add(1);
+        }
+        let deadline = Instant::now() + self.inner.final_timeout;
+        let mut failures = 0;
+        loop {
+            match self.inner.push_once(&self.conv, "final").await {
+                Ok(r) => return Ok(r),
+                Err(e @ SyncError::Push(PushError::Stale { .. }))
+                | Err(e @ SyncError::Push(PushError::NotRestored)) => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    if Instant::now() + wait > deadline {
+                        // Leave it to the background worker.
+                        self.inner.schedule(&self.conv);
+                        return Err(e);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The object store behind a narrow trait: put, streamed put, get, list,
+//! delete of keys relative to the configured prefix. [`ObjectStoreBackend`]
+//! implements it with `object_store` for `file://` and `s3://` URLs.
+//!
+//! **Invariant:** only this module talks to `object_store`.
+
+use super::config::StorageConfig;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
+};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("object store: {0}")]
+    Backend(String),
+    #[error("reading {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+    #[error("{0} changed while it was uploaded")]
+    Changed(String),
+    #[error("storage url: {0}")]
+    Config(String),
+}
+
+/// A chunked download.
+pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
+
+/// What sync needs from an object store; keys are `/`-separated and
+/// relative to the configured prefix.
+#[async_trait]
+pub trait ObjectBackend: Send + Sync + 'static {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Streams `file` to `key` (multipart above the threshold) and fails
+    /// with [`StoreError::Changed`] if the bytes sent do not hash to
+    /// `sha256`, aborting the upload so nothing half-right is stored.
+    async fn put_file(
+        &self,
+        key: &str,
+        file: std::fs::File,
+        sha256: &str,
+    ) -> Result<u64, StoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, StoreError>;
+    /// Every key under `prefix` (a directory-like prefix, no trailing `/`).
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+pub struct ObjectStoreBackend {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Vec<String>,
+    multipart_threshold: u64,
+    part_size: usize,
+}
+
+/// Part size of multipart uploads: above S3's 5 MiB minimum, small enough
+/// that a few parts in flight stay cheap in memory.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+fn backend_err(e: object_store::Error) -> StoreError {
+    match e {
+        object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
+        other => StoreError::Backend(other.to_string()),
+    }
+}
+
+impl ObjectStoreBackend {
+    /// Builds the backend `cfg.url` names. Does no I/O but creating the
+    /// local directory of a `file://` URL.
+    pub fn open(cfg: &StorageConfig) -> Result<Self, StoreError> {
+        let (inner, prefix): (Arc<dyn ObjectStore>, &str) =
+            if let Some(dir) = cfg.url.strip_prefix("file://") {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Config(format!("cannot create {dir}: {e}")))?;
+                let fs = LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| StoreError::Config(e.to_string()))?;
+                (Arc::new(fs), "")
+            } else if let Some(rest) = cfg.url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                (Arc::new(s3(cfg, bucket)?), prefix)
+            } else {
+                return Err(StoreError::Config(format!("unsupported url {}", cfg.url)));
+            };
+        Ok(Self {
+            inner,
+            prefix: prefix
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            multipart_threshold: cfg.multipart_threshold_mb * 1024 * 1024,
+            part_size: PART_SIZE,
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<ObjPath, StoreError> {
+        let parts = self
+            .prefix
+            .iter()
+            .map(String::as_str)
+            .chain(key.split('/').filter(|c| !c.is_empty()));
+        let joined: Vec<&str> = parts.collect();
+        ObjPath::parse(joined.join("/")).map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
+    fn strip(&self, path: &ObjPath) -> String {
+        let parts: Vec<_> = path.parts().collect();
+        parts
+            .iter()
+            .skip(self.prefix.len())
+            .map(|p| p.as_ref())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+fn s3(cfg: &StorageConfig, bucket: &str) -> Result<impl ObjectStore, StoreError> {
+    // object_store's reqwest is built without a default TLS provider (to
+    // keep aws-lc-rs out of the build); ring is the one rustls already uses
+    // here. Installing twice is harmless, so the result is ignored.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(!cfg.path_style)
+        .with_allow_http(cfg.allow_http)
+        // The sync layer retries whole syncs with its own backoff; a request
+        // must fail fast when the store is down so the backlog shows it.
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(10),
+        })
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(cfg.allow_http)
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(120)),
+        );
+    if !cfg.endpoint.is_empty() {
+        b = b.with_endpoint(&cfg.endpoint);
+    }
+    if !cfg.region.is_empty() {
+        b = b.with_region(&cfg.region);
+    }
+    b.build().map_err(|e| StoreError::Config(e.to_string()))
+}
+
+#[async_trait]
+impl ObjectBackend for ObjectStoreBackend {
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        self.inner
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        file: std::fs::File,
+        sha256: &str,
+    ) -> Result<u64, StoreError> {
+        let path = self.path(key)?;
+        let io = |source| StoreError::Io {
+            key: key.to_owned(),
+            source,
+        };
+        let len = file.metadata().map_err(io)?.len();
+        let file = Arc::new(std::sync::Mutex::new(file));
+        let read_chunk = |size: usize| {
+            let file = file.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; size];
+                    let mut filled = 0;
+                    let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+                    while filled < size {
+                        match f.read(&mut buf[filled..])? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    buf.truncate(filled);
+                    Ok::<_, std::io::Error>(Bytes::from(buf))
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?
+            }
+        };
+        let mut hasher = Sha256::new();
+        if len < self.multipart_threshold {
+            let data = read_chunk(len as usize + 1).await.map_err(io)?;
+            hasher.update(&data);
+            if hex::encode(hasher.finalize()) != sha256 {
+                return Err(StoreError::Changed(key.to_owned()));
+            }
+            let n = data.len() as u64;
+            self.inner
+                .put(&path, PutPayload::from_bytes(data))
+                .await
+                .map_err(backend_err)?;
+            return Ok(n);
+        }
+        let upload = self.inner.put_multipart(&path).await.map_err(backend_err)?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut sent = 0u64;
+        let outcome = async {
+            loop {
+                let chunk = read_chunk(self.part_size).await.map_err(io)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                hasher.update(&chunk);
+                sent += chunk.len() as u64;
+                w.wait_for_capacity(PARTS_IN_FLIGHT)
+                    .await
+                    .map_err(backend_err)?;
+                w.put(chunk);
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        let verified = outcome.and_then(|()| {
+            if hex::encode(hasher.finalize()) == sha256 {
+                Ok(())
+            } else {
+                Err(StoreError::Changed(key.to_owned()))
+            }
+        });
+        match verified {
+            Ok(()) => {
+                w.finish().await.map_err(backend_err)?;
+                Ok(sent)
+            }
+            Err(e) => {
+                let _ = w.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let path = self.path(key)?;
+        let r = self.inner.get(&path).await.map_err(backend_err)?;
+        r.bytes().await.map_err(backend_err)
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<ByteStream, StoreError> {
+        let path = self.path(key)?;
+        let r = self.inner.get(&path).await.map_err(backend_err)?;
+        Ok(r.into_stream().map_err(backend_err).boxed())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.path(prefix)?;
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&path))
+            .try_collect()
+            .await
+            .map_err(backend_err)?;
+        Ok(metas.iter().map(|m| self.strip(&m.location)).collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend_err(e)),
+        }
+    }
+}

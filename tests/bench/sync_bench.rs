@@ -1,0 +1,315 @@
+//! `just bench-sync`: agentbox's workspace sync beside rclone, on the same
+//! targets in one run (moto S3 on loopback, and a local directory):
+//! - incremental: one file changed in a 10,000-file workspace, then a push
+//!   (agentbox) or `rclone sync` (rclone);
+//! - full restore of 1,000 files into an empty directory: agentbox's
+//!   restore or `rclone copy`.
+//!
+//! Prints median and spread (min..max) per figure. Expects moto and rclone
+//! (the recipe makes sure of both). Not a test: it only reports.
+//! `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one target.
+
+use agentbox::state::{ConversationRecord, Store};
+use agentbox::sync::config::StorageConfig;
+use agentbox::sync::fsx::Owner;
+use agentbox::sync::{Placement, SyncService};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 7;
+const INCR_FILES: usize = 10_000;
+const RESTORE_FILES: usize = 1_000;
+/// rclone gets the same parallelism as agentbox's `transfer_concurrency`.
+const CONCURRENCY: usize = 16;
+const TENANT: &str = "bench";
+
+struct Target {
+    name: &'static str,
+    cfg: StorageConfig,
+    /// `remote:bucket/path` or a local path, plus where under it to write.
+    rclone_base: String,
+    rclone_env: Vec<(String, String)>,
+}
+
+fn main() -> Result<()> {
+    let root = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("agentbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&root)?;
+    let endpoint = moto_endpoint()?;
+    // Dummy credentials for moto, set before any thread exists.
+    std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench-secret");
+    std::env::set_var("AWS_REGION", "us-east-1");
+    let rt = tokio::runtime::Runtime::new()?;
+    let result = rt.block_on(bench(&root, &endpoint));
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+fn moto_endpoint() -> Result<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/setup/ensure-moto.sh");
+    let out = Command::new("bash").arg(script).output()?;
+    if !out.status.success() {
+        bail!("ensure-moto.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+async fn bench(root: &Path, endpoint: &str) -> Result<()> {
+    let bucket = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let r = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("create bucket: {}", r.status());
+    }
+    let base = StorageConfig {
+        transfer_concurrency: CONCURRENCY,
+        ..Default::default()
+    };
+    let targets = [
+        Target {
+            name: "S3 (moto, loopback)",
+            cfg: StorageConfig {
+                url: format!("s3://{bucket}/agentbox"),
+                endpoint: endpoint.to_owned(),
+                allow_http: true,
+                path_style: true,
+                region: "us-east-1".into(),
+                ..base.clone()
+            },
+            rclone_base: format!("benchs3:{bucket}/rclone"),
+            rclone_env: [
+                ("TYPE", "s3"),
+                ("PROVIDER", "Other"),
+                ("ENDPOINT", endpoint),
+                ("ACCESS_KEY_ID", "bench"),
+                ("SECRET_ACCESS_KEY", "bench-secret"),
+                ("REGION", "us-east-1"),
+                ("FORCE_PATH_STYLE", "true"),
+            ]
+            .iter()
+            .map(|(k, v)| (format!("RCLONE_CONFIG_BENCHS3_{k}"), v.to_string()))
+            .collect(),
+        },
+        Target {
+            name: "local directory",
+            cfg: StorageConfig {
+                url: format!("file://{}/objects", root.display()),
+                ..base.clone()
+            },
+            rclone_base: format!("{}/rclone", root.display()),
+            rclone_env: Vec::new(),
+        },
+    ];
+
+    println!("## agentbox sync vs rclone ({RUNS} runs each; median, min..max)\n");
+    println!("| target | operation | agentbox | rclone | rclone / agentbox |");
+    println!("|---|---|---|---|---|");
+    // BENCH_ONLY=local (or =S3) runs one target only.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    for t in targets.iter().filter(|t| t.name.starts_with(&only)) {
+        let dir = root.join(t.name.split(' ').next().unwrap_or("t"));
+        std::fs::create_dir_all(&dir)?;
+        let (a, r) = incremental(t, &dir).await?;
+        row(t.name, "incremental, 1 of 10,000 files changed", &a, &r);
+        let (a, r) = restore(t, &dir).await?;
+        row(t.name, "full restore, 1,000 files", &a, &r);
+    }
+    println!(
+        "\nrclone {} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
+         default (size+modtime) and --checksum modes per row.",
+        rclone_version()
+    );
+    Ok(())
+}
+
+struct Node {
+    svc: SyncService,
+    store: Store,
+    _state: tempfile::TempDir,
+}
+
+fn node(cfg: &StorageConfig) -> Result<Node> {
+    let state = tempfile::tempdir()?;
+    let store = Store::open(&state.path().join("s.redb"))?;
+    let owner = Owner {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    };
+    let svc = SyncService::open(cfg, owner, store.clone())?;
+    Ok(Node {
+        svc,
+        store,
+        _state: state,
+    })
+}
+
+impl Node {
+    async fn assign(
+        &self,
+        rec: &mut ConversationRecord,
+        generation: u64,
+        dir: &Path,
+    ) -> Result<()> {
+        rec.generation = generation;
+        self.store.put_conversation(rec).await?;
+        self.svc
+            .prepare(
+                rec,
+                Placement {
+                    container: "bench",
+                    workspace_dir: dir,
+                    fresh: false,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// A workspace of `n` files of about 1 KiB, 50 to a directory.
+fn make_workspace(dir: &Path, n: usize) -> Result<()> {
+    for i in 0..n {
+        let p = dir.join(format!("d{:03}/f{i:05}.txt", i / 50));
+        std::fs::create_dir_all(p.parent().context("parent")?)?;
+        let line = format!("file {i} of the benchmark workspace\n");
+        std::fs::write(p, line.repeat(1024 / line.len() + 1))?;
+    }
+    Ok(())
+}
+
+fn rclone(t: &Target, args: &[&str]) -> Result<Duration> {
+    let conc = CONCURRENCY.to_string();
+    let t0 = Instant::now();
+    let out = Command::new("rclone")
+        .args(args)
+        .args(["--transfers", &conc, "--checkers", &conc])
+        .envs(t.rclone_env.iter().map(|(k, v)| (k, v)))
+        // rclone's AWS SDK refuses a custom CA bundle with its own HTTP
+        // transport; the targets here are plain-HTTP loopback anyway.
+        .env_remove("AWS_CA_BUNDLE")
+        .output()
+        .context("run rclone (apt-get install rclone)")?;
+    let d = t0.elapsed();
+    if !out.status.success() {
+        bail!("rclone {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(d)
+}
+
+fn rclone_version() -> String {
+    Command::new("rclone")
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn incremental(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let ws = dir.join("ws10k");
+    std::fs::create_dir_all(&ws)?;
+    make_workspace(&ws, INCR_FILES)?;
+    // Past the stat cache's 2 s racy window, as a workspace that has been
+    // around is.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let n = node(&t.cfg)?;
+    let mut rec =
+        ConversationRecord::new(TENANT, &format!("incr{}", uuid::Uuid::new_v4().simple()));
+    n.assign(&mut rec, 1, &ws).await?;
+    n.svc.push_now(TENANT, &rec.conversation_id).await?;
+    let ws_s = ws.display().to_string();
+    let remote = format!("{}/incr", t.rclone_base);
+    rclone(t, &["sync", &ws_s, &remote])?;
+    let (mut ours, mut default, mut checksum) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        // Old enough not to be racy for either tool's next comparison.
+        let f = ws.join(format!("d{:03}/f{:05}.txt", run, run * 50));
+        std::fs::write(&f, format!("changed in run {run}\n"))?;
+        let t0 = Instant::now();
+        let r = n.svc.push_now(TENANT, &rec.conversation_id).await?;
+        ours.push(t0.elapsed());
+        if r.files != 1 {
+            bail!("expected 1 uploaded file, got {r:?}");
+        }
+        default.push(rclone(t, &["sync", &ws_s, &remote])?);
+        std::fs::write(&f, format!("changed again in run {run}\n"))?;
+        n.svc.push_now(TENANT, &rec.conversation_id).await?;
+        checksum.push(rclone(t, &["sync", "--checksum", &ws_s, &remote])?);
+    }
+    Ok((ours, best(default, checksum)))
+}
+
+async fn restore(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let ws = dir.join("ws1k");
+    std::fs::create_dir_all(&ws)?;
+    make_workspace(&ws, RESTORE_FILES)?;
+    let n = node(&t.cfg)?;
+    let mut rec =
+        ConversationRecord::new(TENANT, &format!("rest{}", uuid::Uuid::new_v4().simple()));
+    n.assign(&mut rec, 1, &ws).await?;
+    n.svc.push_now(TENANT, &rec.conversation_id).await?;
+    let remote = format!("{}/restore", t.rclone_base);
+    rclone(t, &["sync", &ws.display().to_string(), &remote])?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for run in 0..RUNS {
+        let target = dir.join(format!("restore-a{run}"));
+        std::fs::create_dir_all(&target)?;
+        let t0 = Instant::now();
+        n.assign(&mut rec, 2 + run as u64, &target).await?;
+        ours.push(t0.elapsed());
+        let got = std::fs::read_dir(target.join("d000"))?.count();
+        if got != 50 {
+            bail!("restore incomplete: {got} files in d000");
+        }
+        let target = dir.join(format!("restore-r{run}"));
+        theirs.push(rclone(
+            t,
+            &["copy", &remote, &target.display().to_string()],
+        )?);
+    }
+    Ok((ours, theirs))
+}
+
+/// The faster of two rclone modes, by median.
+fn best(a: Vec<Duration>, b: Vec<Duration>) -> Vec<Duration> {
+    if median(&a) <= median(&b) {
+        a
+    } else {
+        b
+    }
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    s[s.len() / 2]
+}
+
+fn fmt(v: &[Duration]) -> String {
+    let mut s = v.to_vec();
+    s.sort();
+    format!(
+        "{:.0} ms ({:.0}..{:.0})",
+        median(&s).as_secs_f64() * 1e3,
+        s[0].as_secs_f64() * 1e3,
+        s[s.len() - 1].as_secs_f64() * 1e3
+    )
+}
+
+fn row(target: &str, op: &str, ours: &[Duration], theirs: &[Duration]) {
+    println!(
+        "| {target} | {op} | {} | {} | {:.1}x |",
+        fmt(ours),
+        fmt(theirs),
+        median(theirs).as_secs_f64() / median(ours).as_secs_f64()
+    );
+}
