@@ -49,6 +49,10 @@ impl Executor {
         })
     }
 
+    pub fn sync(&self) -> &SyncService {
+        &self.sync
+    }
+
     pub fn hub(&self) -> &RunHub {
         &self.hub
     }

@@ -410,3 +410,87 @@ async fn a_tenant_over_its_run_limit_gets_429() {
     assert_eq!(status, 200);
     assert!(slow.await.unwrap().contains("event: result"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_files_are_listed_downloaded_confined_and_purged() {
+    let (_mock, d) = start_with_mock(KEY).await;
+    let (_, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "files",
+        json!({"prompt": "!write sub/a.txt hello files"}),
+    )
+    .await;
+    assert!(body.contains("event: result"), "{body}");
+    // `result` came after the final sync, so the store has the file.
+    let (status, list) = get(&d, TOKEN, "/v1/conversations/files/files", None).await;
+    assert_eq!(status, 200, "{list}");
+    let v: Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["path"] == "sub/a.txt" && f["kind"] == "file"),
+        "{v:#}"
+    );
+    let (status, content) = get(&d, TOKEN, "/v1/conversations/files/files/sub/a.txt", None).await;
+    assert_eq!((status, content.as_str()), (200, "hello files"));
+    for bad in [
+        "../../etc/passwd",
+        "sub/../../x",
+        "%2e%2e/%2e%2e/etc/passwd",
+    ] {
+        let (status, _) = get(
+            &d,
+            TOKEN,
+            &format!("/v1/conversations/files/files/{bad}"),
+            None,
+        )
+        .await;
+        assert!(status == 400 || status == 404, "{bad} -> {status}");
+    }
+    let (status, _) = get(&d, TOKEN, "/v1/conversations/files/files/missing.txt", None).await;
+    assert_eq!(status, 404);
+    // Another tenant sees nothing.
+    let (status, _) = get(
+        &d,
+        OTHER_TOKEN,
+        "/v1/conversations/files/files/sub/a.txt",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let objects = d.dir.path().join("objects").join(TENANT).join("files");
+    assert!(walk_count(&objects) > 0, "nothing stored under {}", objects.display());
+    let del = reqwest::Client::new()
+        .delete(d.url("/v1/conversations/files?purge=true"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let left = walk_count(&objects);
+    assert_eq!(
+        left,
+        0,
+        "stored objects left after purge under {}",
+        objects.display()
+    );
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk_count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

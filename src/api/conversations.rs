@@ -1,5 +1,7 @@
 //! `GET` and `DELETE /v1/conversations/{id}`: a conversation's state, and
-//! its end (container removed, runs forgotten).
+//! its end (final sync, container removed, runs forgotten; `?purge=true`
+//! also deletes its stored files); `GET .../files` and `.../files/{path}`:
+//! its stored workspace.
 
 use super::error::ApiError;
 use super::AppState;
@@ -56,11 +58,22 @@ pub async fn get_conversation(
     })))
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    purge: bool,
+}
+
 pub async fn delete_conversation(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    query: Result<axum::extract::Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    let purge = query
+        .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?
+        .purge;
     let tenant = state.auth.authenticate(&headers)?;
     valid(&id)?;
     let orchestrator = state.executor.orchestrator();
@@ -86,6 +99,76 @@ pub async fn delete_conversation(
         .delete_conversation(&tenant.id, &id)
         .await
         .map_err(unavailable)?;
-    tracing::info!(message = "Conversation deleted.", tenant_id = %tenant.id, conversation_id = %id);
+    if purge {
+        let objects = state
+            .executor
+            .sync()
+            .purge(&tenant.id, &id)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        tracing::info!(message = "Stored files purged.", tenant_id = %tenant.id, conversation_id = %id, objects);
+    }
+    tracing::info!(message = "Conversation deleted.", tenant_id = %tenant.id, conversation_id = %id, purge);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The conversation must exist for this tenant (else 404, whatever is
+/// stored).
+async fn known(state: &AppState, tenant: &str, id: &str) -> Result<(), ApiError> {
+    valid(id)?;
+    state
+        .executor
+        .orchestrator()
+        .store()
+        .conversation(tenant, id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .map(|_| ())
+        .ok_or(ApiError::NotFound)
+}
+
+fn files_error(e: crate::sync::files::FilesError) -> ApiError {
+    use crate::sync::files::FilesError;
+    match e {
+        FilesError::NotFound => ApiError::NotFound,
+        FilesError::BadPath(m) => ApiError::BadRequest(format!("bad file path: {m}")),
+        FilesError::Store(m) => ApiError::Unavailable(m),
+    }
+}
+
+pub async fn list_files(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = state.auth.authenticate(&headers)?;
+    known(&state, &tenant.id, &id).await?;
+    let files = state
+        .executor
+        .sync()
+        .list_files(&tenant.id, &id)
+        .await
+        .map_err(files_error)?;
+    Ok(Json(json!({ "files": files })))
+}
+
+pub async fn get_file(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let tenant = state.auth.authenticate(&headers)?;
+    known(&state, &tenant.id, &id).await?;
+    let bytes = state
+        .executor
+        .sync()
+        .read_file(&tenant.id, &id, &path)
+        .await
+        .map_err(files_error)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }

@@ -6,7 +6,10 @@
 //! - `GET /v1/conversations/{id}/events`: the latest run's events, or
 //!   those after `Last-Event-ID`, then live until the run ends.
 //! - `GET /v1/conversations/{id}`: state, container, recent runs.
-//! - `DELETE /v1/conversations/{id}`: remove its container and forget it.
+//! - `DELETE /v1/conversations/{id}`: final sync, remove its container and
+//!   forget it; `?purge=true` also deletes its stored files.
+//! - `GET /v1/conversations/{id}/files`: the stored workspace's files.
+//! - `GET /v1/conversations/{id}/files/{path}`: one stored file.
 //!
 //! Every request gets a request id (`x-request-id` echoed or generated)
 //! carried by the tracing span of the request.
@@ -50,6 +53,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}",
             get(conversations::get_conversation).delete(conversations::delete_conversation),
+        )
+        .route(
+            "/v1/conversations/{id}/files",
+            get(conversations::list_files),
+        )
+        .route(
+            "/v1/conversations/{id}/files/{*path}",
+            get(conversations::get_file),
         )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

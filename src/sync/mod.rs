@@ -11,6 +11,7 @@
 //! service calls).
 
 pub mod config;
+pub mod files;
 pub mod fsx;
 pub mod manifest;
 pub mod paths;

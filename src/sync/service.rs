@@ -135,6 +135,10 @@ impl SyncService {
         }
     }
 
+    pub(super) fn backend(&self) -> &Arc<dyn ObjectBackend> {
+        &self.inner.backend
+    }
+
     pub fn stats(&self) -> SyncSnapshot {
         self.inner.stats.snapshot()
     }
