@@ -102,17 +102,15 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let orchestrator =
         Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
     orchestrator.start().await?;
+    let auth = Arc::new(Authenticator::new(&cfg.tenants));
     spawn_reload_on_sighup(
         orchestrator.clone(),
         config_path,
         tls.clone(),
-        notifier.clone(),
+        (auth.clone(), notifier.clone()),
     )?;
     let executor = Executor::new(orchestrator.clone());
-    let state = AppState {
-        auth: Arc::new(Authenticator::new(&cfg.tenants)),
-        executor,
-    };
+    let state = AppState { auth, executor };
     let addr = cfg.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -183,12 +181,13 @@ fn serving_status(api: std::net::SocketAddr, admin: std::net::SocketAddr) -> Str
     format!("Serving on {api} (admin {admin})")
 }
 
-/// SIGHUP re-reads the config file; an invalid file is logged and ignored.
+/// SIGHUP re-reads the config file (tenants, pool, gc, image) and the
+/// certificate; an invalid file is logged and ignored.
 fn spawn_reload_on_sighup(
     orchestrator: std::sync::Arc<Orchestrator>,
     path: Option<PathBuf>,
     tls: Option<Arc<TlsConfig>>,
-    notifier: Arc<crate::systemd::Notifier>,
+    (auth, notifier): (Arc<Authenticator>, Arc<crate::systemd::Notifier>),
 ) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
     tokio::spawn(async move {
@@ -203,7 +202,10 @@ fn spawn_reload_on_sighup(
                 }
             }
             match Config::load(path.as_deref()) {
-                Ok(cfg) => orchestrator.reload(cfg),
+                Ok(cfg) => {
+                    auth.replace(&cfg.tenants);
+                    orchestrator.reload(cfg)
+                }
                 Err(error) => {
                     tracing::error!(message = "Reload refused; keeping the running config.", %error)
                 }

@@ -944,7 +944,8 @@ audit_path = "{r}/log/audit.log"
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["fields"]["message"] == "Listening." {
-                    let _ = tx.send(v["fields"]["admin_addr"].as_str().unwrap_or("").to_owned());
+                    let field = |k: &str| v["fields"][k].as_str().unwrap_or("").to_owned();
+                    let _ = tx.send((field("addr"), field("admin_addr")));
                 }
             }
         }
@@ -952,9 +953,9 @@ audit_path = "{r}/log/audit.log"
     let ready = listener.wait_for("READY=1", 60);
     eprintln!("READY after {:?}: {ready:?}", started.elapsed());
     assert!(ready.contains("STATUS=Serving on 127.0.0.1:"), "{ready}");
-    let admin = rx
+    let (api, admin) = rx
         .recv_timeout(Duration::from_secs(10))
-        .expect("the daemon logs its admin address");
+        .expect("the daemon logs its addresses");
     listener.wait_for("WATCHDOG=1", 5);
 
     let doctor = Command::new(&bin)
@@ -970,6 +971,28 @@ audit_path = "{r}/log/audit.log"
     );
     assert_ne!(report["worst"], "fail", "{report:#}");
 
+    // A reload rotates tenant tokens: unknown before, known after.
+    let token = "rotated-token";
+    let status_of = || -> String {
+        let out = ok(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{api}/v1/conversations/none-such"),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status_of(), "401");
+    let mut cfg_text = std::fs::read_to_string(&config).expect("config");
+    cfg_text.push_str(&format!(
+        "[[tenants]]\nid = \"acme\"\ntoken_sha256 = \"{}\"\n",
+        agentbox::api::token_sha256(token)
+    ));
+    std::fs::write(&config, cfg_text).expect("rewrite config");
     listener.clear();
     ok(Command::new("kill").args(["-HUP", &child.id().to_string()]));
     let reloading = listener.wait_for("RELOADING=1", 10);
@@ -978,6 +1001,7 @@ audit_path = "{r}/log/audit.log"
     let order: Vec<String> = listener.seen.lock().expect("lock").clone();
     let pos = |p: &str| order.iter().position(|m| m.starts_with(p));
     assert!(pos("RELOADING=1") < pos("READY=1"), "{order:?}");
+    assert_eq!(status_of(), "404", "the reloaded tenant's token is refused");
 
     let stop_timeout: u64 = setting(&s, "TimeoutStopSec")[0].parse().expect("seconds");
     let stop_started = Instant::now();
