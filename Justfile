@@ -52,3 +52,12 @@ status *ARGS:
 # Ask the running daemon to sweep idle, old and orphaned containers now.
 gc *ARGS:
     cargo run --quiet --bin agentbox -- gc {{ARGS}}
+
+# The Debian package (release build; installs cargo-deb when missing).
+deb *ARGS:
+    bash appliance/build-deb.sh {{ARGS}}
+
+# Install the appliance on this host (appliance/install.sh --help).
+install *ARGS:
+    cargo build --release -p agentbox -p workspace-agent
+    bash appliance/install.sh {{ARGS}}
