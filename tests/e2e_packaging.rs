@@ -5,6 +5,10 @@
 //! a throwaway container) and the daemon run exactly as the unit runs it,
 //! speaking the sd_notify protocol and passing `doctor`.
 //!
+//! The last test installs the package on a machine running systemd (a
+//! container with systemd as PID 1, `tests/packaging/systemd.Dockerfile`)
+//! and runs agentbox.service there with every hardening directive.
+//!
 //! Tools come from `tests/setup/ensure-packaging-tools.sh`; a missing tool
 //! is installed, never skipped.
 
@@ -467,17 +471,22 @@ fn install(root: &Path, extra: &[&str]) -> String {
     text(&out)
 }
 
-/// The workspace agent the package ships: this checkout's debug build
-/// (the release one when a release build exists is not required here).
+/// The cargo target directory this test binary was built in.
+fn target_dir() -> PathBuf {
+    agentbox_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned()
+}
+
+/// The workspace agent the package ships, here its debug build (built
+/// when missing; a release build would take minutes).
 fn agent_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let target = agentbox_bin()
-                .parent()
-                .and_then(Path::parent)
-                .expect("target dir")
-                .to_owned();
+            let target = target_dir();
             ok(Command::new(env!("CARGO"))
                 .args(["build", "--quiet", "-p", "workspace-agent"])
                 .env("CARGO_TARGET_DIR", &target)
@@ -601,7 +610,8 @@ fn debug_deb() -> PathBuf {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
         tools();
-        let scratch = std::env::temp_dir().join(format!("agentbox-deb-{}", std::process::id()));
+        // Under the cargo target dir, replaced on every run.
+        let scratch = target_dir().join("packaging-test");
         let release = scratch.join("target/release");
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir_all(&release).expect("scratch target dir");
@@ -1030,4 +1040,271 @@ impl Drop for KillOnDrop {
             .status();
         common::release_mounts_under(&self.1);
     }
+}
+
+/// The systemd test machine's image, built once from
+/// `tests/packaging/systemd.Dockerfile` (its tag carries the file's hash,
+/// so an edit rebuilds it).
+fn systemd_image() -> String {
+    let dockerfile = repo_root().join("tests/packaging/systemd.Dockerfile");
+    let text = std::fs::read(&dockerfile).expect("read systemd.Dockerfile");
+    let tag = format!(
+        "agentbox-test/systemd:{}",
+        &hex::encode(Sha256::digest(&text))[..12]
+    );
+    if !docker(&["image", "inspect", &tag]).status.success() {
+        let ctx = tempfile::tempdir().expect("tempdir");
+        std::fs::write(ctx.path().join("Dockerfile"), &text).expect("write Dockerfile");
+        ok(Command::new("docker")
+            .args(["build", "-q", "-t", &tag])
+            .arg(ctx.path())
+            .env("DOCKER_BUILDKIT", "0"));
+    }
+    tag
+}
+
+/// Removes the systemd machine, the containers its daemon made and the
+/// mounts under the shared directory, whatever the test got to.
+struct SystemdMachine {
+    name: String,
+    instance: String,
+    shared: PathBuf,
+}
+
+impl SystemdMachine {
+    fn sh(&self, script: &str) -> Output {
+        docker(&["exec", &self.name, "sh", "-c", script])
+    }
+
+    fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "in the systemd machine: {script}\n{}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn show(&self, prop: &str) -> String {
+        self.sh_ok(&format!("systemctl show -p {prop} --value agentbox"))
+            .trim()
+            .to_owned()
+    }
+
+    fn status(&self) -> Value {
+        let out = self.sh_ok("agentbox status --json --config /etc/agentbox/agentbox.toml");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}: {out}"))
+    }
+
+    fn journal(&self) -> String {
+        self.sh_ok("journalctl -u agentbox -o cat --no-pager")
+    }
+}
+
+impl Drop for SystemdMachine {
+    fn drop(&mut self) {
+        let _ = self.sh(
+            "systemctl stop agentbox; agentbox destroy-all --config /etc/agentbox/agentbox.toml",
+        );
+        let _ = docker(&["rm", "-f", &self.name]);
+        let filter = format!("label=agentbox.instance={}", self.instance);
+        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        common::release_mounts_under(&self.shared);
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.shared)
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.shared);
+    }
+}
+
+/// The .deb installed on a machine that runs systemd (a container with
+/// systemd as PID 1, using this host's engine through its socket), and
+/// agentbox.service run by it with every hardening directive in force:
+/// `systemctl start` returns on READY, a warm container is created (its
+/// workspace loop-mounted, chowned, its agent answering: the bounding set,
+/// syscall filter and device list are enough), the watchdog is fed, reload
+/// and stop are clean, and a restart adopts the running container.
+///
+/// The workspace and socket directories live at the same path on this
+/// host and in the machine, on a shared mount, so the engine sees the
+/// daemon's quota mounts exactly as on a real host.
+#[test]
+fn unit_runs_under_real_systemd() {
+    let deb = debug_deb();
+    engine();
+    let image = systemd_image();
+    let sock = "/var/run/docker.sock";
+    assert!(
+        Path::new(sock).exists(),
+        "the engine's socket {sock} is missing"
+    );
+    let shared = std::env::temp_dir().join(format!("agentbox-systemd-{}", std::process::id()));
+    std::fs::create_dir_all(&shared).expect("shared dir");
+    let machine = SystemdMachine {
+        name: format!("agentbox-systemd-test-{}", std::process::id()),
+        instance: format!("pkg-sd-{}", std::process::id()),
+        shared: shared.clone(),
+    };
+    ok(Command::new("mount")
+        .arg("--bind")
+        .arg(&shared)
+        .arg(&shared));
+    ok(Command::new("mount").arg("--make-rshared").arg(&shared));
+    let deb_dir = deb.parent().expect("deb dir").display().to_string();
+    let shared_s = shared.display().to_string();
+    // Not --privileged: a host that is itself a container may lack a
+    // capability (CAP_SYS_RESOURCE here), and --privileged then fails.
+    docker_ok_str(&[
+        "run",
+        "-d",
+        "--name",
+        &machine.name,
+        "--cap-add",
+        "ALL",
+        "--cap-drop",
+        "SYS_RESOURCE",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--security-opt",
+        "apparmor=unconfined",
+        "--device",
+        "/dev/loop-control",
+        "--device-cgroup-rule",
+        "b 7:* rwm",
+        "--network",
+        "none",
+        "--tmpfs",
+        "/run",
+        "--tmpfs",
+        "/run/lock",
+        "--tmpfs",
+        "/tmp",
+        "-v",
+        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+        "-v",
+        &format!("{sock}:/var/run/docker.sock"),
+        "-v",
+        &format!("{deb_dir}:/deb:ro"),
+        "-v",
+        &format!("{shared_s}:{shared_s}:rshared"),
+        &image,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = machine.sh("systemctl is-system-running");
+        let s = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+        if s == "running" || s == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "systemd did not come up: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Loop device nodes for whatever number the kernel hands out (a
+    // container's /dev is static; a host's devtmpfs has them already).
+    machine.sh_ok(
+        "for i in $(seq 0 255); do [ -e /dev/loop$i ] || mknod -m 0660 /dev/loop$i b 7 $i; done",
+    );
+    let name = deb.file_name().and_then(|n| n.to_str()).expect("deb name");
+    let log = machine.sh_ok(&format!(
+        "dpkg -i --force-depends /deb/{name} 2>&1; systemctl is-enabled agentbox || true"
+    ));
+    assert!(log.contains("installed but not started"), "{log}");
+    assert!(log.contains("disabled"), "enabled on first install: {log}");
+    assert_eq!(machine.show("ActiveState"), "inactive");
+
+    let config = format!(
+        "[server]\ninstance = \"{instance}\"\n\
+         [model]\nanthropic_base_url = \"http://127.0.0.1:9\"\n\
+         [container]\nimage = \"{image}\"\n\
+         workspace_root = \"{shared_s}/workspaces\"\nsocket_root = \"{shared_s}/sockets\"\n\
+         [pool]\nmin_size = 1\n",
+        instance = machine.instance,
+        image = common::test_image(),
+    );
+    let staged = shared.join("agentbox.toml");
+    std::fs::write(&staged, config).expect("stage config");
+    machine.sh_ok(&format!(
+        "cp {} /etc/agentbox/agentbox.toml && \
+         echo ANTHROPIC_API_KEY=sk-test-not-real >>/etc/agentbox/agentbox.env",
+        staged.display()
+    ));
+    let started = Instant::now();
+    machine.sh_ok("systemctl start agentbox");
+    eprintln!("systemctl start returned after {:?}", started.elapsed());
+    assert_eq!(machine.show("ActiveState"), "active");
+    let status_text = machine.show("StatusText");
+    assert!(
+        status_text.starts_with("Serving on 127.0.0.1:8787"),
+        "{status_text}"
+    );
+
+    // A warm container, made by the hardened daemon end to end.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        let s = machine.status();
+        if s["pool"]["ready"] == 1 {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warm container under systemd: {s:#}\n{}",
+            machine.journal()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let container = status["containers"][0]["name"]
+        .as_str()
+        .expect("container name")
+        .to_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let workspace = format!("{shared_s}/workspaces/{container}");
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(workspace.as_str()) && l.contains(" ext4 ")),
+        "the quota mount {workspace} did not reach the host"
+    );
+    assert_eq!(
+        status["health"]["isolation"]["landlock"]["state"], "available",
+        "the syscall filter hides Landlock from the daemon: {status:#}"
+    );
+    assert!(!machine.show("WatchdogTimestamp").is_empty());
+    assert_eq!(machine.show("NRestarts"), "0");
+
+    machine.sh_ok("systemctl reload agentbox");
+    assert_eq!(machine.show("ActiveState"), "active");
+    assert_eq!(
+        machine.show("StatusText"),
+        "Serving (configuration reloaded)"
+    );
+    assert!(machine.journal().contains("Configuration reloaded."));
+
+    machine.sh_ok("systemctl stop agentbox");
+    assert_eq!(machine.show("Result"), "success");
+    assert_eq!(machine.show("ExecMainStatus"), "0");
+    let running = docker_ok_str(&["inspect", "-f", "{{.State.Running}}", &container]);
+    assert_eq!(
+        running.trim(),
+        "true",
+        "stopping the daemon stopped a container"
+    );
+
+    machine.sh_ok("systemctl start agentbox");
+    let journal = machine.journal();
+    assert!(
+        journal.contains(r#""adopted":1"#),
+        "the restarted daemon did not adopt its container:\n{journal}"
+    );
+}
+
+fn docker_ok_str(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
