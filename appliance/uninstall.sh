@@ -4,7 +4,7 @@
 #   appliance/uninstall.sh [--root DIR] [--purge]
 #
 #   --root DIR  uninstall from a scratch root (no systemctl, no containers)
-#   --purge     also remove every agentbox container with its workspace,
+#   --purge     also remove this daemon's containers with their workspaces,
 #               the state file, the audit log and /etc/agentbox (config and
 #               secrets). Without it they stay, and a reinstall carries on
 #               where the daemon stopped. Workspaces synced to an S3 bucket
@@ -55,7 +55,9 @@ if [[ -z $ROOT ]]; then
   if ((PURGE)) && [[ -x /usr/bin/agentbox ]]; then
     # While the binary is still here: containers, their sockets, workspace
     # quota mounts and records. Unsynced workspace changes are lost.
-    /usr/bin/agentbox destroy-all --config /etc/agentbox/agentbox.toml --all-instances ||
+    # This daemon's containers (its server.instance) only: another daemon
+    # on the same engine keeps its own.
+    /usr/bin/agentbox destroy-all --config /etc/agentbox/agentbox.toml ||
       say "destroy-all failed; remove leftover containers with: docker ps -a --filter label=agentbox.managed=true"
   fi
   if [[ $(cat /sys/module/apparmor/parameters/enabled 2>/dev/null) == Y ]] &&

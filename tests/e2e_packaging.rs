@@ -1072,6 +1072,122 @@ struct SystemdMachine {
 }
 
 impl SystemdMachine {
+    /// Boots the machine: systemd as PID 1, this host's engine socket,
+    /// `extra` docker arguments (volumes), and a directory shared at the
+    /// same path on both sides with mount propagation into the host.
+    fn boot(tag: &str, extra: &[&str]) -> SystemdMachine {
+        engine();
+        let image = systemd_image();
+        let sock = "/var/run/docker.sock";
+        assert!(
+            Path::new(sock).exists(),
+            "the engine's socket {sock} is missing"
+        );
+        let id = format!("{tag}-{}", std::process::id());
+        let shared = std::env::temp_dir().join(format!("agentbox-systemd-{id}"));
+        std::fs::create_dir_all(&shared).expect("shared dir");
+        let machine = SystemdMachine {
+            name: format!("agentbox-systemd-test-{id}"),
+            instance: format!("pkg-sd-{id}"),
+            shared: shared.clone(),
+        };
+        ok(Command::new("mount")
+            .arg("--bind")
+            .arg(&shared)
+            .arg(&shared));
+        ok(Command::new("mount").arg("--make-rshared").arg(&shared));
+        let shared_s = shared.display().to_string();
+        let shared_volume = format!("{shared_s}:{shared_s}:rshared");
+        let sock_volume = format!("{sock}:/var/run/docker.sock");
+        // The package depends on docker.io: its CLI is this host's.
+        let cli = String::from_utf8_lossy(
+            &ok(Command::new("sh").args(["-c", "command -v docker"])).stdout,
+        )
+        .trim()
+        .to_owned();
+        let cli_volume = format!("{cli}:/usr/bin/docker:ro");
+        // Not --privileged: a host that is itself a container may lack a
+        // capability (CAP_SYS_RESOURCE here), and --privileged then fails.
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &machine.name,
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "SYS_RESOURCE",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--security-opt",
+            "apparmor=unconfined",
+            "--device",
+            "/dev/loop-control",
+            "--device-cgroup-rule",
+            "b 7:* rwm",
+            "--network",
+            "none",
+            "--tmpfs",
+            "/run",
+            "--tmpfs",
+            "/run/lock",
+            "--tmpfs",
+            "/tmp",
+            "-v",
+            "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+            "-v",
+            &sock_volume,
+            "-v",
+            &shared_volume,
+            "-v",
+            &cli_volume,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&image);
+        docker_ok_str(&args);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = machine.sh("systemctl is-system-running");
+            let s = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+            if s == "running" || s == "degraded" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "systemd did not come up: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Loop device nodes for whatever number the kernel hands out (a
+        // container's /dev is static; a host's devtmpfs has them already).
+        machine.sh_ok(
+            "for i in $(seq 0 255); do [ -e /dev/loop$i ] || mknod -m 0660 /dev/loop$i b 7 $i; done",
+        );
+        machine
+    }
+
+    /// A config for this machine: loopback model URL, the test image, the
+    /// workspace and socket roots on the shared directory.
+    fn config(&self, pool_min: usize) -> String {
+        let shared = self.shared.display();
+        format!(
+            "[server]\ninstance = \"{instance}\"\n\
+             [model]\nanthropic_base_url = \"http://127.0.0.1:9\"\n\
+             [container]\nimage = \"{image}\"\n\
+             workspace_root = \"{shared}/workspaces\"\nsocket_root = \"{shared}/sockets\"\n\
+             [pool]\nmin_size = {pool_min}\n",
+            instance = self.instance,
+            image = common::test_image(),
+        )
+    }
+
+    /// Writes `/etc/agentbox/agentbox.toml` in the machine.
+    fn write_config(&self, text: &str) {
+        let staged = self.shared.join("agentbox.toml");
+        std::fs::write(&staged, text).expect("stage config");
+        self.sh_ok(&format!(
+            "mkdir -p /etc/agentbox && cp {} /etc/agentbox/agentbox.toml",
+            staged.display()
+        ));
+    }
+
     fn sh(&self, script: &str) -> Output {
         docker(&["exec", &self.name, "sh", "-c", script])
     }
@@ -1137,79 +1253,10 @@ impl Drop for SystemdMachine {
 #[test]
 fn unit_runs_under_real_systemd() {
     let deb = debug_deb();
-    engine();
-    let image = systemd_image();
-    let sock = "/var/run/docker.sock";
-    assert!(
-        Path::new(sock).exists(),
-        "the engine's socket {sock} is missing"
-    );
-    let shared = std::env::temp_dir().join(format!("agentbox-systemd-{}", std::process::id()));
-    std::fs::create_dir_all(&shared).expect("shared dir");
-    let machine = SystemdMachine {
-        name: format!("agentbox-systemd-test-{}", std::process::id()),
-        instance: format!("pkg-sd-{}", std::process::id()),
-        shared: shared.clone(),
-    };
-    ok(Command::new("mount")
-        .arg("--bind")
-        .arg(&shared)
-        .arg(&shared));
-    ok(Command::new("mount").arg("--make-rshared").arg(&shared));
     let deb_dir = deb.parent().expect("deb dir").display().to_string();
+    let machine = SystemdMachine::boot("deb", &["-v", &format!("{deb_dir}:/deb:ro")]);
+    let shared = machine.shared.clone();
     let shared_s = shared.display().to_string();
-    // Not --privileged: a host that is itself a container may lack a
-    // capability (CAP_SYS_RESOURCE here), and --privileged then fails.
-    docker_ok_str(&[
-        "run",
-        "-d",
-        "--name",
-        &machine.name,
-        "--cap-add",
-        "ALL",
-        "--cap-drop",
-        "SYS_RESOURCE",
-        "--security-opt",
-        "seccomp=unconfined",
-        "--security-opt",
-        "apparmor=unconfined",
-        "--device",
-        "/dev/loop-control",
-        "--device-cgroup-rule",
-        "b 7:* rwm",
-        "--network",
-        "none",
-        "--tmpfs",
-        "/run",
-        "--tmpfs",
-        "/run/lock",
-        "--tmpfs",
-        "/tmp",
-        "-v",
-        "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "-v",
-        &format!("{sock}:/var/run/docker.sock"),
-        "-v",
-        &format!("{deb_dir}:/deb:ro"),
-        "-v",
-        &format!("{shared_s}:{shared_s}:rshared"),
-        &image,
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = machine.sh("systemctl is-system-running");
-        let s = String::from_utf8_lossy(&state.stdout).trim().to_owned();
-        if s == "running" || s == "degraded" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "systemd did not come up: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    // Loop device nodes for whatever number the kernel hands out (a
-    // container's /dev is static; a host's devtmpfs has them already).
-    machine.sh_ok(
-        "for i in $(seq 0 255); do [ -e /dev/loop$i ] || mknod -m 0660 /dev/loop$i b 7 $i; done",
-    );
     let name = deb.file_name().and_then(|n| n.to_str()).expect("deb name");
     let log = machine.sh_ok(&format!(
         "dpkg -i --force-depends /deb/{name} 2>&1; systemctl is-enabled agentbox || true"
@@ -1218,22 +1265,8 @@ fn unit_runs_under_real_systemd() {
     assert!(log.contains("disabled"), "enabled on first install: {log}");
     assert_eq!(machine.show("ActiveState"), "inactive");
 
-    let config = format!(
-        "[server]\ninstance = \"{instance}\"\n\
-         [model]\nanthropic_base_url = \"http://127.0.0.1:9\"\n\
-         [container]\nimage = \"{image}\"\n\
-         workspace_root = \"{shared_s}/workspaces\"\nsocket_root = \"{shared_s}/sockets\"\n\
-         [pool]\nmin_size = 1\n",
-        instance = machine.instance,
-        image = common::test_image(),
-    );
-    let staged = shared.join("agentbox.toml");
-    std::fs::write(&staged, config).expect("stage config");
-    machine.sh_ok(&format!(
-        "cp {} /etc/agentbox/agentbox.toml && \
-         echo ANTHROPIC_API_KEY=sk-test-not-real >>/etc/agentbox/agentbox.env",
-        staged.display()
-    ));
+    machine.write_config(&machine.config(1));
+    machine.sh_ok("echo ANTHROPIC_API_KEY=sk-test-not-real >>/etc/agentbox/agentbox.env");
     let started = Instant::now();
     machine.sh_ok("systemctl start agentbox");
     eprintln!("systemctl start returned after {:?}", started.elapsed());
@@ -1301,10 +1334,87 @@ fn unit_runs_under_real_systemd() {
         journal.contains(r#""adopted":1"#),
         "the restarted daemon did not adopt its container:\n{journal}"
     );
+
+    // Purge: the daemon stops and its container goes, nobody else's.
+    machine.sh_ok("dpkg --purge agentbox >/dev/null 2>&1");
+    assert_ne!(machine.show("ActiveState"), "active");
+    assert!(
+        !docker(&["inspect", &container]).status.success(),
+        "purge left {container} running"
+    );
+    let left = machine.sh_ok("ls -d /var/lib/agentbox /etc/agentbox /var/log/agentbox 2>&1; true");
+    assert!(
+        left.lines().all(|l| l.contains("No such file")),
+        "left after purge: {left}"
+    );
 }
 
 fn docker_ok_str(args: &[&str]) -> String {
     let out = docker(args);
     assert!(out.status.success(), "docker {args:?}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `appliance/install.sh` and `uninstall.sh --purge` on a host that runs
+/// systemd: the script keeps a pre-seeded config, says AppArmor is absent,
+/// enables and starts the service, ends with a passing `doctor`, changes
+/// nothing when run again, and the purge leaves no trace.
+#[test]
+fn install_script_on_a_systemd_host() {
+    let bin = agentbox_bin().display().to_string();
+    let agent = agent_binary().display().to_string();
+    let repo = repo_root().display().to_string();
+    let machine = SystemdMachine::boot(
+        "script",
+        &[
+            "-v",
+            &format!("{repo}:/src:ro"),
+            "-v",
+            &format!("{bin}:/opt/build/agentbox:ro"),
+            "-v",
+            &format!("{agent}:/opt/build/workspace-agent:ro"),
+        ],
+    );
+    let seeded = machine.config(0);
+    machine.write_config(&seeded);
+    let install = "bash /src/appliance/install.sh --binary /opt/build/agentbox \
+                   --agent-binary /opt/build/workspace-agent --skip-image 2>&1";
+    let log = machine.sh_ok(install);
+    for want in [
+        "kept your edited /etc/agentbox/agentbox.toml",
+        "confine themselves with Landlock instead",
+        "agentbox.service enabled and (re)started",
+        " 0 fail",
+    ] {
+        assert!(
+            log.contains(want),
+            "install.sh output lacks {want:?}:\n{log}"
+        );
+    }
+    assert_eq!(machine.show("ActiveState"), "active");
+    assert_eq!(
+        machine.sh_ok("systemctl is-enabled agentbox").trim(),
+        "enabled"
+    );
+    assert_eq!(
+        machine.sh_ok("cat /etc/agentbox/agentbox.toml"),
+        seeded,
+        "the seeded config was overwritten"
+    );
+
+    let again = machine.sh_ok(install);
+    assert!(again.contains("0 change(s)"), "{again}");
+    assert_eq!(machine.show("ActiveState"), "active");
+
+    let log = machine.sh_ok("bash /src/appliance/uninstall.sh --purge 2>&1");
+    assert!(
+        log.contains("agentbox.service stopped and disabled"),
+        "{log}"
+    );
+    let left = machine.sh_ok(
+        "for p in /usr/bin/agentbox /lib/systemd/system/agentbox.service /usr/share/agentbox \
+         /etc/agentbox /var/lib/agentbox /var/log/agentbox; do [ -e $p ] && echo $p; done; true",
+    );
+    assert!(left.trim().is_empty(), "left after --purge: {left}");
+    assert_ne!(machine.show("LoadState"), "loaded");
 }
