@@ -13,13 +13,14 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=$(cd "$HERE/.." && pwd)
 OUT=${1:-$SRC/target/debian}
-# Pinned: cargo-deb warns that packaging the dev profile (the tests do it
-# through --no-build) will become an error in a later version.
+# Pinned, like tests/setup/ensure-packaging-tools.sh: the package's layout
+# is tested against this version's behaviour.
 CARGO_DEB_VERSION=3.8.0
 
 say() { printf 'build-deb: %s\n' "$*" >&2; }
 
-if ! cargo deb --version >/dev/null 2>&1; then
+export PATH="$HOME/.cargo/bin:$PATH"
+if [[ $(cargo deb --version 2>/dev/null) != *"$CARGO_DEB_VERSION"* ]]; then
   say "installing cargo-deb $CARGO_DEB_VERSION"
   cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi

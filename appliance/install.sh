@@ -45,7 +45,7 @@ while (($#)); do
     --agent-binary) AGENT_BINARY=${2:?--agent-binary needs a path}; shift ;;
     --image-tar) IMAGE_TAR=${2:?--image-tar needs a file}; shift ;;
     --skip-image) SKIP_IMAGE=1 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (--help)" ;;
   esac
   shift

@@ -406,6 +406,32 @@ fn config_example_has_every_key_with_its_default() {
     }
 }
 
+/// JSON has no comments, so every key of the recommended engine settings
+/// must have its reason in docs/operations.md.
+#[test]
+fn docker_daemon_json_is_explained() {
+    let text = std::fs::read_to_string(repo_root().join("appliance/docker-daemon.json"))
+        .expect("read docker-daemon.json");
+    let doc: Value = serde_json::from_str(&text).expect("docker-daemon.json is JSON");
+    let obj = doc.as_object().expect("an object");
+    assert_eq!(doc["userns-remap"], "default");
+    assert_eq!(doc["no-new-privileges"], true);
+    assert_eq!(doc["live-restore"], true);
+    assert_eq!(doc["icc"], false);
+    assert!(doc["log-opts"]["max-size"].is_string(), "{doc}");
+    let ops = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("read docs");
+    let section = ops
+        .split_once("## Docker engine settings")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("docs/operations.md has a Docker engine settings section");
+    for key in obj.keys() {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "docs/operations.md does not explain {key}"
+        );
+    }
+}
+
 #[test]
 fn scripts_are_shellcheck_clean() {
     tools();
