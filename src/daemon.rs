@@ -107,7 +107,8 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         orchestrator.clone(),
         config_path,
         tls.clone(),
-        (auth.clone(), notifier.clone()),
+        auth.clone(),
+        notifier.clone(),
     )?;
     let executor = Executor::new(orchestrator.clone());
     let state = AppState { auth, executor };
@@ -187,7 +188,8 @@ fn spawn_reload_on_sighup(
     orchestrator: std::sync::Arc<Orchestrator>,
     path: Option<PathBuf>,
     tls: Option<Arc<TlsConfig>>,
-    (auth, notifier): (Arc<Authenticator>, Arc<crate::systemd::Notifier>),
+    auth: Arc<Authenticator>,
+    notifier: Arc<crate::systemd::Notifier>,
 ) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
     tokio::spawn(async move {
