@@ -7,12 +7,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default: test
 
 # Docker engine running, Claude Code CLI on the host, Chromium for the
-# status-page test, workspace image built.
+# status-page test, systemd-analyze and cargo-deb for the packaging test,
+# workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
     bash tests/setup/ensure-isolation-tools.sh
     bash tests/setup/ensure-claude.sh
     bash tests/setup/ensure-chromium.sh
+    bash tests/setup/ensure-packaging-tools.sh
     bash workspace-base/build-image.sh
 
 # Build the workspace image (skipped when its inputs are unchanged).
