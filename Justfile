@@ -7,12 +7,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default: test
 
 # Docker engine running, Claude Code CLI on the host, Chromium for the
-# status-page test, workspace image built.
+# status-page test, systemd-analyze and cargo-deb for the packaging test,
+# workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
     bash tests/setup/ensure-isolation-tools.sh
     bash tests/setup/ensure-claude.sh
     bash tests/setup/ensure-chromium.sh
+    bash tests/setup/ensure-packaging-tools.sh
     bash workspace-base/build-image.sh
 
 # Build the workspace image (skipped when its inputs are unchanged).
@@ -60,7 +62,6 @@ bench-proxy *ARGS:
 # Fuzz the proxy's request parsing and host matching (needs nightly and cargo-fuzz).
 fuzz-proxy SECS="60":
     cargo +nightly fuzz run proxy_request --fuzz-dir tests/fuzz -- -max_total_time={{SECS}} -max_len=512
-    ids=$(docker ps -aq --filter label=agentbox.managed=true); [ -z "$ids" ] || docker rm -f -v $ids
 
 # Workspace sync beside rclone (moto S3 and a local directory); prints
 # figures for docs/benchmarks.md. Not a test.
@@ -68,3 +69,12 @@ bench-sync:
     bash tests/setup/ensure-moto.sh >/dev/null
     command -v rclone >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends rclone; }
     cargo run --release --quiet --example sync_bench
+
+# The Debian package (release build; installs cargo-deb when missing).
+deb *ARGS:
+    bash appliance/build-deb.sh {{ARGS}}
+
+# Install the appliance on this host (appliance/install.sh --help).
+install *ARGS:
+    cargo build --release -p agentbox -p workspace-agent
+    bash appliance/install.sh {{ARGS}}

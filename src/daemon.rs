@@ -6,6 +6,8 @@
 //! and the certificate.
 //! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
 //! `server.shutdown_grace_secs`, then the process exits 0.
+//! Under systemd (`Type=notify`) each of these steps is announced through
+//! [`crate::systemd::Notifier`].
 
 use crate::admin;
 use crate::api::{self, AppState, Authenticator};
@@ -60,12 +62,18 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     // not kill the process with the default action.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Serve)?;
+    let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    // Pings from the start: reconcile may take a while, and a start that
+    // hangs is TimeoutStartSec='s to catch, not the watchdog's.
+    notifier.clone().spawn_watchdog();
+    let stop_notifier = notifier.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!(message = "Shutdown requested; draining.");
+        stop_notifier.stopping();
         let _ = stop_tx.send(true);
     });
     // Before anything that emits audit events (reconcile at start-up).
@@ -104,12 +112,16 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
     orchestrator.set_sync(sync.clone());
     orchestrator.start().await?;
-    spawn_reload_on_sighup(orchestrator.clone(), config_path, tls.clone())?;
+    let auth = Arc::new(Authenticator::new(&cfg.tenants));
+    spawn_reload_on_sighup(
+        orchestrator.clone(),
+        config_path,
+        tls.clone(),
+        auth.clone(),
+        notifier.clone(),
+    )?;
     let executor = Executor::new(orchestrator.clone(), sync);
-    let state = AppState {
-        auth: Arc::new(Authenticator::new(&cfg.tenants)),
-        executor,
-    };
+    let state = AppState { auth, executor };
     let addr = cfg.server.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -131,6 +143,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     });
     tracing::info!(message = "Listening.", addr = %local, admin_addr = %admin_local, tls = tls.is_some(), instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
+    notifier.ready(&serving_status(local, admin_local));
 
     if tls.is_none() && !cfg.server.listen.ip().is_loopback() {
         tracing::warn!(message = "The API listens on a non-loopback address over plain HTTP; bearer tokens travel in clear.");
@@ -175,15 +188,23 @@ where
     Ok(())
 }
 
-/// SIGHUP re-reads the config file; an invalid file is logged and ignored.
+fn serving_status(api: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
+    format!("Serving on {api} (admin {admin})")
+}
+
+/// SIGHUP re-reads the config file (tenants, pool, gc, image) and the
+/// certificate; an invalid file is logged and ignored.
 fn spawn_reload_on_sighup(
     orchestrator: std::sync::Arc<Orchestrator>,
     path: Option<PathBuf>,
     tls: Option<Arc<TlsConfig>>,
+    auth: Arc<Authenticator>,
+    notifier: Arc<crate::systemd::Notifier>,
 ) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            notifier.reloading();
             if let Some(tls) = &tls {
                 match tls.reload() {
                     Ok(()) => tracing::info!(message = "TLS certificate reloaded."),
@@ -193,11 +214,15 @@ fn spawn_reload_on_sighup(
                 }
             }
             match Config::load(path.as_deref()) {
-                Ok(cfg) => orchestrator.reload(cfg),
+                Ok(cfg) => {
+                    auth.replace(&cfg.tenants);
+                    orchestrator.reload(cfg)
+                }
                 Err(error) => {
                     tracing::error!(message = "Reload refused; keeping the running config.", %error)
                 }
             }
+            notifier.ready("Serving (configuration reloaded)");
         }
     });
     Ok(())

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod secrets;
 pub mod state;
 pub mod sync;
+pub mod systemd;
 pub mod telemetry;
 pub mod tls;
 pub mod workers;

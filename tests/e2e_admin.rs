@@ -243,7 +243,7 @@ async fn cli_status_gc_and_doctor_against_a_running_daemon() {
         docker_ok(&["info", "--format", "{{json .SecurityOptions}}"]).contains("name=userns");
     assert_eq!(
         check("userns-remap")["level"],
-        if userns { "pass" } else { "fail" }
+        if userns { "pass" } else { "warn" }
     );
     assert_eq!(check("docker")["level"], "pass");
     assert_eq!(check("seccomp")["level"], "pass");

@@ -462,7 +462,11 @@ async fn stored_files_are_listed_downloaded_confined_and_purged() {
     .await;
     assert_eq!(status, 404);
     let objects = d.dir.path().join("objects").join(TENANT).join("files");
-    assert!(walk_count(&objects) > 0, "nothing stored under {}", objects.display());
+    assert!(
+        walk_count(&objects) > 0,
+        "nothing stored under {}",
+        objects.display()
+    );
     let del = reqwest::Client::new()
         .delete(d.url("/v1/conversations/files?purge=true"))
         .bearer_auth(TOKEN)

@@ -20,6 +20,9 @@
 #   NPM_REGISTRY          npm registry URL for the CLI download (default: npm's)
 #   CARGO_TARGET_DIR      honoured when locating the agent binary
 #   AGENTBOX_DEBIAN_MIRROR passed through to build-base.sh
+#   AGENTBOX_AGENT_BIN    a prebuilt workspace-agent instead of `cargo build`; an
+#                         installed copy (share/agentbox/workspace-base, no sources)
+#                         defaults to the workspace-agent shipped beside this script
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,9 +62,17 @@ step "base image (build-base.sh)"
 "$HERE/build-base.sh"
 step_done
 
-step "cargo build --release -p workspace-agent"
-cargo build --release -p workspace-agent --manifest-path "$ROOT/Cargo.toml"
-AGENT_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/workspace-agent
+AGENT_BIN=${AGENTBOX_AGENT_BIN:-}
+if [[ -z $AGENT_BIN && ! -f $ROOT/Cargo.toml && -x $HERE/workspace-agent ]]; then
+  AGENT_BIN=$HERE/workspace-agent
+fi
+if [[ -n $AGENT_BIN ]]; then
+  step "prebuilt workspace-agent ($AGENT_BIN)"
+else
+  step "cargo build --release -p workspace-agent"
+  cargo build --release -p workspace-agent --manifest-path "$ROOT/Cargo.toml"
+  AGENT_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/workspace-agent
+fi
 [[ -x $AGENT_BIN ]] || die "agent binary not found at $AGENT_BIN"
 step_done
 

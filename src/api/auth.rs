@@ -15,28 +15,23 @@ pub struct Tenant {
 }
 
 pub struct Authenticator {
-    /// (sha256 digest, tenant)
-    tenants: Vec<([u8; 32], Tenant)>,
+    /// (sha256 digest, tenant); replaced whole on a config reload, so
+    /// tokens rotate without a restart.
+    tenants: std::sync::RwLock<Vec<([u8; 32], Tenant)>>,
 }
 
 impl Authenticator {
     /// Tenants come from validated config, so every hash decodes.
     pub fn new(tenants: &[TenantConfig]) -> Self {
-        let tenants = tenants
-            .iter()
-            .filter_map(|t| {
-                let mut digest = [0u8; 32];
-                hex::decode_to_slice(&t.token_sha256, &mut digest).ok()?;
-                Some((
-                    digest,
-                    Tenant {
-                        id: t.id.clone(),
-                        max_concurrent_runs: t.max_concurrent_runs,
-                    },
-                ))
-            })
-            .collect();
-        Self { tenants }
+        Self {
+            tenants: std::sync::RwLock::new(digests(tenants)),
+        }
+    }
+
+    /// Takes the tenants of a reloaded (validated) config: new tokens work
+    /// and removed ones stop working from the next request on.
+    pub fn replace(&self, tenants: &[TenantConfig]) {
+        *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = digests(tenants);
     }
 
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
@@ -49,11 +44,30 @@ impl Authenticator {
             .ok_or(ApiError::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .find(|(d, _)| constant_time_eq(d, &digest))
             .map(|(_, tenant)| tenant.clone())
             .ok_or(ApiError::Unauthorized)
     }
+}
+
+fn digests(tenants: &[TenantConfig]) -> Vec<([u8; 32], Tenant)> {
+    tenants
+        .iter()
+        .filter_map(|t| {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(&t.token_sha256, &mut digest).ok()?;
+            Some((
+                digest,
+                Tenant {
+                    id: t.id.clone(),
+                    max_concurrent_runs: t.max_concurrent_runs,
+                },
+            ))
+        })
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -89,6 +103,22 @@ mod tests {
     fn good_token_maps_to_tenant() {
         assert_eq!(
             auth().authenticate(&headers("Bearer s3cret")).unwrap().id,
+            "acme"
+        );
+    }
+
+    #[test]
+    fn replaced_tenants_rotate_tokens() {
+        let a = auth();
+        a.replace(&[TenantConfig {
+            id: "acme".into(),
+            token_sha256: token_sha256("rotated"),
+            allowed_domains: Vec::new(),
+            max_concurrent_runs: None,
+        }]);
+        assert!(a.authenticate(&headers("Bearer s3cret")).is_err());
+        assert_eq!(
+            a.authenticate(&headers("Bearer rotated")).unwrap().id,
             "acme"
         );
     }
