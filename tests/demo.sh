@@ -63,8 +63,8 @@ curl -sN --fail-with-body -X POST "http://$LISTEN/v1/conversations/$CONV/message
   -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
   -d "{\"prompt\": \"$PROMPT\"}"
 echo
-FILE=/var/lib/agentbox/workspaces/demo/$CONV/hello.txt
-say "the agent's file on the host, $FILE:"
-cat "$FILE"
+say "the agent's file, fetched back through the API (GET /v1/conversations/$CONV/files/hello.txt):"
+curl -sf "http://$LISTEN/v1/conversations/$CONV/files/hello.txt" -H "Authorization: Bearer $TOKEN"
 echo
+say "it was synced to the object store (/var/lib/agentbox/objects/demo/$CONV/) before the result event came"
 say "stopping the daemon (SIGTERM) and removing the demo container"
