@@ -278,23 +278,26 @@ impl ProxyRegistry {
 /// here may touch a path in it but by `rename`: a symlink planted at the
 /// socket path between a bind and a chmod there would turn the daemon's
 /// chmod onto any host file. The socket is bound and opened up in a
-/// daemon-only directory next to the socket directories, then renamed into
+/// daemon-only directory beside the socket directory, then renamed into
 /// place; rename replaces whatever is there and never follows it.
 fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("socket path has no directory"))?;
-    let private = dir.parent().unwrap_or(dir).join(".proxy-bind");
-    std::fs::create_dir_all(&private)?;
-    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let staged = private.join(format!("{name}.sock"));
-    let _ = std::fs::remove_file(&staged);
+    // `{container}.bind`: cleaned up like the container's own directories
+    // (destroy-all, stray sweep) should a crash leave it behind.
+    let private = dir.with_file_name(format!("{name}.bind"));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("proxy.sock");
     let listener = UnixListener::bind(&staged)?;
     // Connecting needs write permission on the socket file; the directory
     // around it (owned by the container user, mode 0700) keeps others out.
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
     std::fs::rename(&staged, path)?;
+    let _ = std::fs::remove_dir(&private);
     Ok(listener)
 }
 

@@ -491,5 +491,7 @@ async fn a_symlink_at_the_socket_path_is_replaced_never_followed() {
         0o600,
         "the symlink's target was changed"
     );
+    let beside: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().collect();
+    assert_eq!(beside.len(), 2, "a staging directory was left: {beside:?}");
     UnixStream::connect(&path).await.expect("connect");
 }
