@@ -41,7 +41,7 @@ impl AgentClient {
         req: Request<Full<Bytes>>,
     ) -> Result<hyper::Response<Incoming>, AgentError> {
         let conn = |e: &dyn std::fmt::Display| AgentError::Connection(e.to_string());
-        let stream = UnixStream::connect(&self.socket)
+        let stream = connect_no_follow(&self.socket)
             .await
             .map_err(|e| conn(&e))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -173,5 +173,62 @@ impl AgentClient {
             ));
         }
         Ok(())
+    }
+}
+
+/// Connects to the agent's socket without following a symlink there.
+///
+/// The socket directory is writable from inside the container, so a hostile
+/// container could swap `agent.sock` for a symlink to any socket on the
+/// host (another container's agent, the engine's). The daemon must reach
+/// only the file that is there: it is opened `O_PATH | O_NOFOLLOW`, must be
+/// a socket, and is connected to through `/proc/self/fd`, which names that
+/// very inode.
+async fn connect_no_follow(path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; the fd is owned right below.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if !file.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a socket (a symlink is never followed)",
+            path.display()
+        )));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_no_follow;
+    use tokio::net::UnixListener;
+
+    #[tokio::test]
+    async fn a_socket_connects_and_a_symlink_to_one_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.sock");
+        let listener = UnixListener::bind(&real).unwrap();
+        connect_no_follow(&real).await.expect("the socket itself");
+        listener.accept().await.unwrap();
+
+        let link = dir.path().join("agent.sock");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = connect_no_follow(&link).await.unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(pending.is_err(), "the symlink's target was reached");
     }
 }

@@ -273,12 +273,31 @@ impl ProxyRegistry {
 }
 
 /// Binds the socket so the container's unprivileged user can connect.
+///
+/// The socket directory is writable from inside the container, so nothing
+/// here may touch a path in it but by `rename`: a symlink planted at the
+/// socket path between a bind and a chmod there would turn the daemon's
+/// chmod onto any host file. The socket is bound and opened up in a
+/// daemon-only directory beside the socket directory, then renamed into
+/// place; rename replaces whatever is there and never follows it.
 fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("socket path has no directory"))?;
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    // `{container}.bind`: cleaned up like the container's own directories
+    // (destroy-all, stray sweep) should a crash leave it behind.
+    let private = dir.with_file_name(format!("{name}.bind"));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("proxy.sock");
+    let listener = UnixListener::bind(&staged)?;
     // Connecting needs write permission on the socket file; the directory
     // around it (owned by the container user, mode 0700) keeps others out.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
+    std::fs::rename(&staged, path)?;
+    let _ = std::fs::remove_dir(&private);
     Ok(listener)
 }
 

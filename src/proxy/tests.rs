@@ -468,3 +468,30 @@ async fn no_credential_in_any_log_line_at_trace() {
     assert!(text.contains("Model gateway upstream failed."), "{text}");
     assert!(!text.contains("real-key"), "{text}");
 }
+
+#[tokio::test]
+async fn a_symlink_at_the_socket_path_is_replaced_never_followed() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let root = tempfile::tempdir().unwrap();
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, "host secret").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let dir = root.path().join("agentbox-x");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("proxy.sock");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+    let _listener = bind_socket(&path).unwrap();
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket(), "{meta:?}");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    let victim_mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+    assert_eq!(
+        victim_mode & 0o777,
+        0o600,
+        "the symlink's target was changed"
+    );
+    let beside: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().collect();
+    assert_eq!(beside.len(), 2, "a staging directory was left: {beside:?}");
+    UnixStream::connect(&path).await.expect("connect");
+}

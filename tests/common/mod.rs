@@ -364,9 +364,19 @@ fn spawn_daemon(
         .env("ANTHROPIC_API_KEY", api_key)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn agentbox");
+    // stderr is kept with the log lines (a panic lands there) and still
+    // shown in the test's output.
+    let stderr = child.stderr.take().expect("stderr");
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            sink.lock().unwrap().push(line);
+        }
+    });
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().expect("stdout");
     let sink = logs.clone();
