@@ -80,19 +80,7 @@ async fn a_dropped_client_reconnects_without_duplicates_or_gaps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_run_at_a_time_and_tenants_are_isolated() {
     let (_mock, d) = start_with_mock(KEY).await;
-    let url = d.url("/v1/conversations/busy/messages");
-    let slow = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&json!({"prompt": "!sleep 2500\n!text done"}))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let slow = spawn_run(&d, TOKEN, "busy", "!sleep 2500\n!text done");
     // Wait until the run holds the conversation.
     let mut running = false;
     for _ in 0..100 {
@@ -310,19 +298,12 @@ async fn a_lost_container_is_replaced_before_the_next_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn() {
     let (_mock, d) = start_with_mock(KEY).await;
-    let url = d.url("/v1/conversations/killed/messages");
-    let run = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&json!({"prompt": "!write early.txt 1\n!sleep 4000\n!write late.txt 2"}))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let run = spawn_run(
+        &d,
+        TOKEN,
+        "killed",
+        "!write early.txt 1\n!sleep 4000\n!write late.txt 2",
+    );
     let d_ref = &d;
     let victim = tokio::task::block_in_place(|| {
         d_ref.wait_status(60, "the run's container", |s| {
@@ -380,19 +361,7 @@ async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn(
 async fn a_tenant_over_its_run_limit_gets_429() {
     // The harness gives OTHER_TENANT `max_concurrent_runs = 1`.
     let (_mock, d) = start_with_mock(KEY).await;
-    let url = d.url("/v1/conversations/first/messages");
-    let slow = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(OTHER_TOKEN)
-            .json(&json!({"prompt": "!sleep 2500\n!text done"}))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
+    let slow = spawn_run(&d, OTHER_TOKEN, "first", "!sleep 2500\n!text done");
     let mut limited = false;
     for _ in 0..100 {
         let (status, body) =

@@ -494,6 +494,30 @@ pub async fn post_message(
     resp
 }
 
+/// Starts a run in the background and returns its whole SSE body when it
+/// ends (for tests that act while a run is in progress).
+pub fn spawn_run(
+    d: &Daemon,
+    token: &'static str,
+    conversation: &str,
+    prompt: &str,
+) -> tokio::task::JoinHandle<String> {
+    let url = d.url(&format!("/v1/conversations/{conversation}/messages"));
+    let body = serde_json::json!({ "prompt": prompt });
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("body")
+    })
+}
+
 pub fn names(events: &[SseEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event.as_str()).collect()
 }
