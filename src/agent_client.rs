@@ -19,8 +19,6 @@ pub enum AgentError {
     NotReady(Duration),
     #[error("agent connection: {0}")]
     Connection(String),
-    #[error("agent is busy with another run")]
-    Busy,
     #[error("agent refused the request ({status}): {body}")]
     Refused { status: StatusCode, body: String },
 }
@@ -132,7 +130,6 @@ impl AgentClient {
         let resp = self.send(req).await?;
         match resp.status() {
             StatusCode::OK => {}
-            StatusCode::CONFLICT => return Err(AgentError::Busy),
             status => {
                 let body = resp
                     .into_body()

@@ -228,18 +228,6 @@ impl CliProcess {
     }
 }
 
-/// Runs one turn on a new CLI (no reuse), sending events to `tx`; always
-/// ends with a `result` or an `error` event.
-pub async fn run(cfg: &CliConfig, req: &ExecuteRequest, tx: mpsc::Sender<AgentEvent>) {
-    let outcome = match CliProcess::spawn(cfg, &req.options, req.resume_session_id.as_deref()) {
-        Ok(mut p) => p.turn(&req.prompt, &tx).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if let Err(message) = outcome {
-        let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
-    }
-}
-
 async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let mut lines = BufReader::new(stream).lines();
@@ -314,22 +302,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_program_is_an_error_event() {
+    async fn missing_program_is_a_clear_error() {
         let cfg = CliConfig {
             program: "/nonexistent/claude".into(),
             workdir: "/".into(),
             home: "/nonexistent".into(),
         };
-        let (tx, mut rx) = mpsc::channel(8);
-        let req = ExecuteRequest {
-            prompt: "p".into(),
-            options: AgentOptions::default(),
-            resume_session_id: None,
-        };
-        run(&cfg, &req, tx).await;
-        match rx.recv().await {
-            Some(AgentEvent::Error { code, .. }) => assert_eq!(code, "agent_failed"),
-            other => panic!("unexpected {other:?}"),
+        match CliProcess::spawn(&cfg, &AgentOptions::default(), None) {
+            Err(e) => assert!(e.contains("cannot start /nonexistent/claude"), "{e}"),
+            Ok(_) => panic!("a missing program started"),
         }
     }
 }
