@@ -40,10 +40,9 @@ pentest-report: setup
     cargo run --quiet --example pentest-report
 
 # One conversation end to end against the mock model (or the real API when
-# ANTHROPIC_API_KEY is set).
-demo: setup
-    cargo build --quiet --bins
-    bash tests/demo.sh
+# ANTHROPIC_API_KEY is set). Installs only what the demo needs, itself.
+demo:
+    @bash tests/demo.sh
 
 # Remove every container agentbox created on this host.
 destroy-all:

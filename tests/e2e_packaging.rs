@@ -442,6 +442,10 @@ fn scripts_are_shellcheck_clean() {
         "appliance/uninstall.sh",
         "appliance/build-deb.sh",
         "tests/setup/ensure-packaging-tools.sh",
+        "tests/setup/ensure-isolation-tools.sh",
+        "tests/demo.sh",
+        "tests/run.sh",
+        ".ci/run",
     ] {
         cmd.arg(root.join(s));
     }

@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v just >/dev/null 2>&1; then
-  echo "run: installing just (cargo install just --locked; about a minute)" >&2
-  cargo install just --locked --quiet
+  t0=$SECONDS
+  echo "run: installing just (cargo install just; about a minute) ..." >&2
+  # --debug: just's own release profile (LTO, one codegen unit) takes three
+  # times as long on two cores, and a task runner needs no optimiser.
+  cargo install just --locked --debug --quiet || { echo "run: FAILED: cargo install just" >&2; exit 1; }
+  echo "run: just installed in $((SECONDS - t0)) s" >&2
 fi
 exec just "${@:-test}"

@@ -3,7 +3,7 @@
 
 use super::client::AdminClient;
 use super::{load_config, AdminArgs, CliError};
-use crate::preflight::{self, clock, engine, host, isolation, storage, Check, Level};
+use crate::preflight::{self, cgroup, clock, engine, host, isolation, storage, Check, Level};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use std::process::ExitCode;
@@ -51,6 +51,8 @@ async fn checks(
         _ => None,
     };
     let mut out = vec![engine::docker(&info)];
+    let layout = cgroup::read_layout(std::path::Path::new("/sys/fs/cgroup"));
+    out.push(cgroup::check(layout.as_ref(), info.as_ref().ok()));
     let host_facts = isolation::HostFacts::read();
     out.extend(isolation::checks(&isolation::assess(
         info.as_ref().ok(),

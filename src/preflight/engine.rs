@@ -20,7 +20,13 @@ pub fn docker(info: &Result<EngineInfo, RuntimeError>) -> Check {
                 i.version, i.api_version, i.storage_driver
             );
             match parse_api(&i.api_version) {
-                Some(v) if v >= MIN_API => Check::pass(NAME, detail),
+                Some(v) if v >= MIN_API => Check::pass(
+                    NAME,
+                    format!(
+                        "{detail}; supported (API {}.{} or later)",
+                        MIN_API.0, MIN_API.1
+                    ),
+                ),
                 _ => Check::warn(
                     NAME,
                     format!(

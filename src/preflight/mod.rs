@@ -5,6 +5,7 @@
 //! The checks read the host and the engine; none of them changes anything
 //! (the object-store check writes and removes one probe file).
 
+pub mod cgroup;
 pub mod clock;
 pub mod engine;
 pub mod host;

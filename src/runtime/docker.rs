@@ -181,6 +181,14 @@ impl ContainerRuntime for DockerRuntime {
             api_version: version.api_version.unwrap_or_default(),
             security_options: info.security_options.unwrap_or_default(),
             storage_driver: info.driver.unwrap_or_default(),
+            cgroup_version: info
+                .cgroup_version
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            cgroup_driver: info
+                .cgroup_driver
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
         })
     }
 

@@ -80,6 +80,10 @@ pub struct EngineInfo {
     /// `name=apparmor`, `name=userns`.
     pub security_options: Vec<String>,
     pub storage_driver: String,
+    /// `1` or `2`, as Docker reports it; empty when it does not say.
+    pub cgroup_version: String,
+    /// `cgroupfs` or `systemd`.
+    pub cgroup_driver: String,
 }
 
 #[async_trait]
