@@ -40,7 +40,8 @@ pub struct ModelConfig {
     pub aws_profile: String,
     /// Retries the CLI makes on a failed model call (the CLI's default is 10).
     pub max_retries: u32,
-    /// Largest request body the gateway accepts.
+    /// Largest request body the gateway accepts; the default is the
+    /// Messages API's own limit.
     pub max_request_body_mb: u64,
     /// Anthropic: the `METHOD /path` calls the gateway forwards with the
     /// key; every other call is refused (403).
@@ -62,7 +63,7 @@ impl Default for ModelConfig {
             bedrock_small_model: "us.anthropic.claude-haiku-4-5-20251001-v1:0".to_owned(),
             aws_profile: String::new(),
             max_retries: 10,
-            max_request_body_mb: 64,
+            max_request_body_mb: 32,
             allowed_calls: DEFAULT_ANTHROPIC_CALLS
                 .iter()
                 .map(|c| (*c).to_owned())

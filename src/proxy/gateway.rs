@@ -220,6 +220,16 @@ impl ModelGateway {
         share: &Share,
     ) -> Result<(Response<ProxyBody>, Option<String>), Refusal> {
         let (mut parts, incoming) = req.into_parts();
+        // A body announced too large is refused before anything is read or
+        // forwarded; one that grows past its announcement is cut below.
+        let announced = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > self.limits.max_bytes) {
+            return Err(Refusal::BodyTooLarge);
+        }
         let verdict = Verdict::default();
         let guarded = Guarded::new(incoming, self.limits, verdict.clone());
         parts.uri = upstream_uri(base, &parts.uri).ok_or(Refusal::Malformed)?;
