@@ -3,6 +3,8 @@
 //! are derived here too, so a config that validates always builds.
 
 use super::addr::Cidr;
+use super::body::Limits;
+use super::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
 use super::hostmatch::{normalize, Pattern};
 use crate::config::{invalid, ConfigError};
 use serde::Deserialize;
@@ -38,8 +40,15 @@ pub struct ModelConfig {
     pub aws_profile: String,
     /// Retries the CLI makes on a failed model call (the CLI's default is 10).
     pub max_retries: u32,
-    /// Largest request body the gateway accepts (it buffers bodies to sign them).
+    /// Largest request body the gateway accepts; the default is the
+    /// Messages API's own limit.
     pub max_request_body_mb: u64,
+    /// Anthropic: the `METHOD /path` calls the gateway forwards with the
+    /// key; every other call is refused (403).
+    pub allowed_calls: Vec<String>,
+    /// Bedrock: the model ids the gateway signs calls for; empty means
+    /// `bedrock_model` and `bedrock_small_model`.
+    pub bedrock_models: Vec<String>,
 }
 
 impl Default for ModelConfig {
@@ -54,7 +63,12 @@ impl Default for ModelConfig {
             bedrock_small_model: "us.anthropic.claude-haiku-4-5-20251001-v1:0".to_owned(),
             aws_profile: String::new(),
             max_retries: 10,
-            max_request_body_mb: 64,
+            max_request_body_mb: 32,
+            allowed_calls: DEFAULT_ANTHROPIC_CALLS
+                .iter()
+                .map(|c| (*c).to_owned())
+                .collect(),
+            bedrock_models: Vec::new(),
         }
     }
 }
@@ -93,7 +107,42 @@ impl ModelConfig {
         if self.max_request_body_mb == 0 || self.max_request_body_mb > 1024 {
             return Err(invalid("model.max_request_body_mb", "must be in 1..=1024"));
         }
+        self.calls()?;
+        for (i, id) in self.bedrock_models.iter().enumerate() {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".:-_".contains(&b))
+            {
+                return Err(invalid(
+                    &format!("model.bedrock_models[{i}]"),
+                    "must be a model id (letters, digits, . : - _)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn calls(&self) -> Result<Vec<Call>, ConfigError> {
+        self.allowed_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Call::parse(c).map_err(|e| invalid(&format!("model.allowed_calls[{i}]"), e))
+            })
+            .collect()
+    }
+
+    /// The calls the gateway forwards for the configured provider.
+    pub fn call_policy(&self) -> CallPolicy {
+        match self.provider {
+            Provider::Anthropic => CallPolicy::Anthropic(self.calls().unwrap_or_default()),
+            Provider::Bedrock if self.bedrock_models.is_empty() => CallPolicy::Bedrock(vec![
+                self.bedrock_model.clone(),
+                self.bedrock_small_model.clone(),
+            ]),
+            Provider::Bedrock => CallPolicy::Bedrock(self.bedrock_models.clone()),
+        }
     }
 
     /// The Bedrock runtime endpoint, the default one for the region when unset.
@@ -142,6 +191,18 @@ pub struct ProxyConfig {
     pub dns_cache_ttl_secs: u64,
     pub max_connections_per_container: usize,
     pub connect_timeout_secs: u64,
+    /// Model requests one container may have in flight at once; more get
+    /// 429 (the CLI retries).
+    pub max_gateway_requests_per_container: usize,
+    /// Bytes the daemon holds at most in buffered request bodies (Bedrock
+    /// signing), all containers together.
+    pub buffer_budget_bytes: u64,
+    /// Of that budget, what one container may hold at once.
+    pub buffer_share_bytes: u64,
+    /// A request body must have arrived whole within this.
+    pub body_timeout_secs: u64,
+    /// Longest pause between two reads of a request body.
+    pub read_idle_timeout_secs: u64,
 }
 
 impl Default for ProxyConfig {
@@ -154,6 +215,11 @@ impl Default for ProxyConfig {
             dns_cache_ttl_secs: 30,
             max_connections_per_container: 64,
             connect_timeout_secs: 10,
+            max_gateway_requests_per_container: 8,
+            buffer_budget_bytes: 256 << 20,
+            buffer_share_bytes: 64 << 20,
+            body_timeout_secs: 120,
+            read_idle_timeout_secs: 30,
         }
     }
 }
@@ -178,7 +244,42 @@ impl ProxyConfig {
         if self.connect_timeout_secs == 0 || self.connect_timeout_secs > 300 {
             return Err(invalid("proxy.connect_timeout_secs", "must be in 1..=300"));
         }
+        if self.max_gateway_requests_per_container == 0 {
+            return Err(invalid(
+                "proxy.max_gateway_requests_per_container",
+                "must be positive",
+            ));
+        }
+        if self.buffer_budget_bytes < 1 << 20 {
+            return Err(invalid(
+                "proxy.buffer_budget_bytes",
+                "must be at least 1 MiB",
+            ));
+        }
+        if self.buffer_share_bytes == 0 || self.buffer_share_bytes > self.buffer_budget_bytes {
+            return Err(invalid(
+                "proxy.buffer_share_bytes",
+                "must be positive and at most proxy.buffer_budget_bytes",
+            ));
+        }
+        for (key, v) in [
+            ("proxy.body_timeout_secs", self.body_timeout_secs),
+            ("proxy.read_idle_timeout_secs", self.read_idle_timeout_secs),
+        ] {
+            if v == 0 || v > 3600 {
+                return Err(invalid(key, "must be in 1..=3600"));
+            }
+        }
         Ok(())
+    }
+
+    /// The bounds on one request body through the gateway.
+    pub fn body_limits(&self, max_bytes: u64) -> Limits {
+        Limits {
+            max_bytes,
+            deadline: std::time::Duration::from_secs(self.body_timeout_secs),
+            idle: std::time::Duration::from_secs(self.read_idle_timeout_secs),
+        }
     }
 
     pub fn patterns(&self) -> Result<Vec<Pattern>, ConfigError> {

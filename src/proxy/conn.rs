@@ -90,18 +90,26 @@ async fn serve_http<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let slot: Arc<Mutex<Option<Decision>>> = Arc::default();
+    let decided: Arc<Mutex<Option<Decision>>> = Arc::default();
     let route = match head.target {
         Target::Forward { .. } => Route::Forward,
         _ => Route::Gateway,
     };
     let (method, (host, port)) = (head.method.clone(), head.host_port());
     let fallback = Decision::blocked(route, &method, host, port, Refusal::Malformed);
+    // One request per connection, so the slot is held for the whole
+    // exchange, the streamed answer included.
+    let slot = match route {
+        Route::Gateway => Some(c.gateway_slots.clone().try_acquire_owned().ok()),
+        _ => None,
+    };
+    let busy = matches!(slot, Some(None));
     let head = Arc::new(head);
     let svc = {
-        let slot = slot.clone();
+        let decided = decided.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (proxy, c, head, slot) = (proxy.clone(), c.clone(), head.clone(), slot.clone());
+            let (proxy, c, head, decided) =
+                (proxy.clone(), c.clone(), head.clone(), decided.clone());
             async move {
                 let (resp, decision) = match &head.target {
                     Target::Forward {
@@ -118,9 +126,12 @@ where
                             d,
                         )
                     }
-                    _ => proxy.model.handle(req).await,
+                    _ if busy => proxy
+                        .model
+                        .refuse(req.method().as_str(), Refusal::GatewayBusy),
+                    _ => proxy.model.handle(req, &c.buffer_share).await,
                 };
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(decision);
+                *decided.lock().unwrap_or_else(|e| e.into_inner()) = Some(decision);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
@@ -130,6 +141,7 @@ where
         .keep_alive(false)
         .serve_connection(io, svc)
         .await;
-    let decided = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-    decided.unwrap_or(fallback)
+    drop(slot);
+    let decision = decided.lock().unwrap_or_else(|e| e.into_inner()).take();
+    decision.unwrap_or(fallback)
 }

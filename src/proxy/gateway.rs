@@ -6,18 +6,21 @@
 //! base URL, redirects are passed back to the client and never followed,
 //! and whatever credential the container sent is dropped first.
 
+use super::body::{self, BoxError, Guarded, Limits, Share, Verdict};
 use super::credentials::{AwsEnv, CredentialChain};
 use super::decision::{Decision, Route};
 use super::forward::strip_hop_by_hop;
+use super::gateway_paths::{BedrockEndpoint, CallPolicy, PathRefusal};
 use super::refusal::Refusal;
 use super::{sigv4, ProxyBody};
 use crate::config::{ModelConfig, Provider};
 use crate::secrets::Secret;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, HOST};
-use hyper::{Method, Request, Response, Uri};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -56,22 +59,21 @@ enum Upstream {
     },
 }
 
-/// Which Bedrock endpoint a gateway path belongs to.
-#[derive(Debug, PartialEq, Eq)]
-enum BedrockEndpoint {
-    Runtime,
-    Control,
-}
+/// What the gateway sends upstream: the container's body streamed
+/// through its guard (Anthropic), or a buffered, signed one (Bedrock).
+type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 pub struct ModelGateway {
     upstream: Upstream,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    max_body: usize,
+    calls: CallPolicy,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    limits: Limits,
 }
 
 impl ModelGateway {
     pub fn new(
         model: &ModelConfig,
+        limits: Limits,
         api_key: Option<Secret>,
         aws_env: AwsEnv,
     ) -> Result<Self, ModelGatewayError> {
@@ -101,8 +103,9 @@ impl ModelGateway {
             .build();
         Ok(Self {
             upstream,
+            calls: model.call_policy(),
             client: Client::builder(TokioExecutor::new()).build(https),
-            max_body: (model.max_request_body_mb * 1024 * 1024) as usize,
+            limits,
         })
     }
 
@@ -111,28 +114,47 @@ impl ModelGateway {
         matches!(&self.upstream, Upstream::Anthropic { api_key: None, .. })
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> (Response<ProxyBody>, Decision) {
+    /// Serves one gateway request from a container whose buffer share is
+    /// `share`.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        share: &Share,
+    ) -> (Response<ProxyBody>, Decision) {
         let method = req.method().as_str().to_owned();
-        let path = req.uri().path().to_owned();
-        let base = match &self.upstream {
-            Upstream::Anthropic { base, .. } => base,
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let checked = match &self.upstream {
+            Upstream::Anthropic { base, .. } => self
+                .calls
+                .check_anthropic(req.method(), &target)
+                .map(|()| base),
             Upstream::Bedrock {
                 runtime, control, ..
-            } => match bedrock_endpoint(req.method(), &path) {
-                Some(BedrockEndpoint::Runtime) => runtime,
-                Some(BedrockEndpoint::Control) => control,
-                None => {
-                    let (host, port) = host_port(runtime);
-                    let why = Refusal::GatewayPathNotAllowed;
-                    return (
-                        super::refusal_response(why),
-                        Decision::blocked(Route::Gateway, &method, &host, port, why),
-                    );
-                }
-            },
+            } => self
+                .calls
+                .check_bedrock(req.method(), &target)
+                .map(|ep| match ep {
+                    BedrockEndpoint::Runtime => runtime,
+                    BedrockEndpoint::Control => control,
+                }),
+        };
+        let base = match checked {
+            Ok(base) => base,
+            Err(refused) => {
+                let why = match refused {
+                    PathRefusal::Ambiguous => Refusal::GatewayPathAmbiguous,
+                    PathRefusal::NotAllowed => Refusal::GatewayPathNotAllowed,
+                };
+                return self.refuse(&method, why);
+            }
         };
         let (host, port) = host_port(base);
-        match self.forward(req, base).await {
+        match self.forward(req, base, share).await {
             Ok((resp, credential)) => {
                 let mut d =
                     Decision::allowed(Route::Gateway, &method, &host, port, "model_gateway");
@@ -141,31 +163,75 @@ impl ModelGateway {
                 (resp, d)
             }
             Err(why) => (
-                super::refusal_response(why),
+                self.refusal_response(why),
                 Decision::blocked(Route::Gateway, &method, &host, port, why),
             ),
         }
+    }
+
+    /// A refusal before any upstream was chosen, with its decision.
+    pub fn refuse(&self, method: &str, why: Refusal) -> (Response<ProxyBody>, Decision) {
+        let (host, port) = match &self.upstream {
+            Upstream::Anthropic { base, .. } => host_port(base),
+            Upstream::Bedrock { runtime, .. } => host_port(runtime),
+        };
+        (
+            self.refusal_response(why),
+            Decision::blocked(Route::Gateway, method, &host, port, why),
+        )
+    }
+
+    /// The refusal as the provider's own error JSON, so the CLI shows its
+    /// message like any API error (and retries a 429 or 503 as it would).
+    fn refusal_response(&self, why: Refusal) -> Response<ProxyBody> {
+        let status = why.status();
+        let message = format!("agentbox gateway: {why}");
+        let (body, kind) = match &self.upstream {
+            Upstream::Anthropic { .. } => {
+                let kind = anthropic_error_type(status);
+                let body = serde_json::json!({
+                    "type": "error",
+                    "error": { "type": kind, "message": message },
+                });
+                (body, None)
+            }
+            Upstream::Bedrock { .. } => (
+                serde_json::json!({ "message": message }),
+                Some(bedrock_error_type(status)),
+            ),
+        };
+        let mut resp = Response::new(super::forward::text_body(body.to_string()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(kind) = kind {
+            h.insert("x-amzn-errortype", HeaderValue::from_static(kind));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert("retry-after", HeaderValue::from_static("1"));
+        }
+        resp
     }
 
     async fn forward(
         &self,
         req: Request<Incoming>,
         base: &Uri,
+        share: &Share,
     ) -> Result<(Response<ProxyBody>, Option<String>), Refusal> {
-        let (mut parts, body) = req.into_parts();
-        // Buffered: SigV4 signs the body's hash, and a bounded buffer is
-        // also the simplest size limit. Answers stream through unbuffered.
-        let body = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Refusal::BodyTooLarge
-                } else {
-                    Refusal::Malformed
-                }
-            })?
-            .to_bytes();
+        let (mut parts, incoming) = req.into_parts();
+        // A body announced too large is refused before anything is read or
+        // forwarded; one that grows past its announcement is cut below.
+        let announced = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > self.limits.max_bytes) {
+            return Err(Refusal::BodyTooLarge);
+        }
+        let verdict = Verdict::default();
+        let guarded = Guarded::new(incoming, self.limits, verdict.clone());
         parts.uri = upstream_uri(base, &parts.uri).ok_or(Refusal::Malformed)?;
         strip_hop_by_hop(&mut parts.headers);
         strip_client_credentials(&mut parts.headers);
@@ -174,41 +240,82 @@ impl ModelGateway {
             HOST,
             HeaderValue::from_str(authority).map_err(|_| Refusal::Malformed)?,
         );
-        let mut req = Request::from_parts(parts, Full::new(body.clone()));
-        let credential = match &self.upstream {
-            Upstream::Anthropic { api_key, .. } => match api_key {
-                Some(key) => {
-                    let mut v = HeaderValue::from_str(key.expose())
-                        .map_err(|_| Refusal::CredentialsUnavailable)?;
-                    v.set_sensitive(true);
-                    req.headers_mut().insert("x-api-key", v);
-                    Some(ANTHROPIC_KEY_NAME.to_owned())
-                }
-                None => None,
-            },
+        // Held until the request has gone out: the buffered bytes are paid
+        // for from the container's share of the daemon's budget.
+        let mut _held = body::Held::default();
+        let (req, credential) = match &self.upstream {
+            Upstream::Anthropic { api_key, .. } => {
+                // Streamed: the body goes upstream as it arrives, so a
+                // container's memory cost is a few frames, not its size.
+                let mut req = Request::from_parts(parts, guarded.boxed());
+                let credential = match api_key {
+                    Some(key) => {
+                        let mut v = HeaderValue::from_str(key.expose())
+                            .map_err(|_| Refusal::CredentialsUnavailable)?;
+                        v.set_sensitive(true);
+                        req.headers_mut().insert("x-api-key", v);
+                        Some(ANTHROPIC_KEY_NAME.to_owned())
+                    }
+                    None => None,
+                };
+                (req, credential)
+            }
             Upstream::Bedrock { region, creds, .. } => {
+                // Buffered: SigV4 signs the body's hash.
+                let (bytes, held) = body::collect(guarded, share).await?;
+                _held = held;
+                let full = Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed();
+                let mut req = Request::from_parts(parts, full);
                 let c = creds.credentials().await.map_err(|error| {
                     tracing::warn!(message = "No AWS credentials for the Bedrock gateway.", %error);
                     Refusal::CredentialsUnavailable
                 })?;
-                sigv4::sign_request(&mut req, &body, &c, region, SystemTime::now()).map_err(
+                sigv4::sign_request(&mut req, &bytes, &c, region, SystemTime::now()).map_err(
                     |error| {
                         tracing::warn!(message = "SigV4 signing failed.", %error);
                         Refusal::CredentialsUnavailable
                     },
                 )?;
-                Some(format!("aws_sigv4:{}", c.source))
+                (req, Some(format!("aws_sigv4:{}", c.source)))
             }
         };
         let resp = self.client.request(req).await.map_err(|error| {
+            // A body that broke its bounds fails the upstream request; say
+            // why, not that the upstream failed.
+            if let Some(why) = verdict.get() {
+                return why;
+            }
             // hyper's errors carry no header values.
             tracing::warn!(message = "Model gateway upstream failed.", upstream = %authority, %error);
             Refusal::UpstreamFailed
         })?;
+        drop(_held);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The body streams through unbuffered (SSE or AWS event-stream).
         Ok((Response::from_parts(parts, body.boxed()), credential))
+    }
+}
+
+fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 408 | 431 => "invalid_request_error",
+        403 => "permission_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+fn bedrock_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        403 => "AccessDeniedException",
+        429 => "ThrottlingException",
+        503 => "ServiceUnavailableException",
+        _ => "ValidationException",
     }
 }
 
@@ -225,33 +332,6 @@ fn strip_client_credentials(headers: &mut HeaderMap) {
         .collect();
     for name in amz {
         headers.remove(name);
-    }
-}
-
-/// The Bedrock calls the CLI makes; nothing else is signed with the
-/// daemon's AWS credentials.
-fn bedrock_endpoint(method: &Method, path: &str) -> Option<BedrockEndpoint> {
-    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
-    let ok_segment = |s: &str| !s.is_empty() && s != "." && s != "..";
-    match (method, segments.as_slice()) {
-        (&Method::POST, ["model", id, action])
-            if ok_segment(id)
-                && matches!(
-                    *action,
-                    "invoke"
-                        | "invoke-with-response-stream"
-                        | "converse"
-                        | "converse-stream"
-                        | "count-tokens"
-                ) =>
-        {
-            Some(BedrockEndpoint::Runtime)
-        }
-        (&Method::GET, ["inference-profiles"]) => Some(BedrockEndpoint::Control),
-        (&Method::GET, ["inference-profiles", id]) if ok_segment(id) => {
-            Some(BedrockEndpoint::Control)
-        }
-        _ => None,
     }
 }
 
@@ -299,26 +379,5 @@ mod tests {
         h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         strip_client_credentials(&mut h);
         assert_eq!(h.len(), 1);
-    }
-
-    #[test]
-    fn only_model_calls_are_signed_for_bedrock() {
-        use BedrockEndpoint::*;
-        let ep = |m: Method, p: &str| bedrock_endpoint(&m, p);
-        assert_eq!(
-            ep(
-                Method::POST,
-                "/model/anthropic.claude-v1%3A0/invoke-with-response-stream"
-            ),
-            Some(Runtime)
-        );
-        assert_eq!(ep(Method::POST, "/model/x/invoke"), Some(Runtime));
-        assert_eq!(ep(Method::GET, "/inference-profiles"), Some(Control));
-        assert_eq!(ep(Method::GET, "/inference-profiles/us.x"), Some(Control));
-        assert_eq!(ep(Method::GET, "/model/x/invoke"), None);
-        assert_eq!(ep(Method::POST, "/model/../invoke"), None);
-        assert_eq!(ep(Method::POST, "/model//invoke"), None);
-        assert_eq!(ep(Method::DELETE, "/guardrails/x"), None);
-        assert_eq!(ep(Method::POST, "/model/x/invoke/extra"), None);
     }
 }

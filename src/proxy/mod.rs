@@ -11,6 +11,7 @@
 //! other part of the daemon, and nothing in a container, ever holds them.
 
 pub mod addr;
+mod body;
 pub mod config;
 mod conn;
 mod credentials;
@@ -21,6 +22,7 @@ mod forward;
 #[doc(hidden)]
 pub mod fuzz_check;
 mod gateway;
+pub mod gateway_paths;
 pub mod hostmatch;
 mod io;
 mod policy;
@@ -84,6 +86,8 @@ pub struct Gateway {
     default_policy: Arc<Policy>,
     connect_timeout: Duration,
     max_connections: usize,
+    max_gateway_requests: usize,
+    budget: body::Budget,
     test_hooks: bool,
 }
 
@@ -107,8 +111,9 @@ impl Gateway {
                 Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
             );
         }
+        let limits = p.body_limits(cfg.model.max_request_body_mb << 20);
         Ok(Self {
-            model: ModelGateway::new(&cfg.model, api_key, aws_env)?,
+            model: ModelGateway::new(&cfg.model, limits, api_key, aws_env)?,
             resolver: dns::Resolver::new(
                 p.resolve_overrides()?,
                 Duration::from_secs(p.dns_cache_ttl_secs),
@@ -117,6 +122,11 @@ impl Gateway {
             default_policy: Arc::new(Policy::new(base, ports, exempt)),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
+            max_gateway_requests: p.max_gateway_requests_per_container,
+            budget: body::Budget::new(
+                usize::try_from(p.buffer_budget_bytes).unwrap_or(usize::MAX),
+                usize::try_from(p.buffer_share_bytes).unwrap_or(usize::MAX),
+            ),
             test_hooks: std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1"),
         })
     }
@@ -139,6 +149,8 @@ impl Gateway {
             ctx,
             policy,
             permits: Arc::new(Semaphore::new(self.max_connections)),
+            gateway_slots: Arc::new(Semaphore::new(self.max_gateway_requests)),
+            buffer_share: self.budget.share(),
             serve_task: Mutex::new(None),
             stop,
         })
@@ -176,6 +188,10 @@ pub struct ContainerProxy {
     ctx: ProxyContext,
     policy: Arc<Policy>,
     permits: Arc<Semaphore>,
+    /// Model requests in flight (`proxy.max_gateway_requests_per_container`).
+    gateway_slots: Arc<Semaphore>,
+    /// This container's share of the daemon's body-buffer budget.
+    buffer_share: body::Share,
     /// The running accept loop, so the test hook can kill it.
     serve_task: Mutex<Option<AbortHandle>>,
     /// Set when the container's proxy is stopped: open connections end.

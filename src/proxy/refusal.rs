@@ -35,10 +35,18 @@ pub enum Refusal {
     ConnectFailed,
     #[error("too many connections from this container")]
     ConnectionLimit,
-    #[error("path not allowed on the model gateway")]
+    #[error("this model API call is not allowed by the gateway")]
     GatewayPathNotAllowed,
+    #[error("ambiguous path refused by the gateway")]
+    GatewayPathAmbiguous,
+    #[error("too many model requests at once from this container")]
+    GatewayBusy,
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("the proxy's buffer budget is used up; retry shortly")]
+    BufferBudgetExhausted,
     #[error("model API unreachable")]
     UpstreamFailed,
     #[error("model credentials unavailable")]
@@ -64,7 +72,11 @@ impl Refusal {
             Self::ConnectFailed => "connect_failed",
             Self::ConnectionLimit => "connection_limit",
             Self::GatewayPathNotAllowed => "gateway_path_not_allowed",
+            Self::GatewayPathAmbiguous => "gateway_path_ambiguous",
+            Self::GatewayBusy => "gateway_busy",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::BufferBudgetExhausted => "buffer_budget_exhausted",
             Self::UpstreamFailed => "upstream_failed",
             Self::CredentialsUnavailable => "credentials_unavailable",
         }
@@ -76,10 +88,13 @@ impl Refusal {
         match self {
             Self::Malformed | Self::AmbiguousFraming | Self::EarlyData => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::HeadTimeout | Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::GatewayBusy => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DnsFailed | Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            Self::ConnectionLimit | Self::CredentialsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectionLimit | Self::CredentialsUnavailable | Self::BufferBudgetExhausted => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::FORBIDDEN,
         }
     }

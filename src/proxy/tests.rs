@@ -16,37 +16,41 @@ async fn http_upstream() -> (u16, Arc<StdMutex<Vec<HeaderMap>>>, Arc<tokio::sync
     let seen: Arc<StdMutex<Vec<HeaderMap>>> = Arc::default();
     let go = Arc::new(tokio::sync::Notify::new());
     let (rec, release) = (seen.clone(), go.clone());
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
-        let (rec, release) = (rec.clone(), release.clone());
-        async move {
-            rec.lock().unwrap().push(headers);
-            match uri.path() {
-                "/redirect" => (
-                    StatusCode::FOUND,
-                    [("location", "http://elsewhere.test/steal")],
-                    "moved",
-                )
-                    .into_response(),
-                "/stream" => {
-                    let chunks = futures_util::stream::unfold(0, move |n| {
-                        let release = release.clone();
-                        async move {
-                            match n {
-                                0 => Some((Ok::<_, std::io::Error>(Bytes::from("first;")), 1)),
-                                1 => {
-                                    release.notified().await;
-                                    Some((Ok(Bytes::from("second")), 2))
+    // Reads the whole request body before answering, as the model API does.
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: HeaderMap, _body: Bytes| {
+            let (rec, release) = (rec.clone(), release.clone());
+            async move {
+                rec.lock().unwrap().push(headers);
+                match uri.path() {
+                    "/redirect" => (
+                        StatusCode::FOUND,
+                        [("location", "http://elsewhere.test/steal")],
+                        "moved",
+                    )
+                        .into_response(),
+                    "/stream" => {
+                        let chunks = futures_util::stream::unfold(0, move |n| {
+                            let release = release.clone();
+                            async move {
+                                match n {
+                                    0 => Some((Ok::<_, std::io::Error>(Bytes::from("first;")), 1)),
+                                    1 => {
+                                        release.notified().await;
+                                        Some((Ok(Bytes::from("second")), 2))
+                                    }
+                                    _ => None,
                                 }
-                                _ => None,
                             }
-                        }
-                    });
-                    axum::body::Body::from_stream(chunks).into_response()
+                        });
+                        axum::body::Body::from_stream(chunks).into_response()
+                    }
+                    _ => "hello".into_response(),
                 }
-                _ => "hello".into_response(),
             }
-        }
-    });
+        },
+    );
+    let app = app.layer(axum::extract::DefaultBodyLimit::disable());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(l, app).await.ok() });
@@ -83,8 +87,13 @@ async fn fixture(max_connections: usize) -> Fixture {
     fixture_with(max_connections, None).await
 }
 
-/// `model_url` defaults to the recording upstream.
 async fn fixture_with(max_connections: usize, model_url: Option<&str>) -> Fixture {
+    fixture_extra(max_connections, model_url, "").await
+}
+
+/// `model_url` defaults to the recording upstream; `extra` goes into
+/// `[proxy]`.
+async fn fixture_extra(max_connections: usize, model_url: Option<&str>, extra: &str) -> Fixture {
     let echo = echo_upstream().await;
     let (http, seen, release) = http_upstream().await;
     let model_url = model_url
@@ -94,11 +103,14 @@ async fn fixture_with(max_connections: usize, model_url: Option<&str>) -> Fixtur
         r#"
 [model]
 anthropic_base_url = "{model_url}"
+allowed_calls = ["POST /v1/messages", "GET /stream", "GET /redirect"]
+max_request_body_mb = 1
 [proxy]
 allowed_domains = ["allowed.test", "*.wild.test", "meta.test", "private.test"]
 allowed_ports = [{echo}, {http}]
 allow_private_cidrs = ["127.0.0.0/8"]
 max_connections_per_container = {max_connections}
+{extra}
 [proxy.resolve]
 "allowed.test" = "127.0.0.1"
 "a.wild.test" = "127.0.0.1"
@@ -494,4 +506,124 @@ async fn a_symlink_at_the_socket_path_is_replaced_never_followed() {
     let beside: Vec<_> = std::fs::read_dir(root.path()).unwrap().flatten().collect();
     assert_eq!(beside.len(), 2, "a staging directory was left: {beside:?}");
     UnixStream::connect(&path).await.expect("connect");
+}
+
+#[tokio::test]
+async fn gateway_forwards_only_listed_calls_and_answers_the_rest_in_json() {
+    let f = fixture(8).await;
+    for (req, status) in [
+        ("GET /v1/files HTTP/1.1\r\n\r\n", "403"),
+        ("GET /v1/models HTTP/1.1\r\n\r\n", "403"),
+        ("DELETE /v1/files/file_abc HTTP/1.1\r\n\r\n", "403"),
+        ("GET /v1/messages/../../admin HTTP/1.1\r\n\r\n", "403"),
+        (
+            "POST /v1/messages/..%2F..%2Fv1%2Ffiles HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "403",
+        ),
+        (
+            "POST /v1//messages HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "403",
+        ),
+    ] {
+        let out = exchange(&f, req).await;
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{req}: {out}"
+        );
+        assert!(out.contains("application/json"), "{out}");
+        assert!(out.contains(r#""type":"permission_error""#), "{out}");
+        assert!(
+            !out.contains("files"),
+            "the answer echoes the request: {out}"
+        );
+    }
+    assert!(
+        f.seen.lock().unwrap().is_empty(),
+        "a refused call reached the upstream"
+    );
+    let out = exchange(
+        &f,
+        "POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(f.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn gateway_bodies_stream_under_their_limit_and_stop_past_it() {
+    let f = fixture(8).await;
+    // 1 MiB limit. Announced larger: refused before a byte is read.
+    let out = exchange(
+        &f,
+        "POST /v1/messages HTTP/1.1\r\nContent-Length: 2097152\r\n\r\nxx",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains(r#""type":"request_too_large""#), "{out}");
+    assert!(f.seen.lock().unwrap().is_empty(), "forwarded: {out}");
+    // Chunked, no length: streamed until it passes the limit, then cut.
+    let mut s = UnixStream::connect(&f.socket).await.unwrap();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let mut chunk = b"10000\r\n".to_vec();
+    chunk.extend_from_slice(&[b'x'; 0x10000]);
+    chunk.extend_from_slice(b"\r\n");
+    for _ in 0..32 {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+}
+
+#[tokio::test]
+async fn a_stalled_gateway_body_times_out() {
+    let f = fixture_extra(8, None, "read_idle_timeout_secs = 1").await;
+    let mut s = UnixStream::connect(&f.socket).await.unwrap();
+    s.write_all(b"POST /v1/messages HTTP/1.1\r\nContent-Length: 1000\r\n\r\nhalf")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the stalled body was never cut")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+}
+
+#[tokio::test]
+async fn a_container_gets_its_gateway_slots_and_no_more() {
+    let f = fixture_extra(8, None, "max_gateway_requests_per_container = 1").await;
+    // One streamed answer in flight holds the only slot.
+    let mut held = UnixStream::connect(&f.socket).await.unwrap();
+    held.write_all(b"GET /stream HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = held.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let out = exchange(
+        &f,
+        "POST /v1/messages HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 429"), "{out}");
+    assert!(out.contains("retry-after: 1"), "{out}");
+    f.release.notify_one();
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).await.unwrap();
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let out = exchange(
+        &f,
+        "POST /v1/messages HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }

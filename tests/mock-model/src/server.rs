@@ -13,8 +13,9 @@ use crate::script::{self, BadRequest};
 use crate::sse::{self, Ids};
 use crate::RecordedRequest;
 
-/// Requests carry the whole conversation plus tool schemas; allow plenty.
-const BODY_LIMIT: usize = 64 * 1024 * 1024;
+/// The Messages API's own request size limit: larger requests get 413
+/// `request_too_large`, announced ones before their body is read.
+const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// Path of the (unrecorded) endpoint listing recorded requests.
 pub const REQUESTS_PATH: &str = "/_mock/requests";
@@ -73,8 +74,17 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let announced = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT) {
+        return too_large();
+    }
     let bytes = match to_bytes(body, BODY_LIMIT).await {
         Ok(bytes) => bytes,
+        Err(e) if e.to_string().contains("length limit") => return too_large(),
         Err(e) => return api_error(StatusCode::BAD_REQUEST, &format!("unreadable body: {e}")),
     };
     let parsed = serde_json::from_slice::<Value>(&bytes).ok();
@@ -176,6 +186,14 @@ fn api_error(status: StatusCode, message: &str) -> Response {
     json_response(
         status,
         json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}),
+    )
+}
+
+fn too_large() -> Response {
+    json_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({"type": "error", "error": {"type": "request_too_large",
+            "message": "Request exceeds the maximum allowed number of bytes."}}),
     )
 }
 
