@@ -927,6 +927,100 @@ async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
     assert!(tool_output(&events).contains("early bird"), "{events:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_files_api_streams_files_and_byte_ranges() {
+    let (_mock, daemon, _backend) = s3_daemon(None, &[]).await;
+    let conv = "ranges";
+    // About 2.7 MB of known bytes, written by the agent.
+    let events = run_to_end(&daemon, conv, "!bash seq 0 400000 > numbers.txt").await;
+    assert_ok_result(&events);
+    let want: Vec<u8> = (0..=400_000)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let len = want.len();
+    let url = daemon.url(&format!("/v1/conversations/{conv}/files/numbers.txt"));
+    let client = reqwest::Client::new();
+    let get = |headers: &[(&str, &str)]| {
+        let mut req = client.get(&url).bearer_auth(TOKEN);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let resp = req.send().await.expect("GET the file");
+            let status = resp.status().as_u16();
+            let h = resp.headers().clone();
+            let body = resp.bytes().await.expect("the body").to_vec();
+            (status, h, body)
+        }
+    };
+    let header = |h: &reqwest::header::HeaderMap, name: &str| {
+        h.get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    let (status, h, body) = get(&[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body == want,
+        "the whole file ({} of {len} bytes)",
+        body.len()
+    );
+    assert_eq!(header(&h, "content-length"), len.to_string());
+    assert_eq!(header(&h, "accept-ranges"), "bytes");
+    let etag = header(&h, "etag");
+    assert_eq!(etag.len(), 66, "a quoted sha256: {etag}");
+
+    let last = len - 1;
+    for (range, from, to) in [
+        ("bytes=0-9".to_owned(), 0, 10),
+        ("bytes=1000000-1000099".to_owned(), 1_000_000, 1_000_100),
+        ("bytes=2000000-".to_owned(), 2_000_000, len),
+        ("bytes=-7".to_owned(), len - 7, len),
+        (format!("bytes={last}-99999999999"), last, len),
+    ] {
+        let (status, h, body) = get(&[("range", &range)]).await;
+        assert_eq!(status, 206, "{range}");
+        assert!(body == want[from..to], "{range}: wrong bytes");
+        assert_eq!(
+            header(&h, "content-range"),
+            format!("bytes {from}-{}/{len}", to - 1),
+            "{range}"
+        );
+        assert_eq!(header(&h, "content-length"), (to - from).to_string());
+        assert_eq!(header(&h, "accept-ranges"), "bytes");
+    }
+
+    for range in [format!("bytes={len}-"), "bytes=-0".to_owned()] {
+        let (status, h, body) = get(&[("range", &range)]).await;
+        assert_eq!(status, 416, "{range}");
+        assert_eq!(header(&h, "content-range"), format!("bytes */{len}"));
+        let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(err["error"]["code"], "range_not_satisfiable");
+    }
+    // Several ranges, an invalid one, or a stale If-Range: the whole file.
+    for headers in [
+        vec![("range", "bytes=0-1,5-6")],
+        vec![("range", "bytes=9-1")],
+        vec![("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+    ] {
+        let (status, _, body) = get(&headers).await;
+        assert_eq!(status, 200, "{headers:?}");
+        assert_eq!(body.len(), len, "{headers:?}");
+    }
+    let (status, _, body) = get(&[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!((status, &body[..]), (206, &want[..10]));
+
+    let resp = client.head(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(header(resp.headers(), "content-length"), len.to_string());
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let missing = daemon.url(&format!("/v1/conversations/{conv}/files/nope.txt"));
+    let resp = client.get(missing).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
 /// A TCP forwarder on loopback that can drop its listener (and every
 /// connection) and come back on the same port: an object store that goes
 /// down and returns.
