@@ -27,8 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::AgentEvent;
-use workspace_agent::protocol::SkippedFile;
+use workspace_agent::protocol::{AgentEvent, SkippedFile};
 
 /// Tools whose result may have changed files in the workspace.
 pub const FILE_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit", "Bash"];
