@@ -118,6 +118,22 @@ pub enum AuditEvent {
         #[serde(flatten)]
         sync: SyncFigures,
     },
+    /// A push left files out of the store for their size: above
+    /// `sync.max_file_bytes`, or past `sync.max_workspace_bytes`. Written
+    /// when a push refuses a file the previous push did not.
+    FileSyncRefused {
+        #[serde(flatten)]
+        subject: Subject,
+        generation: u64,
+        /// Files this push refused.
+        refused: u64,
+        /// Of which not refused by the previous push.
+        new: u64,
+        /// The new ones, the first 20 by path.
+        files: Vec<workspace_agent::protocol::SkippedFile>,
+        max_file_bytes: u64,
+        max_workspace_bytes: u64,
+    },
     /// A run of the agent began (before a container is assigned).
     AgentExecutionStarted {
         #[serde(flatten)]
@@ -216,6 +232,7 @@ impl AuditEvent {
             Self::ProxyTaskRestarted { .. } => "proxy_task_restarted",
             Self::FileSyncToContainer { .. } => "file_sync_to_container",
             Self::FileSyncFromContainer { .. } => "file_sync_from_container",
+            Self::FileSyncRefused { .. } => "file_sync_refused",
             Self::AgentExecutionStarted { .. } => "agent_execution_started",
             Self::AgentExecutionCompleted { .. } => "agent_execution_completed",
             Self::AgentExecutionFailed { .. } => "agent_execution_failed",
@@ -234,6 +251,7 @@ impl AuditEvent {
             | Self::ProxyTaskRestarted { subject, .. }
             | Self::FileSyncToContainer { subject, .. }
             | Self::FileSyncFromContainer { subject, .. }
+            | Self::FileSyncRefused { subject, .. }
             | Self::AgentExecutionStarted { subject, .. }
             | Self::AgentExecutionCompleted { subject, .. }
             | Self::AgentExecutionFailed { subject, .. } => subject,
@@ -324,6 +342,15 @@ mod tests {
             AuditEvent::FileSyncFromContainer {
                 subject: s.clone(),
                 sync: SyncFigures::default(),
+            },
+            AuditEvent::FileSyncRefused {
+                subject: s.clone(),
+                generation: 1,
+                refused: 1,
+                new: 1,
+                files: Vec::new(),
+                max_file_bytes: 1,
+                max_workspace_bytes: 1,
             },
         ] {
             let v = serde_json::to_value(&ev).unwrap();

@@ -7,6 +7,7 @@
 
 pub use crate::proxy::config::{ModelConfig, Provider, ProxyConfig};
 pub use crate::sync::config::StorageConfig;
+pub use crate::sync::config::SyncConfig;
 pub use crate::telemetry::TelemetryConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub state: StateConfig,
     pub storage: StorageConfig,
+    /// What a sync may store: file and workspace size limits.
+    pub sync: SyncConfig,
     pub model: ModelConfig,
     pub proxy: ProxyConfig,
     pub container: ContainerConfig,
@@ -253,6 +256,7 @@ impl Config {
                 "server",
                 "state",
                 "storage",
+                "sync",
                 "model",
                 "proxy",
                 "container",
@@ -289,6 +293,7 @@ impl Config {
         self.model.validate()?;
         self.proxy.validate()?;
         self.storage.validate()?;
+        self.sync.validate()?;
         self.telemetry.validate()?;
         let c = &self.container;
         if c.image.trim().is_empty() {
@@ -509,6 +514,7 @@ mod tests {
                 "127.0.0.1:9".to_owned(),
             ),
             ("AGENTBOX_CONTAINER_PIDS_LIMIT".to_owned(), "99".to_owned()),
+            ("AGENTBOX_SYNC_MAX_FILE_BYTES".to_owned(), "4096".to_owned()),
             (
                 "AGENTBOX_MODEL_ANTHROPIC_BASE_URL".to_owned(),
                 "http://127.0.0.1:1".to_owned(),
@@ -518,6 +524,7 @@ mod tests {
         let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"", env).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9");
         assert_eq!(c.container.pids_limit, 99);
+        assert_eq!(c.sync.max_file_bytes, 4096);
         assert_eq!(c.model.anthropic_base_url, "http://127.0.0.1:1");
     }
 }

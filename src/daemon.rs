@@ -108,6 +108,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     // (a different uid under userns-remap).
     let (uid, gid) = isolation.host_owner(cfg.container.uid, cfg.container.gid);
     let sync = SyncService::open(&cfg.storage, Owner { uid, gid }, store.clone())?;
+    sync.set_limits(cfg.sync);
     let orchestrator =
         Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
     orchestrator.set_sync(sync.clone());

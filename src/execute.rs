@@ -158,8 +158,13 @@ impl Executor {
         // by storage.final_sync_timeout_secs): a client that saw `result`
         // may rely on the turn's files being in the store. A failed sync
         // is logged, audited and retried in the background; the run's
-        // outcome stays the agent's.
-        let _ = run_sync.finish().await;
+        // outcome stays the agent's. Files the sync left out for their
+        // size are named to the client before `result`.
+        if let Ok(report) = run_sync.finish().await {
+            if let Some(ev) = self.sync.skipped_event(&report) {
+                let _ = tx.send(ev).await;
+            }
+        }
         if let Some(ev) = result_event {
             let _ = tx.send(ev).await;
         }

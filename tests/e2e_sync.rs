@@ -9,7 +9,7 @@
 mod common;
 
 use agentbox::state::{ConversationRecord, Store};
-use agentbox::sync::config::StorageConfig;
+use agentbox::sync::config::{StorageConfig, SyncConfig};
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::manifest::{manifest_key, Manifest};
 use agentbox::sync::paths::RelPath;
@@ -101,10 +101,11 @@ impl ObjectBackend for Switch {
         &self,
         key: &str,
         file: std::fs::File,
+        size: u64,
         sha256: &str,
     ) -> Result<u64, StoreError> {
         self.check()?;
-        self.inner.put_file(key, file, sha256).await
+        self.inner.put_file(key, file, size, sha256).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.check()?;
@@ -113,6 +114,14 @@ impl ObjectBackend for Switch {
     async fn get_stream(&self, key: &str) -> Result<ByteStream, StoreError> {
         self.check()?;
         self.inner.get_stream(key).await
+    }
+    async fn get_range_stream(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        self.check()?;
+        self.inner.get_range_stream(key, range).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         self.check()?;
@@ -517,6 +526,121 @@ async fn tampered_manifest_is_refused(kind: Backend) {
     assert!(!root.path().join("escape.txt").exists());
 }
 
+async fn files_over_the_size_limits_are_refused_and_the_rest_syncs(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let n = node(&cfg, raw_backend(&cfg));
+    const MIB: u64 = 1 << 20;
+    n.svc.set_limits(SyncConfig {
+        max_file_bytes: MIB,
+        max_workspace_bytes: 3 * MIB,
+    });
+    let root = tempfile::tempdir().unwrap();
+    let ws = fresh_workspace(root.path(), "ws");
+    write(&ws, "src/main.rs", b"fn main() {}\n");
+    // 16 TiB of holes (ext4's largest file is one block short of it): no
+    // quota at all, and hours to hash, so the test ending shows it was
+    // never read.
+    let huge = (16 << 40) - 4096;
+    std::fs::File::create(ws.join("huge.img"))
+        .unwrap()
+        .set_len(huge)
+        .unwrap();
+    write(&ws, "big.bin", &vec![1u8; MIB as usize + 1]);
+    let mut rec = ConversationRecord::new(T, "lim");
+    n.assign(&mut rec, 1, &ws).await.unwrap();
+    let r = n.svc.push_now(T, "lim").await.unwrap();
+    let refused = |r: &agentbox::sync::push::PushReport| -> Vec<(String, &'static str)> {
+        r.refused
+            .iter()
+            .map(|x| (x.path.to_string(), x.reason.as_str()))
+            .collect()
+    };
+    assert_eq!(
+        refused(&r),
+        [
+            ("big.bin".to_owned(), "file_too_large"),
+            ("huge.img".to_owned(), "file_too_large")
+        ]
+    );
+    let sparse = &r.refused[1];
+    assert_eq!(sparse.size, huge);
+    assert!(sparse.allocated < MIB, "{sparse:?}");
+    assert_eq!((r.files, r.bytes), (1, 13), "only the source travelled");
+    let m = stored(n.backend.as_ref(), "lim").await.unwrap();
+    assert!(has(&m, "src/main.rs") && !has(&m, "huge.img") && !has(&m, "big.bin"));
+    let blobs = n.backend.list(&format!("{T}/lim/blobs")).await.unwrap();
+    assert_eq!(blobs.len(), 1, "nothing of the refused files is stored");
+    match n.svc.skipped_event(&r) {
+        Some(AgentEvent::SyncSkipped {
+            count,
+            files,
+            max_file_bytes,
+            max_workspace_bytes,
+        }) => {
+            assert_eq!(
+                (count, max_file_bytes, max_workspace_bytes),
+                (2, MIB, 3 * MIB)
+            );
+            assert_eq!(files[1].path, "huge.img");
+            assert_eq!(
+                (files[1].size, files[1].reason.as_str()),
+                (huge, "file_too_large")
+            );
+        }
+        other => panic!("no sync_skipped event: {other:?}"),
+    }
+    // Still there, still refused; an unchanged push writes nothing.
+    let again = n.svc.push_now(T, "lim").await.unwrap();
+    assert!(again.unchanged, "{again:?}");
+    assert_eq!(refused(&again), refused(&r));
+
+    // The workspace budget: 13 B + 1 MiB + 1 MiB fit in 3 MiB, a third
+    // MiB does not; of equal sizes the last by path is left out.
+    std::fs::remove_file(ws.join("big.bin")).unwrap();
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        write(&ws, name, &vec![i as u8; MIB as usize]);
+    }
+    let r = n.svc.push_now(T, "lim").await.unwrap();
+    assert_eq!(
+        refused(&r),
+        [
+            ("c.bin".to_owned(), "workspace_too_large"),
+            ("huge.img".to_owned(), "file_too_large")
+        ]
+    );
+    let m = stored(n.backend.as_ref(), "lim").await.unwrap();
+    assert!(has(&m, "a.bin") && has(&m, "b.bin") && !has(&m, "c.bin"));
+
+    // A stored file grown past the limit (sparse growth is free) leaves
+    // the store, and makes room for the one left out before.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(ws.join("a.bin"))
+        .unwrap()
+        .set_len(2 * MIB)
+        .unwrap();
+    let r = n.svc.push_now(T, "lim").await.unwrap();
+    assert_eq!(
+        refused(&r),
+        [
+            ("a.bin".to_owned(), "file_too_large"),
+            ("huge.img".to_owned(), "file_too_large")
+        ]
+    );
+    let m = stored(n.backend.as_ref(), "lim").await.unwrap();
+    assert!(!has(&m, "a.bin") && has(&m, "b.bin") && has(&m, "c.bin"));
+
+    // A new container gets back what was stored, and nothing else.
+    let ws2 = fresh_workspace(root.path(), "ws2");
+    n.assign(&mut rec, 2, &ws2).await.unwrap();
+    assert_eq!(
+        std::fs::read(ws2.join("src/main.rs")).unwrap(),
+        b"fn main() {}\n"
+    );
+    assert_eq!(std::fs::read(ws2.join("c.bin")).unwrap().len() as u64, MIB);
+    assert!(!ws2.join("huge.img").exists() && !ws2.join("a.bin").exists());
+}
+
 fn tool_use(id: &str, name: &str) -> AgentEvent {
     AgentEvent::ToolUse {
         id: id.into(),
@@ -566,6 +690,7 @@ suite!(
     a_new_state_file_carries_on_above_the_stored_generation,
     store_outage_keeps_a_backlog_and_loses_nothing,
     tampered_manifest_is_refused,
+    files_over_the_size_limits_are_refused_and_the_rest_syncs,
 );
 
 // ---------------------------------------------------------------------
@@ -800,6 +925,100 @@ async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
     let events = run_to_end(&daemon, conv, "!bash cat early.txt").await;
     assert_ok_result(&events);
     assert!(tool_output(&events).contains("early bird"), "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_files_api_streams_files_and_byte_ranges() {
+    let (_mock, daemon, _backend) = s3_daemon(None, &[]).await;
+    let conv = "ranges";
+    // About 2.7 MB of known bytes, written by the agent.
+    let events = run_to_end(&daemon, conv, "!bash seq 0 400000 > numbers.txt").await;
+    assert_ok_result(&events);
+    let want: Vec<u8> = (0..=400_000)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let len = want.len();
+    let url = daemon.url(&format!("/v1/conversations/{conv}/files/numbers.txt"));
+    let client = reqwest::Client::new();
+    let get = |headers: &[(&str, &str)]| {
+        let mut req = client.get(&url).bearer_auth(TOKEN);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let resp = req.send().await.expect("GET the file");
+            let status = resp.status().as_u16();
+            let h = resp.headers().clone();
+            let body = resp.bytes().await.expect("the body").to_vec();
+            (status, h, body)
+        }
+    };
+    let header = |h: &reqwest::header::HeaderMap, name: &str| {
+        h.get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+
+    let (status, h, body) = get(&[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        body == want,
+        "the whole file ({} of {len} bytes)",
+        body.len()
+    );
+    assert_eq!(header(&h, "content-length"), len.to_string());
+    assert_eq!(header(&h, "accept-ranges"), "bytes");
+    let etag = header(&h, "etag");
+    assert_eq!(etag.len(), 66, "a quoted sha256: {etag}");
+
+    let last = len - 1;
+    for (range, from, to) in [
+        ("bytes=0-9".to_owned(), 0, 10),
+        ("bytes=1000000-1000099".to_owned(), 1_000_000, 1_000_100),
+        ("bytes=2000000-".to_owned(), 2_000_000, len),
+        ("bytes=-7".to_owned(), len - 7, len),
+        (format!("bytes={last}-99999999999"), last, len),
+    ] {
+        let (status, h, body) = get(&[("range", &range)]).await;
+        assert_eq!(status, 206, "{range}");
+        assert!(body == want[from..to], "{range}: wrong bytes");
+        assert_eq!(
+            header(&h, "content-range"),
+            format!("bytes {from}-{}/{len}", to - 1),
+            "{range}"
+        );
+        assert_eq!(header(&h, "content-length"), (to - from).to_string());
+        assert_eq!(header(&h, "accept-ranges"), "bytes");
+    }
+
+    for range in [format!("bytes={len}-"), "bytes=-0".to_owned()] {
+        let (status, h, body) = get(&[("range", &range)]).await;
+        assert_eq!(status, 416, "{range}");
+        assert_eq!(header(&h, "content-range"), format!("bytes */{len}"));
+        let err: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(err["error"]["code"], "range_not_satisfiable");
+    }
+    // Several ranges, an invalid one, or a stale If-Range: the whole file.
+    for headers in [
+        vec![("range", "bytes=0-1,5-6")],
+        vec![("range", "bytes=9-1")],
+        vec![("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+    ] {
+        let (status, _, body) = get(&headers).await;
+        assert_eq!(status, 200, "{headers:?}");
+        assert_eq!(body.len(), len, "{headers:?}");
+    }
+    let (status, _, body) = get(&[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!((status, &body[..]), (206, &want[..10]));
+
+    let resp = client.head(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(header(resp.headers(), "content-length"), len.to_string());
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let missing = daemon.url(&format!("/v1/conversations/{conv}/files/nope.txt"));
+    let resp = client.get(missing).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
 }
 
 /// A TCP forwarder on loopback that can drop its listener (and every

@@ -22,6 +22,9 @@ pub enum ApiError {
     TooMany(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A `Range` no byte of a file of this length satisfies.
+    #[error("the range selects no byte of the file ({0} bytes)")]
+    RangeNotSatisfiable(u64),
 }
 
 impl ApiError {
@@ -34,6 +37,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
 
@@ -46,6 +50,7 @@ impl ApiError {
             Self::TooLarge(_) => "payload_too_large",
             Self::TooMany(_) => "too_many_runs",
             Self::Unavailable(_) => "unavailable",
+            Self::RangeNotSatisfiable(_) => "range_not_satisfiable",
         }
     }
 }
@@ -54,11 +59,21 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
         let mut resp = (self.status(), body).into_response();
-        if matches!(self, Self::Unauthorized) {
-            resp.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        match self {
+            Self::Unauthorized => {
+                resp.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            // RFC 9110, 15.5.17: a 416 names the current length.
+            Self::RangeNotSatisfiable(len) => {
+                if let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}")) {
+                    resp.headers_mut()
+                        .insert(axum::http::header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
         }
         resp
     }

@@ -42,6 +42,8 @@ pub fn observe_event(event: &AuditEvent) {
                 Duration::from_millis(sync.duration_ms),
             );
         }
+        // Counted by `agentbox_audit_events_total{event="file_sync_refused"}`.
+        AuditEvent::FileSyncRefused { .. } => {}
         AuditEvent::AgentExecutionStarted { .. } => with(|i| {
             i.executions_started.add(1, &[]);
             i.executions_in_flight.add(1, &[]);

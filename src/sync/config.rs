@@ -1,4 +1,5 @@
-//! Configuration of workspace sync (`[storage]`).
+//! Configuration of workspace sync: where and how (`[storage]`) and what
+//! may be synced (`[sync]`).
 
 use crate::config::{invalid, ConfigError};
 use serde::Deserialize;
@@ -99,6 +100,55 @@ impl StorageConfig {
     }
 }
 
+/// What a sync may store (`[sync]`). A hostile agent can make a file
+/// that costs no quota (`truncate -s 16T`: all holes) yet would take the
+/// daemon hours to hash and the store terabytes to hold; these limits cap
+/// what any workspace can cost the daemon and the store.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// A file whose apparent size (`st_size`) is above this is not synced.
+    pub max_file_bytes: u64,
+    /// The apparent sizes of all files one sync stores add up to at most
+    /// this; files past it (in path order) are not synced.
+    pub max_workspace_bytes: u64,
+}
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        // The default workspace quota (1 GiB) cannot hold a larger dense
+        // file; a few times the quota leaves room for legitimately sparse
+        // files while keeping one push's work bounded.
+        Self {
+            max_file_bytes: GIB,
+            max_workspace_bytes: 4 * GIB,
+        }
+    }
+}
+
+/// S3's largest object: nothing above it could be stored anyway.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * GIB;
+
+impl SyncConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_OBJECT_BYTES).contains(&self.max_file_bytes) {
+            return Err(invalid(
+                "sync.max_file_bytes",
+                format!("must be in 1..={MAX_OBJECT_BYTES} (5 TiB, the S3 object limit)"),
+            ));
+        }
+        if self.max_workspace_bytes < self.max_file_bytes {
+            return Err(invalid(
+                "sync.max_workspace_bytes",
+                "must be at least sync.max_file_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +176,37 @@ mod tests {
         .is_ok());
         let err = check(|c| c.multipart_threshold_mb = 1).unwrap_err();
         assert!(err.to_string().contains("multipart_threshold_mb"), "{err}");
+    }
+
+    #[test]
+    fn sync_limits_are_checked() {
+        let ok = SyncConfig::default();
+        assert!(ok.validate().is_ok());
+        for (bad, key) in [
+            (
+                SyncConfig {
+                    max_file_bytes: 0,
+                    ..ok
+                },
+                "sync.max_file_bytes",
+            ),
+            (
+                SyncConfig {
+                    max_file_bytes: MAX_OBJECT_BYTES + 1,
+                    max_workspace_bytes: u64::MAX,
+                },
+                "sync.max_file_bytes",
+            ),
+            (
+                SyncConfig {
+                    max_workspace_bytes: ok.max_file_bytes - 1,
+                    ..ok
+                },
+                "sync.max_workspace_bytes",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{bad:?}: {err}");
+        }
     }
 }

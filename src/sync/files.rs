@@ -1,13 +1,15 @@
 //! Reading a conversation's stored workspace for the API: the file list
-//! of its latest manifest, one file's bytes, and purging it all.
+//! of its latest manifest, one file streamed from the store (whole or a
+//! byte range; never buffered whole in memory), and purging it all.
 
 use super::manifest::{blob_key, Entry};
 use super::paths::RelPath;
 use super::push::{latest_manifest, ConvPrefix, PushError};
 use super::service::SyncService;
-use super::store::StoreError;
-use bytes::Bytes;
+use super::store::{ByteStream, ObjectBackend, StoreError};
 use serde::Serialize;
+use std::ops::Range;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -42,6 +44,28 @@ pub struct FileInfo {
     pub mode: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+}
+
+/// A regular file of the stored workspace.
+pub struct StoredFile {
+    /// Its length, as the manifest records it (its blob is exactly this
+    /// long: blobs are named by the hash of what was uploaded).
+    pub size: u64,
+    pub sha256: String,
+    key: String,
+    backend: Arc<dyn ObjectBackend>,
+}
+
+impl StoredFile {
+    /// Its bytes, or those of `range` (not empty, inside the file), as the
+    /// store sends them: chunk by chunk, however large the file.
+    pub async fn stream(&self, range: Option<Range<u64>>) -> Result<ByteStream, FilesError> {
+        let s = match range {
+            Some(r) => self.backend.get_range_stream(&self.key, r).await?,
+            None => self.backend.get_stream(&self.key).await?,
+        };
+        Ok(s)
+    }
 }
 
 fn prefix(tenant: &str, conversation: &str) -> ConvPrefix {
@@ -89,14 +113,14 @@ impl SyncService {
             .collect())
     }
 
-    /// One stored file's bytes. The path is normalised and confined; only
-    /// regular files are served (a link is never followed).
-    pub async fn read_file(
+    /// One stored file, to be streamed. The path is normalised and
+    /// confined; only regular files are served (a link is never followed).
+    pub async fn stored_file(
         &self,
         tenant: &str,
         conversation: &str,
         path: &str,
-    ) -> Result<Bytes, FilesError> {
+    ) -> Result<StoredFile, FilesError> {
         let rel = RelPath::parse(path.trim_start_matches('/'))
             .map_err(|e| FilesError::BadPath(e.to_string()))?;
         let p = prefix(tenant, conversation);
@@ -104,9 +128,12 @@ impl SyncService {
             return Err(FilesError::NotFound);
         };
         match m.entries.get(&rel) {
-            Some(Entry::File { sha256, .. }) => {
-                Ok(self.backend().get(&p.key(&blob_key(sha256))).await?)
-            }
+            Some(Entry::File { sha256, size, .. }) => Ok(StoredFile {
+                size: *size,
+                key: p.key(&blob_key(sha256)),
+                sha256: sha256.clone(),
+                backend: self.backend().clone(),
+            }),
             _ => Err(FilesError::NotFound),
         }
     }

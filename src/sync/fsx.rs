@@ -39,7 +39,11 @@ pub struct Found {
     pub path: RelPath,
     pub kind: Kind,
     pub mode: u32,
+    /// Apparent size (`st_size`): what reading the file yields.
     pub size: u64,
+    /// What the file occupies on disk (`st_blocks * 512`): far below
+    /// `size` for a sparse file, whose holes cost no quota.
+    pub allocated: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     pub ino: u64,
@@ -73,6 +77,7 @@ fn found(path: RelPath, st: &FileStat, kind: Kind) -> Found {
         kind,
         mode: st.st_mode & 0o777,
         size: st.st_size as u64,
+        allocated: (st.st_blocks as u64).saturating_mul(512),
         mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
         ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
         ino: st.st_ino,

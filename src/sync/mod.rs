@@ -3,16 +3,18 @@
 //! file-changing tool results, a final sync at the end of each run.
 //! See docs/sync.md.
 //!
-//! Modules, one concern each: `config` (`[storage]`), `paths` (confined
-//! paths), `manifest` (the stored format and keys), `store` (the object
-//! store behind a trait), `fsx` (no-follow file access), `walk` (scanning
-//! and hashing), `push`, `restore`, `scheduler` (debounce and retry),
-//! `stats` (counters and the backlog gauge), `service` (what the execute
-//! service calls).
+//! Modules, one concern each: `config` (`[storage]`, `[sync]`), `paths`
+//! (confined paths), `manifest` (the stored format and keys), `store` (the
+//! object store behind a trait), `fsx` (no-follow file access), `walk`
+//! (scanning and hashing), `limits` (the size limits: what a push may
+//! store), `push`, `restore`, `scheduler` (debounce and retry), `stats`
+//! (counters and the backlog gauge), `files` (the stored workspace for the
+//! API), `service` (what the execute service calls).
 
 pub mod config;
 pub mod files;
 pub mod fsx;
+pub mod limits;
 pub mod manifest;
 pub mod paths;
 pub mod push;

@@ -1,13 +1,15 @@
-//! One push: workspace -> object store. Walks the workspace, hashes what
-//! the stat cache cannot vouch for, uploads blobs the store lacks, checks
-//! the fence, commits the manifest with one PUT, then drops what the new
-//! manifest no longer needs.
+//! One push: workspace -> object store. Walks the workspace, leaves out
+//! files over the size limits, hashes what the stat cache cannot vouch
+//! for, uploads blobs the store lacks, checks the fence, commits the
+//! manifest with one PUT, then drops what the new manifest no longer needs.
 
+use super::config::SyncConfig;
 use super::fsx::{Found, Kind, Root};
+use super::limits::{screen, ReadBudget, Refused};
 use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};
 use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
-use super::walk::{hash_file, now_ns, StatCache};
+use super::walk::{hash_file, now_ns, Hash, StatCache};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -52,6 +54,9 @@ pub struct PushReport {
     pub deleted: u64,
     /// Nothing changed: no manifest was written.
     pub unchanged: bool,
+    /// Files left out for their size, by path; a file stored before
+    /// and refused now is gone from the new manifest.
+    pub refused: Vec<Refused>,
 }
 
 /// Where one conversation lives in the store: `{tenant}/{conversation}`.
@@ -97,6 +102,7 @@ pub struct PushJob<'a> {
     pub dir: &'a Path,
     pub generation: u64,
     pub transfer: Transfer,
+    pub limits: SyncConfig,
 }
 
 /// Pushes the workspace. `base` is the last manifest this process knows
@@ -149,11 +155,13 @@ where
     let (remote, local) = tokio::join!(remote, local);
     let (stored, base) = remote?;
     let (root, found) = local?;
+    let (found, mut refused) = screen(found, &job.limits);
 
     // Paths are moved, not copied, and the map is built once from a
     // vector: this loop runs over every entry of the workspace.
     let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(found.len());
     let mut to_hash: Vec<Found> = Vec::new();
+    let mut cached_bytes = 0u64;
     for f in found {
         match f.kind {
             Kind::Dir => entries.push((f.path, Entry::Dir { mode: f.mode })),
@@ -164,15 +172,18 @@ where
                 }
             },
             Kind::File => match cache.lookup(&f).map(str::to_owned) {
-                Some(sha256) => entries.push((
-                    f.path,
-                    Entry::File {
-                        mode: f.mode,
-                        size: f.size,
-                        mtime_ns: f.mtime_ns,
-                        sha256,
-                    },
-                )),
+                Some(sha256) => {
+                    cached_bytes += f.size;
+                    entries.push((
+                        f.path,
+                        Entry::File {
+                            mode: f.mode,
+                            size: f.size,
+                            mtime_ns: f.mtime_ns,
+                            sha256,
+                        },
+                    ))
+                }
                 None => to_hash.push(f),
             },
             Kind::Other => {}
@@ -182,22 +193,44 @@ where
     let known = Known::new(base.as_deref(), to_hash.len());
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let threshold = job.transfer.multipart_threshold;
-    let hashed: Vec<(Found, String, u64, Option<u64>)> = stream::iter(to_hash)
+    let max_file = job.limits.max_file_bytes;
+    // What the screen let through, less what needs no reading: hashing
+    // stops there even if files grow under it.
+    let budget = Arc::new(ReadBudget::new(
+        job.limits.max_workspace_bytes.saturating_sub(cached_bytes),
+    ));
+    let hashed: Vec<Hashing> = stream::iter(to_hash)
         .map(|f| {
             let root = root.clone();
             let backend = backend.clone();
             let known = &known;
             let sent = sent.clone();
+            let budget = budget.clone();
             let prefix = job.prefix;
             async move {
                 let path = f.path.clone();
                 let h = tokio::task::spawn_blocking(move || {
-                    hash_file(&root, &path, threshold).map(|h| (h, root))
+                    hash_file(&root, &path, threshold, max_file, &budget).map(|h| (h, root))
                 })
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()));
                 let (h, root) = match h.and_then(|r| r) {
-                    Ok(x) => x,
+                    Ok((Hash::Done(h), root)) => (h, root),
+                    Ok((
+                        Hash::Refused {
+                            size,
+                            allocated,
+                            reason,
+                        },
+                        _,
+                    )) => {
+                        return Ok(Some(Hashing::Refused(Refused {
+                            path: f.path,
+                            size,
+                            allocated,
+                            reason,
+                        })))
+                    }
                     // Gone or replaced since the walk: the agent is still
                     // working; the next push picks up what is there then.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -231,11 +264,16 @@ where
                                     path: f.path.to_string(),
                                     source,
                                 })?;
-                            backend.put_file(&key, file, &h.sha256).await?
+                            backend.put_file(&key, file, h.size, &h.sha256).await?
                         }
                     });
                 }
-                Ok::<_, PushError>(Some((f, h.sha256, h.size, uploaded)))
+                Ok::<_, PushError>(Some(Hashing::Stored {
+                    found: f,
+                    sha256: h.sha256,
+                    size: h.size,
+                    uploaded,
+                }))
             }
         })
         .buffer_unordered(job.transfer.concurrency)
@@ -244,7 +282,19 @@ where
         .await?;
 
     let mut report = PushReport::default();
-    for (f, sha, size, uploaded) in hashed {
+    for h in hashed {
+        let (f, sha, size, uploaded) = match h {
+            Hashing::Stored {
+                found,
+                sha256,
+                size,
+                uploaded,
+            } => (found, sha256, size, uploaded),
+            Hashing::Refused(r) => {
+                refused.push(r);
+                continue;
+            }
+        };
         if let Some(n) = uploaded {
             report.files += 1;
             report.bytes += n;
@@ -260,6 +310,8 @@ where
             },
         ));
     }
+    refused.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    report.refused = refused;
     let mut manifest = Manifest::new(job.generation);
     manifest.entries = entries.into_iter().collect();
     let diff = base.as_deref().map(|b| Diff::of(b, &manifest));
@@ -313,6 +365,19 @@ where
         );
     }
     Ok((Some(manifest), report))
+}
+
+/// How one file of the push ended.
+enum Hashing {
+    Stored {
+        found: Found,
+        sha256: String,
+        size: u64,
+        /// Bytes uploaded, when the store lacked the blob.
+        uploaded: Option<u64>,
+    },
+    /// Over a limit once read (it grew after the walk).
+    Refused(Refused),
 }
 
 /// Blobs the store holds, as far as the base manifest says. A push that

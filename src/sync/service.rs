@@ -10,9 +10,11 @@
 //! - A push commits only while its generation is the one in the state
 //!   file and no newer manifest is stored.
 
-use super::config::StorageConfig;
+use super::config::{StorageConfig, SyncConfig};
 use super::fsx::{Owner, Root};
+use super::limits::Refused;
 use super::manifest::Manifest;
+use super::paths::RelPath;
 use super::push::{self, latest_manifest, ConvPrefix, PushError, PushJob, PushReport, Transfer};
 use super::restore::{self, RestoreError};
 use super::scheduler::{backoff, Attempt, Schedule};
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::AgentEvent;
+use workspace_agent::protocol::{AgentEvent, SkippedFile};
 
 /// Tools whose result may have changed files in the workspace.
 pub const FILE_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit", "Bash"];
@@ -66,6 +68,8 @@ struct Inner {
     transfer: Transfer,
     debounce: Duration,
     final_timeout: Duration,
+    /// `[sync]`; read at the start of each push.
+    limits: Mutex<SyncConfig>,
     convs: Mutex<HashMap<String, Arc<Conv>>>,
     stats: SyncStats,
 }
@@ -88,7 +92,15 @@ struct ConvState {
     /// The last manifest committed (or restored) by this process.
     base: Option<Manifest>,
     cache: StatCache,
+    /// Files the last push refused (path -> size), so a file left out
+    /// push after push is audited once, not at every checkpoint.
+    refused: HashMap<RelPath, u64>,
 }
+
+/// Files a `file_sync_refused` audit event or a `sync_skipped` SSE event
+/// names at most; both carry the full count. A workspace of many refused
+/// files must not make either unbounded.
+const LISTED_REFUSALS: usize = 20;
 
 /// Where a run's workspace is and who runs it.
 pub struct Placement<'a> {
@@ -129,10 +141,30 @@ impl SyncService {
                 },
                 debounce: Duration::from_millis(storage.debounce_ms),
                 final_timeout: Duration::from_secs(storage.final_sync_timeout_secs),
+                limits: Mutex::new(SyncConfig::default()),
                 convs: Mutex::new(HashMap::new()),
                 stats: SyncStats::default(),
             }),
         }
+    }
+
+    /// Sets what a push may store (`[sync]`); later pushes use it.
+    pub fn set_limits(&self, limits: SyncConfig) {
+        *self.inner.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
+    }
+
+    /// The run's `sync_skipped` event for a push that left files out.
+    pub fn skipped_event(&self, report: &PushReport) -> Option<AgentEvent> {
+        if report.refused.is_empty() {
+            return None;
+        }
+        let limits = self.inner.limits();
+        Some(AgentEvent::SyncSkipped {
+            count: report.refused.len() as u64,
+            files: skipped_files(&report.refused),
+            max_file_bytes: limits.max_file_bytes,
+            max_workspace_bytes: limits.max_workspace_bytes,
+        })
     }
 
     pub(super) fn backend(&self) -> &Arc<dyn ObjectBackend> {
@@ -314,7 +346,51 @@ impl Conv {
     }
 }
 
+fn skipped_files<'a>(refused: impl IntoIterator<Item = &'a Refused>) -> Vec<SkippedFile> {
+    refused
+        .into_iter()
+        .take(LISTED_REFUSALS)
+        .map(|r| SkippedFile {
+            path: r.path.to_string(),
+            size: r.size,
+            allocated: r.allocated,
+            reason: r.reason.as_str().to_owned(),
+        })
+        .collect()
+}
+
 impl Inner {
+    fn limits(&self) -> SyncConfig {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Audits the files a push refused that the previous one did not
+    /// (or refused at another size).
+    fn audit_refusals(&self, conv: &Conv, st: &mut ConvState, refused: &[Refused]) {
+        let fresh: Vec<&Refused> = refused
+            .iter()
+            .filter(|r| st.refused.get(&r.path) != Some(&r.size))
+            .collect();
+        st.refused = refused.iter().map(|r| (r.path.clone(), r.size)).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let limits = self.limits();
+        tracing::warn!(message = "Files left out of the sync for their size.",
+            refused = refused.len(), new = fresh.len(),
+            first = %fresh[0].path, size = fresh[0].size,
+            tenant_id = %conv.tenant_id, conversation_id = %conv.conversation_id);
+        crate::audit::emit(&AuditEvent::FileSyncRefused {
+            subject: conv.subject(&st.container),
+            generation: st.generation,
+            refused: refused.len() as u64,
+            new: fresh.len() as u64,
+            files: skipped_files(fresh),
+            max_file_bytes: limits.max_file_bytes,
+            max_workspace_bytes: limits.max_workspace_bytes,
+        });
+    }
+
     fn conv(&self, tenant: &str, conversation: &str) -> Arc<Conv> {
         self.convs
             .lock()
@@ -430,6 +506,7 @@ impl Inner {
         };
         match &result {
             Ok(r) => {
+                self.audit_refusals(conv, &mut st, &r.refused);
                 self.stats.pushed(r.bytes);
                 if r.unchanged {
                     return Ok(r.clone());
@@ -488,6 +565,7 @@ impl Inner {
             dir: &st.dir,
             generation,
             transfer: self.transfer,
+            limits: self.limits(),
         };
         let (committed, report) = push::push(job, st.base.as_ref(), &mut st.cache, fence).await?;
         if let Some(m) = committed {

@@ -13,11 +13,12 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
     WriteMultipart,
 };
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,17 +44,26 @@ pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;
 #[async_trait]
 pub trait ObjectBackend: Send + Sync + 'static {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
-    /// Streams `file` to `key` (multipart above the threshold) and fails
-    /// with [`StoreError::Changed`] if the bytes sent do not hash to
-    /// `sha256`, aborting the upload so nothing half-right is stored.
+    /// Streams the `size` bytes `file` was hashed at to `key` (multipart
+    /// above the threshold) and fails with [`StoreError::Changed`] if the
+    /// bytes sent do not hash to `sha256` or the file holds more, aborting
+    /// the upload so nothing half-right is stored. Reads at most `size + 1`
+    /// bytes, however large the file has grown since.
     async fn put_file(
         &self,
         key: &str,
         file: std::fs::File,
+        size: u64,
         sha256: &str,
     ) -> Result<u64, StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     async fn get_stream(&self, key: &str) -> Result<ByteStream, StoreError>;
+    /// Streams bytes `range` of `key` (not empty, inside the object).
+    async fn get_range_stream(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StoreError>;
     /// Every key under `prefix` (a directory-like prefix, no trailing `/`).
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Deleting a missing key is not an error.
@@ -176,6 +186,7 @@ impl ObjectBackend for ObjectStoreBackend {
         &self,
         key: &str,
         file: std::fs::File,
+        size: u64,
         sha256: &str,
     ) -> Result<u64, StoreError> {
         let path = self.path(key)?;
@@ -183,7 +194,6 @@ impl ObjectBackend for ObjectStoreBackend {
             key: key.to_owned(),
             source,
         };
-        let len = file.metadata().map_err(io)?.len();
         let file = Arc::new(std::sync::Mutex::new(file));
         let read_chunk = |size: usize| {
             let file = file.clone();
@@ -205,31 +215,37 @@ impl ObjectBackend for ObjectStoreBackend {
                 .map_err(|e| std::io::Error::other(e.to_string()))?
             }
         };
+        let changed = || StoreError::Changed(key.to_owned());
         let mut hasher = Sha256::new();
-        if len < self.multipart_threshold {
-            let data = read_chunk(len as usize + 1).await.map_err(io)?;
+        if size < self.multipart_threshold {
+            // One byte more than hashed shows a file that grew meanwhile.
+            let data = read_chunk(size as usize + 1).await.map_err(io)?;
             hasher.update(&data);
-            if hex::encode(hasher.finalize()) != sha256 {
-                return Err(StoreError::Changed(key.to_owned()));
+            if data.len() as u64 != size || hex::encode(hasher.finalize()) != sha256 {
+                return Err(changed());
             }
-            let n = data.len() as u64;
             self.inner
                 .put(&path, PutPayload::from_bytes(data))
                 .await
                 .map_err(backend_err)?;
-            return Ok(n);
+            return Ok(size);
         }
         let upload = self.inner.put_multipart(&path).await.map_err(backend_err)?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         let mut sent = 0u64;
         let outcome = async {
-            loop {
-                let chunk = read_chunk(self.part_size).await.map_err(io)?;
+            // Up to one byte past `size`: enough to see growth, never more.
+            while sent <= size {
+                let want = (size + 1 - sent).min(self.part_size as u64) as usize;
+                let chunk = read_chunk(want).await.map_err(io)?;
                 if chunk.is_empty() {
                     break;
                 }
-                hasher.update(&chunk);
                 sent += chunk.len() as u64;
+                if sent > size {
+                    return Err(changed());
+                }
+                hasher.update(&chunk);
                 w.wait_for_capacity(PARTS_IN_FLIGHT)
                     .await
                     .map_err(backend_err)?;
@@ -239,10 +255,10 @@ impl ObjectBackend for ObjectStoreBackend {
         }
         .await;
         let verified = outcome.and_then(|()| {
-            if hex::encode(hasher.finalize()) == sha256 {
+            if sent == size && hex::encode(hasher.finalize()) == sha256 {
                 Ok(())
             } else {
-                Err(StoreError::Changed(key.to_owned()))
+                Err(changed())
             }
         });
         match verified {
@@ -266,6 +282,21 @@ impl ObjectBackend for ObjectStoreBackend {
     async fn get_stream(&self, key: &str) -> Result<ByteStream, StoreError> {
         let path = self.path(key)?;
         let r = self.inner.get(&path).await.map_err(backend_err)?;
+        Ok(r.into_stream().map_err(backend_err).boxed())
+    }
+
+    async fn get_range_stream(
+        &self,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let path = self.path(key)?;
+        let opts = GetOptions::default().with_range(Some(range));
+        let r = self
+            .inner
+            .get_opts(&path, opts)
+            .await
+            .map_err(backend_err)?;
         Ok(r.into_stream().map_err(backend_err).boxed())
     }
 

@@ -3,11 +3,13 @@
 //! inode all equal, the way git's index and rsync's quick check work).
 
 use super::fsx::{Found, Root};
+use super::limits::{ReadBudget, Reason};
 use super::paths::RelPath;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatKey {
@@ -98,52 +100,109 @@ pub struct Hashed {
     pub data: Option<Bytes>,
 }
 
-/// Hashes one file, reading it through [`Root`] (never through a link).
-/// Files below `keep_below` bytes come back with their content, so a
-/// changed small file is read once for hashing and upload together.
-pub fn hash_file(root: &Root, path: &RelPath, keep_below: u64) -> std::io::Result<Hashed> {
-    let mut f = root.open_file(path)?;
-    let len = f.metadata()?.len();
-    let mut hasher = Sha256::new();
-    if len < keep_below {
-        let mut buf = Vec::with_capacity(len as usize);
-        // One byte more than expected shows a file that grew meanwhile.
-        f.by_ref().take(keep_below).read_to_end(&mut buf)?;
-        if buf.len() as u64 >= keep_below {
-            return hash_stream(f, hasher, buf);
-        }
-        hasher.update(&buf);
-        return Ok(Hashed {
-            sha256: hex::encode(hasher.finalize()),
-            size: buf.len() as u64,
-            data: Some(Bytes::from(buf)),
-        });
-    }
-    hash_stream(f, hasher, Vec::new())
+/// What hashing a file came to.
+pub enum Hash {
+    Done(Hashed),
+    /// Over a limit once opened: it grew since the walk judged it.
+    Refused {
+        size: u64,
+        allocated: u64,
+        reason: Reason,
+    },
 }
 
-fn hash_stream(mut f: std::fs::File, mut hasher: Sha256, head: Vec<u8>) -> std::io::Result<Hashed> {
-    hasher.update(&head);
-    let mut size = head.len() as u64;
-    let mut buf = vec![0u8; 1024 * 1024];
+/// Bytes read at a time from a file too large to keep in memory.
+const CHUNK: usize = 1024 * 1024;
+
+/// Hashes one file, reading it through [`Root`] (never through a link)
+/// in bounded chunks. Files below `keep_below` bytes come back with their
+/// content, so a changed small file is read once for hashing and upload
+/// together. Reading stops at `max_bytes` (the file is then refused as too
+/// large) and when `budget` runs out (refused as over the workspace's
+/// budget): a file grown after the walk costs no more than the limits.
+pub fn hash_file(
+    root: &Root,
+    path: &RelPath,
+    keep_below: u64,
+    max_bytes: u64,
+    budget: &ReadBudget,
+) -> std::io::Result<Hash> {
+    let mut f = root.open_file(path)?;
+    let meta = f.metadata()?;
+    let allocated = meta.blocks().saturating_mul(512);
+    let refused = |size: u64, reason| {
+        Ok(Hash::Refused {
+            size: size.max(meta.len()),
+            allocated,
+            reason,
+        })
+    };
+    if meta.len() > max_bytes {
+        return refused(meta.len(), Reason::FileTooLarge);
+    }
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut head = Vec::new();
+    if meta.len() < keep_below {
+        // Bounded by `keep_below` and `max_bytes` whatever the file claims;
+        // one byte more than expected shows a file that grew meanwhile.
+        head.reserve(meta.len() as usize);
+        f.by_ref()
+            .take(keep_below.min(max_bytes.saturating_add(1)))
+            .read_to_end(&mut head)?;
+        size = head.len() as u64;
+        if size > max_bytes {
+            return refused(size, Reason::FileTooLarge);
+        }
+        if !budget.spend(size) {
+            return refused(size, Reason::WorkspaceTooLarge);
+        }
+        hasher.update(&head);
+        if size < keep_below {
+            return Ok(Hash::Done(Hashed {
+                sha256: hex::encode(hasher.finalize()),
+                size,
+                data: Some(Bytes::from(head)),
+            }));
+        }
+    }
+    drop(head);
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
         size += n as u64;
+        if size > max_bytes {
+            return refused(size, Reason::FileTooLarge);
+        }
+        if !budget.spend(n as u64) {
+            return refused(size, Reason::WorkspaceTooLarge);
+        }
+        hasher.update(&buf[..n]);
     }
-    Ok(Hashed {
+    Ok(Hash::Done(Hashed {
         sha256: hex::encode(hasher.finalize()),
         size,
         data: None,
-    })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn done(h: std::io::Result<Hash>) -> Hashed {
+        match h.unwrap() {
+            Hash::Done(h) => h,
+            Hash::Refused { size, reason, .. } => panic!("refused: {size} {reason:?}"),
+        }
+    }
+
+    fn unlimited() -> ReadBudget {
+        ReadBudget::new(u64::MAX)
+    }
 
     #[test]
     fn hashes_small_and_large_alike() {
@@ -152,15 +211,74 @@ mod tests {
         std::fs::write(ws.path().join("f"), &data).unwrap();
         let root = Root::open(ws.path()).unwrap();
         let p = RelPath::parse("f").unwrap();
-        let small = hash_file(&root, &p, 1 << 20).unwrap();
-        let large = hash_file(&root, &p, 100).unwrap();
-        let exact = hash_file(&root, &p, 3000).unwrap();
+        let b = unlimited();
+        let small = done(hash_file(&root, &p, 1 << 20, u64::MAX, &b));
+        let large = done(hash_file(&root, &p, 100, u64::MAX, &b));
+        let exact = done(hash_file(&root, &p, 3000, u64::MAX, &b));
+        let at_limit = done(hash_file(&root, &p, 1 << 20, 3000, &b));
         assert_eq!(small.sha256, hex::encode(Sha256::digest(&data)));
         assert_eq!(small.sha256, large.sha256);
         assert_eq!(small.sha256, exact.sha256);
+        assert_eq!(small.sha256, at_limit.sha256);
         assert_eq!(small.data.as_deref(), Some(&data[..]));
         assert!(large.data.is_none() && exact.data.is_none());
         assert_eq!(large.size, 3000);
+    }
+
+    #[test]
+    fn a_file_over_a_limit_is_refused_without_reading_its_holes() {
+        let ws = tempfile::tempdir().unwrap();
+        // 16 TiB of holes (ext4's largest file is one block short of it):
+        // reading it would take hours, so the test finishing at all shows
+        // nothing was read.
+        let len = (16 << 40) - 4096;
+        let f = std::fs::File::create(ws.path().join("sparse")).unwrap();
+        f.set_len(len).unwrap();
+        std::fs::write(ws.path().join("small"), vec![7u8; 3000]).unwrap();
+        let root = Root::open(ws.path()).unwrap();
+        let sparse = RelPath::parse("sparse").unwrap();
+        let small = RelPath::parse("small").unwrap();
+        let b = unlimited();
+        for keep_below in [1 << 20, 100] {
+            match hash_file(&root, &sparse, keep_below, 1 << 30, &b).unwrap() {
+                Hash::Refused {
+                    size,
+                    allocated,
+                    reason,
+                } => {
+                    assert_eq!((size, reason), (len, Reason::FileTooLarge));
+                    assert!(allocated < 1 << 20, "{allocated}");
+                }
+                Hash::Done(_) => panic!("a 16 TiB file was hashed"),
+            }
+        }
+        // Just over the limit, small or streamed.
+        for keep_below in [1 << 20, 100] {
+            let h = hash_file(&root, &small, keep_below, 2999, &b).unwrap();
+            assert!(matches!(
+                h,
+                Hash::Refused {
+                    size: 3000,
+                    reason: Reason::FileTooLarge,
+                    ..
+                }
+            ));
+        }
+        // The push's budget runs out part-way: refused, not failed.
+        let tight = ReadBudget::new(2000);
+        for keep_below in [1 << 20, 100] {
+            let h = hash_file(&root, &small, keep_below, u64::MAX, &tight).unwrap();
+            assert!(
+                matches!(
+                    h,
+                    Hash::Refused {
+                        reason: Reason::WorkspaceTooLarge,
+                        ..
+                    }
+                ),
+                "keep_below {keep_below}"
+            );
+        }
     }
 
     #[test]

@@ -245,6 +245,31 @@ pub enum AgentEvent {
         message: String,
         recovered: bool,
     },
+    /// Sent by the host, never the agent, after the end-of-run sync, just
+    /// before `result`: files of the workspace the sync left out of the
+    /// object store for their size. The rest of the workspace is stored.
+    SyncSkipped {
+        /// Files left out; `files` lists the first of them by path.
+        count: u64,
+        files: Vec<SkippedFile>,
+        max_file_bytes: u64,
+        max_workspace_bytes: u64,
+    },
+}
+
+/// A workspace file the sync did not store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedFile {
+    /// Relative to the workspace.
+    pub path: String,
+    /// Apparent size (`st_size`): what storing it would read and upload.
+    pub size: u64,
+    /// What it occupies on disk (`st_blocks * 512`); far less than `size`
+    /// for a sparse file.
+    pub allocated: u64,
+    /// `file_too_large` (above `max_file_bytes`) or `workspace_too_large`
+    /// (the files stored already add up to `max_workspace_bytes`).
+    pub reason: String,
 }
 
 impl AgentEvent {
@@ -259,6 +284,7 @@ impl AgentEvent {
             Self::Result { .. } => "result",
             Self::Error { .. } => "error",
             Self::ContainerRecovered { .. } => "container_recovered",
+            Self::SyncSkipped { .. } => "sync_skipped",
         }
     }
 
