@@ -97,6 +97,19 @@ pub enum AuditEvent {
         #[serde(flatten)]
         request: ProxyRequest,
     },
+    /// Refusals from one container beyond its audit rate
+    /// (`proxy.audit_refusal_burst`, `proxy.audit_refusals_per_minute`),
+    /// counted instead of written one by one.
+    ProxyRequestsCoalesced {
+        #[serde(flatten)]
+        subject: Subject,
+        /// Refusals held back, in all.
+        count: u64,
+        /// Count per refusal reason.
+        reasons: std::collections::BTreeMap<String, u64>,
+        /// From the first held-back refusal to this summary.
+        window_ms: u64,
+    },
     /// A container's proxy task died and was started again.
     ProxyTaskRestarted {
         #[serde(flatten)]
@@ -229,6 +242,7 @@ impl AuditEvent {
             Self::PoolClaimed { .. } => "pool_claimed",
             Self::ProxyRequestAllowed { .. } => "proxy_request_allowed",
             Self::ProxyRequestBlocked { .. } => "proxy_request_blocked",
+            Self::ProxyRequestsCoalesced { .. } => "proxy_requests_coalesced",
             Self::ProxyTaskRestarted { .. } => "proxy_task_restarted",
             Self::FileSyncToContainer { .. } => "file_sync_to_container",
             Self::FileSyncFromContainer { .. } => "file_sync_from_container",
@@ -248,6 +262,7 @@ impl AuditEvent {
             | Self::PoolClaimed { subject, .. }
             | Self::ProxyRequestAllowed { subject, .. }
             | Self::ProxyRequestBlocked { subject, .. }
+            | Self::ProxyRequestsCoalesced { subject, .. }
             | Self::ProxyTaskRestarted { subject, .. }
             | Self::FileSyncToContainer { subject, .. }
             | Self::FileSyncFromContainer { subject, .. }

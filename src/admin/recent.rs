@@ -95,7 +95,10 @@ impl Ring {
             seq: self.seq,
             ts_ms: now,
             event: event.name().to_owned(),
-            blocked: matches!(event, AuditEvent::ProxyRequestBlocked { .. }),
+            blocked: matches!(
+                event,
+                AuditEvent::ProxyRequestBlocked { .. } | AuditEvent::ProxyRequestsCoalesced { .. }
+            ),
             fields,
         });
         self.seq

@@ -28,6 +28,16 @@ pub fn observe_event(event: &AuditEvent) {
         }),
         AuditEvent::ProxyRequestAllowed { request, .. } => proxied(ProxyOutcome::Allowed, request),
         AuditEvent::ProxyRequestBlocked { request, .. } => proxied(ProxyOutcome::Blocked, request),
+        // Each held-back refusal still counts as a decision, by reason.
+        AuditEvent::ProxyRequestsCoalesced { count, reasons, .. } => {
+            for (reason, n) in reasons {
+                super::proxy_decisions(ProxyOutcome::Blocked, reason, *n);
+            }
+            with(|i| {
+                i.audit_coalesced
+                    .add(*count, &[kv("event", "proxy_request_blocked")])
+            });
+        }
         AuditEvent::ProxyTaskRestarted { .. } => {}
         AuditEvent::FileSyncToContainer { sync, .. }
         | AuditEvent::FileSyncFromContainer { sync, .. } => {

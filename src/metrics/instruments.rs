@@ -73,6 +73,7 @@ pub struct Instruments {
 
     pub state_transaction: Histogram<f64>,
     pub audit_events: Counter<u64>,
+    pub audit_coalesced: Counter<u64>,
     pub audit_write_failures: Counter<u64>,
 
     pub destroy_reasons: Bounded,
@@ -234,6 +235,11 @@ impl Instruments {
                 "agentbox_audit_events",
                 "Audit events emitted, by event name.",
             ),
+            audit_coalesced: counter(
+                &m,
+                "agentbox_audit_coalesced",
+                "Audit events held back by a rate limit and written as one summary, by the event held back.",
+            ),
             audit_write_failures: counter(
                 &m,
                 "agentbox_audit_write_failures",
@@ -316,6 +322,8 @@ impl Instruments {
         for d in [ProxyDirection::FromContainer, ProxyDirection::ToContainer] {
             self.proxy_bytes.add(0, &[kv("direction", d.as_str())]);
         }
+        self.audit_coalesced
+            .add(0, &[kv("event", "proxy_request_blocked")]);
         for d in [SyncDirection::ToContainer, SyncDirection::FromContainer] {
             self.sync_bytes.add(0, &[kv("direction", d.as_str())]);
             for o in [SyncOutcome::Ok, SyncOutcome::Failed, SyncOutcome::Stale] {

@@ -104,10 +104,15 @@ pub fn state_transaction(kind: TxKind, elapsed: Duration) {
 /// One egress proxy decision. `reason` is the allowing rule or the
 /// refusal code; it must be a short code, never a host name.
 pub fn proxy_decision(outcome: ProxyOutcome, reason: &str) {
+    proxy_decisions(outcome, reason, 1);
+}
+
+/// `n` egress decisions with the same outcome and reason.
+pub fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
     with(|i| {
         let reason = i.proxy_reasons.get(reason);
         i.proxy_requests
-            .add(1, &[kv("outcome", outcome.as_str()), kv("reason", reason)]);
+            .add(n, &[kv("outcome", outcome.as_str()), kv("reason", reason)]);
     });
 }
 

@@ -203,6 +203,11 @@ pub struct ProxyConfig {
     pub body_timeout_secs: u64,
     /// Longest pause between two reads of a request body.
     pub read_idle_timeout_secs: u64,
+    /// Refusals one container may write to the audit log at once...
+    pub audit_refusal_burst: u32,
+    /// ...and per minute after that; the rest are counted into one
+    /// `proxy_requests_coalesced` summary.
+    pub audit_refusals_per_minute: u32,
 }
 
 impl Default for ProxyConfig {
@@ -220,6 +225,8 @@ impl Default for ProxyConfig {
             buffer_share_bytes: 64 << 20,
             body_timeout_secs: 120,
             read_idle_timeout_secs: 30,
+            audit_refusal_burst: 20,
+            audit_refusals_per_minute: 60,
         }
     }
 }
@@ -261,6 +268,9 @@ impl ProxyConfig {
                 "proxy.buffer_share_bytes",
                 "must be positive and at most proxy.buffer_budget_bytes",
             ));
+        }
+        if self.audit_refusal_burst == 0 {
+            return Err(invalid("proxy.audit_refusal_burst", "must be positive"));
         }
         for (key, v) in [
             ("proxy.body_timeout_secs", self.body_timeout_secs),

@@ -53,7 +53,7 @@ where
             _ => serve_http(proxy, c.clone(), stream, buf, head).await,
         },
     };
-    decision.emit(&c.ctx, counters.get(), started);
+    decision.emit(&c.ctx, &c.audit_gate, counters.get(), started);
 }
 
 /// Reads until one complete head is buffered: `None` on a clean EOF first.

@@ -2,6 +2,7 @@
 //! (`proxy_request_allowed` / `proxy_request_blocked`) when the request or
 //! tunnel ends, with bytes both ways and its duration.
 
+use super::audit_gate::{Admit, Coalesced, RefusalGate};
 use super::refusal::Refusal;
 use super::ProxyContext;
 use crate::audit::{self, AuditEvent, ProxyRequest, Subject};
@@ -67,7 +68,22 @@ impl Decision {
     }
 
     /// Writes the audit event; `bytes` is (from the container, to it).
-    pub fn emit(&self, ctx: &ProxyContext, bytes: (u64, u64), started: Instant) {
+    /// A refusal passes `gate` first: beyond the container's audit rate it
+    /// is counted into the next summary instead.
+    pub fn emit(
+        &self,
+        ctx: &ProxyContext,
+        gate: &RefusalGate,
+        bytes: (u64, u64),
+        started: Instant,
+    ) {
+        if let Err(why) = self.outcome {
+            match gate.admit(why.reason(), Instant::now()) {
+                Admit::Held => return,
+                Admit::Write(Some(summary)) => emit_coalesced(ctx, summary),
+                Admit::Write(None) => {}
+            }
+        }
         let request = ProxyRequest {
             route: self.route.as_str().to_owned(),
             method: self.method.chars().take(32).collect(),
@@ -83,14 +99,28 @@ impl Decision {
             duration_ms: started.elapsed().as_millis() as u64,
             credential: self.credential.clone(),
         };
-        let subject = Subject {
-            tenant_id: ctx.tenant_id.clone(),
-            conversation_id: ctx.conversation_id.clone(),
-            container_id: ctx.container_id.clone(),
-        };
+        let subject = subject(ctx);
         audit::emit(&match self.outcome {
             Ok(_) => AuditEvent::ProxyRequestAllowed { subject, request },
             Err(_) => AuditEvent::ProxyRequestBlocked { subject, request },
         });
     }
+}
+
+fn subject(ctx: &ProxyContext) -> Subject {
+    Subject {
+        tenant_id: ctx.tenant_id.clone(),
+        conversation_id: ctx.conversation_id.clone(),
+        container_id: ctx.container_id.clone(),
+    }
+}
+
+/// Writes the summary of refusals the gate held back.
+pub fn emit_coalesced(ctx: &ProxyContext, c: Coalesced) {
+    audit::emit(&AuditEvent::ProxyRequestsCoalesced {
+        subject: subject(ctx),
+        count: c.count(),
+        reasons: c.reasons,
+        window_ms: c.window.as_millis() as u64,
+    });
 }

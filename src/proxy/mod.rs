@@ -11,6 +11,7 @@
 //! other part of the daemon, and nothing in a container, ever holds them.
 
 pub mod addr;
+mod audit_gate;
 mod body;
 pub mod config;
 mod conn;
@@ -57,6 +58,10 @@ use workspace_agent::protocol::PROXY_SOCKET;
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// How often refusals held back by a container's audit gate are written
+/// as a summary, if the gate does not open before.
+const AUDIT_FLUSH: Duration = Duration::from_secs(10);
+
 /// Set to `1` in the daemon's environment to enable test-only hooks
 /// ([`KILL_HOOK_PATH`]). Never set in production.
 pub const TEST_HOOKS_ENV: &str = "AGENTBOX_TEST_HOOKS";
@@ -88,6 +93,8 @@ pub struct Gateway {
     max_connections: usize,
     max_gateway_requests: usize,
     budget: body::Budget,
+    refusal_burst: u32,
+    refusals_per_minute: u32,
     test_hooks: bool,
 }
 
@@ -127,6 +134,8 @@ impl Gateway {
                 usize::try_from(p.buffer_budget_bytes).unwrap_or(usize::MAX),
                 usize::try_from(p.buffer_share_bytes).unwrap_or(usize::MAX),
             ),
+            refusal_burst: p.audit_refusal_burst,
+            refusals_per_minute: p.audit_refusals_per_minute,
             test_hooks: std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1"),
         })
     }
@@ -151,6 +160,7 @@ impl Gateway {
             permits: Arc::new(Semaphore::new(self.max_connections)),
             gateway_slots: Arc::new(Semaphore::new(self.max_gateway_requests)),
             buffer_share: self.budget.share(),
+            audit_gate: audit_gate::RefusalGate::new(self.refusal_burst, self.refusals_per_minute),
             serve_task: Mutex::new(None),
             stop,
         })
@@ -170,6 +180,7 @@ impl Gateway {
                 let _ = stream.write_all(&why.raw_response()).await;
                 decision::Decision::blocked(decision::Route::None, "", "", 0, why).emit(
                     &c.ctx,
+                    &c.audit_gate,
                     (0, 0),
                     Instant::now(),
                 );
@@ -192,6 +203,8 @@ pub struct ContainerProxy {
     gateway_slots: Arc<Semaphore>,
     /// This container's share of the daemon's body-buffer budget.
     buffer_share: body::Share,
+    /// This container's rate of refusals written to the audit log.
+    audit_gate: audit_gate::RefusalGate,
     /// The running accept loop, so the test hook can kill it.
     serve_task: Mutex<Option<AbortHandle>>,
     /// Set when the container's proxy is stopped: open connections end.
@@ -199,6 +212,13 @@ pub struct ContainerProxy {
 }
 
 impl ContainerProxy {
+    /// Writes the summary of refusals held back, if any.
+    fn flush_audit(&self) {
+        if let Some(c) = self.audit_gate.flush(Instant::now()) {
+            decision::emit_coalesced(&self.ctx, c);
+        }
+    }
+
     fn kill_serve_task(&self) {
         if let Some(h) = self
             .serve_task
@@ -323,6 +343,7 @@ struct StopGuard(Arc<ContainerProxy>);
 
 impl Drop for StopGuard {
     fn drop(&mut self) {
+        self.0.flush_audit();
         self.0.kill_serve_task();
         let _ = self.0.stop.send(true);
     }
@@ -336,9 +357,16 @@ async fn supervise(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<Cont
     let mut quick_deaths = 0u32;
     loop {
         let started = Instant::now();
-        let task = tokio::spawn(serve(listener.clone(), proxy.clone(), c.clone()));
+        let mut task = tokio::spawn(serve(listener.clone(), proxy.clone(), c.clone()));
         *c.serve_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
-        let cause = match task.await {
+        let mut flush = tokio::time::interval(AUDIT_FLUSH);
+        let ended = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                _ = flush.tick() => c.flush_audit(),
+            }
+        };
+        let cause = match ended {
             Ok(()) => "stopped".to_owned(),
             Err(e) if e.is_panic() => "panicked".to_owned(),
             Err(_) => "killed".to_owned(),
