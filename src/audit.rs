@@ -136,6 +136,17 @@ pub enum AuditEvent {
         subtype: String,
         num_turns: u64,
     },
+    /// The agent's stream broke a bound of `[agent]` (line length, events
+    /// per run, idle time, answer size); the run ends with
+    /// `agent_protocol_violation` and the container is destroyed.
+    AgentProtocolViolation {
+        #[serde(flatten)]
+        subject: Subject,
+        /// The bound: `max_line_bytes`, `max_events_per_run`,
+        /// `idle_timeout` or `max_body_bytes`.
+        limit: String,
+        detail: String,
+    },
     /// A run ended without a result.
     AgentExecutionFailed {
         #[serde(flatten)]
@@ -218,6 +229,7 @@ impl AuditEvent {
             Self::FileSyncFromContainer { .. } => "file_sync_from_container",
             Self::AgentExecutionStarted { .. } => "agent_execution_started",
             Self::AgentExecutionCompleted { .. } => "agent_execution_completed",
+            Self::AgentProtocolViolation { .. } => "agent_protocol_violation",
             Self::AgentExecutionFailed { .. } => "agent_execution_failed",
         }
     }
@@ -236,6 +248,7 @@ impl AuditEvent {
             | Self::FileSyncFromContainer { subject, .. }
             | Self::AgentExecutionStarted { subject, .. }
             | Self::AgentExecutionCompleted { subject, .. }
+            | Self::AgentProtocolViolation { subject, .. }
             | Self::AgentExecutionFailed { subject, .. } => subject,
         }
     }
@@ -324,6 +337,11 @@ mod tests {
             AuditEvent::FileSyncFromContainer {
                 subject: s.clone(),
                 sync: SyncFigures::default(),
+            },
+            AuditEvent::AgentProtocolViolation {
+                subject: s.clone(),
+                limit: "max_line_bytes".into(),
+                detail: "d".into(),
             },
         ] {
             let v = serde_json::to_value(&ev).unwrap();
