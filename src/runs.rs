@@ -27,6 +27,9 @@ pub const TRUNCATED_EVENT: &str = "events_truncated";
 /// Endings (`result`, `error`, `container_recovered`) held back once the
 /// record is truncated: the last ones are what a replay must show.
 const KEPT_ENDINGS: usize = 2;
+/// Events a subscriber copies out of the record at a time, so a slow
+/// client holds a small batch rather than a copy of the whole record.
+const SUBSCRIBER_BATCH: usize = 256;
 
 #[derive(Default)]
 struct Log {
@@ -171,8 +174,10 @@ impl LiveRun {
                                 &serde_json::json!({ "prestarted": log.prestarted }),
                             ));
                         }
-                        buf.extend(log.events.iter().skip(cursor as usize).cloned());
-                        cursor = cursor.max(log.events.len() as u64);
+                        let from = (cursor as usize).min(log.events.len());
+                        let to = (from + SUBSCRIBER_BATCH).min(log.events.len());
+                        buf.extend(log.events[from..to].iter().cloned());
+                        cursor = cursor.max(to as u64);
                         log.done
                     };
                     if buf.is_empty() && (done || rx.changed().await.is_err()) {
@@ -430,6 +435,25 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stored = store.events_after("t", "c", run, 0).await.unwrap();
         assert_eq!(stored, got);
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_gets_every_event_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let run = store.begin_run("t", "c").await.unwrap();
+        let hub = Arc::new(RunHub::default());
+        let (tx, rx) = mpsc::channel(8);
+        let live = hub.record(store, "t", "c", run, 1 << 20, rx);
+        for i in 0..1000 {
+            let text = i.to_string();
+            tx.send(AgentEvent::TextDelta { text }).await.unwrap();
+        }
+        let late = live.subscribe(10);
+        tx.send(AgentEvent::error("x", "y")).await.unwrap();
+        drop(tx);
+        let seqs: Vec<u64> = late.map(|e| e.seq).collect().await;
+        assert_eq!(seqs, (11..=1001).collect::<Vec<_>>());
     }
 
     #[test]
