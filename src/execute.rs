@@ -80,7 +80,7 @@ impl Executor {
             .await?;
         // The recorder never waits on the disk, so a short queue keeps up;
         // it bounds what is in flight, where events are parsed values.
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(16);
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
         let live = self.hub.record(
             store,

@@ -27,9 +27,10 @@ pub const TRUNCATED_EVENT: &str = "events_truncated";
 /// Endings (`result`, `error`, `container_recovered`) held back once the
 /// record is truncated: the last ones are what a replay must show.
 const KEPT_ENDINGS: usize = 2;
-/// Events a subscriber copies out of the record at a time, so a slow
-/// client holds a small batch rather than a copy of the whole record.
-const SUBSCRIBER_BATCH: usize = 256;
+/// Most bytes of events copied out of the record at a time, by a
+/// subscriber or for one commit: a slow client or disk then holds a small
+/// batch, not a second copy of the whole record.
+const BATCH_BYTES: u64 = 1024 * 1024;
 
 #[derive(Default)]
 struct Log {
@@ -44,6 +45,22 @@ struct Log {
     /// The agent's CLI was already running when the run started.
     prestarted: bool,
     done: bool,
+}
+
+impl Log {
+    fn batch(&self, from: usize) -> &[StoredEvent] {
+        let rest = self.events.get(from..).unwrap_or_default();
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|e| {
+                let fits = bytes < BATCH_BYTES;
+                bytes += e.size();
+                fits
+            })
+            .count();
+        &rest[..n]
+    }
 }
 
 /// One run in progress.
@@ -92,6 +109,11 @@ impl LiveRun {
     /// `Last-Event-ID` could not resume inside it. The run itself goes on
     /// (its files, its session, its result); only its narration is cut.
     fn publish(&self, event: &AgentEvent, limit: u64) -> bool {
+        // Checked before the payload is serialised: past the bound a flood
+        // of large events costs no copies.
+        if self.log().truncated {
+            return false;
+        }
         let data = data_json(event);
         let size = (event.name().len() + data.get().len()) as u64;
         let marker = {
@@ -143,9 +165,10 @@ impl LiveRun {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Recorded events from index `from` on (for the state file).
+    /// Recorded events from index `from` on, at most about [`BATCH_BYTES`]
+    /// of them (at least one).
     fn since(&self, from: usize) -> Vec<StoredEvent> {
-        self.log().events.get(from..).unwrap_or_default().to_vec()
+        self.log().batch(from).to_vec()
     }
 
     /// Events with a sequence number above `after`, then the live rest;
@@ -174,10 +197,9 @@ impl LiveRun {
                                 &serde_json::json!({ "prestarted": log.prestarted }),
                             ));
                         }
-                        let from = (cursor as usize).min(log.events.len());
-                        let to = (from + SUBSCRIBER_BATCH).min(log.events.len());
-                        buf.extend(log.events[from..to].iter().cloned());
-                        cursor = cursor.max(to as u64);
+                        let batch = log.batch(cursor as usize);
+                        cursor += batch.len() as u64;
+                        buf.extend(batch.iter().cloned());
                         log.done
                     };
                     if buf.is_empty() && (done || rx.changed().await.is_err()) {
@@ -316,7 +338,14 @@ impl RunHub {
             if let Some(w) = writing {
                 let _ = w.await;
             }
-            target.clone().append(rec.since(flushed)).await;
+            loop {
+                let batch = rec.since(flushed);
+                if batch.is_empty() {
+                    break;
+                }
+                flushed += batch.len();
+                target.clone().append(batch).await;
+            }
             if let Err(error) = target
                 .store
                 .end_run(&target.tenant, &target.conversation, run, outcome)
