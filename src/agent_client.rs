@@ -161,7 +161,7 @@ impl AgentClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| AgentError::Connection(e.to_string()))?;
         let resp = match self.send(req, REQUEST_TIMEOUT).await {
-            Err(AgentError::NoAnswer(d)) => return Err(Violation::Idle(d).into()),
+            Err(AgentError::NoAnswer(d)) => return Err(Violation::NoAnswer(d).into()),
             r => r?,
         };
         if resp.status() != StatusCode::OK {
@@ -227,7 +227,7 @@ impl AgentClient {
 async fn read_small(body: Incoming, what: &'static str) -> Result<Bytes, AgentError> {
     let collect = Limited::new(body, MAX_SMALL_BODY).collect();
     match tokio::time::timeout(REQUEST_TIMEOUT, collect).await {
-        Err(_) => Err(Violation::Idle(REQUEST_TIMEOUT).into()),
+        Err(_) => Err(Violation::NoAnswer(REQUEST_TIMEOUT).into()),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Violation::BodyTooLarge {
             what,

@@ -143,7 +143,7 @@ pub enum AuditEvent {
         #[serde(flatten)]
         subject: Subject,
         /// The bound: `max_line_bytes`, `max_events_per_run`,
-        /// `idle_timeout` or `max_body_bytes`.
+        /// `idle_timeout`, `answer_timeout` or `max_body_bytes`.
         limit: String,
         detail: String,
     },

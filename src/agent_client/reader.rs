@@ -16,6 +16,8 @@ pub enum Violation {
     TooManyEvents { limit: u64 },
     #[error("no data from the agent for {0:?} (agent.idle_timeout_secs)")]
     Idle(Duration),
+    #[error("no answer from the agent within {0:?}")]
+    NoAnswer(Duration),
     #[error("a {what} answer longer than {limit} bytes")]
     BodyTooLarge { what: &'static str, limit: usize },
 }
@@ -27,6 +29,7 @@ impl Violation {
             Self::LineTooLong { .. } => "max_line_bytes",
             Self::TooManyEvents { .. } => "max_events_per_run",
             Self::Idle(_) => "idle_timeout",
+            Self::NoAnswer(_) => "answer_timeout",
             Self::BodyTooLarge { .. } => "max_body_bytes",
         }
     }
