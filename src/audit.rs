@@ -165,6 +165,17 @@ pub enum AuditEvent {
         subtype: String,
         num_turns: u64,
     },
+    /// The agent's stream broke a bound of `[agent]` (line length, events
+    /// per run, idle time, answer size); the run ends with
+    /// `agent_protocol_violation` and the container is destroyed.
+    AgentProtocolViolation {
+        #[serde(flatten)]
+        subject: Subject,
+        /// The bound: `max_line_bytes`, `max_events_per_run`,
+        /// `idle_timeout`, `answer_timeout` or `max_body_bytes`.
+        limit: String,
+        detail: String,
+    },
     /// A run ended without a result.
     AgentExecutionFailed {
         #[serde(flatten)]
@@ -249,6 +260,7 @@ impl AuditEvent {
             Self::FileSyncRefused { .. } => "file_sync_refused",
             Self::AgentExecutionStarted { .. } => "agent_execution_started",
             Self::AgentExecutionCompleted { .. } => "agent_execution_completed",
+            Self::AgentProtocolViolation { .. } => "agent_protocol_violation",
             Self::AgentExecutionFailed { .. } => "agent_execution_failed",
         }
     }
@@ -269,6 +281,7 @@ impl AuditEvent {
             | Self::FileSyncRefused { subject, .. }
             | Self::AgentExecutionStarted { subject, .. }
             | Self::AgentExecutionCompleted { subject, .. }
+            | Self::AgentProtocolViolation { subject, .. }
             | Self::AgentExecutionFailed { subject, .. } => subject,
         }
     }
@@ -366,6 +379,11 @@ mod tests {
                 files: Vec::new(),
                 max_file_bytes: 1,
                 max_workspace_bytes: 1,
+            },
+            AuditEvent::AgentProtocolViolation {
+                subject: s.clone(),
+                limit: "max_line_bytes".into(),
+                detail: "d".into(),
             },
         ] {
             let v = serde_json::to_value(&ev).unwrap();

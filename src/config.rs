@@ -5,6 +5,7 @@
 //! environment by [`crate::secrets`]. Every key is documented in
 //! `docs/configuration.md`.
 
+pub use crate::agent_client::config::AgentConfig;
 pub use crate::proxy::config::{ModelConfig, Provider, ProxyConfig};
 pub use crate::sync::config::StorageConfig;
 pub use crate::sync::config::SyncConfig;
@@ -50,6 +51,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub gc: GcConfig,
     pub telemetry: TelemetryConfig,
+    /// Bounds on the agent's stream (hostile input): `[agent]`.
+    pub agent: AgentConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -263,6 +266,7 @@ impl Config {
                 "pool",
                 "gc",
                 "telemetry",
+                "agent",
             ]
             .contains(&section.as_str())
             {
@@ -295,6 +299,7 @@ impl Config {
         self.storage.validate()?;
         self.sync.validate()?;
         self.telemetry.validate()?;
+        self.agent.validate()?;
         let c = &self.container;
         if c.image.trim().is_empty() {
             return Err(invalid("container.image", "must not be empty"));
@@ -526,5 +531,21 @@ mod tests {
         assert_eq!(c.container.pids_limit, 99);
         assert_eq!(c.sync.max_file_bytes, 4096);
         assert_eq!(c.model.anthropic_base_url, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn agent_limits_parse_and_take_env_overrides() {
+        let env = vec![(
+            "AGENTBOX_AGENT_MAX_EVENTS_PER_RUN".to_owned(),
+            "500".to_owned(),
+        )];
+        let c = Config::from_toml("[agent]\nmax_line_bytes = 65536", env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.agent.max_line_bytes, 65536);
+        assert_eq!(c.agent.max_events_per_run, 500);
+        let err = parse("[agent]\nidle_timeout_secs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent.idle_timeout_secs"), "{err}");
     }
 }

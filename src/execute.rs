@@ -5,8 +5,8 @@
 //! **Invariant:** API handlers never touch containers; they call
 //! [`Executor::start_run`] and read the events it sends.
 
-use crate::agent_client::AgentClient;
-use crate::audit::ExecutionAudit;
+use crate::agent_client::{AgentClient, AgentError, Violation};
+use crate::audit::{AuditEvent, ExecutionAudit, Subject};
 use crate::orchestrator::Orchestrator;
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
@@ -78,10 +78,18 @@ impl Executor {
         let run = store
             .begin_run(&key.tenant_id, &key.conversation_id)
             .await?;
-        let (tx, rx) = mpsc::channel(256);
-        let live = self
-            .hub
-            .record(store, &key.tenant_id, &key.conversation_id, run, rx);
+        // The recorder never waits on the disk, so a short queue keeps up;
+        // it bounds what is in flight, where events are parsed values.
+        let (tx, rx) = mpsc::channel(16);
+        let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
+        let live = self.hub.record(
+            store,
+            &key.tenant_id,
+            &key.conversation_id,
+            run,
+            max_stored,
+            rx,
+        );
         let this = self.clone();
         // Every line and audit event of the run carries these ids.
         let span = crate::telemetry::execution_span(&key.tenant_id, &key.conversation_id);
@@ -122,7 +130,8 @@ impl Executor {
             .map_err(state_err)?
             .and_then(|c| c.session_id);
 
-        let (agent_tx, mut agent_rx) = mpsc::channel(256);
+        let limits = self.orchestrator.cfg().agent.clone();
+        let (agent_tx, mut agent_rx) = mpsc::channel(16);
         let client = AgentClient::new(&assigned.socket_dir);
         let mut session_id = None;
         let mut result_event = None;
@@ -148,7 +157,7 @@ impl Executor {
         };
         let (outcome, ()) = tokio::join!(
             async {
-                let r = client.execute(&exec, &agent_tx).await;
+                let r = client.execute(&exec, &agent_tx, &limits).await;
                 drop(agent_tx);
                 r
             },
@@ -165,7 +174,12 @@ impl Executor {
                 let _ = tx.send(ev).await;
             }
         }
-        if let Some(ev) = result_event {
+        // A stream that broke a bound is not believed: its `result` is
+        // not relayed, and its session id is not kept for the next run.
+        let violated = matches!(outcome, Err(AgentError::Protocol(_)));
+        if violated {
+            session_id = None;
+        } else if let Some(ev) = result_event {
             let _ = tx.send(ev).await;
         }
         self.orchestrator.touch(&assigned.container).await;
@@ -180,6 +194,7 @@ impl Executor {
             .map_err(state_err)?;
         match outcome {
             Ok(()) => Ok(()),
+            Err(AgentError::Protocol(v)) => Err(self.violated(&assigned.container, &v).await),
             Err(e)
                 if !self
                     .orchestrator
@@ -199,6 +214,34 @@ impl Executor {
             }
             Err(e) => Err(AgentEvent::error("agent_failed", e.to_string())),
         }
+    }
+
+    /// A stream that broke a bound of `[agent]`: the container can no
+    /// longer be trusted (its user may have replaced the agent), so it is
+    /// destroyed rather than reused; the conversation's next message gets
+    /// a new one with the workspace restored from the store. Only this run
+    /// pays: the daemon and other conversations carry on.
+    async fn violated(&self, container: &str, violation: &Violation) -> AgentEvent {
+        tracing::warn!(message = "Agent broke the stream protocol; destroying its container.",
+            container_id = %container, limit = violation.limit(), error = %violation);
+        crate::audit::emit(&AuditEvent::AgentProtocolViolation {
+            subject: Subject {
+                container_id: container.to_owned(),
+                ..Subject::default()
+            },
+            limit: violation.limit().to_owned(),
+            detail: violation.to_string(),
+        });
+        self.orchestrator
+            .destroy(container, "agent_protocol_violation")
+            .await;
+        AgentEvent::error(
+            "agent_protocol_violation",
+            format!(
+                "the agent's stream broke a bound: {violation}; its container was destroyed, \
+                 the next message gets a new one"
+            ),
+        )
     }
 
     /// The conversation's container with its workspace ready (restored

@@ -5,10 +5,16 @@
 //!
 //! **Invariant:** a run does not depend on any client: it is recorded
 //! whether or not anybody is listening.
+//!
+//! **Invariant:** a run's record is bounded (`agent.max_stored_bytes_per_run`)
+//! in memory and in the state file alike; past the bound it ends with an
+//! `events_truncated` marker and the run's ending, never silently.
 
 use crate::state::{RunOutcome, Store, StoredEvent};
 use futures_util::Stream;
-use std::collections::HashMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -16,16 +22,45 @@ use workspace_agent::protocol::AgentEvent;
 
 /// How often pending events are committed to the state file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// The record's marker event once the bound is reached.
+pub const TRUNCATED_EVENT: &str = "events_truncated";
+/// Endings (`result`, `error`, `container_recovered`) held back once the
+/// record is truncated: the last ones are what a replay must show.
+const KEPT_ENDINGS: usize = 2;
+/// Most bytes of events copied out of the record at a time, by a
+/// subscriber or for one commit: a slow client or disk then holds a small
+/// batch, not a second copy of the whole record.
+const BATCH_BYTES: u64 = 1024 * 1024;
 
 #[derive(Default)]
 struct Log {
     events: Vec<StoredEvent>,
+    /// Bytes recorded so far ([`StoredEvent::size`]).
+    bytes: u64,
+    /// The marker is recorded: only the run's last endings follow it.
+    truncated: bool,
     /// The agent took the run. Not an event of the contract: a fresh
     /// stream shows it as a comment, and it takes no sequence number.
     started: bool,
     /// The agent's CLI was already running when the run started.
     prestarted: bool,
     done: bool,
+}
+
+impl Log {
+    fn batch(&self, from: usize) -> &[StoredEvent] {
+        let rest = self.events.get(from..).unwrap_or_default();
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|e| {
+                let fits = bytes < BATCH_BYTES;
+                bytes += e.size();
+                fits
+            })
+            .count();
+        &rest[..n]
+    }
 }
 
 /// One run in progress.
@@ -49,19 +84,71 @@ impl LiveRun {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, event: &AgentEvent) -> StoredEvent {
-        let stored = {
+    /// Records one event and wakes the subscribers.
+    fn push(&self, event: &str, data: Box<RawValue>) {
+        {
             let mut log = self.log();
             let stored = StoredEvent {
                 seq: log.events.len() as u64 + 1,
-                event: event.name().to_owned(),
-                data: event.data(),
+                event: event.to_owned(),
+                data,
             };
-            log.events.push(stored.clone());
-            stored
-        };
+            log.bytes += stored.size();
+            log.events.push(stored);
+        }
         self.changed.send_modify(|v| *v += 1);
-        stored
+    }
+
+    /// Records `event` unless the record is full. Returns false when it
+    /// was not recorded; the first such event records the marker instead.
+    ///
+    /// The live stream is served from this same record, so past the bound
+    /// a live client sees what a replay shows: the marker, then the run's
+    /// ending. Passing the rest through live would need a second path that
+    /// is either unbounded (a slow client) or lossy without a trace, and
+    /// `Last-Event-ID` could not resume inside it. The run itself goes on
+    /// (its files, its session, its result); only its narration is cut.
+    fn publish(&self, event: &AgentEvent, limit: u64) -> bool {
+        // Checked before the payload is serialised: past the bound a flood
+        // of large events costs no copies.
+        if self.log().truncated {
+            return false;
+        }
+        let data = data_json(event);
+        let size = (event.name().len() + data.get().len()) as u64;
+        let marker = {
+            let mut log = self.log();
+            if log.truncated {
+                return false;
+            }
+            if log.bytes + size <= limit {
+                None
+            } else {
+                log.truncated = true;
+                Some(log.bytes)
+            }
+        };
+        match marker {
+            None => {
+                self.push(event.name(), data);
+                true
+            }
+            Some(stored) => {
+                tracing::warn!(
+                    message = "Run record truncated.",
+                    stored_bytes = stored,
+                    limit_bytes = limit
+                );
+                let note = serde_json::json!({
+                    "limit_bytes": limit,
+                    "stored_bytes": stored,
+                    "message": "the run's events passed agent.max_stored_bytes_per_run; \
+                        later events are not recorded, the run's ending is",
+                });
+                self.push(TRUNCATED_EVENT, to_raw(&note));
+                false
+            }
+        }
     }
 
     fn mark_started(&self, prestarted: bool) {
@@ -78,6 +165,12 @@ impl LiveRun {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Recorded events from index `from` on, at most about [`BATCH_BYTES`]
+    /// of them (at least one).
+    fn since(&self, from: usize) -> Vec<StoredEvent> {
+        self.log().batch(from).to_vec()
+    }
+
     /// Events with a sequence number above `after`, then the live rest;
     /// ends with the run.
     pub fn subscribe(
@@ -88,13 +181,7 @@ impl LiveRun {
         // Only a stream from the start shows the `started` marker.
         let show_started = after == 0;
         futures_util::stream::unfold(
-            (
-                self.clone(),
-                after,
-                rx,
-                std::collections::VecDeque::new(),
-                show_started,
-            ),
+            (self.clone(), after, rx, VecDeque::new(), show_started),
             |(live, mut cursor, mut rx, mut buf, mut show_started)| async move {
                 loop {
                     if let Some(ev) = buf.pop_front() {
@@ -104,14 +191,15 @@ impl LiveRun {
                         let log = live.log();
                         if show_started && log.started {
                             show_started = false;
-                            buf.push_back(StoredEvent {
-                                seq: 0,
-                                event: "started".to_owned(),
-                                data: serde_json::json!({ "prestarted": log.prestarted }),
-                            });
+                            buf.push_back(StoredEvent::new(
+                                0,
+                                "started",
+                                &serde_json::json!({ "prestarted": log.prestarted }),
+                            ));
                         }
-                        buf.extend(log.events.iter().skip(cursor as usize).cloned());
-                        cursor = cursor.max(log.events.len() as u64);
+                        let batch = log.batch(cursor as usize);
+                        cursor += batch.len() as u64;
+                        buf.extend(batch.iter().cloned());
                         log.done
                     };
                     if buf.is_empty() && (done || rx.changed().await.is_err()) {
@@ -121,6 +209,28 @@ impl LiveRun {
             },
         )
     }
+}
+
+/// The payload of `event` as JSON text, without an intermediate value
+/// (which would double the memory of a large event).
+fn data_json(event: &AgentEvent) -> Box<RawValue> {
+    #[derive(Deserialize)]
+    struct Tagged<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    serde_json::to_string(event)
+        .ok()
+        .and_then(|line| {
+            serde_json::from_str::<Tagged>(&line)
+                .ok()
+                .map(|t| t.data.to_owned())
+        })
+        .unwrap_or_else(|| RawValue::NULL.to_owned())
+}
+
+fn to_raw(v: &serde_json::Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(v).unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// The live runs, one per conversation at most.
@@ -158,24 +268,37 @@ impl RunHub {
     }
 
     /// Registers run `run` and spawns its recorder, which publishes what
-    /// arrives on `events` and commits it to `store`.
+    /// arrives on `events` (at most `max_stored_bytes` of it, see
+    /// [`LiveRun::publish`]) and commits it to `store`.
     pub fn record(
         self: &Arc<Self>,
         store: Store,
         tenant: &str,
         conversation: &str,
         run: u64,
+        max_stored_bytes: u64,
         mut events: mpsc::Receiver<AgentEvent>,
     ) -> Arc<LiveRun> {
         let live = LiveRun::new(run);
         let key = crate::state::conversation_key(tenant, conversation);
         self.insert(key.clone(), live.clone());
         let (hub, rec) = (self.clone(), live.clone());
-        let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
+        let target = Target {
+            store,
+            tenant: tenant.to_owned(),
+            conversation: conversation.to_owned(),
+            run,
+        };
         tokio::spawn(async move {
-            let mut pending = Vec::new();
             let mut outcome = RunOutcome::Failed;
             let mut tick = tokio::time::interval(FLUSH_EVERY);
+            // Events up to here are handed to the state file.
+            let mut flushed = 0;
+            // The disk is written beside the loop, never in it: a recorder
+            // that waited on a commit would let events pile up in the
+            // channel, unbounded in bytes.
+            let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+            let mut endings = VecDeque::new();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -185,15 +308,49 @@ impl RunHub {
                             if let AgentEvent::Result { is_error, .. } = &ev {
                                 outcome = if *is_error { RunOutcome::Failed } else { RunOutcome::Completed };
                             }
-                            pending.push(rec.publish(&ev));
+                            let ending = matches!(ev, AgentEvent::Result { .. }
+                                | AgentEvent::Error { .. } | AgentEvent::ContainerRecovered { .. });
+                            if !rec.publish(&ev, max_stored_bytes) && ending {
+                                // Past the bound only the last endings are
+                                // kept, to be recorded when the run ends.
+                                if endings.len() == KEPT_ENDINGS {
+                                    endings.pop_front();
+                                }
+                                endings.push_back(ev);
+                            }
                         }
                         None => break,
                     },
-                    _ = tick.tick() => flush(&store, &tenant, &conversation, run, &mut pending).await,
+                    _ = tick.tick() => {
+                        if writing.as_ref().is_none_or(|w| w.is_finished()) {
+                            let batch = rec.since(flushed);
+                            flushed += batch.len();
+                            if !batch.is_empty() {
+                                writing = Some(tokio::spawn(target.clone().append(batch)));
+                            }
+                        }
+                    }
                 }
             }
-            flush(&store, &tenant, &conversation, run, &mut pending).await;
-            if let Err(error) = store.end_run(&tenant, &conversation, run, outcome).await {
+            for ev in endings {
+                rec.push(ev.name(), data_json(&ev));
+            }
+            if let Some(w) = writing {
+                let _ = w.await;
+            }
+            loop {
+                let batch = rec.since(flushed);
+                if batch.is_empty() {
+                    break;
+                }
+                flushed += batch.len();
+                target.clone().append(batch).await;
+            }
+            if let Err(error) = target
+                .store
+                .end_run(&target.tenant, &target.conversation, run, outcome)
+                .await
+            {
                 tracing::warn!(message = "Recording the run's end failed.", %error);
             }
             rec.finish();
@@ -203,20 +360,28 @@ impl RunHub {
     }
 }
 
-async fn flush(
-    store: &Store,
-    tenant: &str,
-    conversation: &str,
+/// Where a run's events are committed.
+#[derive(Clone)]
+struct Target {
+    store: Store,
+    tenant: String,
+    conversation: String,
     run: u64,
-    pending: &mut Vec<StoredEvent>,
-) {
-    if pending.is_empty() {
-        return;
-    }
-    let batch = std::mem::take(pending);
-    if let Err(error) = store.append_events(tenant, conversation, run, batch).await {
-        // The live stream still has them; only a later replay would miss them.
-        tracing::warn!(message = "Recording events failed.", %error);
+}
+
+impl Target {
+    async fn append(self, batch: Vec<StoredEvent>) {
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(error) = self
+            .store
+            .append_events(&self.tenant, &self.conversation, self.run, batch)
+            .await
+        {
+            // The live stream still has them; only a later replay would miss them.
+            tracing::warn!(message = "Recording events failed.", %error);
+        }
     }
 }
 
@@ -232,7 +397,7 @@ mod tests {
         let run = store.begin_run("t", "c").await.unwrap();
         let hub = Arc::new(RunHub::default());
         let (tx, rx) = mpsc::channel(8);
-        let live = hub.record(store.clone(), "t", "c", run, rx);
+        let live = hub.record(store.clone(), "t", "c", run, 1 << 20, rx);
         tx.send(AgentEvent::TextDelta { text: "a".into() })
             .await
             .unwrap();
@@ -259,5 +424,76 @@ mod tests {
             store.runs("t", "c", 1).await.unwrap()[0].outcome,
             RunOutcome::Failed
         );
+    }
+
+    #[tokio::test]
+    async fn past_the_byte_bound_the_record_ends_with_a_marker_and_the_endings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let run = store.begin_run("t", "c").await.unwrap();
+        let hub = Arc::new(RunHub::default());
+        let (tx, rx) = mpsc::channel(8);
+        let live = hub.record(store.clone(), "t", "c", run, 300, rx);
+        let watcher = live.subscribe(0);
+        for i in 0..50 {
+            let text = format!("chunk {i:02}");
+            tx.send(AgentEvent::TextDelta { text }).await.unwrap();
+        }
+        // Endings past the bound: only the last two are kept.
+        for code in ["first", "second", "third"] {
+            tx.send(AgentEvent::error(code, "m")).await.unwrap();
+        }
+        tx.send(AgentEvent::container_recovered()).await.unwrap();
+        drop(tx);
+        let got: Vec<StoredEvent> = watcher.collect().await;
+        let names: Vec<&str> = got.iter().map(|e| e.event.as_str()).collect();
+        let deltas = names.iter().filter(|n| **n == "text_delta").count();
+        assert!((5..50).contains(&deltas), "{names:?}");
+        assert_eq!(
+            &names[deltas..],
+            [TRUNCATED_EVENT, "error", "container_recovered"],
+            "the marker, then the last endings"
+        );
+        let recorded: u64 = got[..=deltas].iter().map(StoredEvent::size).sum();
+        assert!(recorded <= 300 + 200, "{recorded} bytes before the endings");
+        assert!(got[deltas].data.get().contains("\"limit_bytes\":300"));
+        assert!(got[deltas + 1].data.get().contains("third"));
+        let seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=got.len() as u64).collect::<Vec<_>>(), "no gaps");
+        // Replay shows exactly what the live stream showed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stored = store.events_after("t", "c", run, 0).await.unwrap();
+        assert_eq!(stored, got);
+    }
+
+    #[tokio::test]
+    async fn a_late_subscriber_gets_every_event_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let run = store.begin_run("t", "c").await.unwrap();
+        let hub = Arc::new(RunHub::default());
+        let (tx, rx) = mpsc::channel(8);
+        let live = hub.record(store, "t", "c", run, 1 << 20, rx);
+        for i in 0..1000 {
+            let text = i.to_string();
+            tx.send(AgentEvent::TextDelta { text }).await.unwrap();
+        }
+        let late = live.subscribe(10);
+        tx.send(AgentEvent::error("x", "y")).await.unwrap();
+        drop(tx);
+        let seqs: Vec<u64> = late.map(|e| e.seq).collect().await;
+        assert_eq!(seqs, (11..=1001).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn payloads_are_kept_as_their_json_text() {
+        let ev = AgentEvent::ToolUse {
+            id: "t1".into(),
+            name: "Write".into(),
+            input: serde_json::json!({"file_path": "/workspace/a", "n": [1, 2]}),
+        };
+        let data = data_json(&ev);
+        let back: serde_json::Value = serde_json::from_str(data.get()).unwrap();
+        assert_eq!(back, ev.data());
     }
 }

@@ -23,7 +23,9 @@ pub fn sse(
         // Not part of the event contract: a comment that tells clients
         // (and the benchmark) that the agent has taken the run.
         if ev.event == "started" {
-            let note = if ev.data["prestarted"] == true {
+            let prestarted = serde_json::from_str::<serde_json::Value>(ev.data.get())
+                .is_ok_and(|d| d["prestarted"] == true);
+            let note = if prestarted {
                 "agent started; cli prestarted"
             } else {
                 "agent started"

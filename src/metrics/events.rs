@@ -62,6 +62,9 @@ pub fn observe_event(event: &AuditEvent) {
             i.executions_completed.add(1, &[]);
             ended(i, "completed", timing);
         }),
+        // Counted by `agentbox_audit_events_total{event}` above, and as a
+        // failed run by its `agent_execution_failed`.
+        AuditEvent::AgentProtocolViolation { .. } => {}
         AuditEvent::AgentExecutionFailed { timing, code, .. } => with(|i| {
             let code = i.failure_codes.get(code);
             i.executions_failed.add(1, &[kv("code", code)]);

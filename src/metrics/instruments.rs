@@ -14,7 +14,7 @@ pub const CONTAINER_STATES: [&str; 4] = ["warming", "ready", "claimed", "destroy
 pub const POOL_STATES: [&str; 2] = ["warming", "ready"];
 /// Why the orchestrator removes containers (the `reason` of
 /// `container_destroyed`); listed so their series exist from the start.
-pub const DESTROY_REASONS: [&str; 11] = [
+pub const DESTROY_REASONS: [&str; 12] = [
     "idle",
     "max_age",
     "orphan",
@@ -26,13 +26,15 @@ pub const DESTROY_REASONS: [&str; 11] = [
     "pool_shrink",
     "create_failed",
     "claim_failed",
+    "agent_protocol_violation",
 ];
 /// The destroy reasons that are the sweeper reclaiming a container.
 pub const RECLAIM_REASONS: [&str; 3] = ["idle", "max_age", "orphan"];
 /// Failure codes that exist before any run fails, so error-rate queries
 /// find a series.
-const KNOWN_FAILURE_CODES: [&str; 4] = [
+const KNOWN_FAILURE_CODES: [&str; 5] = [
     "agent_failed",
+    "agent_protocol_violation",
     "capacity_exhausted",
     "container_start_failed",
     "runtime_unavailable",

@@ -99,13 +99,21 @@ pub(super) fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
+/// redb's page cache. Its default (1 GiB) would let the daemon's memory
+/// grow with the run events written, which come from containers; the
+/// state's hot set (conversations, containers, live runs' recent events)
+/// is far smaller.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 impl Store {
     /// Opens or creates the state file and checks its schema version.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StateError::Db(e.to_string()))?;
         }
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

@@ -166,9 +166,35 @@ pub struct RunRecord {
 }
 
 /// One relayed event as stored: its name and JSON payload.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The payload is kept as its JSON text, not as a parsed value: a run's
+/// recorded events are bounded in bytes (`agent.max_stored_bytes_per_run`),
+/// and a parsed value can take many times its text's size in memory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StoredEvent {
     pub seq: u64,
     pub event: String,
-    pub data: serde_json::Value,
+    pub data: Box<serde_json::value::RawValue>,
+}
+
+impl StoredEvent {
+    pub fn new(seq: u64, event: &str, data: &serde_json::Value) -> Self {
+        Self {
+            seq,
+            event: event.to_owned(),
+            data: serde_json::value::to_raw_value(data)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        }
+    }
+
+    /// The bytes this event counts against its run's record.
+    pub fn size(&self) -> u64 {
+        (self.event.len() + self.data.get().len()) as u64
+    }
+}
+
+impl PartialEq for StoredEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq && self.event == other.event && self.data.get() == other.data.get()
+    }
 }

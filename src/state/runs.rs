@@ -216,11 +216,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(seq: u64) -> StoredEvent {
-        StoredEvent {
-            seq,
-            event: "text_delta".into(),
-            data: json!({"text": seq.to_string()}),
-        }
+        StoredEvent::new(seq, "text_delta", &json!({"text": seq.to_string()}))
     }
 
     #[tokio::test]
