@@ -127,17 +127,14 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let executor = Executor::new(orchestrator.clone(), sync);
     let state = AppState { auth, executor };
     let addr = cfg.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let api_listener =
+        listener::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?;
+    let local = api_listener.local_addr().map_err(DaemonError::Serve)?;
     let admin_addr = cfg.server.admin_listen;
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: admin_addr,
-            source,
-        })?;
+    let admin_listener = listener::bind(admin_addr).map_err(|source| DaemonError::Listen {
+        addr: admin_addr,
+        source,
+    })?;
     let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
     let admin_app = admin::router(&cfg, orchestrator.clone(), runtime);
     // The admin listener serves until the process ends: the operator keeps
@@ -166,7 +163,14 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let app = api::router(state);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let mut drain_rx = stop_rx.clone();
-    let api = listener::serve("api", listener, app, Limits::api(&cfg.server), tls, stop_rx);
+    let api = listener::serve(
+        "api",
+        api_listener,
+        app,
+        Limits::api(&cfg.server),
+        tls,
+        stop_rx,
+    );
     // Serves until a stop is requested, then lets open streams finish for
     // at most `grace`.
     tokio::select! {

@@ -26,6 +26,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// period: an attacker decides how often these happen.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// Connections the kernel completes and queues for a listener that is at
+/// its cap (or out of descriptors). Beyond this it drops new SYNs and
+/// clients retry after a second or more; tokio's `bind` asks for only 128.
+/// Linux clamps it to `net.core.somaxconn` (4096 by default).
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds a listening socket with [`ACCEPT_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted daemon rebinds while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// The limits of one listener (`server.*` in the config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

@@ -43,7 +43,7 @@ struct Server {
 }
 
 async fn start(limits: Limits) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(serve("test", listener, app(), limits, None, rx));
