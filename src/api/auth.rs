@@ -79,7 +79,7 @@ pub async fn require_tenant(
     }
 }
 
-/// The tenant [`require_tenant`] authenticated. On a route without that
+/// The tenant `require_tenant` authenticated. On a route without that
 /// middleware it refuses (401) rather than let the request through.
 impl<S: Send + Sync> FromRequestParts<S> for Tenant {
     type Rejection = ApiError;

@@ -11,9 +11,10 @@
 //! - `GET /v1/conversations/{id}/files`: the stored workspace's files.
 //! - `GET /v1/conversations/{id}/files/{path}`: one stored file.
 //!
-//! Every `/v1` route authenticates the bearer token ([`auth::require_tenant`])
-//! before its body is read. Every request gets a request id (`x-request-id` echoed or generated)
-//! carried by the tracing span of the request.
+//! Every `/v1` route authenticates the bearer token
+//! (`auth::require_tenant`) before its body is read. Every request gets a
+//! request id (`x-request-id` echoed or generated) carried by the tracing
+//! span of the request.
 
 mod auth;
 mod conversations;

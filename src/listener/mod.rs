@@ -1,6 +1,6 @@
 //! Serves HTTP/1.1 on the daemon's two listeners (tenant API and admin):
 //! the connection cap, the accept backoff, TLS handshakes, the header-read
-//! and idle timeouts (in [`conn`]) and the drain on shutdown.
+//! and idle timeouts (in `conn`) and the drain on shutdown.
 //!
 //! axum's own `serve` has none of these: a client that opens connections
 //! and never finishes a request head would hold file descriptors, which the
@@ -32,7 +32,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Linux clamps it to `net.core.somaxconn` (4096 by default).
 const ACCEPT_BACKLOG: u32 = 1024;
 
-/// Binds a listening socket with [`ACCEPT_BACKLOG`].
+/// Binds a listening socket with an accept queue of `ACCEPT_BACKLOG`.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
