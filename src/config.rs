@@ -76,6 +76,23 @@ pub struct ServerConfig {
     /// Names this daemon on container labels, so two daemons sharing one
     /// Docker engine never touch each other's containers.
     pub instance: String,
+
+    // Listener limits (both listeners, see `crate::listener`). They share
+    // the daemon's file descriptors with every container's proxy socket, so
+    // a client must not be able to hold them for free.
+    /// A connection must deliver a whole request head (and, with TLS, its
+    /// handshake first) within this long of being accepted, and within this
+    /// long of its first byte on a kept-alive connection.
+    pub header_read_timeout_secs: u64,
+    /// How long a kept-alive connection may wait for its next request.
+    /// Never applies while a request is being answered, so a long SSE
+    /// stream is not cut.
+    pub idle_timeout_secs: u64,
+    /// Most connections the API listener holds open at once; further ones
+    /// wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// The same for the admin listener.
+    pub admin_max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +106,10 @@ impl Default for ServerConfig {
             admin_token_sha256: None,
             shutdown_grace_secs: 30,
             instance: "default".to_owned(),
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
+            admin_max_connections: 64,
         }
     }
 }
@@ -382,6 +403,7 @@ impl Config {
             ));
         }
         self.validate_admin()?;
+        self.validate_listeners()?;
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if !crate::ids::is_valid_id(&t.id) {
@@ -410,6 +432,36 @@ impl Config {
                 &format!("tenants[{i}].allowed_domains"),
                 &t.allowed_domains,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Listener limits: zero would turn a limit into a refusal of every
+    /// connection; the upper bounds catch unit mistakes (milliseconds
+    /// written as seconds) and keep the cap within a semaphore's range.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        for (key, v, max) in [
+            (
+                "server.header_read_timeout_secs",
+                s.header_read_timeout_secs,
+                300,
+            ),
+            ("server.idle_timeout_secs", s.idle_timeout_secs, 3600),
+            (
+                "server.max_connections",
+                s.max_connections as u64,
+                1_000_000,
+            ),
+            (
+                "server.admin_max_connections",
+                s.admin_max_connections as u64,
+                1_000_000,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return Err(invalid(key, format!("must be between 1 and {max}")));
+            }
         }
         Ok(())
     }
@@ -509,6 +561,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("tenant"), "{err}");
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.header_read_timeout_secs, 10);
+        assert_eq!(c.server.idle_timeout_secs, 60);
+        assert_eq!(c.server.max_connections, 4096);
+        assert_eq!(c.server.admin_max_connections, 64);
+        for bad in [
+            "header_read_timeout_secs = 0",
+            "header_read_timeout_secs = 301",
+            "idle_timeout_secs = 0",
+            "max_connections = 0",
+            "admin_max_connections = 2000000",
+        ] {
+            let err = parse(&format!("[server]\n{bad}")).unwrap_err().to_string();
+            let key = bad.split(' ').next().unwrap();
+            assert!(err.contains(&format!("server.{key}")), "{err}");
+        }
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! Order: state file -> Docker -> isolation detection -> proxy gateway ->
 //! TLS -> object store (sync) -> orchestrator (reconcile) -> listeners. SIGHUP reloads the config
 //! and the certificate.
-//! On SIGTERM or SIGINT the listener stops accepting; streams in flight get
-//! `server.shutdown_grace_secs`, then the process exits 0.
+//! Both listeners are served by [`crate::listener`] (connection caps,
+//! head and idle timeouts). On SIGTERM or SIGINT the API listener stops
+//! accepting; streams in flight get `server.shutdown_grace_secs`, then the
+//! process exits 0.
 //! Under systemd (`Type=notify`) each of these steps is announced through
 //! [`crate::systemd::Notifier`].
 
@@ -14,6 +16,7 @@ use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
 use crate::execute::Executor;
 use crate::isolation::{HostFiles, Isolation, IsolationError};
+use crate::listener::{self, Limits};
 use crate::orchestrator::{Orchestrator, OrchestratorError};
 use crate::proxy::{AwsEnv, Gateway, ProxyError};
 use crate::runtime::docker::DockerRuntime;
@@ -23,7 +26,7 @@ use crate::state::{StateError, Store};
 use crate::sync::fsx::Owner;
 use crate::sync::store::StoreError;
 use crate::sync::SyncService;
-use crate::tls::{TlsConfig, TlsListener};
+use crate::tls::TlsConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +86,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         t.audit_max_bytes,
         t.audit_max_files,
     )?)?;
+    check_fd_limit(&cfg.server);
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
     let isolation = Isolation::detect(
@@ -124,23 +128,31 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let executor = Executor::new(orchestrator.clone(), sync);
     let state = AppState { auth, executor };
     let addr = cfg.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| DaemonError::Listen { addr, source })?;
-    let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let api_listener =
+        listener::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?;
+    let local = api_listener.local_addr().map_err(DaemonError::Serve)?;
     let admin_addr = cfg.server.admin_listen;
-    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: admin_addr,
-            source,
-        })?;
+    let admin_listener = listener::bind(admin_addr).map_err(|source| DaemonError::Listen {
+        addr: admin_addr,
+        source,
+    })?;
     let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
     let admin_app = admin::router(&cfg, orchestrator.clone(), runtime);
+    // The admin listener serves until the process ends: the operator keeps
+    // the status page while the API drains.
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_limits = Limits::admin(&cfg.server);
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(admin_listener, admin_app).await {
-            tracing::error!(message = "Admin listener failed.", %error);
-        }
+        let _keep_serving = admin_stop_tx;
+        listener::serve(
+            "admin",
+            admin_listener,
+            admin_app,
+            admin_limits,
+            None,
+            admin_stop,
+        )
+        .await
     });
     tracing::info!(message = "Listening.", addr = %local, admin_addr = %admin_local, tls = tls.is_some(), instance = %cfg.server.instance,
         version = env!("CARGO_PKG_VERSION"));
@@ -151,42 +163,41 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     }
     let app = api::router(state);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    match tls {
-        Some(tls) => {
-            let listener = TlsListener::new(listener, tls).map_err(DaemonError::Serve)?;
-            run_until_drained(listener, app, stop_rx, grace).await?
-        }
-        None => run_until_drained(listener, app, stop_rx, grace).await?,
-    }
-    tracing::info!(message = "Stopped.");
-    Ok(())
-}
-
-/// Serves until a stop is requested, then lets open streams finish for at
-/// most `grace`.
-async fn run_until_drained<L>(
-    listener: L,
-    app: axum::Router,
-    stop_rx: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), DaemonError>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
     let mut drain_rx = stop_rx.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    });
+    let api = listener::serve(
+        "api",
+        api_listener,
+        app,
+        Limits::api(&cfg.server),
+        tls,
+        stop_rx,
+    );
+    // Serves until a stop is requested, then lets open streams finish for
+    // at most `grace`.
     tokio::select! {
-        r = server => r.map_err(DaemonError::Serve)?,
+        () = api => {}
         _ = async {
             let _ = drain_rx.wait_for(|s| *s).await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!(message = "Grace period over; closing streams still open."),
     }
+    tracing::info!(message = "Stopped.");
     Ok(())
+}
+
+/// Lifts the soft descriptor limit and warns when it leaves too little
+/// room: both connection caps plus a margin for the state file, logs, the
+/// engine and every container's proxy socket and its connections.
+fn check_fd_limit(s: &crate::config::ServerConfig) {
+    const MARGIN: u64 = 1024;
+    let wanted = (s.max_connections + s.admin_max_connections) as u64 + MARGIN;
+    match listener::raise_fd_limit() {
+        Ok(limit) if limit < wanted => tracing::warn!(
+            message = "RLIMIT_NOFILE is low for the connection caps; lower server.max_connections or raise LimitNOFILE.",
+            limit, wanted),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(message = "Cannot read or raise RLIMIT_NOFILE.", %error),
+    }
 }
 
 fn serving_status(api: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod execute;
 pub mod ids;
 pub mod isolation;
+pub mod listener;
 pub mod locks;
 pub mod metrics;
 pub mod orchestrator;

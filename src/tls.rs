@@ -4,17 +4,9 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
-
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -73,71 +65,15 @@ impl TlsConfig {
         Ok(())
     }
 
-    fn acceptor(&self) -> TlsAcceptor {
+    /// The acceptor for one new connection, with the certificate in force
+    /// now; the handshake runs in that connection's task
+    /// ([`crate::listener`]), under its head timeout.
+    pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(
             self.current
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         )
-    }
-}
-
-/// A TCP listener whose connections come out TLS-terminated. Handshakes
-/// run in their own tasks, so a slow client never holds up the others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, tls: Arc<TlsConfig>) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(error) => {
-                        tracing::warn!(message = "Accept failed.", %error);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, conn_tx) = (tls.acceptor(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = conn_tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(message = "TLS handshake failed.", %error, %peer)
-                        }
-                        Err(_) => tracing::debug!(message = "TLS handshake timed out.", %peer),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(Self { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept loop only ends when this listener is gone.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

@@ -2,7 +2,7 @@
 //! for clients that reconnect with `Last-Event-ID` (`{run}-{seq}`).
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Tenant};
 use crate::ids::is_valid_id;
 use crate::state::StoredEvent;
 use axum::extract::{Path, State};
@@ -49,9 +49,9 @@ fn parse_event_id(s: &str) -> Option<(u64, u64)> {
 pub async fn get_events(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
+    tenant: Tenant,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let tenant = state.auth.authenticate(&headers)?;
     if !is_valid_id(&conversation_id) {
         return Err(ApiError::NotFound);
     }

@@ -2,11 +2,10 @@
 //! events as SSE.
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Tenant};
 use crate::execute::{ConversationKey, ExecuteError};
 use crate::ids::is_valid_id;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -25,10 +24,9 @@ struct MessageRequest {
 pub async fn post_message(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
-    headers: HeaderMap,
+    tenant: Tenant,
     body: Bytes,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let tenant = state.auth.authenticate(&headers)?;
     if !is_valid_id(&conversation_id) {
         return Err(ApiError::BadRequest(
             "conversation id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$".to_owned(),

@@ -11,8 +11,10 @@
 //! - `GET /v1/conversations/{id}/files`: the stored workspace's files.
 //! - `GET /v1/conversations/{id}/files/{path}`: one stored file.
 //!
-//! Every request gets a request id (`x-request-id` echoed or generated)
-//! carried by the tracing span of the request.
+//! Every `/v1` route authenticates the bearer token
+//! (`auth::require_tenant`) before its body is read. Every request gets a
+//! request id (`x-request-id` echoed or generated) carried by the tracing
+//! span of the request.
 
 mod auth;
 mod conversations;
@@ -44,7 +46,6 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/v1/conversations/{id}/messages",
             post(messages::post_message),
@@ -62,6 +63,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/conversations/{id}/files/{*path}",
             get(conversations::get_file),
         )
+        // Every route above, and none below: the token is checked before
+        // any extractor reads the body.
+        .route_layer(middleware::from_fn_with_state(
+            state.auth.clone(),
+            auth::require_tenant,
+        ))
+        .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(too_large_as_json))
