@@ -113,13 +113,19 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let (uid, gid) = isolation.host_owner(cfg.container.uid, cfg.container.gid);
     let sync = SyncService::open(&cfg.storage, Owner { uid, gid }, store.clone())?;
     sync.set_limits(cfg.sync);
-    let orchestrator =
-        Orchestrator::with_isolation(cfg.clone(), runtime.clone(), store, gateway, isolation);
+    let orchestrator = Orchestrator::with_isolation(
+        cfg.clone(),
+        runtime.clone(),
+        store,
+        gateway.clone(),
+        isolation,
+    );
     orchestrator.set_sync(sync.clone());
     orchestrator.start().await?;
     let auth = Arc::new(Authenticator::new(&cfg.tenants));
     spawn_reload_on_sighup(
         orchestrator.clone(),
+        gateway,
         config_path,
         tls.clone(),
         auth.clone(),
@@ -204,10 +210,11 @@ fn serving_status(api: std::net::SocketAddr, admin: std::net::SocketAddr) -> Str
     format!("Serving on {api} (admin {admin})")
 }
 
-/// SIGHUP re-reads the config file (tenants, pool, gc, image) and the
-/// certificate; an invalid file is logged and ignored.
+/// SIGHUP re-reads the config file (tenants, egress rules, pool, gc,
+/// image) and the certificate; an invalid file is logged and ignored.
 fn spawn_reload_on_sighup(
     orchestrator: std::sync::Arc<Orchestrator>,
+    gateway: Arc<Gateway>,
     path: Option<PathBuf>,
     tls: Option<Arc<TlsConfig>>,
     auth: Arc<Authenticator>,
@@ -228,6 +235,10 @@ fn spawn_reload_on_sighup(
             match Config::load(path.as_deref()) {
                 Ok(cfg) => {
                     auth.replace(&cfg.tenants);
+                    // Validated above, so the rules always build.
+                    if let Err(error) = gateway.reload_egress(&cfg) {
+                        tracing::error!(message = "Egress rules not reloaded; keeping the old ones.", %error);
+                    }
                     orchestrator.reload(cfg)
                 }
                 Err(error) => {

@@ -35,7 +35,7 @@ struct Entry {
 }
 
 pub struct Resolver {
-    overrides: BTreeMap<String, IpAddr>,
+    overrides: std::sync::RwLock<BTreeMap<String, IpAddr>>,
     ttl: Duration,
     cache: Mutex<HashMap<String, Entry>>,
 }
@@ -43,16 +43,29 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(overrides: BTreeMap<String, IpAddr>, ttl: Duration) -> Self {
         Self {
-            overrides,
+            overrides: std::sync::RwLock::new(overrides),
             ttl,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Takes a reloaded `proxy.resolve` table; cached answers go, so no
+    /// name keeps an answer the new table would not give.
+    pub fn replace_overrides(&self, overrides: BTreeMap<String, IpAddr>) {
+        *self.overrides.write().unwrap_or_else(|e| e.into_inner()) = overrides;
+        self.lock().clear();
+    }
+
     /// Addresses for a normalised name; the operator's override wins.
     pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
-        if let Some(ip) = self.overrides.get(name) {
-            return Ok(vec![*ip]);
+        let fixed = self
+            .overrides
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied();
+        if let Some(ip) = fixed {
+            return Ok(vec![ip]);
         }
         let now = Instant::now();
         if let Some(e) = self.lock().get(name) {

@@ -8,7 +8,7 @@
 
 use super::decision::{Decision, Route};
 use super::io::has_pending_input;
-use super::policy::Destination;
+use super::policy::{Destination, Policy};
 use super::refusal::Refusal;
 use super::{ContainerProxy, Gateway, ProxyBody};
 use bytes::Bytes;
@@ -49,7 +49,7 @@ fn rule(dest: &Destination) -> &'static str {
 /// Resolves (once) and checks, then connects to a checked address.
 async fn connect_checked(
     proxy: &Gateway,
-    c: &ContainerProxy,
+    policy: &Policy,
     dest: &Destination,
     port: u16,
 ) -> Result<TcpStream, Refusal> {
@@ -61,7 +61,7 @@ async fn connect_checked(
             .await
             .map_err(|_| Refusal::DnsFailed)?,
     };
-    c.policy.check_addrs(&ips)?;
+    policy.check_addrs(&ips)?;
     for ip in ips {
         let addr = SocketAddr::new(ip, port);
         if let Ok(Ok(s)) =
@@ -92,8 +92,9 @@ where
         if early {
             return Err(Refusal::EarlyData);
         }
-        let dest = c.policy.check_target(host, port)?;
-        let upstream = connect_checked(proxy, c, &dest, port).await?;
+        let policy = proxy.policy(&c.ctx.tenant_id);
+        let dest = policy.check_target(host, port)?;
+        let upstream = connect_checked(proxy, &policy, &dest, port).await?;
         if has_pending_input(client) {
             return Err(Refusal::EarlyData);
         }
@@ -149,8 +150,9 @@ async fn forward_http(
     port: u16,
     path_and_query: &str,
 ) -> Result<(Response<ProxyBody>, Destination), Refusal> {
-    let dest = c.policy.check_target(host, port)?;
-    let stream = connect_checked(proxy, c, &dest, port).await?;
+    let policy = proxy.policy(&c.ctx.tenant_id);
+    let dest = policy.check_target(host, port)?;
+    let stream = connect_checked(proxy, &policy, &dest, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|_| Refusal::ConnectFailed)?;

@@ -87,8 +87,8 @@ pub struct ProxyContext {
 pub struct Gateway {
     model: ModelGateway,
     resolver: dns::Resolver,
-    policies: HashMap<String, Arc<Policy>>,
-    default_policy: Arc<Policy>,
+    /// The allowlists; replaced whole on SIGHUP, read per request.
+    egress: std::sync::RwLock<Arc<Egress>>,
     connect_timeout: Duration,
     max_connections: usize,
     max_gateway_requests: usize,
@@ -103,21 +103,6 @@ impl Gateway {
     /// `aws_env` the daemon's AWS variables (Bedrock).
     pub fn new(cfg: &Config, api_key: Option<Secret>, aws_env: AwsEnv) -> Result<Self, ProxyError> {
         let p = &cfg.proxy;
-        let base = p.patterns()?;
-        let ports = p.allowed_ports.clone();
-        let exempt = p.private_cidrs()?;
-        let mut policies = HashMap::new();
-        for (i, t) in cfg.tenants.iter().enumerate() {
-            let mut patterns = base.clone();
-            patterns.extend(config::parse_patterns(
-                &format!("tenants[{i}].allowed_domains"),
-                &t.allowed_domains,
-            )?);
-            policies.insert(
-                t.id.clone(),
-                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
-            );
-        }
         let limits = p.body_limits(cfg.model.max_request_body_mb << 20);
         Ok(Self {
             model: ModelGateway::new(&cfg.model, limits, api_key, aws_env)?,
@@ -125,8 +110,7 @@ impl Gateway {
                 p.resolve_overrides()?,
                 Duration::from_secs(p.dns_cache_ttl_secs),
             ),
-            policies,
-            default_policy: Arc::new(Policy::new(base, ports, exempt)),
+            egress: std::sync::RwLock::new(Arc::new(Egress::from_config(cfg)?)),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
             max_gateway_requests: p.max_gateway_requests_per_container,
@@ -140,23 +124,42 @@ impl Gateway {
         })
     }
 
+    /// Takes the egress rules (allowlists, ports, private ranges, fixed
+    /// DNS answers) of a reloaded config: every request from now on
+    /// follows them, on open sockets too. Tunnels already open stay open.
+    pub fn reload_egress(&self, cfg: &Config) -> Result<(), ProxyError> {
+        let egress = Egress::from_config(cfg)?;
+        let overrides = cfg.proxy.resolve_overrides()?;
+        *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
+        self.resolver.replace_overrides(overrides);
+        Ok(())
+    }
+
+    /// The policy for a tenant's request, as the rules stand now.
+    fn policy(&self, tenant_id: &str) -> Arc<Policy> {
+        let egress = self
+            .egress
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        egress
+            .policies
+            .get(tenant_id)
+            .cloned()
+            .unwrap_or_else(|| egress.default_policy.clone())
+    }
+
     /// True when the Anthropic gateway would forward without a key.
     pub fn missing_api_key(&self) -> bool {
         self.model.missing_api_key()
     }
 
-    /// The per-container state for `ctx` (its tenant's policy, its
-    /// connection cap).
+    /// The per-container state for `ctx` (its connection caps, buffer
+    /// share and audit rate).
     pub fn container(&self, ctx: ProxyContext) -> Arc<ContainerProxy> {
-        let policy = self
-            .policies
-            .get(&ctx.tenant_id)
-            .cloned()
-            .unwrap_or_else(|| self.default_policy.clone());
         let (stop, _) = watch::channel(false);
         Arc::new(ContainerProxy {
             ctx,
-            policy,
             permits: Arc::new(Semaphore::new(self.max_connections)),
             gateway_slots: Arc::new(Semaphore::new(self.max_gateway_requests)),
             buffer_share: self.budget.share(),
@@ -194,10 +197,42 @@ impl Gateway {
     }
 }
 
-/// One container's proxy: its context, policy and connection cap.
+/// The forward proxy's rules: one policy per tenant (the global
+/// allowlist plus the tenant's additions) and the global one for
+/// containers of no tenant (the warm pool).
+struct Egress {
+    policies: HashMap<String, Arc<Policy>>,
+    default_policy: Arc<Policy>,
+}
+
+impl Egress {
+    fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
+        let p = &cfg.proxy;
+        let base = p.patterns()?;
+        let ports = p.allowed_ports.clone();
+        let exempt = p.private_cidrs()?;
+        let mut policies = HashMap::new();
+        for (i, t) in cfg.tenants.iter().enumerate() {
+            let mut patterns = base.clone();
+            patterns.extend(config::parse_patterns(
+                &format!("tenants[{i}].allowed_domains"),
+                &t.allowed_domains,
+            )?);
+            policies.insert(
+                t.id.clone(),
+                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
+            );
+        }
+        Ok(Self {
+            policies,
+            default_policy: Arc::new(Policy::new(base, ports, exempt)),
+        })
+    }
+}
+
+/// One container's proxy: its context and its caps.
 pub struct ContainerProxy {
     ctx: ProxyContext,
-    policy: Arc<Policy>,
     permits: Arc<Semaphore>,
     /// Model requests in flight (`proxy.max_gateway_requests_per_container`).
     gateway_slots: Arc<Semaphore>,

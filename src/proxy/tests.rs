@@ -627,3 +627,36 @@ async fn a_container_gets_its_gateway_slots_and_no_more() {
     .await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
+
+#[tokio::test]
+async fn reloaded_egress_rules_apply_to_the_next_request() {
+    let f = fixture(8).await;
+    assert!(tunnel(&f, "allowed.test", f.echo).await.is_ok());
+    assert!(tunnel(&f, "tenant.test", f.echo).await.is_ok());
+    // The operator narrows the rules and sends SIGHUP: what the daemon
+    // does with the reloaded config.
+    let narrowed = format!(
+        r#"
+[proxy]
+allowed_domains = ["other.test"]
+allowed_ports = [{echo}]
+allow_private_cidrs = ["127.0.0.0/8"]
+[proxy.resolve]
+"other.test" = "127.0.0.1"
+
+[[tenants]]
+id = "t1"
+token_sha256 = "{hash}"
+"#,
+        echo = f.echo,
+        hash = "0".repeat(64)
+    );
+    let cfg = Config::from_toml(&narrowed, Vec::new()).unwrap();
+    cfg.validate().unwrap();
+    f.gw.reload_egress(&cfg).unwrap();
+    for gone in ["allowed.test", "tenant.test"] {
+        let err = tunnel(&f, gone, f.echo).await.err().unwrap();
+        assert!(err.starts_with("HTTP/1.1 403"), "{gone}: {err}");
+    }
+    assert!(tunnel(&f, "other.test", f.echo).await.is_ok());
+}
