@@ -6,6 +6,7 @@
 //! is answered only once the upstream connection stands, and refused if
 //! the client sent data before that answer.
 
+use super::body::{Guarded, Verdict};
 use super::decision::{Decision, Route};
 use super::io::has_pending_input;
 use super::policy::{Destination, Policy};
@@ -176,10 +177,14 @@ async fn forward_http(
         HOST,
         HeaderValue::from_str(&authority).map_err(|_| Refusal::Malformed)?,
     );
+    // Streamed with no size limit (an upload may be large), but under the
+    // same deadline and idle timeout as a gateway body.
+    let verdict = Verdict::default();
+    let body = Guarded::new(body, proxy.forward_limits, verdict.clone());
     let resp = sender
         .send_request(Request::from_parts(parts, body))
         .await
-        .map_err(|_| Refusal::ConnectFailed)?;
+        .map_err(|_| verdict.get().unwrap_or(Refusal::ConnectFailed))?;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok((Response::from_parts(parts, body.boxed()), dest))

@@ -87,6 +87,8 @@ pub struct ProxyContext {
 pub struct Gateway {
     model: ModelGateway,
     resolver: dns::Resolver,
+    /// Bounds on a forward-proxy request body (no size limit).
+    forward_limits: body::Limits,
     /// The allowlists; replaced whole on SIGHUP, read per request.
     egress: std::sync::RwLock<Arc<Egress>>,
     connect_timeout: Duration,
@@ -110,6 +112,7 @@ impl Gateway {
                 p.resolve_overrides()?,
                 Duration::from_secs(p.dns_cache_ttl_secs),
             ),
+            forward_limits: p.body_limits(u64::MAX),
             egress: std::sync::RwLock::new(Arc::new(Egress::from_config(cfg)?)),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,

@@ -660,3 +660,21 @@ token_sha256 = "{hash}"
     }
     assert!(tunnel(&f, "other.test", f.echo).await.is_ok());
 }
+
+#[tokio::test]
+async fn a_stalled_forward_proxy_body_times_out_too() {
+    let f = fixture_extra(8, None, "read_idle_timeout_secs = 1").await;
+    let mut s = UnixStream::connect(&f.socket).await.unwrap();
+    let head = format!(
+        "POST http://allowed.test:{}/upload HTTP/1.1\r\nContent-Length: 1000\r\n\r\nhalf",
+        f.http
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the stalled body was never cut")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+}
