@@ -523,6 +523,30 @@ pub fn names(events: &[SseEvent]) -> Vec<&str> {
     events.iter().map(|e| e.event.as_str()).collect()
 }
 
+/// The resident memory of process `pid` in KiB (`VmRSS`), while it lives.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl Daemon {
+    /// The audit events written so far (one JSON object a line).
+    pub fn audit_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
 pub fn inspect(container: &str) -> Value {
     let out = docker_ok(&["inspect", container]);
     let v: Value = serde_json::from_str(&out).expect("inspect json");
