@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Loopback benchmark: agentbox's egress proxy vs squid vs tinyproxy vs no
 # proxy (CONNECT tunnel throughput; latency of small requests through a
-# tunnel and as plain HTTP). Prints a table; see docs/benchmarks.md.
+# tunnel and as plain HTTP), and the model gateway's latency against a
+# model stand-in. Prints tables; see docs/benchmarks.md.
 #
 #   bash tests/bench/bench-proxy.sh [--mib N] [--requests N]
 #
@@ -35,9 +36,9 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-AB=$(free_port); SQ=$(free_port); TP=$(free_port)
+AB=$(free_port); SQ=$(free_port); TP=$(free_port); MODEL=$(free_port)
 
-"$BIN" serve "$AB" 2>"$WORK/agentbox.log" &
+"$BIN" serve "$AB" "$MODEL" 2>"$WORK/agentbox.log" &
 PIDS+=($!)
 
 cat >"$WORK/squid.conf" <<CONF
@@ -77,4 +78,5 @@ for port in "$AB" "$SQ" "$TP"; do
 done
 say "agentbox :$AB  squid $(squid -v | head -1 | awk '{print $4}') :$SQ  tinyproxy $(tinyproxy -v 2>&1 | awk '{print $2}') :$TP"
 AGENTBOX_BENCH_ADDR="127.0.0.1:$AB" "$BIN" run \
-  agentbox="127.0.0.1:$AB" squid="127.0.0.1:$SQ" tinyproxy="127.0.0.1:$TP" "$@"
+  agentbox="127.0.0.1:$AB" squid="127.0.0.1:$SQ" tinyproxy="127.0.0.1:$TP" \
+  --gateway "127.0.0.1:$AB" --model "127.0.0.1:$MODEL" "$@"

@@ -3,14 +3,18 @@
 //! which installs and starts squid and tinyproxy; prints figures only.
 //!
 //! ```text
-//! bench_proxy serve PORT                      # agentbox's proxy on 127.0.0.1:PORT
-//! bench_proxy run NAME=ADDR... [--mib N] [--requests N]
+//! bench_proxy serve PORT MODEL_PORT           # agentbox's proxy on 127.0.0.1:PORT,
+//!                                             # its model gateway to a model stand-in
+//! bench_proxy run NAME=ADDR... [--mib N] [--requests N] [--gateway ADDR --model ADDR]
 //! ```
 //!
 //! `run` measures, for each proxy: CONNECT-tunnel download throughput (one
 //! tunnel, N MiB), and the latency of small requests each on a new
 //! connection, through a CONNECT tunnel and as absolute-form plain HTTP.
-//! `direct` (no proxy) is the baseline for the added latency.
+//! `direct` (no proxy) is the baseline for the added latency. With
+//! `--gateway`, also the model gateway's latency: `POST /v1/messages` with
+//! a 4 KiB body, through agentbox's gateway and directly to the stand-in
+//! (which reads the whole body, as the model API does).
 
 use agentbox::config::Config;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
@@ -25,7 +29,11 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 async fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") => serve(args.get(1).ok_or("serve PORT")?.parse()?).await,
+        Some("serve") => {
+            let port = args.get(1).ok_or("serve PORT MODEL_PORT")?.parse()?;
+            let model = args.get(2).ok_or("serve PORT MODEL_PORT")?.parse()?;
+            serve(port, model).await
+        }
         Some("run") => run(&args[1..]).await,
         _ => {
             Err("usage: bench_proxy serve PORT | run NAME=ADDR... [--mib N] [--requests N]".into())
@@ -33,9 +41,14 @@ async fn main() -> Res<()> {
     }
 }
 
-/// agentbox's proxy on TCP, allowing `bench.test` (-> 127.0.0.1) on any port.
-async fn serve(port: u16) -> Res<()> {
-    let text = r#"
+/// agentbox's proxy on TCP, allowing `bench.test` (-> 127.0.0.1) on any
+/// port, its model gateway forwarding to a stand-in on `model_port`.
+async fn serve(port: u16, model_port: u16) -> Res<()> {
+    model_server(model_port).await?;
+    let text = format!(
+        r#"
+[model]
+anthropic_base_url = "http://127.0.0.1:{model_port}"
 [proxy]
 allowed_domains = ["bench.test"]
 allowed_ports = []
@@ -43,8 +56,9 @@ allow_private_cidrs = ["127.0.0.0/8"]
 max_connections_per_container = 1024
 [proxy.resolve]
 "bench.test" = "127.0.0.1"
-"#;
-    let mut cfg = Config::from_toml(text, Vec::new())?;
+"#
+    );
+    let mut cfg = Config::from_toml(&text, Vec::new())?;
     // Every port: the upstreams listen on ephemeral ones.
     cfg.proxy.allowed_ports = (1..=u16::MAX).collect();
     cfg.validate()?;
@@ -75,11 +89,14 @@ async fn run(args: &[String]) -> Res<()> {
         mib: 1024,
         requests: 2000,
     };
+    let (mut gateway, mut model) = (None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--mib" => o.mib = it.next().ok_or("--mib N")?.parse()?,
             "--requests" => o.requests = it.next().ok_or("--requests N")?.parse()?,
+            "--gateway" => gateway = Some(it.next().ok_or("--gateway ADDR")?.clone()),
+            "--model" => model = Some(it.next().ok_or("--model ADDR")?.clone()),
             pair => {
                 let (n, addr) = pair.split_once('=').ok_or("NAME=ADDR")?;
                 o.proxies.push((n.into(), addr.into()));
@@ -123,7 +140,80 @@ async fn run(args: &[String]) -> Res<()> {
             us(pct(&plain, 99)),
         );
     }
+    if let (Some(gateway), Some(model)) = (gateway, model) {
+        println!(
+            "\n{:<22} {:>11} {:>11} {:>12} {:>12}",
+            "model call (4 KiB)", "p50", "p99", "+p50 vs dir", "+p99 vs dir"
+        );
+        let direct = latencies(o.requests, || model_call(&model)).await?;
+        let through = latencies(o.requests, || model_call(&gateway)).await?;
+        let (d50, d99) = (pct(&direct, 50), pct(&direct, 99));
+        for (name, v) in [("direct", &direct), ("agentbox gateway", &through)] {
+            let (p50, p99) = (pct(v, 50), pct(v, 99));
+            println!(
+                "{name:<22} {:>11} {:>11} {:>12} {:>12}",
+                us(p50),
+                us(p99),
+                us(p50.saturating_sub(d50)),
+                us(p99.saturating_sub(d99)),
+            );
+        }
+    }
     Ok(())
+}
+
+/// The model API's stand-in: reads the whole request body (by its
+/// `Content-Length`), then answers a 100-byte body.
+async fn model_server(port: u16) -> Res<()> {
+    let l = TcpListener::bind(("127.0.0.1", port)).await?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let Ok(head) = read_head(&mut s).await else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let end = text.find("\r\n\r\n").map_or(text.len(), |p| p + 4);
+                let want: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut have = head.len() - end;
+                let mut b = vec![0u8; 16 * 1024];
+                while have < want {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                }
+                let body = "x".repeat(100);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{body}"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// One `POST /v1/messages` with a 4 KiB body on a new connection to `addr`.
+async fn model_call(addr: &str) -> Res<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let body = format!("{{\"messages\":\"{}\"}}", "y".repeat(4096 - 16));
+    s.write_all(
+        format!(
+            "POST /v1/messages?beta=true HTTP/1.1\r\nHost: bench\r\ncontent-type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    drain_response(&mut s).await
 }
 
 fn us(d: Duration) -> String {
