@@ -4,8 +4,9 @@
 //!
 //! Names follow `agentbox_<noun>_<unit>`: counters end in `_total`,
 //! durations are seconds, sizes bytes. Labels are bounded: fixed enums, or
-//! strings capped by [`labels::Bounded`]; never a tenant, conversation or
-//! container id. Most counters follow from audit events ([`observe_event`]),
+//! strings capped by [`labels::Bounded`]; never a conversation or
+//! container id, and a tenant id only on the model-spend series (tenants
+//! come from the config, so they are few). Most counters follow from audit events ([`observe_event`]),
 //! so one thing that happens is one event, logged and counted alike. The
 //! catalogue is `docs/metrics.md`.
 
@@ -119,6 +120,23 @@ pub fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
 /// Bytes through the egress proxy.
 pub fn proxy_bytes(direction: ProxyDirection, n: u64) {
     with(|i| i.proxy_bytes.add(n, &[kv("direction", direction.as_str())]));
+}
+
+/// Token kinds of `agentbox_model_tokens_total`, in the order
+/// [`model_usage`] takes them.
+pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+
+/// One model answer billed to `tenant`: its tokens by [`TOKEN_KINDS`]
+/// and its cost.
+pub fn model_usage(tenant: &str, tokens: [u64; 4], cost_usd: f64) {
+    with(|i| {
+        let tenant = i.tenants.get(tenant);
+        for (kind, n) in TOKEN_KINDS.iter().zip(tokens) {
+            i.model_tokens
+                .add(n, &[kv("tenant", tenant.clone()), kv("kind", *kind)]);
+        }
+        i.model_cost.add(cost_usd, &[kv("tenant", tenant)]);
+    });
 }
 
 /// One workspace sync run.
