@@ -12,9 +12,7 @@
 //! Known limits, by design: tallies live in memory, so a daemon restart
 //! starts the day's tallies again from zero; requests already in flight
 //! when a limit is reached finish, so a run can overshoot by at most the
-//! answers it had in flight (`proxy.max_gateway_requests_per_container`);
-//! Bedrock's streamed answers (AWS event-stream) are not read yet, only its
-//! whole JSON ones.
+//! answers it had in flight (`proxy.max_gateway_requests_per_container`).
 
 use super::config::ModelPrice;
 use super::usage::{Metered, Scanner};

@@ -1,11 +1,15 @@
 //! Reading what a model answer cost: the `usage` the Anthropic Messages
-//! API reports, from a streamed (SSE) or whole (JSON) answer, fed frame by
-//! frame as the answer passes through the gateway. Pure: no I/O, no clock.
+//! API reports, from a streamed (SSE, or Bedrock's AWS event-stream whose
+//! `chunk` events carry the same events base64-encoded) or whole (JSON)
+//! answer, fed frame by frame as the answer passes through the gateway.
+//! Pure: no I/O, no clock.
 //!
 //! Memory stays bounded whatever the upstream sends: an SSE line is held
 //! up to [`MAX_LINE`] (longer ones are skipped, never buffered whole; the
-//! events that carry usage are short), a JSON answer up to [`MAX_JSON`].
+//! events that carry usage are short), an event-stream message up to
+//! [`MAX_LINE`] too, a JSON answer up to [`MAX_JSON`].
 
+use base64::Engine;
 use serde::Deserialize;
 
 /// Longest SSE line held; `message_start` and `message_delta` are far
@@ -93,6 +97,12 @@ enum Mode {
         buf: Vec<u8>,
         over: bool,
     },
+    /// AWS event-stream: `buf` holds the message being read, `skip` the
+    /// bytes left of one too large to hold.
+    EventStream {
+        buf: Vec<u8>,
+        skip: usize,
+    },
     /// An error, a redirect or a format we do not read (AWS event-stream).
     Ignore,
 }
@@ -125,6 +135,11 @@ impl Scanner {
                 line: Vec::new(),
                 skipping: false,
             }
+        } else if ct.starts_with("application/vnd.amazon.eventstream") {
+            Mode::EventStream {
+                buf: Vec::new(),
+                skip: 0,
+            }
         } else if ct.starts_with("application/json") {
             Mode::Json {
                 buf: Vec::new(),
@@ -142,6 +157,12 @@ impl Scanner {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         match &mut self.mode {
             Mode::Ignore => {}
+            Mode::EventStream { buf, skip } => {
+                if !event_stream(buf, skip, bytes, &mut self.seen) {
+                    // Framing we cannot follow: keep what was read so far.
+                    self.mode = Mode::Ignore;
+                }
+            }
             Mode::Json { buf, over } => {
                 if *over || buf.len() + bytes.len() > MAX_JSON {
                     *over = true;
@@ -200,13 +221,73 @@ impl Scanner {
     }
 }
 
+/// Reads AWS event-stream messages
+/// (`total_len:u32 | headers_len:u32 | prelude_crc:u32 | headers | payload
+/// | crc:u32`, big-endian) from `bytes`, holding at most one message of up
+/// to [`MAX_LINE`] in `buf`; larger ones are skipped. CRCs are not checked:
+/// the answer comes from the upstream over TLS, not from the container.
+/// False when the framing makes no sense.
+fn event_stream(buf: &mut Vec<u8>, skip: &mut usize, mut bytes: &[u8], seen: &mut Metered) -> bool {
+    const PRELUDE: usize = 12;
+    while !bytes.is_empty() {
+        if *skip > 0 {
+            let n = (*skip).min(bytes.len());
+            *skip -= n;
+            bytes = &bytes[n..];
+            continue;
+        }
+        let want = if buf.len() < PRELUDE {
+            PRELUDE
+        } else {
+            let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let (total, headers) = (be(&buf[0..4]), be(&buf[4..8]));
+            if total < PRELUDE + 4 + headers {
+                return false;
+            }
+            if total > MAX_LINE {
+                *skip = total - buf.len();
+                buf.clear();
+                continue;
+            }
+            total
+        };
+        let n = (want - buf.len()).min(bytes.len());
+        buf.extend_from_slice(&bytes[..n]);
+        bytes = &bytes[n..];
+        if buf.len() == want && want > PRELUDE {
+            let headers = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+            event_stream_payload(&buf[PRELUDE + headers..want - 4], seen);
+            buf.clear();
+        }
+    }
+    true
+}
+
+/// A `chunk` payload: `{"bytes": base64 of one Anthropic stream event}`.
+fn event_stream_payload(payload: &[u8], seen: &mut Metered) {
+    #[derive(Deserialize)]
+    struct Chunk {
+        bytes: String,
+    }
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(payload) else {
+        return;
+    };
+    if let Ok(event) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes) {
+        stream_event(&event, seen);
+    }
+}
+
 /// One complete SSE line: only `data:` lines of the two usage events count.
 fn sse_line(line: &[u8], seen: &mut Metered) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    let data = data.strip_prefix(b" ").unwrap_or(data);
+    stream_event(data.strip_prefix(b" ").unwrap_or(data), seen);
+}
+
+/// One Anthropic stream event as JSON.
+fn stream_event(data: &[u8], seen: &mut Metered) {
     match serde_json::from_slice::<Event>(data) {
         Ok(Event::MessageStart { message }) => {
             if message.model.is_some() {
@@ -288,6 +369,58 @@ mod tests {
         let m = sse(&[&body[..body.len() - 4]]);
         assert_eq!(m.usage.input_tokens, 100);
         assert_eq!(m.usage.output_tokens, 1);
+    }
+
+    /// One event-stream message (CRCs left zero: they are not checked).
+    fn es_frame(payload: &[u8]) -> Vec<u8> {
+        let headers = b"\x0b:event-type\x07\x00\x05chunk";
+        let total = 12 + headers.len() + payload.len() + 4;
+        let mut out = Vec::new();
+        out.extend_from_slice(&(total as u32).to_be_bytes());
+        out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(headers);
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&[0; 4]);
+        out
+    }
+
+    fn es_chunk(event: &str) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(event);
+        es_frame(format!("{{\"bytes\":\"{b64}\"}}").as_bytes())
+    }
+
+    #[test]
+    fn bedrock_event_streams_are_read_frame_by_frame() {
+        let start = START
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("data: ")
+            .trim_end();
+        let mut body = es_chunk(start);
+        // A message too large to hold is skipped whole.
+        body.extend(es_frame(&vec![b'x'; 2 * MAX_LINE]));
+        body.extend(es_chunk(
+            r#"{"type":"message_delta","usage":{"output_tokens":77}}"#,
+        ));
+        for size in [1, 7, 4096, body.len()] {
+            let mut s = Scanner::new(200, "application/vnd.amazon.eventstream");
+            for c in body.chunks(size) {
+                s.feed(c);
+                if let Mode::EventStream { buf, .. } = &s.mode {
+                    assert!(buf.len() <= MAX_LINE);
+                }
+            }
+            let m = s.finish();
+            assert_eq!(m.model.as_deref(), Some("claude-sonnet-4-5"), "{size}");
+            assert_eq!(m.usage.input_tokens, 100);
+            assert_eq!(m.usage.output_tokens, 77);
+        }
+        // Nonsense framing stops the reading, never panics.
+        let mut s = Scanner::new(200, "application/vnd.amazon.eventstream");
+        s.feed(&[0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(s.finish(), Metered::default());
     }
 
     #[test]
