@@ -21,7 +21,9 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST,
+};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -128,7 +130,7 @@ impl ModelGateway {
     /// share is `share`.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         share: &Share,
         ctx: &ProxyContext,
     ) -> (Response<ProxyBody>, Decision) {
@@ -172,6 +174,10 @@ impl ModelGateway {
                 tracing::info!(message = "Model request refused: budget spent.", reason = %e);
                 return self.refuse(&method, Refusal::BudgetExceeded(e.kind));
             }
+            // A compressed answer could not be read for its usage, so a
+            // container could spend unmetered by asking for one.
+            req.headers_mut()
+                .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
         }
         let (host, port) = host_port(base);
         match self.forward(req, base, share).await {
@@ -203,6 +209,14 @@ impl ModelGateway {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         let scanner = Scanner::new(resp.status().as_u16(), ct);
+        let encoded = resp
+            .headers()
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"identity");
+        if encoded {
+            tracing::warn!(message = "Model answer is compressed although identity was asked for; its usage cannot be read.",
+                tenant_id = %ctx.tenant_id, conversation_id = %ctx.conversation_id);
+        }
         let payer = Payer {
             ledger: self.spend.clone(),
             tenant: ctx.tenant_id.clone(),

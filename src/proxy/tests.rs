@@ -702,13 +702,16 @@ async fn a_spent_budget_refuses_the_next_model_request_before_the_upstream() {
     let f = fixture(8).await;
     let ledger = f.gw.spend().clone();
     ledger.begin_run("t1", "conv", Some(0.01)).unwrap();
-    let req = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-test-usage: 1000\r\ncontent-length: 2\r\n\r\n{}";
+    let req = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-test-usage: 1000\r\naccept-encoding: gzip, br\r\ncontent-length: 2\r\n\r\n{}";
     let first = exchange(&f, req).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(first.contains("message_delta"), "{first}");
     // 10 input and 1000 output sonnet tokens: $0.01503, past $0.01.
     assert_eq!(ledger.tenant_today("t1").tokens(), 1010);
     let forwarded = f.seen.lock().unwrap().len();
+    // Answers must come uncompressed to be read.
+    let asked = f.seen.lock().unwrap()[forwarded - 1].clone();
+    assert_eq!(asked["accept-encoding"], "identity");
     let second = exchange(&f, req).await;
     assert!(second.starts_with("HTTP/1.1 403"), "{second}");
     assert!(
