@@ -6,8 +6,8 @@
 //! durations are seconds, sizes bytes. Labels are bounded: fixed enums, or
 //! strings capped by [`labels::Bounded`]; never a conversation or
 //! container id, and a tenant id only on the model-spend series (tenants
-//! come from the config, so they are few). Most counters follow from audit events ([`observe_event`]),
-//! so one thing that happens is one event, logged and counted alike. The
+//! come from the config, so they are few). Most counters follow from audit
+//! events ([`observe_event`]), so one thing that happens is one event, logged and counted alike. The
 //! catalogue is `docs/metrics.md`.
 
 mod events;
@@ -187,5 +187,19 @@ mod tests {
             assert!(!name.contains("otel"), "{line}");
         }
         assert!(!text.contains("otel_scope"), "{text}");
+    }
+
+    #[test]
+    fn model_spend_is_counted_per_tenant_and_kind() {
+        model_usage("spend-test", [1, 2, 3, 4], 0.25);
+        model_usage("spend-test", [0, 2, 0, 0], 0.5);
+        let text = render().unwrap();
+        for needle in [
+            "agentbox_model_tokens_total{kind=\"output\",tenant=\"spend-test\"} 4",
+            "agentbox_model_tokens_total{kind=\"cache_write\",tenant=\"spend-test\"} 4",
+            "agentbox_model_cost_usd_total{tenant=\"spend-test\"} 0.75",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
     }
 }
