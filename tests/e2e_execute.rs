@@ -551,4 +551,18 @@ async fn a_tenant_past_its_daily_limit_is_refused_by_the_gateway() {
     // Other tenants are not held back.
     let (_, body) = post_message(&d, Some(TOKEN), "other", json!({"prompt": "!text ok"})).await;
     assert!(body.contains("event: result"), "{body}");
+    // A limit raised by SIGHUP applies to the next run; the day's tally stays.
+    d.reload(|c| c.replace("daily_token_limit = 1000", "daily_token_limit = 100000000"));
+    let mut resumed = false;
+    for _ in 0..100 {
+        let (_, body) =
+            post_message(&d, Some(METERED), "third", json!({"prompt": "!text again"})).await;
+        if body.contains("event: result") {
+            resumed = true;
+            break;
+        }
+        assert!(body.contains("budget_exceeded"), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the raised limit was not reloaded");
 }
