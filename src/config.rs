@@ -238,6 +238,13 @@ pub struct TenantConfig {
     /// conversations together); unset means no limit but the pool's.
     #[serde(default)]
     pub max_concurrent_runs: Option<usize>,
+    /// Model tokens (input, output and cache, all models) this tenant may
+    /// spend per UTC day; past it the gateway refuses its model requests.
+    #[serde(default)]
+    pub daily_token_limit: Option<u64>,
+    /// The same in USD, priced by `model.prices`.
+    #[serde(default)]
+    pub daily_cost_limit_usd: Option<f64>,
 }
 
 impl Config {
@@ -416,6 +423,14 @@ impl Config {
                 return Err(invalid(
                     &format!("tenants[{i}].max_concurrent_runs"),
                     "must be at least 1",
+                ));
+            }
+            if t.daily_cost_limit_usd
+                .is_some_and(|v| !v.is_finite() || v < 0.0)
+            {
+                return Err(invalid(
+                    &format!("tenants[{i}].daily_cost_limit_usd"),
+                    "must be a finite number, not negative",
                 ));
             }
             if !seen.insert(&t.id) {

@@ -239,6 +239,7 @@ fn spawn_reload_on_sighup(
                     if let Err(error) = gateway.reload_egress(&cfg) {
                         tracing::error!(message = "Egress rules not reloaded; keeping the old ones.", %error);
                     }
+                    gateway.reload_limits(&cfg);
                     orchestrator.reload(cfg)
                 }
                 Err(error) => {

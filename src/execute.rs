@@ -8,6 +8,7 @@
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
 use crate::orchestrator::Orchestrator;
+use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
 use crate::sync::{Placement, RunSync, SyncService};
@@ -120,6 +121,14 @@ impl Executor {
         audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
+        // The gateway counts the run's spend from here; a tenant whose day
+        // is spent gets no container and no agent.
+        let meter = RunMeter::begin(
+            self.orchestrator.gateway().spend().clone(),
+            key,
+            exec.options.max_budget_usd,
+        )
+        .map_err(budget_error)?;
         let (assigned, mut run_sync) = self.assign(key, tx).await?;
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
@@ -174,12 +183,21 @@ impl Executor {
                 let _ = tx.send(ev).await;
             }
         }
+        let spent = meter.finish();
+        tracing::info!(
+            message = "Run spend.",
+            tokens = spent.spend.tokens(),
+            cost_usd = spent.spend.cost_usd,
+            exceeded = spent.exceeded.is_some()
+        );
         // A stream that broke a bound is not believed: its `result` is
         // not relayed, and its session id is not kept for the next run.
+        // A run that went past a spending limit ends with
+        // `budget_exceeded` instead of the CLI's `result`.
         let violated = matches!(outcome, Err(AgentError::Protocol(_)));
         if violated {
             session_id = None;
-        } else if let Some(ev) = result_event {
+        } else if let Some(ev) = result_event.filter(|_| spent.exceeded.is_none()) {
             let _ = tx.send(ev).await;
         }
         self.orchestrator.touch(&assigned.container).await;
@@ -193,7 +211,10 @@ impl Executor {
             .await
             .map_err(state_err)?;
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => match spent.exceeded {
+                Some(over) => Err(budget_error(over)),
+                None => Ok(()),
+            },
             Err(AgentError::Protocol(v)) => Err(self.violated(&assigned.container, &v).await),
             Err(e)
                 if !self
@@ -212,7 +233,10 @@ impl Executor {
                 let _ = tx.send(lost).await;
                 self.assign(key, tx).await.map(|_| ())
             }
-            Err(e) => Err(AgentEvent::error("agent_failed", e.to_string())),
+            Err(e) => Err(match spent.exceeded {
+                Some(over) => budget_error(over),
+                None => AgentEvent::error("agent_failed", e.to_string()),
+            }),
         }
     }
 
@@ -280,5 +304,47 @@ impl Executor {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }
         Ok((assigned, run_sync))
+    }
+}
+
+fn budget_error(e: Exceeded) -> AgentEvent {
+    AgentEvent::error("budget_exceeded", e.to_string())
+}
+
+/// A run open on the gateway's spend ledger; closed when finished, or
+/// when dropped on an early return so the ledger never keeps it.
+struct RunMeter {
+    ledger: Arc<SpendLedger>,
+    key: ConversationKey,
+    open: bool,
+}
+
+impl RunMeter {
+    fn begin(
+        ledger: Arc<SpendLedger>,
+        key: &ConversationKey,
+        max_budget_usd: Option<f64>,
+    ) -> Result<Self, Exceeded> {
+        ledger.begin_run(&key.tenant_id, &key.conversation_id, max_budget_usd)?;
+        Ok(Self {
+            ledger,
+            key: key.clone(),
+            open: true,
+        })
+    }
+
+    fn finish(mut self) -> RunSpend {
+        self.open = false;
+        self.ledger
+            .end_run(&self.key.tenant_id, &self.key.conversation_id)
+    }
+}
+
+impl Drop for RunMeter {
+    fn drop(&mut self) {
+        if self.open {
+            self.ledger
+                .end_run(&self.key.tenant_id, &self.key.conversation_id);
+        }
     }
 }

@@ -467,3 +467,102 @@ fn walk_count(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_past_its_budget_ends_with_budget_exceeded() {
+    let (mock, d) = start_with_mock(KEY).await;
+    // Every answer bills the CLI's whole request (system prompt and tools,
+    // thousands of tokens): the first one is far past $0.0001. The CLI
+    // gets the budget too and may stop by itself; either way the run ends
+    // with the gateway's count, not the CLI's `result`.
+    let prompt = "!write a.txt 1\n!write b.txt 2\n!text done";
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "budget",
+        json!({"prompt": prompt, "options": {"max_budget_usd": 0.0001}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "error", "{events:#?}");
+    assert_eq!(last.data["code"], "budget_exceeded", "{events:#?}");
+    assert!(
+        last.data.to_string().contains("max_budget_usd"),
+        "{events:#?}"
+    );
+    assert!(!events.iter().any(|e| e.event == "result"), "{events:#?}");
+    assert_eq!(billed_calls(&mock), 1);
+}
+
+/// `POST /v1/messages` calls (token counting aside) the mock received.
+fn billed_calls(mock: &mock_model::MockModel) -> usize {
+    mock.requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path.starts_with("/v1/messages")
+                && !r.path.contains("count_tokens")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_past_its_daily_limit_is_refused_by_the_gateway() {
+    // The CLI knows nothing of the tenant's limit: only the gateway stops it.
+    const METERED: &str = "test-token-metered";
+    let extra = format!(
+        "[[tenants]]\nid = \"metered\"\ntoken_sha256 = \"{}\"\ndaily_token_limit = 1000\n",
+        agentbox::api::token_sha256(METERED)
+    );
+    let (mock, d) = start_with_mock_opts(KEY, 1, &extra).await;
+    let (status, body) = post_message(
+        &d,
+        Some(METERED),
+        "first",
+        json!({"prompt": "!write a.txt 1\n!write b.txt 2\n!text done"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    let last = events.last().expect("events");
+    assert_eq!(last.data["code"], "budget_exceeded", "{events:#?}");
+    assert!(
+        last.data.to_string().contains("daily token limit"),
+        "{events:#?}"
+    );
+    // The first answer passed (the day had room), the second call was
+    // refused by the gateway and never reached the model.
+    assert_eq!(billed_calls(&mock), 1);
+    let refused = d
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("proxy_request_blocked") && l.contains("budget_exceeded"));
+    assert!(refused, "no budget_exceeded refusal in the audit log");
+    // The day is spent: the next run ends at once, without the agent.
+    let (_, body) = post_message(&d, Some(METERED), "second", json!({"prompt": "!text hi"})).await;
+    let events = parse_sse(&body);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].data["code"], "budget_exceeded", "{events:#?}");
+    assert_eq!(billed_calls(&mock), 1);
+    // Other tenants are not held back.
+    let (_, body) = post_message(&d, Some(TOKEN), "other", json!({"prompt": "!text ok"})).await;
+    assert!(body.contains("event: result"), "{body}");
+    // A limit raised by SIGHUP applies to the next run; the day's tally stays.
+    d.reload(|c| c.replace("daily_token_limit = 1000", "daily_token_limit = 100000000"));
+    let mut resumed = false;
+    for _ in 0..100 {
+        let (_, body) =
+            post_message(&d, Some(METERED), "third", json!({"prompt": "!text again"})).await;
+        if body.contains("event: result") {
+            resumed = true;
+            break;
+        }
+        assert!(body.contains("budget_exceeded"), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "the raised limit was not reloaded");
+}

@@ -552,6 +552,19 @@ async fn bedrock_mode_completes_a_write_through_the_signing_gateway() {
         );
     }
 
+    // The gateway read the usage from Bedrock's event-stream answers.
+    let status = daemon.status();
+    let spend = status["spend"]
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["tenant_id"] == TENANT))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        spend["tokens_today"].as_u64().unwrap_or(0) > 0
+            && spend["cost_usd_today"].as_f64().unwrap_or(0.0) > 0.0,
+        "{spend}"
+    );
+
     // The container knows nothing of AWS but the region.
     let container = only_container(&daemon);
     let env = inspect(&container)["Config"]["Env"].to_string();

@@ -28,6 +28,18 @@ pub struct StatusView {
     pub workers: BTreeMap<&'static str, WorkerStatus>,
     pub events: Vec<RecentEvent>,
     pub health: Health,
+    /// Each configured tenant's model spend today (UTC), as the gateway
+    /// counts it, with its daily limits.
+    pub spend: Vec<TenantSpendView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TenantSpendView {
+    pub tenant_id: String,
+    pub tokens_today: u64,
+    pub cost_usd_today: f64,
+    pub daily_token_limit: Option<u64>,
+    pub daily_cost_limit_usd: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -112,5 +124,24 @@ pub async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError> {
         workers: status.workers,
         events: recent::events(EVENTS_SHOWN),
         health,
+        spend: spend_view(o),
     })
+}
+
+fn spend_view(o: &crate::orchestrator::Orchestrator) -> Vec<TenantSpendView> {
+    let ledger = o.gateway().spend();
+    o.cfg()
+        .tenants
+        .iter()
+        .map(|t| {
+            let today = ledger.tenant_today(&t.id);
+            TenantSpendView {
+                tenant_id: t.id.clone(),
+                tokens_today: today.tokens(),
+                cost_usd_today: today.cost_usd,
+                daily_token_limit: t.daily_token_limit,
+                daily_cost_limit_usd: t.daily_cost_limit_usd,
+            }
+        })
+        .collect()
 }

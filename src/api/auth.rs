@@ -132,6 +132,8 @@ mod tests {
             token_sha256: token_sha256("s3cret"),
             allowed_domains: Vec::new(),
             max_concurrent_runs: None,
+            daily_token_limit: None,
+            daily_cost_limit_usd: None,
         }])
     }
 
@@ -157,6 +159,8 @@ mod tests {
             token_sha256: token_sha256("rotated"),
             allowed_domains: Vec::new(),
             max_concurrent_runs: None,
+            daily_token_limit: None,
+            daily_cost_limit_usd: None,
         }]);
         assert!(a.authenticate(&headers("Bearer s3cret")).is_err());
         assert_eq!(

@@ -32,9 +32,10 @@ pub const DESTROY_REASONS: [&str; 12] = [
 pub const RECLAIM_REASONS: [&str; 3] = ["idle", "max_age", "orphan"];
 /// Failure codes that exist before any run fails, so error-rate queries
 /// find a series.
-const KNOWN_FAILURE_CODES: [&str; 5] = [
+const KNOWN_FAILURE_CODES: [&str; 6] = [
     "agent_failed",
     "agent_protocol_violation",
+    "budget_exceeded",
     "capacity_exhausted",
     "container_start_failed",
     "runtime_unavailable",
@@ -67,6 +68,8 @@ pub struct Instruments {
 
     pub proxy_requests: Counter<u64>,
     pub proxy_bytes: Counter<u64>,
+    pub model_tokens: Counter<u64>,
+    pub model_cost: Counter<f64>,
 
     pub sync_runs: Counter<u64>,
     pub sync_bytes: Counter<u64>,
@@ -81,6 +84,9 @@ pub struct Instruments {
     pub destroy_reasons: Bounded,
     pub failure_codes: Bounded,
     pub proxy_reasons: Bounded,
+    /// Tenant ids come from the config, so they are few; the cap guards
+    /// against a config with very many tenants.
+    pub tenants: Bounded,
 }
 
 fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
@@ -206,6 +212,15 @@ impl Instruments {
                 "agentbox_proxy_bytes",
                 "Bytes through the egress proxy, by direction seen from the container.",
             ),
+            model_tokens: counter(
+                &m,
+                "agentbox_model_tokens",
+                "Model tokens billed through the gateway, by tenant and kind (input, output, cache_read, cache_write).",
+            ),
+            model_cost: m
+                .f64_counter("agentbox_model_cost_usd")
+                .with_description("Model spend through the gateway in USD (priced by model.prices), by tenant.")
+                .build(),
             sync_runs: counter(
                 &m,
                 "agentbox_sync_runs",
@@ -250,6 +265,7 @@ impl Instruments {
             destroy_reasons: Bounded::new(32),
             failure_codes: Bounded::new(48),
             proxy_reasons: Bounded::new(64),
+            tenants: Bounded::new(256),
             registry,
             _provider: provider,
         };

@@ -4,9 +4,10 @@
 //!
 //! Names follow `agentbox_<noun>_<unit>`: counters end in `_total`,
 //! durations are seconds, sizes bytes. Labels are bounded: fixed enums, or
-//! strings capped by [`labels::Bounded`]; never a tenant, conversation or
-//! container id. Most counters follow from audit events ([`observe_event`]),
-//! so one thing that happens is one event, logged and counted alike. The
+//! strings capped by [`labels::Bounded`]; never a conversation or
+//! container id, and a tenant id only on the model-spend series (tenants
+//! come from the config, so they are few). Most counters follow from audit
+//! events ([`observe_event`]), so one thing that happens is one event, logged and counted alike. The
 //! catalogue is `docs/metrics.md`.
 
 mod events;
@@ -121,6 +122,23 @@ pub fn proxy_bytes(direction: ProxyDirection, n: u64) {
     with(|i| i.proxy_bytes.add(n, &[kv("direction", direction.as_str())]));
 }
 
+/// Token kinds of `agentbox_model_tokens_total`, in the order
+/// [`model_usage`] takes them.
+pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+
+/// One model answer billed to `tenant`: its tokens by [`TOKEN_KINDS`]
+/// and its cost.
+pub fn model_usage(tenant: &str, tokens: [u64; 4], cost_usd: f64) {
+    with(|i| {
+        let tenant = i.tenants.get(tenant);
+        for (kind, n) in TOKEN_KINDS.iter().zip(tokens) {
+            i.model_tokens
+                .add(n, &[kv("tenant", tenant.clone()), kv("kind", *kind)]);
+        }
+        i.model_cost.add(cost_usd, &[kv("tenant", tenant)]);
+    });
+}
+
 /// One workspace sync run.
 pub fn sync_run(direction: SyncDirection, outcome: SyncOutcome, bytes: u64, duration: Duration) {
     with(|i| {
@@ -169,5 +187,19 @@ mod tests {
             assert!(!name.contains("otel"), "{line}");
         }
         assert!(!text.contains("otel_scope"), "{text}");
+    }
+
+    #[test]
+    fn model_spend_is_counted_per_tenant_and_kind() {
+        model_usage("spend-test", [1, 2, 3, 4], 0.25);
+        model_usage("spend-test", [0, 2, 0, 0], 0.5);
+        let text = render().unwrap();
+        for needle in [
+            "agentbox_model_tokens_total{kind=\"output\",tenant=\"spend-test\"} 4",
+            "agentbox_model_tokens_total{kind=\"cache_write\",tenant=\"spend-test\"} 4",
+            "agentbox_model_cost_usd_total{tenant=\"spend-test\"} 0.75",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
     }
 }

@@ -187,6 +187,12 @@ impl Orchestrator {
         &self.store
     }
 
+    /// The egress gateway, whose spend ledger the executor opens and
+    /// closes runs on.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
     /// Reconciles with the engine, then starts the pool and sweeper
     /// workers. Returns once the state matches the engine; the pool fills
     /// in the background.

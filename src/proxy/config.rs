@@ -49,6 +49,41 @@ pub struct ModelConfig {
     /// Bedrock: the model ids the gateway signs calls for; empty means
     /// `bedrock_model` and `bedrock_small_model`.
     pub bedrock_models: Vec<String>,
+    /// What the gateway charges runs and tenants for, per model family: a
+    /// model is priced by the longest key its name contains, and a model no
+    /// key matches by the most expensive entry (an unknown model must not
+    /// spend for free). Setting the table replaces the default one whole.
+    pub prices: BTreeMap<String, ModelPrice>,
+}
+
+/// USD per million tokens of each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    pub input: f64,
+    pub output: f64,
+    pub cache_write: f64,
+    pub cache_read: f64,
+}
+
+impl ModelPrice {
+    const fn new(input: f64, output: f64, cache_write: f64, cache_read: f64) -> Self {
+        Self {
+            input,
+            output,
+            cache_write,
+            cache_read,
+        }
+    }
+}
+
+/// List prices of the Claude families (USD per million tokens).
+fn default_prices() -> BTreeMap<String, ModelPrice> {
+    BTreeMap::from([
+        ("haiku".to_owned(), ModelPrice::new(1.0, 5.0, 1.25, 0.10)),
+        ("opus".to_owned(), ModelPrice::new(15.0, 75.0, 18.75, 1.5)),
+        ("sonnet".to_owned(), ModelPrice::new(3.0, 15.0, 3.75, 0.30)),
+    ])
 }
 
 impl Default for ModelConfig {
@@ -69,6 +104,7 @@ impl Default for ModelConfig {
                 .map(|c| (*c).to_owned())
                 .collect(),
             bedrock_models: Vec::new(),
+            prices: default_prices(),
         }
     }
 }
@@ -118,6 +154,23 @@ impl ModelConfig {
                     &format!("model.bedrock_models[{i}]"),
                     "must be a model id (letters, digits, . : - _)",
                 ));
+            }
+        }
+        if self.prices.is_empty() {
+            return Err(invalid(
+                "model.prices",
+                "must price at least one model family",
+            ));
+        }
+        for (family, p) in &self.prices {
+            let key = format!("model.prices.{family}");
+            if family.is_empty() || family.trim() != family {
+                return Err(invalid(&key, "must be a non-empty model family name"));
+            }
+            for v in [p.input, p.output, p.cache_write, p.cache_read] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(invalid(&key, "prices must be finite and not negative"));
+                }
             }
         }
         Ok(())

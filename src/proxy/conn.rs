@@ -129,7 +129,7 @@ where
                     _ if busy => proxy
                         .model
                         .refuse(req.method().as_str(), Refusal::GatewayBusy),
-                    _ => proxy.model.handle(req, &c.buffer_share).await,
+                    _ => proxy.model.handle(req, &c.buffer_share, &c.ctx).await,
                 };
                 *decided.lock().unwrap_or_else(|e| e.into_inner()) = Some(decision);
                 Ok::<_, std::convert::Infallible>(resp)

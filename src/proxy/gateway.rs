@@ -12,18 +12,23 @@ use super::decision::{Decision, Route};
 use super::forward::strip_hop_by_hop;
 use super::gateway_paths::{BedrockEndpoint, CallPolicy, PathRefusal};
 use super::refusal::Refusal;
-use super::{sigv4, ProxyBody};
+use super::spend::{MeteredBody, Payer, SpendLedger};
+use super::usage::Scanner;
+use super::{sigv4, ProxyBody, ProxyContext};
 use crate::config::{ModelConfig, Provider};
 use crate::secrets::Secret;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST,
+};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// Client headers never forwarded: credentials the container may have
@@ -68,6 +73,7 @@ pub struct ModelGateway {
     calls: CallPolicy,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     limits: Limits,
+    spend: Arc<SpendLedger>,
 }
 
 impl ModelGateway {
@@ -76,6 +82,7 @@ impl ModelGateway {
         limits: Limits,
         api_key: Option<Secret>,
         aws_env: AwsEnv,
+        spend: Arc<SpendLedger>,
     ) -> Result<Self, ModelGatewayError> {
         let uri = |s: &str| {
             s.parse::<Uri>()
@@ -106,6 +113,7 @@ impl ModelGateway {
             calls: model.call_policy(),
             client: Client::builder(TokioExecutor::new()).build(https),
             limits,
+            spend,
         })
     }
 
@@ -114,12 +122,17 @@ impl ModelGateway {
         matches!(&self.upstream, Upstream::Anthropic { api_key: None, .. })
     }
 
-    /// Serves one gateway request from a container whose buffer share is
-    /// `share`.
+    pub fn spend(&self) -> &Arc<SpendLedger> {
+        &self.spend
+    }
+
+    /// Serves one gateway request from the container `ctx` whose buffer
+    /// share is `share`.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         share: &Share,
+        ctx: &ProxyContext,
     ) -> (Response<ProxyBody>, Decision) {
         let method = req.method().as_str().to_owned();
         let target = req
@@ -153,9 +166,27 @@ impl ModelGateway {
                 return self.refuse(&method, why);
             }
         };
+        // Checked after the path, so only calls that could be forwarded
+        // are refused for spend, and before any byte goes upstream.
+        let billed = is_billed(req.method(), &target);
+        if billed {
+            if let Err(e) = self.spend.check(&ctx.tenant_id, &ctx.conversation_id) {
+                tracing::info!(message = "Model request refused: budget spent.", reason = %e);
+                return self.refuse(&method, Refusal::BudgetExceeded(e.kind));
+            }
+            // A compressed answer could not be read for its usage, so a
+            // container could spend unmetered by asking for one.
+            req.headers_mut()
+                .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        }
         let (host, port) = host_port(base);
         match self.forward(req, base, share).await {
             Ok((resp, credential)) => {
+                let resp = if billed {
+                    self.metered(resp, ctx)
+                } else {
+                    resp
+                };
                 let mut d =
                     Decision::allowed(Route::Gateway, &method, &host, port, "model_gateway");
                 d.status = Some(resp.status().as_u16());
@@ -167,6 +198,31 @@ impl ModelGateway {
                 Decision::blocked(Route::Gateway, &method, &host, port, why),
             ),
         }
+    }
+
+    /// The answer with its usage read as it streams and billed to the
+    /// container's tenant and conversation when it ends.
+    fn metered(&self, resp: Response<ProxyBody>, ctx: &ProxyContext) -> Response<ProxyBody> {
+        let ct = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let scanner = Scanner::new(resp.status().as_u16(), ct);
+        let encoded = resp
+            .headers()
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"identity");
+        if encoded {
+            tracing::warn!(message = "Model answer is compressed although identity was asked for; its usage cannot be read.",
+                tenant_id = %ctx.tenant_id, conversation_id = %ctx.conversation_id);
+        }
+        let payer = Payer {
+            ledger: self.spend.clone(),
+            tenant: ctx.tenant_id.clone(),
+            conversation: ctx.conversation_id.clone(),
+        };
+        resp.map(|b| MeteredBody::new(b, scanner, payer).boxed())
     }
 
     /// A refusal before any upstream was chosen, with its decision.
@@ -297,6 +353,15 @@ impl ModelGateway {
         // The body streams through unbuffered (SSE or AWS event-stream).
         Ok((Response::from_parts(parts, body.boxed()), credential))
     }
+}
+
+/// Calls that generate tokens: every allowed `POST` but token counting
+/// (free). The path was checked against the allowed calls already.
+fn is_billed(method: &hyper::Method, target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    method == hyper::Method::POST
+        && !path.ends_with("/count_tokens")
+        && !path.ends_with("/count-tokens")
 }
 
 fn anthropic_error_type(status: StatusCode) -> &'static str {

@@ -30,6 +30,8 @@ mod policy;
 mod refusal;
 pub mod request;
 mod sigv4;
+pub mod spend;
+pub mod usage;
 
 pub use conn::KILL_HOOK_PATH;
 pub use credentials::AwsEnv;
@@ -37,6 +39,7 @@ pub use env::container_env;
 pub use gateway::{ModelGateway, ModelGatewayError};
 pub use policy::Policy;
 pub use refusal::Refusal;
+pub use spend::{BudgetKind, Exceeded, RunSpend, Spend, SpendLedger};
 
 use crate::audit::{AuditEvent, Subject};
 use crate::config::{Config, ConfigError};
@@ -106,8 +109,9 @@ impl Gateway {
     pub fn new(cfg: &Config, api_key: Option<Secret>, aws_env: AwsEnv) -> Result<Self, ProxyError> {
         let p = &cfg.proxy;
         let limits = p.body_limits(cfg.model.max_request_body_mb << 20);
+        let spend = Arc::new(SpendLedger::new(cfg));
         Ok(Self {
-            model: ModelGateway::new(&cfg.model, limits, api_key, aws_env)?,
+            model: ModelGateway::new(&cfg.model, limits, api_key, aws_env, spend)?,
             resolver: dns::Resolver::new(
                 p.resolve_overrides()?,
                 Duration::from_secs(p.dns_cache_ttl_secs),
@@ -136,6 +140,17 @@ impl Gateway {
         *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
         self.resolver.replace_overrides(overrides);
         Ok(())
+    }
+
+    /// Takes the tenants' spending limits of a reloaded config; the day's
+    /// tallies are kept.
+    pub fn reload_limits(&self, cfg: &Config) {
+        self.model.spend().reload(cfg);
+    }
+
+    /// The spend tallies the gateway enforces, for the executor.
+    pub fn spend(&self) -> &Arc<SpendLedger> {
+        self.model.spend()
     }
 
     /// The policy for a tenant's request, as the rules stand now.

@@ -3,6 +3,7 @@
 //! gets. Answers never echo what the client sent.
 
 use super::addr::Forbidden;
+use super::spend::BudgetKind;
 use http::StatusCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +52,10 @@ pub enum Refusal {
     UpstreamFailed,
     #[error("model credentials unavailable")]
     CredentialsUnavailable,
+    /// 403, not 429: the CLI retries a 429, and spending more will not
+    /// come back within a run.
+    #[error("budget exceeded: {} is spent", .0.describe())]
+    BudgetExceeded(BudgetKind),
 }
 
 impl Refusal {
@@ -79,6 +84,7 @@ impl Refusal {
             Self::BufferBudgetExhausted => "buffer_budget_exhausted",
             Self::UpstreamFailed => "upstream_failed",
             Self::CredentialsUnavailable => "credentials_unavailable",
+            Self::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 

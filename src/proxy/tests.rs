@@ -21,7 +21,14 @@ async fn http_upstream() -> (u16, Arc<StdMutex<Vec<HeaderMap>>>, Arc<tokio::sync
         move |uri: axum::http::Uri, headers: HeaderMap, _body: Bytes| {
             let (rec, release) = (rec.clone(), release.clone());
             async move {
+                let usage = headers
+                    .get("x-test-usage")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 rec.lock().unwrap().push(headers);
+                if let Some(out) = usage {
+                    return sse_answer(&out).into_response();
+                }
                 match uri.path() {
                     "/redirect" => (
                         StatusCode::FOUND,
@@ -55,6 +62,17 @@ async fn http_upstream() -> (u16, Arc<StdMutex<Vec<HeaderMap>>>, Arc<tokio::sync
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(l, app).await.ok() });
     (port, seen, go)
+}
+
+/// A streamed Messages answer from a sonnet model that reports `out`
+/// output tokens (and 10 input tokens).
+fn sse_answer(out: &str) -> impl axum::response::IntoResponse {
+    let body = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"claude-sonnet-4-5\",\"usage\":{{\"input_tokens\":10,\"output_tokens\":1}}}}}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":{out}}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    ([("content-type", "text/event-stream")], body)
 }
 
 /// An upstream that echoes every byte back.
@@ -677,4 +695,50 @@ async fn a_stalled_forward_proxy_body_times_out_too() {
         .unwrap();
     let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+}
+
+#[tokio::test]
+async fn a_spent_budget_refuses_the_next_model_request_before_the_upstream() {
+    let f = fixture(8).await;
+    let ledger = f.gw.spend().clone();
+    ledger.begin_run("t1", "conv", Some(0.01)).unwrap();
+    let req = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-test-usage: 1000\r\naccept-encoding: gzip, br\r\ncontent-length: 2\r\n\r\n{}";
+    let first = exchange(&f, req).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("message_delta"), "{first}");
+    // 10 input and 1000 output sonnet tokens: $0.01503, past $0.01.
+    assert_eq!(ledger.tenant_today("t1").tokens(), 1010);
+    let forwarded = f.seen.lock().unwrap().len();
+    // Answers must come uncompressed to be read.
+    let asked = f.seen.lock().unwrap()[forwarded - 1].clone();
+    assert_eq!(asked["accept-encoding"], "identity");
+    let second = exchange(&f, req).await;
+    assert!(second.starts_with("HTTP/1.1 403"), "{second}");
+    assert!(
+        second.contains("permission_error") && second.contains("budget exceeded"),
+        "{second}"
+    );
+    assert_eq!(
+        f.seen.lock().unwrap().len(),
+        forwarded,
+        "reached the upstream"
+    );
+    let end = ledger.end_run("t1", "conv");
+    assert_eq!(end.exceeded.map(|e| e.kind), Some(BudgetKind::Run));
+    assert_eq!(end.spend.output_tokens, 1000);
+    // Calls that are not billed (here the test's GET) are not held back.
+    ledger.begin_run("t1", "conv", Some(0.001)).unwrap();
+    ledger.record(
+        "t1",
+        "conv",
+        &usage::Metered {
+            model: Some("claude-opus".into()),
+            usage: usage::Usage {
+                output_tokens: 100,
+                ..Default::default()
+            },
+        },
+    );
+    let free = exchange(&f, "GET /redirect HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(free.starts_with("HTTP/1.1 302"), "{free}");
 }
