@@ -122,6 +122,19 @@ async fn status_page_updates_live_in_chromium() {
             },
         )
         .await;
+    // The run's model calls, as the gateway counted them.
+    let spend = browser
+        .wait_for(
+            30,
+            "the tenant's spend today",
+            &format!(
+                "const r = document.querySelector('#spend tr[data-tenant=\"{TENANT}\"]'); \
+                 return r ? Number(r.children[1].textContent) : null"
+            ),
+            |v| v.as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+    eprintln!("spend shown: {spend} tokens");
     let health = browser
         .eval("return document.getElementById('isolation').textContent")
         .await;
