@@ -60,6 +60,12 @@ cleanup() {
   local pid ids=()
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # The daemon leaves its containers running when it stops (a restart
+  # adopts them); the demo removes its own, with their workspace quota
+  # mounts and state, as an operator would.
+  if [[ -x $BIN/agentbox && -f $DIR/agentbox.toml ]]; then
+    "$BIN/agentbox" destroy-all --config "$DIR/agentbox.toml" >"$LOGS/destroy.log" 2>&1 || true
+  fi
   if command -v docker >/dev/null 2>&1; then
     mapfile -t ids < <(docker ps -aq --filter label=agentbox.instance=demo 2>/dev/null || true)
     ((${#ids[@]} == 0)) || docker rm -f -v "${ids[@]}" >/dev/null 2>&1 || true
@@ -157,5 +163,5 @@ curl -sf "http://$LISTEN/v1/conversations/$CONV/files/hello.txt" -H "Authorizati
   fail "fetch hello.txt through the files API" "$LOGS/daemon.log" 1
 echo
 say "it was synced to the object store (/var/lib/agentbox/objects/demo/$CONV/) before the result event came"
-say "stopping the daemon (SIGTERM) and removing the demo container"
+say "stopping the daemon (SIGTERM) and removing the demo container (agentbox destroy-all)"
 say "total $(secs "$T_START" "$(now)") s"
