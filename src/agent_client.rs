@@ -3,16 +3,15 @@
 //!
 //! **Everything read here is hostile input**: the container user can
 //! replace `agent.sock` with its own server. Every answer is read within
-//! a time bound and a size bound (`[agent]`, [`config::AgentConfig`]); a
+//! a time bound and a size bound (`[agent]`, [`crate::config::AgentConfig`]); a
 //! stream that breaks one ends with [`AgentError::Protocol`].
 
-pub mod config;
 mod reader;
 
 pub use reader::{LineReader, Violation};
 
 use bytes::Bytes;
-use config::AgentConfig;
+use crate::config::AgentConfig;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};

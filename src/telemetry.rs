@@ -4,10 +4,9 @@
 //! the audit log can read them ([`current_context`]). The `[telemetry]`
 //! config lives in [`config`].
 
-pub mod config;
 mod context;
 
-pub use config::TelemetryConfig;
+pub use crate::config::TelemetryConfig;
 pub use context::{current_context, ContextLayer, SpanContext};
 
 use tracing_subscriber::layer::SubscriberExt;

@@ -9,7 +9,7 @@
 mod common;
 
 use agentbox::state::{ConversationRecord, Store};
-use agentbox::sync::config::{StorageConfig, SyncConfig};
+use agentbox::config::{StorageConfig, SyncConfig};
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::manifest::{manifest_key, Manifest};
 use agentbox::sync::paths::RelPath;

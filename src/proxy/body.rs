@@ -5,6 +5,7 @@
 //! drawn from one daemon-wide [`Budget`] and the container's share of it,
 //! so that no number of containers can buffer more than the budget.
 
+use crate::config::BodyLimits;
 use super::refusal::Refusal;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -12,21 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Size and time bounds of one request body.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub max_bytes: u64,
-    /// The whole body must have arrived within this.
-    pub deadline: Duration,
-    /// No gap between two reads may be longer than this.
-    pub idle: Duration,
-}
 
 /// Where a guarded body records why it stopped, for the caller that only
 /// sees the HTTP client's opaque error.
@@ -44,10 +35,10 @@ impl Verdict {
     }
 }
 
-/// A body passed through frame by frame under [`Limits`].
+/// A body passed through frame by frame under [`BodyLimits`].
 pub struct Guarded<B> {
     inner: B,
-    limits: Limits,
+    limits: BodyLimits,
     seen: u64,
     deadline: Pin<Box<Sleep>>,
     idle: Pin<Box<Sleep>>,
@@ -55,7 +46,7 @@ pub struct Guarded<B> {
 }
 
 impl<B> Guarded<B> {
-    pub fn new(inner: B, limits: Limits, verdict: Verdict) -> Self {
+    pub fn new(inner: B, limits: BodyLimits, verdict: Verdict) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -206,9 +197,10 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
+    use std::time::Duration;
 
-    fn limits(max: u64) -> Limits {
-        Limits {
+    fn limits(max: u64) -> BodyLimits {
+        BodyLimits {
             max_bytes: max,
             deadline: Duration::from_secs(10),
             idle: Duration::from_secs(2),

@@ -6,7 +6,8 @@
 //! base URL, redirects are passed back to the client and never followed,
 //! and whatever credential the container sent is dropped first.
 
-use super::body::{self, BoxError, Guarded, Limits, Share, Verdict};
+use crate::config::BodyLimits;
+use super::body::{self, BoxError, Guarded, Share, Verdict};
 use super::credentials::{AwsEnv, CredentialChain};
 use super::decision::{Decision, Route};
 use super::forward::strip_hop_by_hop;
@@ -72,14 +73,14 @@ pub struct ModelGateway {
     upstream: Upstream,
     calls: CallPolicy,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
-    limits: Limits,
+    limits: BodyLimits,
     spend: Arc<SpendLedger>,
 }
 
 impl ModelGateway {
     pub fn new(
         model: &ModelConfig,
-        limits: Limits,
+        limits: BodyLimits,
         api_key: Option<Secret>,
         aws_env: AwsEnv,
         spend: Arc<SpendLedger>,

@@ -13,7 +13,6 @@
 pub mod addr;
 mod audit_gate;
 mod body;
-pub mod config;
 mod conn;
 mod credentials;
 mod decision;
@@ -91,7 +90,7 @@ pub struct Gateway {
     model: ModelGateway,
     resolver: dns::Resolver,
     /// Bounds on a forward-proxy request body (no size limit).
-    forward_limits: body::Limits,
+    forward_limits: crate::config::BodyLimits,
     /// The allowlists; replaced whole on SIGHUP, read per request.
     egress: std::sync::RwLock<Arc<Egress>>,
     connect_timeout: Duration,
@@ -232,7 +231,7 @@ impl Egress {
         let mut policies = HashMap::new();
         for (i, t) in cfg.tenants.iter().enumerate() {
             let mut patterns = base.clone();
-            patterns.extend(config::parse_patterns(
+            patterns.extend(crate::config::parse_patterns(
                 &format!("tenants[{i}].allowed_domains"),
                 &t.allowed_domains,
             )?);

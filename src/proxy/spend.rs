@@ -14,7 +14,7 @@
 //! when a limit is reached finish, so a run can overshoot by at most the
 //! answers it had in flight (`proxy.max_gateway_requests_per_container`).
 
-use super::config::ModelPrice;
+use crate::config::ModelPrice;
 use super::usage::{Metered, Scanner};
 use crate::config::Config;
 use bytes::Bytes;

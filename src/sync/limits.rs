@@ -9,7 +9,7 @@
 //! all of its length, so it is judged by its length. What it occupies is
 //! kept alongside, for the audit trail and the run's `sync_skipped` event.
 
-use super::config::SyncConfig;
+use crate::config::SyncConfig;
 use super::fsx::{Found, Kind};
 use super::paths::RelPath;
 use std::sync::atomic::{AtomicU64, Ordering};

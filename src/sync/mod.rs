@@ -11,7 +11,6 @@
 //! (counters and the backlog gauge), `files` (the stored workspace for the
 //! API), `service` (what the execute service calls).
 
-pub mod config;
 pub mod files;
 pub mod fsx;
 pub mod limits;

@@ -3,7 +3,7 @@
 //! for, uploads blobs the store lacks, checks the fence, commits the
 //! manifest with one PUT, then drops what the new manifest no longer needs.
 
-use super::config::SyncConfig;
+use crate::config::SyncConfig;
 use super::fsx::{Found, Kind, Root};
 use super::limits::{screen, ReadBudget, Refused};
 use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};

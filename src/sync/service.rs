@@ -10,7 +10,7 @@
 //! - A push commits only while its generation is the one in the state
 //!   file and no newer manifest is stored.
 
-use super::config::{StorageConfig, SyncConfig};
+use crate::config::{StorageConfig, SyncConfig};
 use super::fsx::{Owner, Root};
 use super::limits::Refused;
 use super::manifest::Manifest;

@@ -4,7 +4,7 @@
 //!
 //! **Invariant:** only this module talks to `object_store`.
 
-use super::config::StorageConfig;
+use crate::config::StorageConfig;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;

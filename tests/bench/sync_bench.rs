@@ -10,7 +10,7 @@
 //! `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one target.
 
 use agentbox::state::{ConversationRecord, Store};
-use agentbox::sync::config::StorageConfig;
+use agentbox::config::StorageConfig;
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::{Placement, SyncService};
 use anyhow::{bail, Context, Result};

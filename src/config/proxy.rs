@@ -2,14 +2,14 @@
 //! (`[proxy]`). `validate()` is pure; the typed values the proxy runs on
 //! are derived here too, so a config that validates always builds.
 
-use super::addr::Cidr;
-use super::body::Limits;
-use super::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
-use super::hostmatch::{normalize, Pattern};
-use crate::config::{invalid, ConfigError};
+use crate::proxy::addr::Cidr;
+use crate::proxy::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
+use crate::proxy::hostmatch::{normalize, Pattern};
+use super::{invalid, ConfigError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -337,11 +337,11 @@ impl ProxyConfig {
     }
 
     /// The bounds on one request body through the gateway.
-    pub fn body_limits(&self, max_bytes: u64) -> Limits {
-        Limits {
+    pub fn body_limits(&self, max_bytes: u64) -> BodyLimits {
+        BodyLimits {
             max_bytes,
-            deadline: std::time::Duration::from_secs(self.body_timeout_secs),
-            idle: std::time::Duration::from_secs(self.read_idle_timeout_secs),
+            deadline: Duration::from_secs(self.body_timeout_secs),
+            idle: Duration::from_secs(self.read_idle_timeout_secs),
         }
     }
 
@@ -353,7 +353,7 @@ impl ProxyConfig {
         self.allow_private_cidrs
             .iter()
             .map(|c| {
-                c.parse().map_err(|e: super::addr::CidrError| {
+                c.parse().map_err(|e: crate::proxy::addr::CidrError| {
                     invalid("proxy.allow_private_cidrs", e.to_string())
                 })
             })
@@ -384,6 +384,16 @@ pub fn parse_patterns(key: &str, entries: &[String]) -> Result<Vec<Pattern>, Con
             Pattern::parse(e).map_err(|err| invalid(&format!("{key}[{i}]"), err.to_string()))
         })
         .collect()
+}
+
+/// Size and time bounds of one request body through the proxy.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    pub max_bytes: u64,
+    /// The whole body must have arrived within this.
+    pub deadline: Duration,
+    /// No gap between two reads may be longer than this.
+    pub idle: Duration,
 }
 
 #[cfg(test)]

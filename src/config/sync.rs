@@ -1,7 +1,7 @@
 //! Configuration of workspace sync: where and how (`[storage]`) and what
 //! may be synced (`[sync]`).
 
-use crate::config::{invalid, ConfigError};
+use super::{invalid, ConfigError};
 use serde::Deserialize;
 
 #[derive(Clone, Debug, Deserialize)]

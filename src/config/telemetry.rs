@@ -1,7 +1,7 @@
 //! The `[telemetry]` config section: where the audit log goes and how it
 //! rotates. Documented in `docs/configuration.md`.
 
-use crate::config::{invalid, ConfigError};
+use super::{invalid, ConfigError};
 use serde::Deserialize;
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! agent. Everything read from inside a container is hostile input, so
 //! each bound is finite and a stream that breaks one costs only its run.
 
-use crate::config::{invalid, ConfigError};
+use super::{invalid, ConfigError};
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -5,11 +5,15 @@
 //! environment by [`crate::secrets`]. Every key is documented in
 //! `docs/configuration.md`.
 
-pub use crate::agent_client::config::AgentConfig;
-pub use crate::proxy::config::{ModelConfig, Provider, ProxyConfig};
-pub use crate::sync::config::StorageConfig;
-pub use crate::sync::config::SyncConfig;
-pub use crate::telemetry::TelemetryConfig;
+mod agent;
+mod proxy;
+mod sync;
+mod telemetry;
+
+pub use agent::AgentConfig;
+pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
+pub use sync::{StorageConfig, SyncConfig};
+pub use telemetry::TelemetryConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -443,7 +447,7 @@ impl Config {
                     "must be 64 hex digits (sha256 of the token)",
                 ));
             }
-            crate::proxy::config::parse_patterns(
+            parse_patterns(
                 &format!("tenants[{i}].allowed_domains"),
                 &t.allowed_domains,
             )?;
