@@ -1,6 +1,7 @@
 //! Typed audit events: one variant per thing that happens. [`emit`] writes
 //! each as one JSON line to the append-only audit file ([`sink`]) and to the
-//! tracing output under the `audit` target, and counts it in the metrics.
+//! tracing output under the `audit` target, then hands it to the
+//! [`Subscriber`]s registered at start-up (metrics, the status page).
 //! The request, tenant, conversation and container ids an event lacks are
 //! taken from the enclosing tracing span, so code below an execution never
 //! passes them by hand. `docs/audit-events.md` lists every event and field.
@@ -10,10 +11,12 @@
 
 mod execution;
 mod sink;
+mod subscribers;
 mod timestamp;
 
 pub use execution::ExecutionAudit;
 pub use sink::{install, AuditError, AuditFile};
+pub use subscribers::{subscribe, Subscriber};
 
 use serde::Serialize;
 
@@ -316,14 +319,15 @@ fn record_line(event: &AuditEvent, ctx: &crate::telemetry::SpanContext) -> (Audi
     (event, line)
 }
 
-/// Records one audit event: audit file, tracing output, metrics.
+/// Records one audit event: audit file, tracing output, subscribers.
 pub fn emit(event: &AuditEvent) {
     let ctx = crate::telemetry::current_context();
     let (event, line) = record_line(event, &ctx);
-    sink::append(&line);
-    crate::metrics::observe_event(&event);
+    if !sink::append(&line) {
+        subscribers::each(|s| s.write_failed());
+    }
     tracing::info!(target: "audit", message = "Audit event.", event = event.name(), audit = %line);
-    crate::admin::recent::record(&event);
+    subscribers::each(|s| s.event(&event));
 }
 
 #[cfg(test)]

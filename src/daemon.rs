@@ -80,6 +80,8 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         let _ = stop_tx.send(true);
     });
     // Before anything that emits audit events (reconcile at start-up).
+    crate::metrics::count_audit_events();
+    crate::admin::recent::keep_audit_events();
     let t = &cfg.telemetry;
     crate::audit::install(crate::audit::AuditFile::open(
         &t.audit_path,

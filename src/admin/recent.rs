@@ -1,7 +1,8 @@
 //! The most recent audit events, kept in memory for the status page, and
 //! the last run of each conversation derived from them.
 //!
-//! [`crate::audit::emit`] pushes every event here. The buffers are bounded
+//! Every audit event arrives here once [`keep_audit_events`] has
+//! subscribed this ring to [`crate::audit`]. The buffers are bounded
 //! (an old event falls out when a new one comes in), process-wide because
 //! `emit` is a free function, and lost on restart: the audit log is the
 //! record, this is the window onto it.
@@ -120,6 +121,20 @@ fn ring() -> std::sync::MutexGuard<'static, Ring> {
 pub fn record(event: &AuditEvent) {
     let seq = ring().push(event, crate::state::now_ms());
     NOTIFY.send_replace(seq);
+}
+
+struct Recorder;
+
+impl crate::audit::Subscriber for Recorder {
+    fn event(&self, event: &AuditEvent) {
+        record(event);
+    }
+}
+
+/// From now on every audit event is kept for the status page; the daemon
+/// calls this at start-up.
+pub fn keep_audit_events() {
+    crate::audit::subscribe("recent", std::sync::Arc::new(Recorder));
 }
 
 /// Up to `limit` events, newest first.

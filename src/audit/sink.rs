@@ -128,16 +128,20 @@ pub fn install(file: AuditFile) -> Result<(), AuditError> {
         .map_err(|_| AuditError::AlreadyInstalled)
 }
 
-/// Appends to the installed audit file, if any. A failure is logged and
-/// counted (`agentbox_audit_write_failures_total`); the event still
-/// reaches the tracing output.
-pub(super) fn append(line: &str) {
+/// Appends to the installed audit file, if any; false when the write
+/// failed. A failure is logged (and counted by the subscribers: see
+/// `agentbox_audit_write_failures_total`); the event still reaches the
+/// tracing output.
+pub(super) fn append(line: &str) -> bool {
     let Some(file) = INSTALLED.get() else {
-        return;
+        return true;
     };
-    if let Err(error) = file.append(line) {
-        crate::metrics::audit_write_failed();
-        tracing::error!(message = "Audit event not written to the audit file.", %error);
+    match file.append(line) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(message = "Audit event not written to the audit file.", %error);
+            false
+        }
     }
 }
 

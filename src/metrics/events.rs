@@ -1,14 +1,34 @@
 //! Counting audit events: every event the daemon emits passes through
-//! [`observe_event`], so a thing that happens is logged and counted from
-//! one place. Proxy and sync metrics follow from their audit events.
+//! [`observe_event`] (an [`audit::Subscriber`] registered by
+//! [`count_audit_events`]), so a thing that happens is logged and counted
+//! from one place. Proxy and sync metrics follow from their audit events.
 
 use super::instruments::RECLAIM_REASONS;
 use super::{kv, proxy_bytes, proxy_decision, sync_run, with};
 use super::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome};
-use crate::audit::{AuditEvent, ExecutionTiming, ProxyRequest};
+use crate::audit::{self, AuditEvent, ExecutionTiming, ProxyRequest};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub fn observe_event(event: &AuditEvent) {
+struct AuditCounts;
+
+impl audit::Subscriber for AuditCounts {
+    fn event(&self, event: &AuditEvent) {
+        observe_event(event);
+    }
+
+    fn write_failed(&self) {
+        with(|i| i.audit_write_failures.add(1, &[]));
+    }
+}
+
+/// From now on every audit event is counted; the daemon calls this first
+/// thing at start-up.
+pub fn count_audit_events() {
+    audit::subscribe("metrics", Arc::new(AuditCounts));
+}
+
+fn observe_event(event: &AuditEvent) {
     with(|i| i.audit_events.add(1, &[kv("event", event.name())]));
     match event {
         AuditEvent::ContainerCreated { .. } => with(|i| i.containers_created.add(1, &[])),
@@ -107,6 +127,7 @@ mod tests {
     // independent of other tests sharing the process-wide registry.
     #[test]
     fn proxy_and_sync_events_are_counted() {
+        super::count_audit_events();
         let request = ProxyRequest {
             route: "connect".into(),
             method: "CONNECT".into(),

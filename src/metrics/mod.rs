@@ -7,7 +7,7 @@
 //! strings capped by [`labels::Bounded`]; never a conversation or
 //! container id, and a tenant id only on the model-spend series (tenants
 //! come from the config, so they are few). Most counters follow from audit
-//! events ([`observe_event`]), so one thing that happens is one event, logged and counted alike. The
+//! events ([`count_audit_events`]), so one thing that happens is one event, logged and counted alike. The
 //! catalogue is `docs/metrics.md`.
 
 mod events;
@@ -15,7 +15,7 @@ mod http;
 mod instruments;
 pub mod labels;
 
-pub use events::observe_event;
+pub use events::count_audit_events;
 pub use http::handler;
 pub use labels::{ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
 
@@ -153,11 +153,6 @@ pub fn sync_run(direction: SyncDirection, outcome: SyncOutcome, bytes: u64, dura
 /// Conversations whose workspace changes are not yet in the object store.
 pub fn set_sync_backlog(n: i64) {
     with(|i| i.sync_backlog.record(n, &[]));
-}
-
-/// An audit line could not be written to the audit file.
-pub(crate) fn audit_write_failed() {
-    with(|i| i.audit_write_failures.add(1, &[]));
 }
 
 #[cfg(test)]
