@@ -70,7 +70,15 @@ pub fn router(
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    crate::metrics::handler(State(admin.orchestrator.clone())).await
+    match admin.orchestrator.status().await {
+        Ok(status) => crate::metrics::observe_pool(&status.gauges()),
+        // The counters are still worth serving; the gauges keep their last
+        // values, and the failed state read shows in the logs.
+        Err(error) => {
+            tracing::warn!(message = "Status unavailable; pool gauges not refreshed.", %error)
+        }
+    }
+    crate::metrics::response()
 }
 
 async fn guard(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {

@@ -16,11 +16,9 @@ mod instruments;
 pub mod labels;
 
 pub use events::count_audit_events;
-pub use http::handler;
+pub use http::response;
 pub use labels::{ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
 
-use crate::orchestrator::Status;
-use crate::state::ContainerState;
 use instruments::{Instruments, CONTAINER_STATES, POOL_STATES};
 use opentelemetry::KeyValue;
 use std::sync::OnceLock;
@@ -60,31 +58,32 @@ pub fn render() -> Result<String, MetricsError> {
     Ok(prometheus::TextEncoder::new().encode_to_string(&i.registry.gather())?)
 }
 
-/// Pool and container gauges from the orchestrator's status; called on
-/// every scrape, so they are as fresh as the state file.
-pub fn observe_status(status: &Status) {
+/// What the pool and container gauges show, as the orchestrator counts
+/// it; refreshed on every scrape, so as fresh as the state file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolGauges {
+    pub target: usize,
+    pub max_size: usize,
+    /// Unclaimed pool containers starting up, and ready to be claimed.
+    pub pool_warming: usize,
+    pub pool_ready: usize,
+    /// All containers by lifecycle state.
+    pub warming: usize,
+    pub ready: usize,
+    pub claimed: usize,
+    pub destroying: usize,
+}
+
+pub fn observe_pool(g: &PoolGauges) {
     with(|i| {
-        let p = &status.pool;
-        i.pool_target.record(p.target as u64, &[]);
-        i.pool_max.record(p.max_size as u64, &[]);
-        for (state, n) in POOL_STATES.iter().zip([p.warming, p.ready]) {
+        i.pool_target.record(g.target as u64, &[]);
+        i.pool_max.record(g.max_size as u64, &[]);
+        for (state, n) in POOL_STATES.iter().zip([g.pool_warming, g.pool_ready]) {
             i.pool_containers.record(n as u64, &[kv("state", *state)]);
         }
-        for (state, label) in [
-            ContainerState::Warming,
-            ContainerState::Ready,
-            ContainerState::Claimed,
-            ContainerState::Destroying,
-        ]
-        .into_iter()
-        .zip(CONTAINER_STATES)
-        {
-            let n = status
-                .containers
-                .iter()
-                .filter(|c| c.state == state)
-                .count();
-            i.containers.record(n as u64, &[kv("state", label)]);
+        let counts = [g.warming, g.ready, g.claimed, g.destroying];
+        for (label, n) in CONTAINER_STATES.iter().zip(counts) {
+            i.containers.record(n as u64, &[kv("state", *label)]);
         }
     });
 }

@@ -106,6 +106,23 @@ pub struct Status {
     pub isolation: IsolationReport,
 }
 
+impl Status {
+    /// The figures behind the pool and container gauges.
+    pub fn gauges(&self) -> crate::metrics::PoolGauges {
+        let count = |state| self.containers.iter().filter(|c| c.state == state).count();
+        crate::metrics::PoolGauges {
+            target: self.pool.target,
+            max_size: self.pool.max_size,
+            pool_warming: self.pool.warming,
+            pool_ready: self.pool.ready,
+            warming: count(ContainerState::Warming),
+            ready: count(ContainerState::Ready),
+            claimed: count(ContainerState::Claimed),
+            destroying: count(ContainerState::Destroying),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PoolStatus {
     pub image: String,
