@@ -14,6 +14,7 @@ pub mod userns;
 
 use crate::config::ContainerConfig;
 use crate::runtime::spec::Confinement;
+use crate::runtime::EngineFacts;
 use quota::{Quota, QuotaError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -34,13 +35,6 @@ pub enum IsolationError {
     UnknownRemap(String),
     #[error(transparent)]
     Quota(#[from] QuotaError),
-}
-
-/// What the engine says about itself (`docker info`).
-#[derive(Clone, Debug, Default)]
-pub struct EngineFacts {
-    pub security_options: Vec<String>,
-    pub root_dir: String,
 }
 
 /// Which layers protect every container on this host, and what is missing.
@@ -92,7 +86,12 @@ impl Default for Isolation {
     /// without detection (unit tests, fakes) gets.
     fn default() -> Self {
         Self {
-            confinement: Confinement::default(),
+            // Uncompacted is fine for Docker; the embedded text is what
+            // `seccomp` checks in its tests.
+            confinement: Confinement {
+                seccomp_profile: Arc::from(seccomp::EMBEDDED_PROFILE),
+                apparmor_profile: None,
+            },
             id_map: None,
             quota: None,
             report: IsolationReport {

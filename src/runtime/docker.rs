@@ -5,7 +5,7 @@ use super::{
     ContainerRuntime, ContainerSpec, ContainerStats, EngineInfo, ManagedContainer, RuntimeError,
     LABEL_INSTANCE, LABEL_MANAGED,
 };
-use crate::isolation::EngineFacts;
+use super::EngineFacts;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerSummaryStateEnum;

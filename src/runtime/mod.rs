@@ -17,6 +17,14 @@ pub const LABEL_INSTANCE: &str = "agentbox.instance";
 pub const LABEL_CONVERSATION: &str = "agentbox.conversation";
 pub const LABEL_TENANT: &str = "agentbox.tenant";
 
+
+/// What the engine says about itself (`docker info`).
+#[derive(Clone, Debug, Default)]
+pub struct EngineFacts {
+    pub security_options: Vec<String>,
+    pub root_dir: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("docker engine unreachable: {0}")]
