@@ -12,6 +12,8 @@ pub mod daemon;
 pub mod execute;
 pub mod ids;
 pub mod isolation;
+#[cfg(test)]
+mod layers;
 pub mod listener;
 pub mod locks;
 pub mod metrics;
