@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
+#[cfg(test)]
+pub(crate) mod tests;
+
 /// How long a broken agent connection may take to show as a stopped container.
 const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
