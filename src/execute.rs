@@ -2,8 +2,9 @@
 //! the conversation's run lock, gets a container from the orchestrator,
 //! runs the agent and relays its events, and records the Claude session.
 //!
-//! **Invariant:** API handlers never touch containers; they call
-//! [`Executor::start_run`] and read the events it sends.
+//! **Invariant:** API handlers never touch containers; they reach runs
+//! through [`crate::conversations`], which calls [`Executor::start_run`],
+//! and read the events it sends.
 
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
