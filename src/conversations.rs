@@ -50,7 +50,8 @@ pub enum Cursor {
     Latest,
     /// After event `seq` of run `run`.
     After { run: u64, seq: u64 },
-    /// The client sent a position that does not parse.
+    /// The client sent a position that does not parse; refused only once
+    /// the conversation is known, so an unknown one stays not found.
     Malformed,
 }
 
