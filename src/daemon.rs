@@ -14,6 +14,7 @@
 use crate::admin;
 use crate::api::{self, AppState, Authenticator};
 use crate::config::Config;
+use crate::conversations::Conversations;
 use crate::execute::Executor;
 use crate::isolation::{HostFiles, Isolation, IsolationError};
 use crate::listener::{self, Limits};
@@ -134,7 +135,10 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         notifier.clone(),
     )?;
     let executor = Executor::new(orchestrator.clone(), sync);
-    let state = AppState { auth, executor };
+    let state = AppState {
+        auth,
+        conversations: Conversations::new(executor),
+    };
     let addr = cfg.server.listen;
     let api_listener =
         listener::bind(addr).map_err(|source| DaemonError::Listen { addr, source })?;

@@ -2,8 +2,9 @@
 //! the conversation's run lock, gets a container from the orchestrator,
 //! runs the agent and relays its events, and records the Claude session.
 //!
-//! **Invariant:** API handlers never touch containers; they call
-//! [`Executor::start_run`] and read the events it sends.
+//! **Invariant:** API handlers never touch containers; they reach runs
+//! through [`crate::conversations`], which calls [`Executor::start_run`],
+//! and read the events it sends.
 
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
@@ -16,6 +17,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
+
+#[cfg(test)]
+pub(crate) mod tests;
 
 /// How long a broken agent connection may take to show as a stopped container.
 const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);

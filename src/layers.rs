@@ -24,7 +24,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["isolation", "proxy", "sync", "runs", "workers", "preflight"],
     ),
     ("orchestration", &["orchestrator"]),
-    ("service", &["execute"]),
+    ("runs", &["execute"]),
+    ("conversation service", &["conversations"]),
     ("front ends", &["api", "admin", "cli"]),
     ("assembly", &["daemon"]),
 ];

@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod conversations;
 pub mod daemon;
 pub mod execute;
 pub mod ids;

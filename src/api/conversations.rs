@@ -6,8 +6,11 @@
 mod range;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Tenant};
+use crate::conversations::ConversationError;
+use crate::execute::ConversationKey;
 use crate::ids::is_valid_id;
+use crate::sync::files::FilesError;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -15,12 +18,30 @@ use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
 
-/// How many recent runs `GET` lists.
-const RECENT_RUNS: usize = 10;
-
 fn valid(id: &str) -> Result<(), ApiError> {
     // An id that cannot exist is simply not found, like any other.
     is_valid_id(id).then_some(()).ok_or(ApiError::NotFound)
+}
+
+fn key(tenant: Tenant, conversation_id: String) -> ConversationKey {
+    ConversationKey {
+        tenant_id: tenant.id,
+        conversation_id,
+    }
+}
+
+/// What every operation here can answer besides success.
+fn api_error(e: ConversationError) -> ApiError {
+    match e {
+        ConversationError::NotFound => ApiError::NotFound,
+        ConversationError::Busy => ApiError::Conflict(e.to_string()),
+        ConversationError::Files(FilesError::NotFound) => ApiError::NotFound,
+        ConversationError::Files(FilesError::BadPath(m)) => {
+            ApiError::BadRequest(format!("bad file path: {m}"))
+        }
+        ConversationError::Files(FilesError::Store(m)) => ApiError::Unavailable(m),
+        e => ApiError::Unavailable(e.to_string()),
+    }
 }
 
 pub async fn get_conversation(
@@ -30,26 +51,16 @@ pub async fn get_conversation(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = state.auth.authenticate(&headers)?;
     valid(&id)?;
-    let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
-    let store = state.executor.orchestrator().store();
-    let conv = store
-        .conversation(&tenant.id, &id)
+    let view = state
+        .conversations
+        .show(&key(tenant, id))
         .await
-        .map_err(unavailable)?
-        .ok_or(ApiError::NotFound)?;
-    let container = match &conv.container_id {
-        Some(name) => store.container(name).await.map_err(unavailable)?,
-        None => None,
-    };
-    let runs = store
-        .runs(&tenant.id, &id, RECENT_RUNS)
-        .await
-        .map_err(unavailable)?;
-    let running = state.executor.hub().get(&tenant.id, &id).is_some();
+        .map_err(api_error)?;
+    let conv = view.conversation;
     Ok(Json(json!({
         "conversation_id": conv.conversation_id,
-        "state": if running { "running" } else { "idle" },
-        "container": container.map(|c| json!({
+        "state": if view.running { "running" } else { "idle" },
+        "container": view.container.map(|c| json!({
             "id": c.name,
             "state": c.state,
             "created_ms": c.created_ms,
@@ -58,7 +69,7 @@ pub async fn get_conversation(
         "session_id": conv.session_id,
         "last_activity_ms": conv.last_activity_ms,
         "generation": conv.generation,
-        "runs": runs,
+        "runs": view.runs,
     })))
 }
 
@@ -80,64 +91,12 @@ pub async fn delete_conversation(
         .purge;
     let tenant = state.auth.authenticate(&headers)?;
     valid(&id)?;
-    let orchestrator = state.executor.orchestrator();
-    let store = orchestrator.store();
-    let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
-    if store
-        .conversation(&tenant.id, &id)
-        .await
-        .map_err(unavailable)?
-        .is_none()
-    {
-        return Err(ApiError::NotFound);
-    }
-    let _guard = orchestrator
-        .locks()
-        .try_lock(&tenant.id, &id)
-        .ok_or_else(|| ApiError::Conflict("a run is in progress; delete it when it ends".into()))?;
-    orchestrator
-        .release_conversation(&tenant.id, &id)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    store
-        .delete_conversation(&tenant.id, &id)
-        .await
-        .map_err(unavailable)?;
-    if purge {
-        let objects = state
-            .executor
-            .sync()
-            .purge(&tenant.id, &id)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        tracing::info!(message = "Stored files purged.", tenant_id = %tenant.id, conversation_id = %id, objects);
-    }
-    tracing::info!(message = "Conversation deleted.", tenant_id = %tenant.id, conversation_id = %id, purge);
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The conversation must exist for this tenant (else 404, whatever is
-/// stored).
-async fn known(state: &AppState, tenant: &str, id: &str) -> Result<(), ApiError> {
-    valid(id)?;
     state
-        .executor
-        .orchestrator()
-        .store()
-        .conversation(tenant, id)
+        .conversations
+        .delete(&key(tenant, id), purge)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .map(|_| ())
-        .ok_or(ApiError::NotFound)
-}
-
-fn files_error(e: crate::sync::files::FilesError) -> ApiError {
-    use crate::sync::files::FilesError;
-    match e {
-        FilesError::NotFound => ApiError::NotFound,
-        FilesError::BadPath(m) => ApiError::BadRequest(format!("bad file path: {m}")),
-        FilesError::Store(m) => ApiError::Unavailable(m),
-    }
+        .map_err(api_error)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn list_files(
@@ -146,13 +105,12 @@ pub async fn list_files(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = state.auth.authenticate(&headers)?;
-    known(&state, &tenant.id, &id).await?;
+    valid(&id)?;
     let files = state
-        .executor
-        .sync()
-        .list_files(&tenant.id, &id)
+        .conversations
+        .files(&key(tenant, id))
         .await
-        .map_err(files_error)?;
+        .map_err(api_error)?;
     Ok(Json(json!({ "files": files })))
 }
 
@@ -164,13 +122,12 @@ pub async fn get_file(
 ) -> Result<Response, ApiError> {
     use axum::http::header;
     let tenant = state.auth.authenticate(&headers)?;
-    known(&state, &tenant.id, &id).await?;
+    valid(&id)?;
     let file = state
-        .executor
-        .sync()
-        .stored_file(&tenant.id, &id, &path)
+        .conversations
+        .file(&key(tenant, id), &path)
         .await
-        .map_err(files_error)?;
+        .map_err(api_error)?;
     // Blobs are named by their content's hash: a strong validator.
     let etag = format!("\"{}\"", file.sha256);
     let wanted = match headers.get(header::IF_RANGE) {
@@ -199,7 +156,7 @@ pub async fn get_file(
     } else {
         // Chunks flow from the store to the client as they come; memory
         // stays bounded however large the file.
-        Body::from_stream(file.stream(part).await.map_err(files_error)?)
+        Body::from_stream(file.stream(part).await.map_err(|e| api_error(e.into()))?)
     };
     resp.body(body)
         .map_err(|e| ApiError::Unavailable(format!("building the response: {e}")))

@@ -3,6 +3,8 @@
 
 use super::error::ApiError;
 use super::{AppState, Tenant};
+use crate::conversations::{ConversationError, Cursor};
+use crate::execute::ConversationKey;
 use crate::ids::is_valid_id;
 use crate::state::StoredEvent;
 use axum::extract::{Path, State};
@@ -55,36 +57,27 @@ pub async fn get_events(
     if !is_valid_id(&conversation_id) {
         return Err(ApiError::NotFound);
     }
-    let store = state.executor.orchestrator().store().clone();
-    let conv = store
-        .conversation(&tenant.id, &conversation_id)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
-    let last = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(v) => parse_event_id(v).ok_or_else(|| {
-            ApiError::BadRequest("Last-Event-ID must look like {run}-{seq}".into())
-        })?,
-        None => (conv.runs, 0),
+    let cursor = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(v) => match parse_event_id(v) {
+            Some((run, seq)) => Cursor::After { run, seq },
+            None => Cursor::Malformed,
+        },
+        None => Cursor::Latest,
     };
-    let (run, after) = last;
-    if run == 0 || run > conv.runs {
-        return Err(ApiError::NotFound);
-    }
-    if let Some(live) = state
-        .executor
-        .hub()
-        .get(&tenant.id, &conversation_id)
-        .filter(|l| l.run == run)
-    {
-        return Ok(sse(run, live.subscribe(after).boxed()));
-    }
-    // The run is over (or the daemon restarted): replay what was recorded.
-    let stored = store
-        .events_after(&tenant.id, &conversation_id, run, after)
+    let key = ConversationKey {
+        tenant_id: tenant.id,
+        conversation_id,
+    };
+    let (run, events) = state
+        .conversations
+        .events(&key, cursor)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(sse(run, futures_util::stream::iter(stored).boxed()))
+        .map_err(|e| match e {
+            ConversationError::NotFound => ApiError::NotFound,
+            ConversationError::BadCursor => ApiError::BadRequest(e.to_string()),
+            e => ApiError::Unavailable(e.to_string()),
+        })?;
+    Ok(sse(run, events))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use super::error::ApiError;
 use super::{AppState, Tenant};
+use crate::conversations::ConversationError;
 use crate::execute::{ConversationKey, ExecuteError};
 use crate::ids::is_valid_id;
 use axum::extract::{Path, State};
@@ -38,33 +39,23 @@ pub async fn post_message(
         return Err(ApiError::BadRequest("prompt must not be empty".to_owned()));
     }
     req.options.validate().map_err(ApiError::BadRequest)?;
-    // Checked when the request arrives: a soft limit, enough to keep one
-    // tenant from taking every container.
-    if let Some(max) = tenant.max_concurrent_runs {
-        if state.executor.hub().running_for(&tenant.id) >= max {
-            return Err(ApiError::TooMany(format!(
-                "tenant {} already has {max} runs in progress",
-                tenant.id
-            )));
-        }
-    }
     let key = ConversationKey {
         tenant_id: tenant.id,
         conversation_id,
     };
-    tracing::info!(message = "Run requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
     let exec = ExecuteRequest {
         prompt: req.prompt,
         options: req.options,
         resume_session_id: None,
     };
     let live = state
-        .executor
-        .start_run(key, exec)
+        .conversations
+        .send(key, exec, tenant.max_concurrent_runs)
         .await
         .map_err(|e| match e {
-            ExecuteError::Busy => ApiError::Conflict(e.to_string()),
-            ExecuteError::State(e) => ApiError::Unavailable(e.to_string()),
+            ConversationError::TooManyRuns { .. } => ApiError::TooMany(e.to_string()),
+            ConversationError::Execute(e @ ExecuteError::Busy) => ApiError::Conflict(e.to_string()),
+            e => ApiError::Unavailable(e.to_string()),
         })?;
     Ok(super::events::sse(live.run, live.subscribe(0)))
 }

@@ -25,7 +25,7 @@ mod messages;
 pub use auth::{token_sha256, Authenticator, Tenant};
 pub use error::ApiError;
 
-use crate::execute::Executor;
+use crate::conversations::Conversations;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
@@ -41,7 +41,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<Authenticator>,
-    pub executor: Arc<Executor>,
+    pub conversations: Conversations,
 }
 
 pub fn router(state: AppState) -> Router {

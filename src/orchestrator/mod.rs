@@ -13,6 +13,10 @@ mod gc;
 mod pool;
 mod reconcile;
 mod teardown;
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;
 
 pub use teardown::{destroy_all, Teardown};
 

@@ -73,7 +73,7 @@ impl Orchestrator {
         }
     }
 
-    async fn refill_once(&self) -> Result<(), String> {
+    pub(crate) async fn refill_once(&self) -> Result<(), String> {
         let cfg = self.cfg();
         let records = self.store.containers().await.map_err(|e| e.to_string())?;
         let plan = plan(

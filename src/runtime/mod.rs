@@ -2,9 +2,11 @@
 //! create, check and remove workspace containers.
 //!
 //! **Invariant:** only [`docker`] talks to bollard; everything else sees
-//! [`ContainerRuntime`], so tests can swap the engine for a fake.
+//! [`ContainerRuntime`], so unit tests swap the engine for `memory`'s.
 
 pub mod docker;
+#[cfg(test)]
+pub mod memory;
 pub mod spec;
 
 use async_trait::async_trait;

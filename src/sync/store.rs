@@ -119,6 +119,17 @@ impl ObjectStoreBackend {
         })
     }
 
+    /// object_store's in-memory backend, for unit tests.
+    #[cfg(test)]
+    pub fn in_memory() -> Self {
+        Self {
+            inner: Arc::new(object_store::memory::InMemory::new()),
+            prefix: Vec::new(),
+            multipart_threshold: 64 * 1024 * 1024,
+            part_size: PART_SIZE,
+        }
+    }
+
     fn path(&self, key: &str) -> Result<ObjPath, StoreError> {
         let parts = self
             .prefix

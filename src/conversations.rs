@@ -1,0 +1,347 @@
+//! The conversation service: every operation the tenant API performs on a
+//! conversation (send a message, show it, follow its events, read its
+//! stored files, delete it). API handlers parse, call one operation here
+//! and map its result; only this layer reaches the orchestrator, the state
+//! file and the sync service on their behalf.
+
+use crate::execute::{ConversationKey, ExecuteError, Executor};
+use crate::orchestrator::OrchestratorError;
+use crate::runs::LiveRun;
+use crate::state::{ContainerRecord, ConversationRecord, RunRecord, StateError, StoredEvent};
+use crate::sync::files::{FileInfo, FilesError, StoredFile};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use workspace_agent::protocol::ExecuteRequest;
+
+/// How many recent runs [`Conversations::show`] lists.
+const RECENT_RUNS: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("not found")]
+    NotFound,
+    /// Deleting while a run holds the conversation's lock.
+    #[error("a run is in progress; delete it when it ends")]
+    Busy,
+    #[error("tenant {tenant} already has {max} runs in progress")]
+    TooManyRuns { tenant: String, max: usize },
+    #[error("Last-Event-ID must look like {{run}}-{{seq}}")]
+    BadCursor,
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Removing the conversation's container failed.
+    #[error(transparent)]
+    Release(#[from] OrchestratorError),
+    /// Reading the stored workspace failed.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// Deleting the stored workspace failed.
+    #[error(transparent)]
+    Purge(FilesError),
+}
+
+/// Where a client resumes a conversation's events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// From the start of the latest run.
+    Latest,
+    /// After event `seq` of run `run`.
+    After { run: u64, seq: u64 },
+    /// The client sent a position that does not parse; refused only once
+    /// the conversation is known, so an unknown one stays not found.
+    Malformed,
+}
+
+/// A conversation as `GET` shows it.
+#[derive(Debug)]
+pub struct ConversationView {
+    pub conversation: ConversationRecord,
+    pub container: Option<ContainerRecord>,
+    /// Newest first, at most [`RECENT_RUNS`].
+    pub runs: Vec<RunRecord>,
+    /// A run is going on now.
+    pub running: bool,
+}
+
+#[derive(Clone)]
+pub struct Conversations {
+    executor: Arc<Executor>,
+}
+
+impl Conversations {
+    pub fn new(executor: Arc<Executor>) -> Self {
+        Self { executor }
+    }
+
+    /// Starts a run unless the tenant already has `max_concurrent_runs`
+    /// going: a soft limit, checked when the request arrives, enough to
+    /// keep one tenant from taking every container.
+    pub async fn send(
+        &self,
+        key: ConversationKey,
+        exec: ExecuteRequest,
+        max_concurrent_runs: Option<usize>,
+    ) -> Result<Arc<LiveRun>, ConversationError> {
+        if let Some(max) = max_concurrent_runs {
+            if self.executor.hub().running_for(&key.tenant_id) >= max {
+                return Err(ConversationError::TooManyRuns {
+                    tenant: key.tenant_id,
+                    max,
+                });
+            }
+        }
+        tracing::info!(message = "Run requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
+        Ok(self.executor.start_run(key, exec).await?)
+    }
+
+    pub async fn show(&self, key: &ConversationKey) -> Result<ConversationView, ConversationError> {
+        let (tenant, id) = (&key.tenant_id, &key.conversation_id);
+        let store = self.executor.orchestrator().store();
+        let conversation = self.find(key).await?;
+        let container = match &conversation.container_id {
+            Some(name) => store.container(name).await?,
+            None => None,
+        };
+        let runs = store.runs(tenant, id, RECENT_RUNS).await?;
+        let running = self.executor.hub().get(tenant, id).is_some();
+        Ok(ConversationView {
+            conversation,
+            container,
+            runs,
+            running,
+        })
+    }
+
+    /// The run a cursor points into and its events from there: live until
+    /// the run ends, or replayed from the record once it has.
+    pub async fn events(
+        &self,
+        key: &ConversationKey,
+        cursor: Cursor,
+    ) -> Result<(u64, BoxStream<'static, StoredEvent>), ConversationError> {
+        let (tenant, id) = (&key.tenant_id, &key.conversation_id);
+        let conv = self.find(key).await?;
+        let (run, after) = match cursor {
+            Cursor::Latest => (conv.runs, 0),
+            Cursor::After { run, seq } => (run, seq),
+            Cursor::Malformed => return Err(ConversationError::BadCursor),
+        };
+        if run == 0 || run > conv.runs {
+            return Err(ConversationError::NotFound);
+        }
+        if let Some(live) = self.executor.hub().get(tenant, id).filter(|l| l.run == run) {
+            return Ok((run, live.subscribe(after).boxed()));
+        }
+        // The run is over (or the daemon restarted): replay what was recorded.
+        let stored = self
+            .executor
+            .orchestrator()
+            .store()
+            .events_after(tenant, id, run, after)
+            .await?;
+        Ok((run, futures_util::stream::iter(stored).boxed()))
+    }
+
+    /// Ends a conversation: its container goes (after a final push), its
+    /// runs are forgotten and, with `purge`, its stored files deleted.
+    /// Refused while a run is going on. Returns how many stored objects
+    /// were purged.
+    pub async fn delete(
+        &self,
+        key: &ConversationKey,
+        purge: bool,
+    ) -> Result<Option<usize>, ConversationError> {
+        let (tenant, id) = (&key.tenant_id, &key.conversation_id);
+        let orchestrator = self.executor.orchestrator();
+        self.find(key).await?;
+        // Held to the end, so no run starts on a container being removed.
+        let _guard = orchestrator
+            .locks()
+            .try_lock(tenant, id)
+            .ok_or(ConversationError::Busy)?;
+        orchestrator.release_conversation(tenant, id).await?;
+        orchestrator.store().delete_conversation(tenant, id).await?;
+        let purged = if purge {
+            let objects = self
+                .executor
+                .sync()
+                .purge(tenant, id)
+                .await
+                .map_err(ConversationError::Purge)?;
+            tracing::info!(message = "Stored files purged.", tenant_id = %tenant, conversation_id = %id, objects);
+            Some(objects)
+        } else {
+            None
+        };
+        tracing::info!(message = "Conversation deleted.", tenant_id = %tenant, conversation_id = %id, purge);
+        Ok(purged)
+    }
+
+    /// The files of the conversation's stored workspace.
+    pub async fn files(&self, key: &ConversationKey) -> Result<Vec<FileInfo>, ConversationError> {
+        self.find(key).await?;
+        let sync = self.executor.sync();
+        Ok(sync
+            .list_files(&key.tenant_id, &key.conversation_id)
+            .await?)
+    }
+
+    /// One stored file, ready to stream.
+    pub async fn file(
+        &self,
+        key: &ConversationKey,
+        path: &str,
+    ) -> Result<StoredFile, ConversationError> {
+        self.find(key).await?;
+        let sync = self.executor.sync();
+        Ok(sync
+            .stored_file(&key.tenant_id, &key.conversation_id, path)
+            .await?)
+    }
+
+    /// The conversation must exist for this tenant (else not found,
+    /// whatever is stored).
+    async fn find(&self, key: &ConversationKey) -> Result<ConversationRecord, ConversationError> {
+        self.executor
+            .orchestrator()
+            .store()
+            .conversation(&key.tenant_id, &key.conversation_id)
+            .await?
+            .ok_or(ConversationError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::execute::tests::{finish, key, prompt};
+    use crate::orchestrator::testkit::{core, destroy_reason, Core};
+    use crate::runtime::memory::{ok_run, Reply, Step};
+    use crate::sync::store::ObjectBackend;
+    use std::time::Duration;
+
+    fn service(core: &Core) -> Conversations {
+        Conversations::new(Executor::new(core.orchestrator.clone(), core.sync.clone()))
+    }
+
+    /// One finished run of `conversation`; returns its container.
+    async fn converse(core: &Core, svc: &Conversations, conversation: &str) -> String {
+        let live = svc
+            .send(key(conversation), prompt("hi"), None)
+            .await
+            .unwrap();
+        finish(core, conversation, live).await;
+        let conv = core.store.conversation("t", conversation).await.unwrap();
+        conv.unwrap().container_id.unwrap()
+    }
+
+    #[tokio::test]
+    async fn delete_removes_the_container_and_forgets_the_conversation() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        let container = converse(&core, &svc, "c").await;
+        assert_eq!(svc.delete(&key("c"), false).await.unwrap(), None);
+        assert!(core.runtime.names().is_empty());
+        assert!(core.store.container(&container).await.unwrap().is_none());
+        assert_eq!(destroy_reason(&container).as_deref(), Some("deleted"));
+        assert!(matches!(
+            svc.show(&key("c")).await,
+            Err(ConversationError::NotFound)
+        ));
+        assert!(core.store.runs("t", "c", 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_waits_for_the_run_to_end() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        let container = converse(&core, &svc, "c").await;
+        let run = core.orchestrator.locks().try_lock("t", "c").unwrap();
+        assert!(matches!(
+            svc.delete(&key("c"), true).await,
+            Err(ConversationError::Busy)
+        ));
+        assert!(core.runtime.running(&container));
+        drop(run);
+        svc.delete(&key("c"), true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn delete_of_an_unknown_conversation_is_not_found() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        assert!(matches!(
+            svc.delete(&key("nobody"), false).await,
+            Err(ConversationError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_the_stored_workspace() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        let container = converse(&core, &svc, "c").await;
+        let workspace = core.orchestrator.workspace_dir(&container);
+        std::fs::write(workspace.join("notes.txt"), b"kept").unwrap();
+        core.sync.push_now("t", "c").await.unwrap();
+        let files = svc.files(&key("c")).await.unwrap();
+        assert!(files.iter().any(|f| f.path == "notes.txt"), "{files:?}");
+        let file = svc.file(&key("c"), "notes.txt").await.unwrap();
+        assert_eq!(file.size, 4);
+
+        let purged = svc.delete(&key("c"), true).await.unwrap();
+        assert!(purged.is_some_and(|n| n > 0));
+        assert!(core.backend.list("").await.unwrap().is_empty());
+        assert!(matches!(
+            svc.files(&key("c")).await,
+            Err(ConversationError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_run_limit_is_refused() {
+        let core = core(|_| {});
+        core.runtime.set_script(|_| {
+            let mut steps = vec![Step::Pause(Duration::from_millis(300))];
+            steps.extend(ok_run("s"));
+            Reply::Stream(steps)
+        });
+        let svc = service(&core);
+        let first = svc.send(key("a"), prompt("hi"), Some(1)).await.unwrap();
+        let second = svc.send(key("b"), prompt("hi"), Some(1)).await;
+        assert!(matches!(
+            second,
+            Err(ConversationError::TooManyRuns { max: 1, .. })
+        ));
+        finish(&core, "a", first).await;
+    }
+
+    #[tokio::test]
+    async fn events_replay_a_finished_run() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        converse(&core, &svc, "c").await;
+        let (run, events) = svc.events(&key("c"), Cursor::Latest).await.unwrap();
+        assert_eq!(run, 1);
+        let events: Vec<_> = events.collect().await;
+        assert_eq!(events.last().map(|e| e.event.as_str()), Some("result"));
+        let (_, after) = svc
+            .events(&key("c"), Cursor::After { run: 1, seq: 1 })
+            .await
+            .unwrap();
+        let later = events.iter().filter(|e| e.seq > 1).count();
+        assert_eq!(after.count().await, later);
+        assert!(matches!(
+            svc.events(&key("c"), Cursor::After { run: 2, seq: 0 })
+                .await,
+            Err(ConversationError::NotFound)
+        ));
+        assert!(matches!(
+            svc.events(&key("c"), Cursor::Malformed).await,
+            Err(ConversationError::BadCursor)
+        ));
+    }
+}

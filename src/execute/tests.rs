@@ -1,0 +1,245 @@
+//! The executor's run lifecycle against the in-memory runtime and its fake
+//! agent: a run end to end, a busy conversation, and the failures a real
+//! engine makes slow or hard to reach (a container dying mid-run, a
+//! replacement that cannot start, a stream past its bounds, a refusal).
+
+use super::{ConversationKey, ExecuteError, Executor};
+use crate::orchestrator::testkit::{core, destroy_reason, Core};
+use crate::runs::LiveRun;
+use crate::runtime::memory::{ok_run, Op, Reply, Step};
+use crate::runtime::RuntimeError;
+use futures_util::StreamExt;
+use hyper::StatusCode;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
+
+pub(crate) fn key(conversation: &str) -> ConversationKey {
+    ConversationKey {
+        tenant_id: "t".to_owned(),
+        conversation_id: conversation.to_owned(),
+    }
+}
+
+pub(crate) fn prompt(text: &str) -> ExecuteRequest {
+    ExecuteRequest {
+        prompt: text.to_owned(),
+        options: Default::default(),
+        resume_session_id: None,
+    }
+}
+
+/// The run's events, `(name, data)`, once it has ended and let go of the
+/// lock of tenant `t`'s `conversation`.
+pub(crate) async fn finish(
+    core: &Core,
+    conversation: &str,
+    live: Arc<LiveRun>,
+) -> Vec<(String, Value)> {
+    let events = tokio::time::timeout(Duration::from_secs(20), async {
+        live.subscribe(0)
+            .map(|e| (e.event, serde_json::from_str(e.data.get()).unwrap()))
+            .collect::<Vec<_>>()
+            .await
+    })
+    .await
+    .expect("the run ends");
+    let locks = core.orchestrator.locks();
+    while locks.is_held("t", conversation) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    events
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+fn error_codes(events: &[(String, Value)]) -> Vec<&str> {
+    events
+        .iter()
+        .filter(|(n, _)| n == "error")
+        .filter_map(|(_, d)| d["code"].as_str())
+        .collect()
+}
+
+fn executor(core: &Core) -> Arc<Executor> {
+    Executor::new(core.orchestrator.clone(), core.sync.clone())
+}
+
+#[tokio::test]
+async fn a_run_relays_the_agent_and_resumes_its_session() {
+    let core = core(|_| {});
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    core.runtime.set_script(move |exec| {
+        log.lock().unwrap().push(exec.resume_session_id.clone());
+        Reply::Stream(ok_run("session-1"))
+    });
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    // `session` is the host's to keep, not the client's to see.
+    assert_eq!(names(&events), ["started", "text_delta", "result"]);
+    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    assert_eq!(conv.session_id.as_deref(), Some("session-1"));
+    let container = conv.container_id.unwrap();
+    assert!(core.runtime.running(&container));
+
+    let again = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("more")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(names(&again).last(), Some(&"result"));
+    assert_eq!(*seen.lock().unwrap(), [None, Some("session-1".to_owned())]);
+    assert_eq!(
+        core.runtime.created(),
+        1,
+        "the second run reuses the container"
+    );
+    let runs = core.store.runs("t", "c", 10).await.unwrap();
+    assert_eq!(runs.len(), 2);
+}
+
+#[tokio::test]
+async fn a_second_message_during_a_run_is_busy() {
+    let core = core(|_| {});
+    core.runtime.set_script(|_| {
+        let mut steps = vec![Step::Pause(Duration::from_millis(300))];
+        steps.extend(ok_run("s"));
+        Reply::Stream(steps)
+    });
+    let ex = executor(&core);
+    let first = ex.start_run(key("c"), prompt("slow")).await.unwrap();
+    let second = ex.start_run(key("c"), prompt("again")).await;
+    assert!(matches!(second, Err(ExecuteError::Busy)));
+    let events = finish(&core, "c", first).await;
+    assert_eq!(names(&events).last(), Some(&"result"));
+}
+
+#[tokio::test]
+async fn a_container_that_dies_mid_run_is_replaced() {
+    let core = core(|_| {});
+    core.runtime.set_script(|_| {
+        Reply::Stream(vec![
+            Step::Event(AgentEvent::Started { prestarted: false }),
+            Step::Crash,
+        ])
+    });
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(error_codes(&events), ["container_lost"]);
+    assert_eq!(names(&events).last(), Some(&"container_recovered"));
+    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let replacement = conv.container_id.unwrap();
+    assert_eq!(core.runtime.names(), std::slice::from_ref(&replacement));
+    assert!(core.runtime.running(&replacement));
+    assert_eq!(core.runtime.created(), 2);
+    assert_eq!(core.store.runs("t", "c", 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_replacement_that_cannot_start_fails_the_run() {
+    let core = core(|c| c.pool.min_size = 1);
+    core.orchestrator.refill_once().await.unwrap();
+    let warm = core.runtime.names()[0].clone();
+    core.runtime
+        .set_script(|_| Reply::Stream(vec![Step::Crash]));
+    // The first container comes from the pool; the cold start after the
+    // loss is the create that fails.
+    core.runtime
+        .fail_next(Op::Create, RuntimeError::Engine("no space left".into()));
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(
+        error_codes(&events),
+        ["container_lost", "container_start_failed"]
+    );
+    assert!(core.runtime.names().is_empty());
+    assert_eq!(destroy_reason(&warm).as_deref(), Some("crashed"));
+    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    assert_eq!(conv.container_id, None);
+}
+
+#[tokio::test]
+async fn a_failed_create_fails_the_run() {
+    let core = core(|_| {});
+    core.runtime
+        .fail_next(Op::Create, RuntimeError::Engine("no space left".into()));
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(error_codes(&events), ["container_start_failed"]);
+    assert!(core.runtime.names().is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_past_its_bounds_loses_the_container() {
+    let core = core(|c| c.agent.max_line_bytes = 1024);
+    core.runtime.set_script(|_| {
+        let mut line = vec![b'x'; 4096];
+        line.push(b'\n');
+        Reply::Stream(vec![
+            Step::Event(AgentEvent::Session {
+                session_id: "forged".to_owned(),
+            }),
+            Step::Raw(line),
+        ])
+    });
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(error_codes(&events), ["agent_protocol_violation"]);
+    assert!(core.runtime.names().is_empty());
+    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    assert_eq!(conv.container_id, None);
+    assert_eq!(
+        conv.session_id, None,
+        "a broken stream's session is not kept"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_refuses_fails_the_run_and_keeps_its_container() {
+    let core = core(|_| {});
+    core.runtime
+        .set_script(|_| Reply::Refuse(StatusCode::INTERNAL_SERVER_ERROR, "cli missing".into()));
+    let ex = executor(&core);
+    // The executor gives a live container a moment to show it died
+    // (LOSS_SETTLE) before it calls the failure the agent's.
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(error_codes(&events), ["agent_failed"]);
+    let (_, data) = events.last().unwrap();
+    assert!(data["message"].as_str().unwrap().contains("cli missing"));
+    assert_eq!(core.runtime.names().len(), 1);
+}

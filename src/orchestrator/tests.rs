@@ -1,0 +1,290 @@
+//! The orchestrator against the in-memory runtime: warm claims, cold
+//! starts, failed creations, reconcile at start-up, the sweeper and a
+//! conversation whose container died.
+
+use super::testkit::{core, destroy_reason};
+use crate::runtime::memory::Op;
+use crate::runtime::{
+    ContainerRuntime, RuntimeError, LABEL_CONVERSATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TENANT,
+};
+use crate::state::{ContainerRecord, ContainerState};
+use crate::sync::store::ObjectBackend;
+use std::time::Duration;
+
+#[tokio::test]
+async fn claims_a_warm_container_and_keeps_it() {
+    let core = core(|c| c.pool.min_size = 2);
+    core.orchestrator.refill_once().await.unwrap();
+    assert_eq!(core.runtime.names().len(), 2);
+
+    let a = core.orchestrator.acquire("t", "c").await.unwrap();
+    assert!(a.fresh && !a.recovered);
+    let status = core.orchestrator.status().await.unwrap();
+    assert_eq!(
+        (status.pool.warm_claims_total, status.pool.cold_starts_total),
+        (1, 0)
+    );
+    assert_eq!((status.pool.ready, status.pool.claimed), (1, 1));
+    let rec = core.store.container(&a.container).await.unwrap().unwrap();
+    assert_eq!(rec.state, ContainerState::Claimed);
+    assert_eq!(rec.binding.unwrap().conversation_id, "c");
+    // Engine labels are fixed at create: a pool container names nobody.
+    let labels = core.runtime.labels(&a.container);
+    assert!(!labels.contains_key(LABEL_CONVERSATION) && !labels.contains_key(LABEL_TENANT));
+
+    let again = core.orchestrator.acquire("t", "c").await.unwrap();
+    assert_eq!(again.container, a.container);
+    assert!(!again.fresh);
+    assert_eq!(again.generation, a.generation);
+}
+
+#[tokio::test]
+async fn cold_start_when_the_pool_is_empty() {
+    let core = core(|_| {});
+    let a = core.orchestrator.acquire("t", "c").await.unwrap();
+    assert!(a.fresh);
+    let status = core.orchestrator.status().await.unwrap();
+    assert_eq!(
+        (status.pool.warm_claims_total, status.pool.cold_starts_total),
+        (0, 1)
+    );
+    let labels = core.runtime.labels(&a.container);
+    assert_eq!(labels[LABEL_MANAGED], "true");
+    assert_eq!(labels[LABEL_INSTANCE], "unit");
+    assert_eq!(labels[LABEL_CONVERSATION], "c");
+    assert_eq!(labels[LABEL_TENANT], "t");
+    let rec = core.store.container(&a.container).await.unwrap().unwrap();
+    assert!(rec.cold);
+    assert_eq!(rec.state, ContainerState::Claimed);
+    assert!(a.socket_dir.join("agent.sock").exists());
+}
+
+#[tokio::test]
+async fn no_cold_start_past_max_size() {
+    let core = core(|c| c.pool.max_size = 1);
+    core.orchestrator.acquire("t", "a").await.unwrap();
+    let err = core.orchestrator.acquire("t", "b").await.unwrap_err();
+    assert_eq!(err.code(), "capacity_exhausted");
+    assert_eq!(core.runtime.names().len(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_create_leaves_nothing_behind() {
+    let core = core(|_| {});
+    core.runtime
+        .fail_next(Op::Create, RuntimeError::Engine("no space left".into()));
+    let err = core.orchestrator.acquire("t", "c").await.unwrap_err();
+    assert_eq!(err.code(), "container_start_failed");
+    assert!(core.store.containers().await.unwrap().is_empty());
+    assert!(core.runtime.names().is_empty());
+    let cfg = core.orchestrator.cfg();
+    for root in [&cfg.container.workspace_root, &cfg.container.socket_root] {
+        let left: Vec<_> = std::fs::read_dir(root).unwrap().collect();
+        assert!(left.is_empty(), "{} keeps {left:?}", root.display());
+    }
+    // The fault was one call's: the next message gets its container.
+    core.orchestrator.acquire("t", "c").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_fails_the_start() {
+    let core = core(|c| c.container.start_timeout_secs = 0);
+    core.runtime.silent_next_start();
+    let err = core.orchestrator.acquire("t", "c").await.unwrap_err();
+    assert_eq!(err.code(), "container_start_failed");
+    assert!(core.runtime.names().is_empty());
+    assert!(core.store.containers().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_refill_that_fails_keeps_only_what_started() {
+    let core = core(|c| c.pool.min_size = 2);
+    core.runtime
+        .fail_next(Op::Create, RuntimeError::Engine("boom".into()));
+    assert!(core.orchestrator.refill_once().await.is_err());
+    let records = core.store.containers().await.unwrap();
+    assert!(records.iter().all(|r| r.state == ContainerState::Ready));
+    let mut names: Vec<_> = records.into_iter().map(|r| r.name).collect();
+    names.sort();
+    assert_eq!(names, core.runtime.names());
+    assert_eq!(names.len(), 1);
+    // The next pass makes up the difference.
+    core.orchestrator.refill_once().await.unwrap();
+    assert_eq!(core.runtime.names().len(), 2);
+}
+
+#[tokio::test]
+async fn a_dead_container_is_replaced_and_announced() {
+    let core = core(|_| {});
+    let first = core.orchestrator.acquire("t", "c").await.unwrap();
+    assert!(core.runtime.kill(&first.container));
+    let second = core.orchestrator.acquire("t", "c").await.unwrap();
+    assert_ne!(second.container, first.container);
+    assert!(second.fresh && second.recovered);
+    assert!(second.generation > first.generation);
+    assert_eq!(core.runtime.names(), vec![second.container.clone()]);
+    assert_eq!(destroy_reason(&first.container).as_deref(), Some("crashed"));
+}
+
+#[tokio::test]
+async fn reconcile_at_start_up() {
+    let core = core(|c| c.pool.min_size = 1);
+    let o = &core.orchestrator;
+    o.refill_once().await.unwrap();
+    let kept = o.acquire("t", "kept").await.unwrap().container;
+    let lost = o.acquire("t", "lost").await.unwrap().container;
+    o.refill_once().await.unwrap();
+    let exited = core.store.containers().await.unwrap();
+    let exited = exited
+        .iter()
+        .find(|r| r.state == ContainerState::Ready)
+        .unwrap()
+        .name
+        .clone();
+    // The engine lost one, one exited, and it has containers the state
+    // does not know: an orphan of ours, another instance's, and one whose
+    // creation a crash interrupted.
+    core.runtime.remove(&lost).await.unwrap();
+    core.runtime.kill(&exited);
+    let ours = [(LABEL_MANAGED, "true"), (LABEL_INSTANCE, "unit")];
+    core.runtime.insert("agentbox-orphan", &ours, true);
+    let theirs = [(LABEL_MANAGED, "true"), (LABEL_INSTANCE, "other")];
+    core.runtime.insert("agentbox-foreign", &theirs, true);
+    let interrupted = "agentbox-interrupted";
+    core.store
+        .insert_container(&ContainerRecord::warming(interrupted, "img", false))
+        .await
+        .unwrap();
+    core.runtime.insert(interrupted, &ours, true);
+    let stray = o.cfg().container.socket_root.join("agentbox-stray");
+    std::fs::create_dir_all(&stray).unwrap();
+
+    let report = o.reconcile(true).await.unwrap();
+    assert_eq!(
+        (report.adopted, report.lost, report.orphans, report.removed),
+        (1, 1, 1, 2)
+    );
+    let mut left = vec![kept.clone(), "agentbox-foreign".to_owned()];
+    left.sort();
+    assert_eq!(core.runtime.names(), left);
+    let records: Vec<_> = core
+        .store
+        .containers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(records, vec![kept]);
+    assert_eq!(destroy_reason(&lost).as_deref(), Some("lost"));
+    assert_eq!(destroy_reason(&exited).as_deref(), Some("crashed"));
+    assert_eq!(destroy_reason("agentbox-orphan").as_deref(), Some("orphan"));
+    assert_eq!(destroy_reason(interrupted).as_deref(), Some("interrupted"));
+    let conv = core.store.conversation("t", "lost").await.unwrap().unwrap();
+    assert_eq!(conv.container_id, None);
+    assert!(!stray.exists());
+}
+
+#[tokio::test]
+async fn reconcile_on_the_timer_leaves_creations_in_flight() {
+    let core = core(|_| {});
+    let name = "agentbox-inflight";
+    core.store
+        .insert_container(&ContainerRecord::warming(name, "img", false))
+        .await
+        .unwrap();
+    let report = core.orchestrator.reconcile(false).await.unwrap();
+    assert_eq!(report.lost, 0);
+    assert!(core.store.container(name).await.unwrap().is_some());
+    // At start-up nothing is in flight: the engine never got it.
+    let report = core.orchestrator.reconcile(true).await.unwrap();
+    assert_eq!(report.lost, 1);
+    assert!(core.store.container(name).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn reconcile_fails_when_the_engine_does_not_answer() {
+    let core = core(|_| {});
+    core.runtime
+        .fail_next(Op::List, RuntimeError::Unreachable("socket gone".into()));
+    let err = core.orchestrator.reconcile(true).await.unwrap_err();
+    assert_eq!(err.code(), "runtime_unavailable");
+    let status = core.orchestrator.status().await.unwrap();
+    let worker = serde_json::to_value(&status.workers).unwrap();
+    assert!(worker.to_string().contains("socket gone"), "{worker}");
+}
+
+#[tokio::test]
+async fn sweeps_idle_containers_unless_a_run_holds_the_lock() {
+    let core = core(|c| c.gc.idle_ttl_secs = 0);
+    let o = &core.orchestrator;
+    let a = o.acquire("t", "c").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    {
+        let _run = o.locks().try_lock("t", "c").unwrap();
+        assert_eq!(o.sweep().await.unwrap(), 0);
+        assert!(core.runtime.running(&a.container));
+    }
+    assert_eq!(o.sweep().await.unwrap(), 1);
+    assert!(core.runtime.names().is_empty());
+    assert_eq!(destroy_reason(&a.container).as_deref(), Some("idle"));
+    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    assert_eq!(conv.container_id, None);
+}
+
+#[tokio::test]
+async fn sweeps_containers_past_their_max_age() {
+    let core = core(|c| {
+        c.gc.max_age_secs = 0;
+        c.pool.min_size = 1;
+    });
+    let o = &core.orchestrator;
+    let claimed = o.acquire("t", "c").await.unwrap().container;
+    o.refill_once().await.unwrap();
+    let ready = core.runtime.names();
+    let ready = ready.iter().find(|n| **n != claimed).unwrap().clone();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(o.sweep().await.unwrap(), 2);
+    assert!(core.runtime.names().is_empty());
+    assert_eq!(destroy_reason(&claimed).as_deref(), Some("max_age"));
+    assert_eq!(destroy_reason(&ready).as_deref(), Some("max_age"));
+}
+
+#[tokio::test]
+async fn a_failed_removal_is_retried_by_the_sweeper() {
+    let core = core(|_| {});
+    let o = &core.orchestrator;
+    let name = o.acquire("t", "c").await.unwrap().container;
+    core.runtime
+        .fail_next(Op::Remove, RuntimeError::Engine("device busy".into()));
+    o.destroy(&name, "deleted").await;
+    let rec = core.store.container(&name).await.unwrap().unwrap();
+    assert_eq!(rec.state, ContainerState::Destroying);
+    assert!(core.runtime.running(&name));
+    assert_eq!(o.sweep().await.unwrap(), 1);
+    assert!(core.runtime.names().is_empty());
+    assert!(core.store.container(&name).await.unwrap().is_none());
+    assert_eq!(destroy_reason(&name).as_deref(), Some("interrupted"));
+}
+
+#[tokio::test]
+async fn a_crashed_container_s_workspace_is_pushed_before_removal() {
+    let core = core(|_| {});
+    let a = core.orchestrator.acquire("t", "c").await.unwrap();
+    let mut conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let place = crate::sync::Placement {
+        container: &a.container,
+        workspace_dir: &a.workspace_dir,
+        fresh: a.fresh,
+    };
+    core.sync.prepare(&mut conv, place).await.unwrap();
+    std::fs::write(a.workspace_dir.join("notes.txt"), b"unsaved").unwrap();
+    assert!(core.backend.list("").await.unwrap().is_empty());
+
+    core.runtime.kill(&a.container);
+    let report = core.orchestrator.reconcile(false).await.unwrap();
+    assert_eq!(report.removed, 1);
+    assert!(!a.workspace_dir.exists());
+    let files = core.sync.list_files("t", "c").await.unwrap();
+    assert!(files.iter().any(|f| f.path == "notes.txt"), "{files:?}");
+}
