@@ -7,6 +7,7 @@
 
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
+use crate::codes::{DestroyReason, ErrorCode};
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
@@ -120,7 +121,7 @@ impl Executor {
         tx: &mpsc::Sender<AgentEvent>,
         audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
-        let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
+        let state_err = |e: StateError| failure(ErrorCode::StateError, e.to_string());
         // The gateway counts the run's spend from here; a tenant whose day
         // is spent gets no container and no agent.
         let meter = RunMeter::begin(
@@ -225,8 +226,8 @@ impl Executor {
                 // The container died under the run: say so, then get the
                 // conversation a new one so its next message just works.
                 tracing::warn!(message = "Container lost during a run.", container_id = %assigned.container, error = %e);
-                let lost = AgentEvent::error(
-                    "container_lost",
+                let lost = failure(
+                    ErrorCode::ContainerLost,
                     format!("the container stopped during the run: {e}"),
                 );
                 audit.observe(&lost);
@@ -235,7 +236,7 @@ impl Executor {
             }
             Err(e) => Err(match spent.exceeded {
                 Some(over) => budget_error(over),
-                None => AgentEvent::error("agent_failed", e.to_string()),
+                None => failure(ErrorCode::AgentFailed, e.to_string()),
             }),
         }
     }
@@ -257,10 +258,10 @@ impl Executor {
             detail: violation.to_string(),
         });
         self.orchestrator
-            .destroy(container, "agent_protocol_violation")
+            .destroy(container, DestroyReason::AgentProtocolViolation)
             .await;
-        AgentEvent::error(
-            "agent_protocol_violation",
+        failure(
+            ErrorCode::AgentProtocolViolation,
             format!(
                 "the agent's stream broke a bound: {violation}; its container was destroyed, \
                  the next message gets a new one"
@@ -281,15 +282,15 @@ impl Executor {
             .orchestrator
             .acquire(&key.tenant_id, &key.conversation_id)
             .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+            .map_err(|e| failure(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
         let mut rec = self
             .orchestrator
             .store()
             .conversation(&key.tenant_id, &key.conversation_id)
             .await
-            .map_err(|e| AgentEvent::error("state_error", e.to_string()))?
-            .ok_or_else(|| AgentEvent::error("state_error", "the conversation vanished"))?;
+            .map_err(|e| failure(ErrorCode::StateError, e.to_string()))?
+            .ok_or_else(|| failure(ErrorCode::StateError, "the conversation vanished"))?;
         let place = Placement {
             container: &assigned.container,
             workspace_dir: &assigned.workspace_dir,
@@ -299,7 +300,7 @@ impl Executor {
             .sync
             .prepare(&mut rec, place)
             .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+            .map_err(|e| failure(e.code(), e.to_string()))?;
         if assigned.recovered {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }
@@ -308,7 +309,12 @@ impl Executor {
 }
 
 fn budget_error(e: Exceeded) -> AgentEvent {
-    AgentEvent::error("budget_exceeded", e.to_string())
+    failure(ErrorCode::BudgetExceeded, e.to_string())
+}
+
+/// The SSE `error` event a run ends with.
+fn failure(code: ErrorCode, message: impl Into<String>) -> AgentEvent {
+    AgentEvent::error(code.as_str(), message)
 }
 
 /// A run open on the gateway's spend ledger; closed when finished, or

@@ -343,7 +343,7 @@ async fn failed_restore_never_leads_to_a_push(kind: Backend) {
         .await
         .err()
         .expect("restore must fail");
-    assert_eq!(err.code(), "workspace_restore_failed", "{err}");
+    assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
     assert_eq!(rec.restored_generation, 0);
     n.backend.set_down(false);
     // Any push (checkpoint, final, manual) is refused.
@@ -520,7 +520,7 @@ async fn tampered_manifest_is_refused(kind: Backend) {
         let ws = fresh_workspace(root.path(), conv);
         let mut rec = ConversationRecord::new(T, conv);
         let err = n.assign(&mut rec, 2, &ws).await.err().expect("refused");
-        assert_eq!(err.code(), "workspace_restore_failed", "{err}");
+        assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
         assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
     }
     assert!(!root.path().join("escape.txt").exists());

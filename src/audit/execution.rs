@@ -6,6 +6,8 @@
 //! start has an end and the in-flight gauge returns to zero.
 
 use super::{emit, AuditEvent, ExecutionOptions, ExecutionTiming, Subject};
+use crate::codes::ErrorCode;
+use crate::state::RunOutcome;
 use std::time::{Duration, Instant};
 use workspace_agent::protocol::{AgentEvent, AgentOptions};
 
@@ -106,7 +108,7 @@ impl ExecutionAudit {
             Ok(s) => {
                 tracing::info!(
                     message = "Run finished.",
-                    outcome = "completed",
+                    outcome = RunOutcome::Completed.as_str(),
                     duration_ms = timing.duration_ms,
                     is_error = s.is_error,
                     num_turns = s.num_turns
@@ -120,7 +122,7 @@ impl ExecutionAudit {
                 });
             }
             Err((code, message)) => {
-                tracing::info!(message = "Run finished.", outcome = "failed",
+                tracing::info!(message = "Run finished.", outcome = RunOutcome::Failed.as_str(),
                     duration_ms = timing.duration_ms, code = %code);
                 emit(&AuditEvent::AgentExecutionFailed {
                     subject,
@@ -142,11 +144,11 @@ fn verdict(
 ) -> Result<Summary, (String, String)> {
     match (failure, result, agent_error) {
         (Some(AgentEvent::Error { code, message }), _, _) => Err((code.clone(), message.clone())),
-        (Some(other), _, _) => Err(("internal".to_owned(), other.name().to_owned())),
+        (Some(other), _, _) => Err((ErrorCode::Internal.to_string(), other.name().to_owned())),
         (None, Some(summary), _) => Ok(summary),
         (None, None, Some(error)) => Err(error),
         (None, None, None) => Err((
-            "no_result".to_owned(),
+            ErrorCode::NoResult.to_string(),
             "the run ended without a result".to_owned(),
         )),
     }
@@ -156,7 +158,7 @@ impl Drop for ExecutionAudit {
     fn drop(&mut self) {
         if !self.finished {
             self.emit_end(Err((
-                "aborted".to_owned(),
+                ErrorCode::Aborted.to_string(),
                 "the run stopped before it ended".to_owned(),
             )));
         }

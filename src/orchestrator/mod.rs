@@ -18,13 +18,14 @@ pub use teardown::{destroy_all, Teardown};
 
 use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
+use crate::codes::{DestroyReason, ErrorCode};
 use crate::config::Config;
 use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
 use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state::{Binding, ContainerRecord, ContainerState, StateError, Store};
-use crate::workers::{WorkerStatus, Workers};
+use crate::workers::{WorkerBoard, WorkerSet, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -63,14 +64,14 @@ pub enum OrchestratorError {
 
 impl OrchestratorError {
     /// Stable code for the SSE `error` event.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Runtime(RuntimeError::Unreachable(_)) => "runtime_unavailable",
-            Self::Runtime(_) | Self::NotReady(_) => "container_start_failed",
-            Self::State(_) => "state_error",
-            Self::Prepare { .. } | Self::Quota(_) => "workspace_failed",
-            Self::Proxy(_) => "proxy_failed",
-            Self::Capacity(_) => "capacity_exhausted",
+            Self::Runtime(RuntimeError::Unreachable(_)) => ErrorCode::RuntimeUnavailable,
+            Self::Runtime(_) | Self::NotReady(_) => ErrorCode::ContainerStartFailed,
+            Self::State(_) => ErrorCode::StateError,
+            Self::Prepare { .. } | Self::Quota(_) => ErrorCode::WorkspaceFailed,
+            Self::Proxy(_) => ErrorCode::ProxyFailed,
+            Self::Capacity(_) => ErrorCode::CapacityExhausted,
         }
     }
 }
@@ -125,7 +126,7 @@ pub struct Orchestrator {
     gateway: Arc<Gateway>,
     proxies: ProxyRegistry,
     locks: RunLocks,
-    workers: Workers,
+    workers: WorkerBoard,
     refill: Notify,
     counters: Counters,
     isolation: Isolation,
@@ -162,7 +163,7 @@ impl Orchestrator {
             gateway,
             proxies: ProxyRegistry::default(),
             locks: RunLocks::default(),
-            workers: Workers::default(),
+            workers: WorkerBoard::default(),
             refill: Notify::new(),
             counters: Counters::default(),
             sync: std::sync::OnceLock::new(),
@@ -194,9 +195,9 @@ impl Orchestrator {
     }
 
     /// Reconciles with the engine, then starts the pool and sweeper
-    /// workers. Returns once the state matches the engine; the pool fills
-    /// in the background.
-    pub async fn start(self: &Arc<Self>) -> Result<(), OrchestratorError> {
+    /// workers in `workers`, which the caller owns and stops. Returns once
+    /// the state matches the engine; the pool fills in the background.
+    pub async fn start(self: &Arc<Self>, workers: &mut WorkerSet) -> Result<(), OrchestratorError> {
         let interrupted = self.store.interrupt_running_runs().await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -205,8 +206,10 @@ impl Orchestrator {
             );
         }
         self.reconcile(true).await?;
-        tokio::spawn(self.clone().refill_loop());
-        tokio::spawn(self.clone().gc_loop());
+        let this = self.clone();
+        workers.spawn(pool::WORKER, |shutdown| this.refill_loop(shutdown));
+        let this = self.clone();
+        workers.spawn(gc::WORKER, |shutdown| this.gc_loop(shutdown));
         Ok(())
     }
 
@@ -247,7 +250,7 @@ impl Orchestrator {
                 }
                 tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
                     container_id = %name, tenant_id = tenant, conversation_id = conversation);
-                self.destroy(&name, "crashed").await;
+                self.destroy(&name, DestroyReason::Crashed).await;
                 lost = Some(name);
             }
         }
@@ -333,7 +336,7 @@ impl Orchestrator {
         {
             Ok(Some(c)) => c,
             Ok(None) | Err(_) => {
-                self.destroy(&name, "claim_failed").await;
+                self.destroy(&name, DestroyReason::ClaimFailed).await;
                 return Err(OrchestratorError::NotReady(
                     "claim of a cold container failed".into(),
                 ));
@@ -382,7 +385,7 @@ impl Orchestrator {
             .await?
             .and_then(|c| c.container_id)
         {
-            self.destroy(&name, "deleted").await;
+            self.destroy(&name, DestroyReason::Deleted).await;
         }
         Ok(())
     }
@@ -396,7 +399,7 @@ impl Orchestrator {
 
     /// Removes a container and everything that belongs to it. Idempotent;
     /// a failure leaves the record `Destroying` for the sweeper to retry.
-    pub async fn destroy(&self, name: &str, reason: &str) {
+    pub async fn destroy(&self, name: &str, reason: DestroyReason) {
         let rec = self.store.container(name).await.ok().flatten();
         if rec.as_ref().is_some_and(|r| r.state.can_destroy()) {
             let _ = self
@@ -429,7 +432,7 @@ impl Orchestrator {
         let binding = rec.and_then(|r| r.binding);
         crate::audit::emit(&AuditEvent::ContainerDestroyed {
             subject: subject(name, binding.as_ref()),
-            reason: reason.to_owned(),
+            reason,
         });
     }
 

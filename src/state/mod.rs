@@ -28,8 +28,23 @@ const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("container
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    // Each of redb's errors keeps its type as the source; the message
+    // reads the same whichever step failed.
     #[error("state database: {0}")]
-    Db(String),
+    Database(#[from] redb::DatabaseError),
+    #[error("state database: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("state database: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("state database: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("state database: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// A blocking database task panicked or was cancelled.
+    #[error("state database: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("state database: {0}")]
+    Directory(#[source] std::io::Error),
     #[error("state record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("state file has schema version {found}, this build knows {SCHEMA_VERSION}")]
@@ -43,20 +58,6 @@ pub enum StateError {
     #[error("no container record named {0}")]
     UnknownContainer(String),
 }
-
-macro_rules! db_err {
-    ($($t:ty),*) => {$(impl From<$t> for StateError {
-        fn from(e: $t) -> Self { StateError::Db(e.to_string()) }
-    })*};
-}
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    tokio::task::JoinError
-);
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -109,7 +110,7 @@ impl Store {
     /// Opens or creates the state file and checks its schema version.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StateError::Db(e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(StateError::Directory)?;
         }
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)

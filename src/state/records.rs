@@ -141,6 +141,14 @@ mod tests {
         assert!(!Destroying.can_destroy());
         assert!(Ready.in_pool() && !Claimed.in_pool());
     }
+
+    #[test]
+    fn run_outcomes_are_spelled_as_serialized() {
+        use super::RunOutcome::*;
+        for o in [Running, Completed, Failed, Interrupted] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 }
 
 /// How a run ended.
@@ -152,6 +160,18 @@ pub enum RunOutcome {
     Failed,
     /// The daemon stopped (or crashed) before the run ended.
     Interrupted,
+}
+
+impl RunOutcome {
+    /// The spelling in the state file, the API and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// One run of a conversation, kept with its events for reconnects.

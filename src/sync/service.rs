@@ -22,6 +22,7 @@ use super::stats::{SyncSnapshot, SyncStats};
 use super::store::{ObjectBackend, ObjectStoreBackend, StoreError};
 use super::walk::StatCache;
 use crate::audit::{AuditEvent, Subject, SyncFigures};
+use crate::codes::ErrorCode;
 use crate::state::{ConversationRecord, StateError, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,11 +48,11 @@ pub enum SyncError {
 
 impl SyncError {
     /// Stable code for the SSE `error` event.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Restore(_) => "workspace_restore_failed",
-            Self::Push(_) => "workspace_sync_failed",
-            Self::State(_) => "state_error",
+            Self::Restore(_) => ErrorCode::WorkspaceRestoreFailed,
+            Self::Push(_) => ErrorCode::WorkspaceSyncFailed,
+            Self::State(_) => ErrorCode::StateError,
         }
     }
 }
