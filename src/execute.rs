@@ -29,12 +29,7 @@ pub enum ExecuteError {
     State(#[from] StateError),
 }
 
-/// Identifies one conversation of one tenant.
-#[derive(Clone, Debug)]
-pub struct ConversationKey {
-    pub tenant_id: String,
-    pub conversation_id: String,
-}
+pub use crate::ids::ConversationKey;
 
 pub struct Executor {
     orchestrator: Arc<Orchestrator>,
@@ -74,32 +69,22 @@ impl Executor {
         let guard = self
             .orchestrator
             .locks()
-            .try_lock(&key.tenant_id, &key.conversation_id)
+            .try_lock(&key)
             .ok_or(ExecuteError::Busy)?;
         let store = self.orchestrator.store().clone();
-        let run = store
-            .begin_run(&key.tenant_id, &key.conversation_id)
-            .await?;
+        let run = store.begin_run(&key).await?;
         // The recorder never waits on the disk, so a short queue keeps up;
         // it bounds what is in flight, where events are parsed values.
         let (tx, rx) = mpsc::channel(16);
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
-        let live = self.hub.record(
-            store,
-            &key.tenant_id,
-            &key.conversation_id,
-            run,
-            max_stored,
-            rx,
-        );
+        let live = self.hub.record(store, &key, run, max_stored, rx);
         let this = self.clone();
         // Every line and audit event of the run carries these ids.
-        let span = crate::telemetry::execution_span(&key.tenant_id, &key.conversation_id);
+        let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
             async move {
                 let _guard = guard;
-                let mut audit =
-                    ExecutionAudit::start(&key.tenant_id, &key.conversation_id, &exec.options);
+                let mut audit = ExecutionAudit::start(&key, &exec.options);
                 let outcome = this.run(&key, exec, &tx, &mut audit).await;
                 // Audited before the stream ends, so a client that saw the
                 // end can find the record.
@@ -135,7 +120,7 @@ impl Executor {
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
         exec.resume_session_id = store
-            .conversation(&key.tenant_id, &key.conversation_id)
+            .conversation(key)
             .await
             .map_err(state_err)?
             .and_then(|c| c.session_id);
@@ -203,7 +188,7 @@ impl Executor {
         }
         self.orchestrator.touch(&assigned.container).await;
         store
-            .update_conversation(&key.tenant_id, &key.conversation_id, move |rec| {
+            .update_conversation(key, move |rec| {
                 if session_id.is_some() {
                     rec.session_id = session_id;
                 }
@@ -280,14 +265,14 @@ impl Executor {
     ) -> Result<(crate::orchestrator::Assigned, RunSync), AgentEvent> {
         let assigned = self
             .orchestrator
-            .acquire(&key.tenant_id, &key.conversation_id)
+            .acquire(key)
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
         let mut rec = self
             .orchestrator
             .store()
-            .conversation(&key.tenant_id, &key.conversation_id)
+            .conversation(key)
             .await
             .map_err(|e| failure(ErrorCode::StateError, e.to_string()))?
             .ok_or_else(|| failure(ErrorCode::StateError, "the conversation vanished"))?;

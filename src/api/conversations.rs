@@ -8,6 +8,7 @@ mod range;
 use super::error::ApiError;
 use super::AppState;
 use crate::ids::is_valid_id;
+use crate::ids::ConversationKey;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -30,10 +31,11 @@ pub async fn get_conversation(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = state.auth.authenticate(&headers)?;
     valid(&id)?;
+    let key = ConversationKey::new(tenant.id, id);
     let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
     let store = state.executor.orchestrator().store();
     let conv = store
-        .conversation(&tenant.id, &id)
+        .conversation(&key)
         .await
         .map_err(unavailable)?
         .ok_or(ApiError::NotFound)?;
@@ -41,11 +43,8 @@ pub async fn get_conversation(
         Some(name) => store.container(name).await.map_err(unavailable)?,
         None => None,
     };
-    let runs = store
-        .runs(&tenant.id, &id, RECENT_RUNS)
-        .await
-        .map_err(unavailable)?;
-    let running = state.executor.hub().get(&tenant.id, &id).is_some();
+    let runs = store.runs(&key, RECENT_RUNS).await.map_err(unavailable)?;
+    let running = state.executor.hub().get(&key).is_some();
     Ok(Json(json!({
         "conversation_id": conv.conversation_id,
         "state": if running { "running" } else { "idle" },
@@ -80,11 +79,12 @@ pub async fn delete_conversation(
         .purge;
     let tenant = state.auth.authenticate(&headers)?;
     valid(&id)?;
+    let key = ConversationKey::new(&tenant.id, &id);
     let orchestrator = state.executor.orchestrator();
     let store = orchestrator.store();
     let unavailable = |e: crate::state::StateError| ApiError::Unavailable(e.to_string());
     if store
-        .conversation(&tenant.id, &id)
+        .conversation(&key)
         .await
         .map_err(unavailable)?
         .is_none()
@@ -93,21 +93,18 @@ pub async fn delete_conversation(
     }
     let _guard = orchestrator
         .locks()
-        .try_lock(&tenant.id, &id)
+        .try_lock(&key)
         .ok_or_else(|| ApiError::Conflict("a run is in progress; delete it when it ends".into()))?;
     orchestrator
-        .release_conversation(&tenant.id, &id)
+        .release_conversation(&key)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    store
-        .delete_conversation(&tenant.id, &id)
-        .await
-        .map_err(unavailable)?;
+    store.delete_conversation(&key).await.map_err(unavailable)?;
     if purge {
         let objects = state
             .executor
             .sync()
-            .purge(&tenant.id, &id)
+            .purge(&key)
             .await
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
         tracing::info!(message = "Stored files purged.", tenant_id = %tenant.id, conversation_id = %id, objects);
@@ -118,13 +115,13 @@ pub async fn delete_conversation(
 
 /// The conversation must exist for this tenant (else 404, whatever is
 /// stored).
-async fn known(state: &AppState, tenant: &str, id: &str) -> Result<(), ApiError> {
-    valid(id)?;
+async fn known(state: &AppState, key: &ConversationKey) -> Result<(), ApiError> {
+    valid(&key.conversation_id)?;
     state
         .executor
         .orchestrator()
         .store()
-        .conversation(tenant, id)
+        .conversation(key)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .map(|_| ())
@@ -146,11 +143,12 @@ pub async fn list_files(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = state.auth.authenticate(&headers)?;
-    known(&state, &tenant.id, &id).await?;
+    let key = ConversationKey::new(tenant.id, id);
+    known(&state, &key).await?;
     let files = state
         .executor
         .sync()
-        .list_files(&tenant.id, &id)
+        .list_files(&key)
         .await
         .map_err(files_error)?;
     Ok(Json(json!({ "files": files })))
@@ -164,11 +162,12 @@ pub async fn get_file(
 ) -> Result<Response, ApiError> {
     use axum::http::header;
     let tenant = state.auth.authenticate(&headers)?;
-    known(&state, &tenant.id, &id).await?;
+    let key = ConversationKey::new(tenant.id, id);
+    known(&state, &key).await?;
     let file = state
         .executor
         .sync()
-        .stored_file(&tenant.id, &id, &path)
+        .stored_file(&key, &path)
         .await
         .map_err(files_error)?;
     // Blobs are named by their content's hash: a strong validator.

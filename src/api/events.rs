@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::{AppState, Tenant};
 use crate::ids::is_valid_id;
+use crate::ids::ConversationKey;
 use crate::state::StoredEvent;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -55,9 +56,10 @@ pub async fn get_events(
     if !is_valid_id(&conversation_id) {
         return Err(ApiError::NotFound);
     }
+    let key = ConversationKey::new(tenant.id, conversation_id);
     let store = state.executor.orchestrator().store().clone();
     let conv = store
-        .conversation(&tenant.id, &conversation_id)
+        .conversation(&key)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?
         .ok_or(ApiError::NotFound)?;
@@ -71,17 +73,12 @@ pub async fn get_events(
     if run == 0 || run > conv.runs {
         return Err(ApiError::NotFound);
     }
-    if let Some(live) = state
-        .executor
-        .hub()
-        .get(&tenant.id, &conversation_id)
-        .filter(|l| l.run == run)
-    {
+    if let Some(live) = state.executor.hub().get(&key).filter(|l| l.run == run) {
         return Ok(sse(run, live.subscribe(after).boxed()));
     }
     // The run is over (or the daemon restarted): replay what was recorded.
     let stored = store
-        .events_after(&tenant.id, &conversation_id, run, after)
+        .events_after(&key, run, after)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(sse(run, futures_util::stream::iter(stored).boxed()))

@@ -7,6 +7,7 @@
 
 use super::{emit, AuditEvent, ExecutionOptions, ExecutionTiming, Subject};
 use crate::codes::ErrorCode;
+use crate::ids::ConversationKey;
 use crate::state::RunOutcome;
 use std::time::{Duration, Instant};
 use workspace_agent::protocol::{AgentEvent, AgentOptions};
@@ -32,10 +33,10 @@ pub struct ExecutionAudit {
 
 impl ExecutionAudit {
     /// Emits `agent_execution_started`.
-    pub fn start(tenant_id: &str, conversation_id: &str, options: &AgentOptions) -> Self {
+    pub fn start(key: &ConversationKey, options: &AgentOptions) -> Self {
         let subject = Subject {
-            tenant_id: tenant_id.to_owned(),
-            conversation_id: conversation_id.to_owned(),
+            tenant_id: key.tenant_id.clone(),
+            conversation_id: key.conversation_id.clone(),
             container_id: String::new(),
         };
         emit(&AuditEvent::AgentExecutionStarted {
@@ -207,18 +208,20 @@ mod tests {
 
     #[test]
     fn every_start_ends_once_whatever_happens() {
-        let mut a = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let mut a =
+            ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         a.set_container("agentbox-x");
         a.observe(&result(false));
         a.finish(None);
         // Dropped without finish: still ends (as aborted), without panicking.
-        let b = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let b = ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         drop(b);
     }
 
     #[test]
     fn first_event_is_timed_once() {
-        let mut a = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let mut a =
+            ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         a.observe(&AgentEvent::Started { prestarted: false });
         let first = a.first_event;
         std::thread::sleep(Duration::from_millis(5));

@@ -56,7 +56,7 @@ impl Orchestrator {
                 (ContainerState::Claimed, Some(b)) if idle || old => {
                     // Holding the run lock keeps a new run from starting on
                     // a container being removed.
-                    let Some(_guard) = self.locks.try_lock(&b.tenant_id, &b.conversation_id) else {
+                    let Some(_guard) = self.locks.try_lock(b) else {
                         continue;
                     };
                     let reason = if idle {

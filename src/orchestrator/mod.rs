@@ -20,6 +20,7 @@ use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
 use crate::codes::{DestroyReason, ErrorCode};
 use crate::config::Config;
+use crate::ids::ConversationKey;
 use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
 use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
@@ -232,33 +233,25 @@ impl Orchestrator {
 
     /// The conversation's running container, else a claimed pool
     /// container, else a cold start.
-    pub async fn acquire(
-        &self,
-        tenant: &str,
-        conversation: &str,
-    ) -> Result<Assigned, OrchestratorError> {
-        let binding = Binding {
-            tenant_id: tenant.to_owned(),
-            conversation_id: conversation.to_owned(),
-        };
+    pub async fn acquire(&self, key: &ConversationKey) -> Result<Assigned, OrchestratorError> {
         let mut lost = None;
-        if let Some(conv) = self.store.conversation(tenant, conversation).await? {
+        if let Some(conv) = self.store.conversation(key).await? {
             if let Some(name) = conv.container_id {
                 if self.runtime.is_running(&name).await? && self.healthy(&name).await {
-                    self.bind_proxy(&name, &binding)?;
+                    self.bind_proxy(&name, key)?;
                     return Ok(self.assigned(&name, false, conv.generation));
                 }
                 tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
-                    container_id = %name, tenant_id = tenant, conversation_id = conversation);
+                    container_id = %name, tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
                 self.destroy(&name, DestroyReason::Crashed).await;
                 lost = Some(name);
             }
         }
-        let mut assigned = self.claim_or_start(&binding).await?;
+        let mut assigned = self.claim_or_start(key).await?;
         if let Some(previous) = lost {
             assigned.recovered = true;
             crate::audit::emit(&AuditEvent::ContainerRecovered {
-                subject: subject(&assigned.container, Some(&binding)),
+                subject: subject(&assigned.container, Some(key)),
                 previous_container_id: previous,
                 reason: "container_lost".to_owned(),
             });
@@ -291,9 +284,8 @@ impl Orchestrator {
     }
 
     async fn claim_or_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
-        let (tenant, conversation) = (binding.tenant_id.as_str(), binding.conversation_id.as_str());
         let image = self.cfg().container.image.clone();
-        if let Some(claim) = self.store.claim(None, &image, tenant, conversation).await? {
+        if let Some(claim) = self.store.claim(None, &image, binding).await? {
             self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
             self.refill.notify_one();
             let name = claim.container.name;
@@ -326,12 +318,7 @@ impl Orchestrator {
         self.create(&name, Some(binding)).await?;
         let claim = match self
             .store
-            .claim(
-                Some(&name),
-                &cfg.container.image,
-                &binding.tenant_id,
-                &binding.conversation_id,
-            )
+            .claim(Some(&name), &cfg.container.image, binding)
             .await
         {
             Ok(Some(c)) => c,
@@ -376,12 +363,11 @@ impl Orchestrator {
     /// holds the conversation's run lock.
     pub async fn release_conversation(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<(), OrchestratorError> {
         if let Some(name) = self
             .store
-            .conversation(tenant, conversation)
+            .conversation(key)
             .await?
             .and_then(|c| c.container_id)
         {
@@ -420,10 +406,10 @@ impl Orchestrator {
             self.sync.get(),
             rec.as_ref().and_then(|r| r.binding.as_ref()),
         ) {
-            if let Err(error) = sync.push_now(&b.tenant_id, &b.conversation_id).await {
+            if let Err(error) = sync.push_now(b).await {
                 tracing::warn!(message = "Final push before removal failed.", container_id = %name, %error);
             }
-            sync.forget(&b.tenant_id, &b.conversation_id);
+            sync.forget(b);
         }
         self.remove_dirs(name);
         if let Err(error) = self.store.remove_container(name).await {

@@ -14,6 +14,7 @@ pub use records::{
     RunRecord, StoredEvent,
 };
 
+use crate::ids::ConversationKey;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
@@ -181,9 +182,9 @@ impl Store {
 
     pub async fn conversation(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<Option<ConversationRecord>, StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let db = self.db.clone();
         let k = conversation_key(tenant, conversation);
         tokio::task::spawn_blocking(move || {
@@ -206,13 +207,13 @@ impl Store {
     /// when absent); returns the record as written.
     pub async fn update_conversation<F>(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         f: F,
     ) -> Result<ConversationRecord, StateError>
     where
         F: FnOnce(&mut ConversationRecord) + Send + 'static,
     {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
         self.write(move |txn| {
             let key = conversation_key(&tenant, &conversation);
@@ -290,11 +291,9 @@ impl Store {
         &self,
         name: Option<&str>,
         image: &str,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<Option<Claim>, StateError> {
-        let (name, image) = (name.map(str::to_owned), image.to_owned());
-        let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
+        let (name, image, binding) = (name.map(str::to_owned), image.to_owned(), key.clone());
         self.write(move |txn| {
             let mut chosen: Option<ContainerRecord> = match &name {
                 Some(n) => get_json(txn, CONTAINERS, n)?,
@@ -326,14 +325,12 @@ impl Store {
             }
             let now = now_ms();
             container.state = ContainerState::Claimed;
-            container.binding = Some(Binding {
-                tenant_id: tenant.clone(),
-                conversation_id: conversation.clone(),
+            let key = conversation_key(&binding.tenant_id, &binding.conversation_id);
+            let mut conv = get_json(txn, CONVERSATIONS, &key)?.unwrap_or_else(|| {
+                ConversationRecord::new(&binding.tenant_id, &binding.conversation_id)
             });
+            container.binding = Some(binding);
             container.last_activity_ms = now;
-            let key = conversation_key(&tenant, &conversation);
-            let mut conv = get_json(txn, CONVERSATIONS, &key)?
-                .unwrap_or_else(|| ConversationRecord::new(&tenant, &conversation));
             conv.container_id = Some(container.name.clone());
             conv.generation += 1;
             conv.last_activity_ms = now;
@@ -403,8 +400,20 @@ mod tests {
             store.put_conversation(&rec).await.unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.conversation("t1", "c1").await.unwrap(), Some(rec));
-        assert_eq!(store.conversation("t2", "c1").await.unwrap(), None);
+        assert_eq!(
+            store
+                .conversation(&ConversationKey::new("t1", "c1"))
+                .await
+                .unwrap(),
+            Some(rec)
+        );
+        assert_eq!(
+            store
+                .conversation(&ConversationKey::new("t2", "c1"))
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
@@ -416,15 +425,27 @@ mod tests {
                 .unwrap();
             s.transition(name, ContainerState::Ready).await.unwrap();
         }
-        let claim = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        let claim = s
+            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(claim.container.name, "b");
         assert_eq!(claim.container.state, ContainerState::Claimed);
         assert_eq!(claim.conversation.container_id.as_deref(), Some("b"));
         assert_eq!(claim.conversation.generation, 1);
-        let again = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        let again = s
+            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again.container.name, "c");
         assert_eq!(again.conversation.generation, 2);
-        assert!(s.claim(None, "img2", "t", "x").await.unwrap().is_none());
+        assert!(s
+            .claim(None, "img2", &ConversationKey::new("t", "x"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -436,7 +457,10 @@ mod tests {
         s.transition("a", ContainerState::Ready).await.unwrap();
         assert!(s.transition("a", ContainerState::Ready).await.is_err());
         s.transition("a", ContainerState::Destroying).await.unwrap();
-        assert!(s.claim(Some("a"), "i", "t", "c").await.is_err());
+        assert!(s
+            .claim(Some("a"), "i", &ConversationKey::new("t", "c"))
+            .await
+            .is_err());
         assert!(s.transition("a", ContainerState::Destroying).await.is_err());
     }
 
@@ -446,10 +470,17 @@ mod tests {
         s.insert_container(&ContainerRecord::warming("a", "i", true))
             .await
             .unwrap();
-        s.claim(Some("a"), "i", "t", "c").await.unwrap().unwrap();
+        s.claim(Some("a"), "i", &ConversationKey::new("t", "c"))
+            .await
+            .unwrap()
+            .unwrap();
         s.remove_container("a").await.unwrap();
         assert!(s.containers().await.unwrap().is_empty());
-        let conv = s.conversation("t", "c").await.unwrap().unwrap();
+        let conv = s
+            .conversation(&ConversationKey::new("t", "c"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(conv.container_id, None);
         assert_eq!(conv.generation, 1, "the generation is never reset");
     }

@@ -92,11 +92,8 @@ impl ContainerState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Binding {
-    pub tenant_id: String,
-    pub conversation_id: String,
-}
+/// The conversation a container is bound to.
+pub type Binding = crate::ids::ConversationKey;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
