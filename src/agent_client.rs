@@ -10,8 +10,8 @@ mod reader;
 
 pub use reader::{LineReader, Violation};
 
-use bytes::Bytes;
 use crate::config::AgentConfig;
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};

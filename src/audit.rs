@@ -61,7 +61,7 @@ pub enum AuditEvent {
     ContainerDestroyed {
         #[serde(flatten)]
         subject: Subject,
-        reason: String,
+        reason: crate::codes::DestroyReason,
     },
     /// A container that should be running was found stopped; it is then
     /// destroyed (`container_destroyed`, reason `crashed`).
@@ -430,7 +430,7 @@ mod tests {
                 container_id: "c".into(),
                 ..Default::default()
             },
-            reason: "idle".into(),
+            reason: crate::codes::DestroyReason::Idle,
         };
         let (_, line) = record_line(&ev, &SpanContext::default());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

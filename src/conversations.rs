@@ -98,15 +98,14 @@ impl Conversations {
     }
 
     pub async fn show(&self, key: &ConversationKey) -> Result<ConversationView, ConversationError> {
-        let (tenant, id) = (&key.tenant_id, &key.conversation_id);
         let store = self.executor.orchestrator().store();
         let conversation = self.find(key).await?;
         let container = match &conversation.container_id {
             Some(name) => store.container(name).await?,
             None => None,
         };
-        let runs = store.runs(tenant, id, RECENT_RUNS).await?;
-        let running = self.executor.hub().get(tenant, id).is_some();
+        let runs = store.runs(key, RECENT_RUNS).await?;
+        let running = self.executor.hub().get(key).is_some();
         Ok(ConversationView {
             conversation,
             container,
@@ -122,7 +121,6 @@ impl Conversations {
         key: &ConversationKey,
         cursor: Cursor,
     ) -> Result<(u64, BoxStream<'static, StoredEvent>), ConversationError> {
-        let (tenant, id) = (&key.tenant_id, &key.conversation_id);
         let conv = self.find(key).await?;
         let (run, after) = match cursor {
             Cursor::Latest => (conv.runs, 0),
@@ -132,7 +130,7 @@ impl Conversations {
         if run == 0 || run > conv.runs {
             return Err(ConversationError::NotFound);
         }
-        if let Some(live) = self.executor.hub().get(tenant, id).filter(|l| l.run == run) {
+        if let Some(live) = self.executor.hub().get(key).filter(|l| l.run == run) {
             return Ok((run, live.subscribe(after).boxed()));
         }
         // The run is over (or the daemon restarted): replay what was recorded.
@@ -140,7 +138,7 @@ impl Conversations {
             .executor
             .orchestrator()
             .store()
-            .events_after(tenant, id, run, after)
+            .events_after(key, run, after)
             .await?;
         Ok((run, futures_util::stream::iter(stored).boxed()))
     }
@@ -160,15 +158,15 @@ impl Conversations {
         // Held to the end, so no run starts on a container being removed.
         let _guard = orchestrator
             .locks()
-            .try_lock(tenant, id)
+            .try_lock(key)
             .ok_or(ConversationError::Busy)?;
-        orchestrator.release_conversation(tenant, id).await?;
-        orchestrator.store().delete_conversation(tenant, id).await?;
+        orchestrator.release_conversation(key).await?;
+        orchestrator.store().delete_conversation(key).await?;
         let purged = if purge {
             let objects = self
                 .executor
                 .sync()
-                .purge(tenant, id)
+                .purge(key)
                 .await
                 .map_err(ConversationError::Purge)?;
             tracing::info!(message = "Stored files purged.", tenant_id = %tenant, conversation_id = %id, objects);
@@ -184,9 +182,7 @@ impl Conversations {
     pub async fn files(&self, key: &ConversationKey) -> Result<Vec<FileInfo>, ConversationError> {
         self.find(key).await?;
         let sync = self.executor.sync();
-        Ok(sync
-            .list_files(&key.tenant_id, &key.conversation_id)
-            .await?)
+        Ok(sync.list_files(key).await?)
     }
 
     /// One stored file, ready to stream.
@@ -197,9 +193,7 @@ impl Conversations {
     ) -> Result<StoredFile, ConversationError> {
         self.find(key).await?;
         let sync = self.executor.sync();
-        Ok(sync
-            .stored_file(&key.tenant_id, &key.conversation_id, path)
-            .await?)
+        Ok(sync.stored_file(key, path).await?)
     }
 
     /// The conversation must exist for this tenant (else not found,
@@ -208,7 +202,7 @@ impl Conversations {
         self.executor
             .orchestrator()
             .store()
-            .conversation(&key.tenant_id, &key.conversation_id)
+            .conversation(key)
             .await?
             .ok_or(ConversationError::NotFound)
     }
@@ -234,7 +228,7 @@ mod tests {
             .await
             .unwrap();
         finish(core, conversation, live).await;
-        let conv = core.store.conversation("t", conversation).await.unwrap();
+        let conv = core.store.conversation(&key(conversation)).await.unwrap();
         conv.unwrap().container_id.unwrap()
     }
 
@@ -251,7 +245,7 @@ mod tests {
             svc.show(&key("c")).await,
             Err(ConversationError::NotFound)
         ));
-        assert!(core.store.runs("t", "c", 10).await.unwrap().is_empty());
+        assert!(core.store.runs(&key("c"), 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -259,7 +253,7 @@ mod tests {
         let core = core(|_| {});
         let svc = service(&core);
         let container = converse(&core, &svc, "c").await;
-        let run = core.orchestrator.locks().try_lock("t", "c").unwrap();
+        let run = core.orchestrator.locks().try_lock(&key("c")).unwrap();
         assert!(matches!(
             svc.delete(&key("c"), true).await,
             Err(ConversationError::Busy)
@@ -286,7 +280,7 @@ mod tests {
         let container = converse(&core, &svc, "c").await;
         let workspace = core.orchestrator.workspace_dir(&container);
         std::fs::write(workspace.join("notes.txt"), b"kept").unwrap();
-        core.sync.push_now("t", "c").await.unwrap();
+        core.sync.push_now(&key("c")).await.unwrap();
         let files = svc.files(&key("c")).await.unwrap();
         assert!(files.iter().any(|f| f.path == "notes.txt"), "{files:?}");
         let file = svc.file(&key("c"), "notes.txt").await.unwrap();

@@ -7,7 +7,9 @@
 //! Both listeners are served by [`crate::listener`] (connection caps,
 //! head and idle timeouts). On SIGTERM or SIGINT the API listener stops
 //! accepting; streams in flight get `server.shutdown_grace_secs`, then the
-//! process exits 0.
+//! background workers ([`crate::workers::WorkerSet`]: watchdog, pool
+//! refill, sweeper, reload) stop, the last started first, and the process
+//! exits 0.
 //! Under systemd (`Type=notify`) each of these steps is announced through
 //! [`crate::systemd::Notifier`].
 
@@ -28,11 +30,16 @@ use crate::sync::fsx::Owner;
 use crate::sync::store::StoreError;
 use crate::sync::SyncService;
 use crate::tls::TlsConfig;
+use crate::workers::WorkerSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
+
+/// How long each background worker may take to finish its pass on drain
+/// before it is aborted.
+const WORKER_STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -67,9 +74,22 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Serve)?;
     let notifier = Arc::new(crate::systemd::Notifier::from_env());
+    // Every background loop, stopped in order on drain.
+    let mut workers = WorkerSet::default();
     // Pings from the start: reconcile may take a while, and a start that
     // hangs is TimeoutStartSec='s to catch, not the watchdog's.
-    notifier.clone().spawn_watchdog();
+    if let Some(every) = notifier.watchdog_every() {
+        let notifier = notifier.clone();
+        workers.spawn("systemd_watchdog", move |mut shutdown| async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notifier.watchdog(),
+                    () = shutdown.requested() => return,
+                }
+            }
+        });
+    }
     let stop_notifier = notifier.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -124,9 +144,10 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         isolation,
     );
     orchestrator.set_sync(sync.clone());
-    orchestrator.start().await?;
+    orchestrator.start(&mut workers).await?;
     let auth = Arc::new(Authenticator::new(&cfg.tenants));
     spawn_reload_on_sighup(
+        &mut workers,
         orchestrator.clone(),
         gateway,
         config_path,
@@ -193,6 +214,9 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
             tokio::time::sleep(grace).await;
         } => tracing::warn!(message = "Grace period over; closing streams still open."),
     }
+    // The API no longer accepts; nothing may touch containers or the
+    // state file behind the drain.
+    workers.stop_all(WORKER_STOP_PATIENCE).await;
     tracing::info!(message = "Stopped.");
     Ok(())
 }
@@ -219,6 +243,7 @@ fn serving_status(api: std::net::SocketAddr, admin: std::net::SocketAddr) -> Str
 /// SIGHUP re-reads the config file (tenants, egress rules, pool, gc,
 /// image) and the certificate; an invalid file is logged and ignored.
 fn spawn_reload_on_sighup(
+    workers: &mut WorkerSet,
     orchestrator: std::sync::Arc<Orchestrator>,
     gateway: Arc<Gateway>,
     path: Option<PathBuf>,
@@ -227,8 +252,12 @@ fn spawn_reload_on_sighup(
     notifier: Arc<crate::systemd::Notifier>,
 ) -> Result<(), DaemonError> {
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Serve)?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
+    workers.spawn("reload", move |mut shutdown| async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => if got.is_none() { return },
+                () = shutdown.requested() => return,
+            }
             notifier.reloading();
             if let Some(tls) = &tls {
                 match tls.reload() {

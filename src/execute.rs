@@ -8,6 +8,7 @@
 
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
+use crate::codes::{DestroyReason, ErrorCode};
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
@@ -32,12 +33,7 @@ pub enum ExecuteError {
     State(#[from] StateError),
 }
 
-/// Identifies one conversation of one tenant.
-#[derive(Clone, Debug)]
-pub struct ConversationKey {
-    pub tenant_id: String,
-    pub conversation_id: String,
-}
+pub use crate::ids::ConversationKey;
 
 pub struct Executor {
     orchestrator: Arc<Orchestrator>,
@@ -77,32 +73,22 @@ impl Executor {
         let guard = self
             .orchestrator
             .locks()
-            .try_lock(&key.tenant_id, &key.conversation_id)
+            .try_lock(&key)
             .ok_or(ExecuteError::Busy)?;
         let store = self.orchestrator.store().clone();
-        let run = store
-            .begin_run(&key.tenant_id, &key.conversation_id)
-            .await?;
+        let run = store.begin_run(&key).await?;
         // The recorder never waits on the disk, so a short queue keeps up;
         // it bounds what is in flight, where events are parsed values.
         let (tx, rx) = mpsc::channel(16);
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
-        let live = self.hub.record(
-            store,
-            &key.tenant_id,
-            &key.conversation_id,
-            run,
-            max_stored,
-            rx,
-        );
+        let live = self.hub.record(store, &key, run, max_stored, rx);
         let this = self.clone();
         // Every line and audit event of the run carries these ids.
-        let span = crate::telemetry::execution_span(&key.tenant_id, &key.conversation_id);
+        let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
             async move {
                 let _guard = guard;
-                let mut audit =
-                    ExecutionAudit::start(&key.tenant_id, &key.conversation_id, &exec.options);
+                let mut audit = ExecutionAudit::start(&key, &exec.options);
                 let outcome = this.run(&key, exec, &tx, &mut audit).await;
                 // Audited before the stream ends, so a client that saw the
                 // end can find the record.
@@ -124,7 +110,7 @@ impl Executor {
         tx: &mpsc::Sender<AgentEvent>,
         audit: &mut ExecutionAudit,
     ) -> Result<(), AgentEvent> {
-        let state_err = |e: StateError| AgentEvent::error("state_error", e.to_string());
+        let state_err = |e: StateError| failure(ErrorCode::StateError, e.to_string());
         // The gateway counts the run's spend from here; a tenant whose day
         // is spent gets no container and no agent.
         let meter = RunMeter::begin(
@@ -138,7 +124,7 @@ impl Executor {
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
         exec.resume_session_id = store
-            .conversation(&key.tenant_id, &key.conversation_id)
+            .conversation(key)
             .await
             .map_err(state_err)?
             .and_then(|c| c.session_id);
@@ -206,7 +192,7 @@ impl Executor {
         }
         self.orchestrator.touch(&assigned.container).await;
         store
-            .update_conversation(&key.tenant_id, &key.conversation_id, move |rec| {
+            .update_conversation(key, move |rec| {
                 if session_id.is_some() {
                     rec.session_id = session_id;
                 }
@@ -229,8 +215,8 @@ impl Executor {
                 // The container died under the run: say so, then get the
                 // conversation a new one so its next message just works.
                 tracing::warn!(message = "Container lost during a run.", container_id = %assigned.container, error = %e);
-                let lost = AgentEvent::error(
-                    "container_lost",
+                let lost = failure(
+                    ErrorCode::ContainerLost,
                     format!("the container stopped during the run: {e}"),
                 );
                 audit.observe(&lost);
@@ -239,7 +225,7 @@ impl Executor {
             }
             Err(e) => Err(match spent.exceeded {
                 Some(over) => budget_error(over),
-                None => AgentEvent::error("agent_failed", e.to_string()),
+                None => failure(ErrorCode::AgentFailed, e.to_string()),
             }),
         }
     }
@@ -261,10 +247,10 @@ impl Executor {
             detail: violation.to_string(),
         });
         self.orchestrator
-            .destroy(container, "agent_protocol_violation")
+            .destroy(container, DestroyReason::AgentProtocolViolation)
             .await;
-        AgentEvent::error(
-            "agent_protocol_violation",
+        failure(
+            ErrorCode::AgentProtocolViolation,
             format!(
                 "the agent's stream broke a bound: {violation}; its container was destroyed, \
                  the next message gets a new one"
@@ -283,17 +269,17 @@ impl Executor {
     ) -> Result<(crate::orchestrator::Assigned, RunSync), AgentEvent> {
         let assigned = self
             .orchestrator
-            .acquire(&key.tenant_id, &key.conversation_id)
+            .acquire(key)
             .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+            .map_err(|e| failure(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
         let mut rec = self
             .orchestrator
             .store()
-            .conversation(&key.tenant_id, &key.conversation_id)
+            .conversation(key)
             .await
-            .map_err(|e| AgentEvent::error("state_error", e.to_string()))?
-            .ok_or_else(|| AgentEvent::error("state_error", "the conversation vanished"))?;
+            .map_err(|e| failure(ErrorCode::StateError, e.to_string()))?
+            .ok_or_else(|| failure(ErrorCode::StateError, "the conversation vanished"))?;
         let place = Placement {
             container: &assigned.container,
             workspace_dir: &assigned.workspace_dir,
@@ -303,7 +289,7 @@ impl Executor {
             .sync
             .prepare(&mut rec, place)
             .await
-            .map_err(|e| AgentEvent::error(e.code(), e.to_string()))?;
+            .map_err(|e| failure(e.code(), e.to_string()))?;
         if assigned.recovered {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }
@@ -312,7 +298,12 @@ impl Executor {
 }
 
 fn budget_error(e: Exceeded) -> AgentEvent {
-    AgentEvent::error("budget_exceeded", e.to_string())
+    failure(ErrorCode::BudgetExceeded, e.to_string())
+}
+
+/// The SSE `error` event a run ends with.
+fn failure(code: ErrorCode, message: impl Into<String>) -> AgentEvent {
+    AgentEvent::error(code.as_str(), message)
 }
 
 /// A run open on the gateway's spend ledger; closed when finished, or

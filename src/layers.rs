@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// Each layer's name and its modules (the top-level `mod`s of `lib.rs`).
 const LAYERS: &[(&str, &[&str])] = &[
-    ("foundation", &["ids", "secrets", "locks", "systemd", "tls"]),
+    ("vocabulary", &["ids", "codes"]),
+    ("foundation", &["secrets", "locks", "systemd", "tls"]),
     ("configuration", &["config"]),
     ("logging", &["telemetry"]),
     ("audit", &["audit"]),
@@ -24,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["isolation", "proxy", "sync", "runs", "workers", "preflight"],
     ),
     ("orchestration", &["orchestrator"]),
-    ("runs", &["execute"]),
+    ("execution", &["execute"]),
     ("conversation service", &["conversations"]),
     ("front ends", &["api", "admin", "cli"]),
     ("assembly", &["daemon"]),

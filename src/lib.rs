@@ -7,6 +7,7 @@ pub mod agent_client;
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod codes;
 pub mod config;
 pub mod conversations;
 pub mod daemon;

@@ -1,6 +1,7 @@
 //! Run locks: one run per conversation at a time, and the sweeper never
 //! removes a container whose conversation has a run in progress.
 
+use crate::ids::ConversationKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
@@ -12,23 +13,23 @@ pub struct RunLocks {
 
 impl RunLocks {
     /// The conversation's lock if nobody holds it.
-    pub fn try_lock(&self, tenant: &str, conversation: &str) -> Option<OwnedMutexGuard<()>> {
+    pub fn try_lock(&self, key: &ConversationKey) -> Option<OwnedMutexGuard<()>> {
         let lock = self
             .map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(format!("{tenant}/{conversation}"))
+            .entry(format!("{}/{}", key.tenant_id, key.conversation_id))
             .or_default()
             .clone();
         lock.try_lock_owned().ok()
     }
 
     /// Whether a run holds the conversation's lock right now.
-    pub fn is_held(&self, tenant: &str, conversation: &str) -> bool {
+    pub fn is_held(&self, key: &ConversationKey) -> bool {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&format!("{tenant}/{conversation}"))
+            .get(&format!("{}/{}", key.tenant_id, key.conversation_id))
             .is_some_and(|l| l.try_lock().is_err())
     }
 
@@ -43,15 +44,22 @@ impl RunLocks {
 
 #[cfg(test)]
 mod tests {
+    use crate::ids::ConversationKey;
+
     #[test]
     fn second_lock_fails_until_the_first_is_dropped() {
         let locks = super::RunLocks::default();
-        let g = locks.try_lock("t", "c").unwrap();
-        assert!(locks.try_lock("t", "c").is_none());
-        assert!(locks.is_held("t", "c") && !locks.is_held("t", "other"));
-        assert!(locks.try_lock("t", "other").is_some());
+        let g = locks.try_lock(&ConversationKey::new("t", "c")).unwrap();
+        assert!(locks.try_lock(&ConversationKey::new("t", "c")).is_none());
+        assert!(
+            locks.is_held(&ConversationKey::new("t", "c"))
+                && !locks.is_held(&ConversationKey::new("t", "other"))
+        );
+        assert!(locks
+            .try_lock(&ConversationKey::new("t", "other"))
+            .is_some());
         drop(g);
-        assert!(locks.try_lock("t", "c").is_some());
+        assert!(locks.try_lock(&ConversationKey::new("t", "c")).is_some());
         locks.prune();
     }
 }

@@ -10,6 +10,7 @@
 //! in memory and in the state file alike; past the bound it ends with an
 //! `events_truncated` marker and the run's ending, never silently.
 
+use crate::ids::ConversationKey;
 use crate::state::{RunOutcome, Store, StoredEvent};
 use futures_util::Stream;
 use serde::Deserialize;
@@ -240,10 +241,13 @@ pub struct RunHub {
 }
 
 impl RunHub {
-    pub fn get(&self, tenant: &str, conversation: &str) -> Option<Arc<LiveRun>> {
+    pub fn get(&self, key: &ConversationKey) -> Option<Arc<LiveRun>> {
         let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&crate::state::conversation_key(tenant, conversation))
-            .cloned()
+        map.get(&crate::state::conversation_key(
+            &key.tenant_id,
+            &key.conversation_id,
+        ))
+        .cloned()
     }
 
     /// Runs in progress for a tenant (all its conversations).
@@ -273,22 +277,20 @@ impl RunHub {
     pub fn record(
         self: &Arc<Self>,
         store: Store,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         run: u64,
         max_stored_bytes: u64,
         mut events: mpsc::Receiver<AgentEvent>,
     ) -> Arc<LiveRun> {
         let live = LiveRun::new(run);
-        let key = crate::state::conversation_key(tenant, conversation);
-        self.insert(key.clone(), live.clone());
-        let (hub, rec) = (self.clone(), live.clone());
         let target = Target {
             store,
-            tenant: tenant.to_owned(),
-            conversation: conversation.to_owned(),
+            key: key.clone(),
             run,
         };
+        let key = crate::state::conversation_key(&key.tenant_id, &key.conversation_id);
+        self.insert(key.clone(), live.clone());
+        let (hub, rec) = (self.clone(), live.clone());
         tokio::spawn(async move {
             let mut outcome = RunOutcome::Failed;
             let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -346,11 +348,7 @@ impl RunHub {
                 flushed += batch.len();
                 target.clone().append(batch).await;
             }
-            if let Err(error) = target
-                .store
-                .end_run(&target.tenant, &target.conversation, run, outcome)
-                .await
-            {
+            if let Err(error) = target.store.end_run(&target.key, run, outcome).await {
                 tracing::warn!(message = "Recording the run's end failed.", %error);
             }
             rec.finish();
@@ -364,8 +362,7 @@ impl RunHub {
 #[derive(Clone)]
 struct Target {
     store: Store,
-    tenant: String,
-    conversation: String,
+    key: ConversationKey,
     run: u64,
 }
 
@@ -374,11 +371,7 @@ impl Target {
         if batch.is_empty() {
             return;
         }
-        if let Err(error) = self
-            .store
-            .append_events(&self.tenant, &self.conversation, self.run, batch)
-            .await
-        {
+        if let Err(error) = self.store.append_events(&self.key, self.run, batch).await {
             // The live stream still has them; only a later replay would miss them.
             tracing::warn!(message = "Recording events failed.", %error);
         }
@@ -394,10 +387,19 @@ mod tests {
     async fn subscribers_get_history_then_live_events_then_the_end() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let run = store.begin_run("t", "c").await.unwrap();
+        let run = store
+            .begin_run(&ConversationKey::new("t", "c"))
+            .await
+            .unwrap();
         let hub = Arc::new(RunHub::default());
         let (tx, rx) = mpsc::channel(8);
-        let live = hub.record(store.clone(), "t", "c", run, 1 << 20, rx);
+        let live = hub.record(
+            store.clone(),
+            &ConversationKey::new("t", "c"),
+            run,
+            1 << 20,
+            rx,
+        );
         tx.send(AgentEvent::TextDelta { text: "a".into() })
             .await
             .unwrap();
@@ -417,11 +419,18 @@ mod tests {
         assert_eq!(got[1].event, "error");
         // Recorded for replay once the run is over.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(hub.get("t", "c").is_none());
-        let stored = store.events_after("t", "c", run, 0).await.unwrap();
+        assert!(hub.get(&ConversationKey::new("t", "c")).is_none());
+        let stored = store
+            .events_after(&ConversationKey::new("t", "c"), run, 0)
+            .await
+            .unwrap();
         assert_eq!(stored.len(), 3, "session events are not relayed");
         assert_eq!(
-            store.runs("t", "c", 1).await.unwrap()[0].outcome,
+            store
+                .runs(&ConversationKey::new("t", "c"), 1)
+                .await
+                .unwrap()[0]
+                .outcome,
             RunOutcome::Failed
         );
     }
@@ -430,10 +439,13 @@ mod tests {
     async fn past_the_byte_bound_the_record_ends_with_a_marker_and_the_endings() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let run = store.begin_run("t", "c").await.unwrap();
+        let run = store
+            .begin_run(&ConversationKey::new("t", "c"))
+            .await
+            .unwrap();
         let hub = Arc::new(RunHub::default());
         let (tx, rx) = mpsc::channel(8);
-        let live = hub.record(store.clone(), "t", "c", run, 300, rx);
+        let live = hub.record(store.clone(), &ConversationKey::new("t", "c"), run, 300, rx);
         let watcher = live.subscribe(0);
         for i in 0..50 {
             let text = format!("chunk {i:02}");
@@ -462,7 +474,10 @@ mod tests {
         assert_eq!(seqs, (1..=got.len() as u64).collect::<Vec<_>>(), "no gaps");
         // Replay shows exactly what the live stream showed.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let stored = store.events_after("t", "c", run, 0).await.unwrap();
+        let stored = store
+            .events_after(&ConversationKey::new("t", "c"), run, 0)
+            .await
+            .unwrap();
         assert_eq!(stored, got);
     }
 
@@ -470,10 +485,13 @@ mod tests {
     async fn a_late_subscriber_gets_every_event_in_batches() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let run = store.begin_run("t", "c").await.unwrap();
+        let run = store
+            .begin_run(&ConversationKey::new("t", "c"))
+            .await
+            .unwrap();
         let hub = Arc::new(RunHub::default());
         let (tx, rx) = mpsc::channel(8);
-        let live = hub.record(store, "t", "c", run, 1 << 20, rx);
+        let live = hub.record(store, &ConversationKey::new("t", "c"), run, 1 << 20, rx);
         for i in 0..1000 {
             let text = i.to_string();
             tx.send(AgentEvent::TextDelta { text }).await.unwrap();

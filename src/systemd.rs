@@ -103,27 +103,16 @@ impl Notifier {
         }
     }
 
-    /// Pings the watchdog at half its interval while the runtime runs, so
-    /// a wedged executor (no task scheduled for a whole interval) gets the
-    /// daemon restarted. Does nothing without `WatchdogSec=`.
-    pub fn spawn_watchdog(self: std::sync::Arc<Self>) {
-        let Some(every) = watchdog_interval(
+    /// How often to ping the watchdog while the runtime runs, so a wedged
+    /// executor (no task scheduled for a whole interval) gets the daemon
+    /// restarted; `None` without `WatchdogSec=` or outside systemd.
+    pub fn watchdog_every(&self) -> Option<Duration> {
+        let every = watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
             std::process::id(),
-        ) else {
-            return;
-        };
-        if !self.is_enabled() {
-            return;
-        }
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                self.watchdog();
-            }
-        });
+        )?;
+        self.is_enabled().then_some(every)
     }
 }
 

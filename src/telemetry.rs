@@ -6,6 +6,8 @@
 
 mod context;
 
+use crate::ids::ConversationKey;
+
 pub use crate::config::TelemetryConfig;
 pub use context::{current_context, ContextLayer, SpanContext};
 
@@ -33,13 +35,13 @@ pub fn init() {
 /// The span one agent run executes in: request, tenant and conversation
 /// ids now, the container's once assigned (`Span::record`). The request id
 /// comes from the API's `request` span the run is started under.
-pub fn execution_span(tenant_id: &str, conversation_id: &str) -> tracing::Span {
+pub fn execution_span(key: &ConversationKey) -> tracing::Span {
     let request_id = current_context().request_id.unwrap_or_default();
     tracing::info_span!(
         "execution",
         request_id = %request_id,
-        tenant_id = %tenant_id,
-        conversation_id = %conversation_id,
+        tenant_id = %key.tenant_id,
+        conversation_id = %key.conversation_id,
         container_id = tracing::field::Empty,
     )
 }

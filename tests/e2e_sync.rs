@@ -8,8 +8,9 @@
 
 mod common;
 
-use agentbox::state::{ConversationRecord, Store};
 use agentbox::config::{StorageConfig, SyncConfig};
+use agentbox::ids::ConversationKey;
+use agentbox::state::{ConversationRecord, Store};
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::manifest::{manifest_key, Manifest};
 use agentbox::sync::paths::RelPath;
@@ -28,6 +29,11 @@ use std::time::{Duration, Instant};
 use workspace_agent::protocol::AgentEvent;
 
 const T: &str = "acme";
+
+/// Tenant `T`'s conversation `conversation`.
+fn key(conversation: &str) -> ConversationKey {
+    ConversationKey::new(T, conversation)
+}
 const OWNER: Owner = Owner {
     uid: 1234,
     gid: 2345,
@@ -235,7 +241,7 @@ async fn round_trip_keeps_content_modes_links_and_owner(kind: Backend) {
 
     let mut rec = ConversationRecord::new(T, "rt");
     n.assign(&mut rec, 1, &ws1).await.unwrap();
-    let r = n.svc.push_now(T, "rt").await.unwrap();
+    let r = n.svc.push_now(&key("rt")).await.unwrap();
     assert_eq!(r.files, 5, "{r:?}");
     assert!(r.bytes >= big.len() as u64, "{r:?}");
 
@@ -277,7 +283,7 @@ async fn round_trip_keeps_content_modes_links_and_owner(kind: Backend) {
     assert_eq!(mtime(&ws1), mtime(&ws2), "mtime kept");
 
     // The restored files are known: nothing travels again.
-    let r = n.svc.push_now(T, "rt").await.unwrap();
+    let r = n.svc.push_now(&key("rt")).await.unwrap();
     assert_eq!((r.files, r.bytes), (0, 0), "{r:?}");
     let m = stored(n.backend.as_ref(), "rt").await.unwrap();
     assert_eq!(m.generation, 2);
@@ -297,14 +303,14 @@ async fn incremental_push_moves_only_changes_and_propagates_deletions(kind: Back
     }
     let mut rec = ConversationRecord::new(T, "inc");
     n.assign(&mut rec, 1, &ws).await.unwrap();
-    let r = n.svc.push_now(T, "inc").await.unwrap();
+    let r = n.svc.push_now(&key("inc")).await.unwrap();
     assert_eq!(r.files, 50);
-    let r = n.svc.push_now(T, "inc").await.unwrap();
+    let r = n.svc.push_now(&key("inc")).await.unwrap();
     assert!(r.unchanged && r.files == 0, "{r:?}");
 
     write(&ws, "src/f0.txt", b"changed");
     std::fs::remove_file(ws.join("src/f1.txt")).unwrap();
-    let r = n.svc.push_now(T, "inc").await.unwrap();
+    let r = n.svc.push_now(&key("inc")).await.unwrap();
     assert_eq!((r.files, r.deleted), (1, 1), "{r:?}");
     assert_eq!(r.bytes, 7);
     let blobs = n.backend.list(&format!("{T}/inc/blobs")).await.unwrap();
@@ -317,7 +323,7 @@ async fn incremental_push_moves_only_changes_and_propagates_deletions(kind: Back
     assert_eq!(std::fs::read_dir(ws2.join("src")).unwrap().count(), 49);
     // The first push of generation 2 commits its manifest and drops
     // generation 1's.
-    n.svc.push_now(T, "inc").await.unwrap();
+    n.svc.push_now(&key("inc")).await.unwrap();
     let manifests = n.backend.list(&format!("{T}/inc/manifests")).await.unwrap();
     assert_eq!(manifests, [format!("{T}/inc/{}", manifest_key(2))]);
 }
@@ -330,7 +336,7 @@ async fn failed_restore_never_leads_to_a_push(kind: Backend) {
     write(&ws1, "precious.txt", b"keep me");
     let mut rec = ConversationRecord::new(T, "fr");
     n.assign(&mut rec, 1, &ws1).await.unwrap();
-    n.svc.push_now(T, "fr").await.unwrap();
+    n.svc.push_now(&key("fr")).await.unwrap();
 
     // The container is lost and the store is down while the new one
     // starts on an empty workspace (what the image ships, nothing else).
@@ -343,11 +349,11 @@ async fn failed_restore_never_leads_to_a_push(kind: Backend) {
         .await
         .err()
         .expect("restore must fail");
-    assert_eq!(err.code(), "workspace_restore_failed", "{err}");
+    assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
     assert_eq!(rec.restored_generation, 0);
     n.backend.set_down(false);
     // Any push (checkpoint, final, manual) is refused.
-    let err = n.svc.push_now(T, "fr").await.unwrap_err();
+    let err = n.svc.push_now(&key("fr")).await.unwrap_err();
     assert!(
         matches!(err, SyncError::Push(PushError::NotRestored)),
         "{err}"
@@ -371,7 +377,7 @@ async fn stale_generation_cannot_write(kind: Backend) {
     write(&ws, "a.txt", b"1");
     let mut rec = ConversationRecord::new(T, "st");
     a.assign(&mut rec, 1, &ws).await.unwrap();
-    a.svc.push_now(T, "st").await.unwrap();
+    a.svc.push_now(&key("st")).await.unwrap();
 
     // A writer of generation 3 (its own state file, same store) restores...
     let c = node(&cfg, backend.clone());
@@ -386,12 +392,12 @@ async fn stale_generation_cannot_write(kind: Backend) {
     let mut rec_b = ConversationRecord::new(T, "st");
     b.assign(&mut rec_b, 5, &ws_b).await.unwrap();
     write(&ws_b, "b.txt", b"from 5");
-    b.svc.push_now(T, "st").await.unwrap();
+    b.svc.push_now(&key("st")).await.unwrap();
 
     // Generation 3's state file still says 3, but the stored manifest of
     // generation 5 refuses it.
     write(&ws_c, "c.txt", b"stale");
-    let err = c.svc.push_now(T, "st").await.unwrap_err();
+    let err = c.svc.push_now(&key("st")).await.unwrap_err();
     assert!(
         matches!(err, SyncError::Push(PushError::Stale { .. })),
         "{err}"
@@ -402,7 +408,7 @@ async fn stale_generation_cannot_write(kind: Backend) {
     moved.generation = 2;
     a.store.put_conversation(&moved).await.unwrap();
     write(&ws, "late.txt", b"stale too");
-    let err = a.svc.push_now(T, "st").await.unwrap_err();
+    let err = a.svc.push_now(&key("st")).await.unwrap_err();
     assert!(
         matches!(err, SyncError::Push(PushError::Stale { .. })),
         "{err}"
@@ -423,7 +429,7 @@ async fn a_new_state_file_carries_on_above_the_stored_generation(kind: Backend) 
     write(&ws, "a.txt", b"before the reinstall");
     let mut rec = ConversationRecord::new(T, "re");
     old.assign(&mut rec, 7, &ws).await.unwrap();
-    old.svc.push_now(T, "re").await.unwrap();
+    old.svc.push_now(&key("re")).await.unwrap();
 
     // The host is reinstalled: a new state file, the same bucket.
     let new = node(&cfg, backend.clone());
@@ -431,14 +437,14 @@ async fn a_new_state_file_carries_on_above_the_stored_generation(kind: Backend) 
     let mut rec2 = ConversationRecord::new(T, "re");
     new.assign(&mut rec2, 1, &ws2).await.unwrap();
     assert_eq!(rec2.generation, 8, "continues above the stored generation");
-    let persisted = new.store.conversation(T, "re").await.unwrap().unwrap();
+    let persisted = new.store.conversation(&key("re")).await.unwrap().unwrap();
     assert_eq!(persisted.generation, 8);
     assert_eq!(
         std::fs::read(ws2.join("a.txt")).unwrap(),
         b"before the reinstall"
     );
     write(&ws2, "b.txt", b"after");
-    new.svc.push_now(T, "re").await.unwrap();
+    new.svc.push_now(&key("re")).await.unwrap();
     let m = stored(backend.as_ref(), "re").await.unwrap();
     assert_eq!(m.generation, 8);
     assert!(has(&m, "a.txt") && has(&m, "b.txt"));
@@ -455,20 +461,20 @@ async fn store_outage_keeps_a_backlog_and_loses_nothing(kind: Backend) {
     // A tool that changes nothing schedules nothing.
     run.observe(&tool_use("r1", "Read"));
     run.observe(&tool_result("r1"));
-    assert!(!n.svc.is_pending(T, "out"));
+    assert!(!n.svc.is_pending(&key("out")));
 
     n.backend.set_down(true);
     write(&ws, "during-outage.txt", b"must survive");
     run.observe(&tool_use("w1", "Write"));
     run.observe(&tool_result("w1"));
-    assert!(n.svc.is_pending(T, "out"));
+    assert!(n.svc.is_pending(&key("out")));
     wait_for("a failed checkpoint", Duration::from_secs(5), || async {
         n.svc.stats().push_failures_total >= 1
     })
     .await;
     assert_eq!(n.svc.stats().backlog, 1);
     assert!(
-        !n.svc.forget(T, "out"),
+        !n.svc.forget(&key("out")),
         "pending changes are never forgotten"
     );
 
@@ -489,7 +495,7 @@ async fn store_outage_keeps_a_backlog_and_loses_nothing(kind: Backend) {
     wait_for(
         "the idle state to be dropped",
         Duration::from_secs(5),
-        || async { n.svc.forget(T, "out") },
+        || async { n.svc.forget(&key("out")) },
     )
     .await;
 }
@@ -520,7 +526,7 @@ async fn tampered_manifest_is_refused(kind: Backend) {
         let ws = fresh_workspace(root.path(), conv);
         let mut rec = ConversationRecord::new(T, conv);
         let err = n.assign(&mut rec, 2, &ws).await.err().expect("refused");
-        assert_eq!(err.code(), "workspace_restore_failed", "{err}");
+        assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
         assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
     }
     assert!(!root.path().join("escape.txt").exists());
@@ -548,7 +554,7 @@ async fn files_over_the_size_limits_are_refused_and_the_rest_syncs(kind: Backend
     write(&ws, "big.bin", &vec![1u8; MIB as usize + 1]);
     let mut rec = ConversationRecord::new(T, "lim");
     n.assign(&mut rec, 1, &ws).await.unwrap();
-    let r = n.svc.push_now(T, "lim").await.unwrap();
+    let r = n.svc.push_now(&key("lim")).await.unwrap();
     let refused = |r: &agentbox::sync::push::PushReport| -> Vec<(String, &'static str)> {
         r.refused
             .iter()
@@ -590,7 +596,7 @@ async fn files_over_the_size_limits_are_refused_and_the_rest_syncs(kind: Backend
         other => panic!("no sync_skipped event: {other:?}"),
     }
     // Still there, still refused; an unchanged push writes nothing.
-    let again = n.svc.push_now(T, "lim").await.unwrap();
+    let again = n.svc.push_now(&key("lim")).await.unwrap();
     assert!(again.unchanged, "{again:?}");
     assert_eq!(refused(&again), refused(&r));
 
@@ -600,7 +606,7 @@ async fn files_over_the_size_limits_are_refused_and_the_rest_syncs(kind: Backend
     for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
         write(&ws, name, &vec![i as u8; MIB as usize]);
     }
-    let r = n.svc.push_now(T, "lim").await.unwrap();
+    let r = n.svc.push_now(&key("lim")).await.unwrap();
     assert_eq!(
         refused(&r),
         [
@@ -619,7 +625,7 @@ async fn files_over_the_size_limits_are_refused_and_the_rest_syncs(kind: Backend
         .unwrap()
         .set_len(2 * MIB)
         .unwrap();
-    let r = n.svc.push_now(T, "lim").await.unwrap();
+    let r = n.svc.push_now(&key("lim")).await.unwrap();
     assert_eq!(
         refused(&r),
         [

@@ -1,8 +1,8 @@
 //! The JSON and SSE routes of the admin listener.
 
 use super::{error, view, Admin};
+use crate::codes::ErrorCode;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -20,11 +20,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 pub async fn status(State(admin): State<Arc<Admin>>) -> Response {
     match view::build(&admin).await {
         Ok(v) => Json(v).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &e.to_string(),
-        ),
+        Err(e) => error(ErrorCode::Unavailable, &e.to_string()),
     }
 }
 
@@ -64,6 +60,6 @@ pub async fn gc(State(admin): State<Arc<Admin>>) -> Response {
     tracing::info!(message = "Sweep requested on the admin listener.");
     match admin.orchestrator.sweep_now().await {
         Ok(removed) => Json(serde_json::json!({ "removed": removed })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "sweep_failed", &e),
+        Err(e) => error(ErrorCode::SweepFailed, &e.to_string()),
     }
 }

@@ -12,7 +12,8 @@
 //! - Cross-site requests: a hostile page could POST `/admin/api/gc`.
 //!   Requests that change something must not come from another origin.
 
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use crate::codes::ErrorCode;
+use axum::http::{header, HeaderMap, Method};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
@@ -27,18 +28,11 @@ pub enum Denied {
 }
 
 impl Denied {
-    pub fn status(&self) -> StatusCode {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Host | Self::CrossOrigin => StatusCode::FORBIDDEN,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "unauthenticated",
-            Self::Host => "host_not_allowed",
-            Self::CrossOrigin => "cross_origin",
+            Self::Unauthenticated => ErrorCode::Unauthenticated,
+            Self::Host => ErrorCode::HostNotAllowed,
+            Self::CrossOrigin => ErrorCode::CrossOrigin,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod recent;
 mod stats;
 pub mod view;
 
+use crate::codes::ErrorCode;
 use crate::config::Config;
 use crate::orchestrator::Orchestrator;
 use crate::runtime::ContainerRuntime;
@@ -85,9 +86,9 @@ async fn guard(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
     match admin.auth.check(req.method(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(denied) => {
-            tracing::warn!(message = "Admin request refused.", reason = denied.code(),
+            tracing::warn!(message = "Admin request refused.", reason = denied.code().as_str(),
                 method = %req.method(), path = %req.uri().path());
-            let mut resp = error(denied.status(), denied.code(), &denied.to_string());
+            let mut resp = error(denied.code(), &denied.to_string());
             if denied == auth::Denied::Unauthenticated {
                 // Makes a browser ask for the token (as the Basic password).
                 resp.headers_mut().insert(
@@ -102,9 +103,10 @@ async fn guard(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
     }
 }
 
-fn error(status: axum::http::StatusCode, code: &str, message: &str) -> Response {
+fn error(code: ErrorCode, message: &str) -> Response {
     (
-        status,
+        code.http_status()
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
         Json(serde_json::json!({"error": {"code": code, "message": message}})),
     )
         .into_response()

@@ -7,6 +7,7 @@ use super::health::Health;
 use super::recent::{self, LastRun, RecentEvent};
 use super::stats::StatsView;
 use super::Admin;
+use crate::ids::ConversationKey;
 use crate::orchestrator::{OrchestratorError, PoolStatus};
 use crate::state::{conversation_key, now_ms, ContainerRecord};
 use crate::workers::WorkerStatus;
@@ -100,7 +101,9 @@ pub async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError> {
         .into_iter()
         .take(CONVERSATIONS_SHOWN)
         .map(|c| ConversationView {
-            running: o.locks().is_held(&c.tenant_id, &c.conversation_id),
+            running: o
+                .locks()
+                .is_held(&ConversationKey::new(&c.tenant_id, &c.conversation_id)),
             last_run: recent::last_run(&conversation_key(&c.tenant_id, &c.conversation_id)),
             idle_ms: now.saturating_sub(c.last_activity_ms),
             tenant_id: c.tenant_id,

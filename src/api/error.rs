@@ -1,6 +1,7 @@
 //! API errors: every failure maps to a status and a stable machine code,
 //! answered as `{"error": {"code": "...", "message": "..."}}`.
 
+use crate::codes::ErrorCode;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,28 +30,22 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
-        }
+        // Every code below has a status (`codes::tests`); 500 is unreachable.
+        self.code()
+            .http_status()
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Unauthorized => "unauthorized",
-            Self::BadRequest(_) => "bad_request",
-            Self::NotFound => "not_found",
-            Self::Conflict(_) => "conflict",
-            Self::TooLarge(_) => "payload_too_large",
-            Self::TooMany(_) => "too_many_runs",
-            Self::Unavailable(_) => "unavailable",
-            Self::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::NotFound => ErrorCode::NotFound,
+            Self::Conflict(_) => ErrorCode::Conflict,
+            Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::TooMany(_) => ErrorCode::TooManyRuns,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
         }
     }
 }
@@ -76,5 +71,27 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_come_from_the_codes() {
+        let all = [
+            (ApiError::Unauthorized, 401),
+            (ApiError::BadRequest(String::new()), 400),
+            (ApiError::NotFound, 404),
+            (ApiError::Conflict(String::new()), 409),
+            (ApiError::TooLarge(1), 413),
+            (ApiError::TooMany(String::new()), 429),
+            (ApiError::Unavailable(String::new()), 503),
+            (ApiError::RangeNotSatisfiable(1), 416),
+        ];
+        for (e, status) in all {
+            assert_eq!(e.code().http_status().map(|s| s.as_u16()), Some(status));
+        }
     }
 }

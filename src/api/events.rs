@@ -4,8 +4,8 @@
 use super::error::ApiError;
 use super::{AppState, Tenant};
 use crate::conversations::{ConversationError, Cursor};
-use crate::execute::ConversationKey;
 use crate::ids::is_valid_id;
+use crate::ids::ConversationKey;
 use crate::state::StoredEvent;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;

@@ -6,6 +6,9 @@
 //! start has an end and the in-flight gauge returns to zero.
 
 use super::{emit, AuditEvent, ExecutionOptions, ExecutionTiming, Subject};
+use crate::codes::ErrorCode;
+use crate::codes::RunOutcome;
+use crate::ids::ConversationKey;
 use std::time::{Duration, Instant};
 use workspace_agent::protocol::{AgentEvent, AgentOptions};
 
@@ -30,10 +33,10 @@ pub struct ExecutionAudit {
 
 impl ExecutionAudit {
     /// Emits `agent_execution_started`.
-    pub fn start(tenant_id: &str, conversation_id: &str, options: &AgentOptions) -> Self {
+    pub fn start(key: &ConversationKey, options: &AgentOptions) -> Self {
         let subject = Subject {
-            tenant_id: tenant_id.to_owned(),
-            conversation_id: conversation_id.to_owned(),
+            tenant_id: key.tenant_id.clone(),
+            conversation_id: key.conversation_id.clone(),
             container_id: String::new(),
         };
         emit(&AuditEvent::AgentExecutionStarted {
@@ -106,7 +109,7 @@ impl ExecutionAudit {
             Ok(s) => {
                 tracing::info!(
                     message = "Run finished.",
-                    outcome = "completed",
+                    outcome = RunOutcome::Completed.as_str(),
                     duration_ms = timing.duration_ms,
                     is_error = s.is_error,
                     num_turns = s.num_turns
@@ -120,7 +123,7 @@ impl ExecutionAudit {
                 });
             }
             Err((code, message)) => {
-                tracing::info!(message = "Run finished.", outcome = "failed",
+                tracing::info!(message = "Run finished.", outcome = RunOutcome::Failed.as_str(),
                     duration_ms = timing.duration_ms, code = %code);
                 emit(&AuditEvent::AgentExecutionFailed {
                     subject,
@@ -142,11 +145,11 @@ fn verdict(
 ) -> Result<Summary, (String, String)> {
     match (failure, result, agent_error) {
         (Some(AgentEvent::Error { code, message }), _, _) => Err((code.clone(), message.clone())),
-        (Some(other), _, _) => Err(("internal".to_owned(), other.name().to_owned())),
+        (Some(other), _, _) => Err((ErrorCode::Internal.to_string(), other.name().to_owned())),
         (None, Some(summary), _) => Ok(summary),
         (None, None, Some(error)) => Err(error),
         (None, None, None) => Err((
-            "no_result".to_owned(),
+            ErrorCode::NoResult.to_string(),
             "the run ended without a result".to_owned(),
         )),
     }
@@ -156,7 +159,7 @@ impl Drop for ExecutionAudit {
     fn drop(&mut self) {
         if !self.finished {
             self.emit_end(Err((
-                "aborted".to_owned(),
+                ErrorCode::Aborted.to_string(),
                 "the run stopped before it ended".to_owned(),
             )));
         }
@@ -205,18 +208,20 @@ mod tests {
 
     #[test]
     fn every_start_ends_once_whatever_happens() {
-        let mut a = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let mut a =
+            ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         a.set_container("agentbox-x");
         a.observe(&result(false));
         a.finish(None);
         // Dropped without finish: still ends (as aborted), without panicking.
-        let b = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let b = ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         drop(b);
     }
 
     #[test]
     fn first_event_is_timed_once() {
-        let mut a = ExecutionAudit::start("t", "c", &AgentOptions::default());
+        let mut a =
+            ExecutionAudit::start(&ConversationKey::new("t", "c"), &AgentOptions::default());
         a.observe(&AgentEvent::Started { prestarted: false });
         let first = a.first_event;
         std::thread::sleep(Duration::from_millis(5));

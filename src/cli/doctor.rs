@@ -39,12 +39,12 @@ async fn checks(
     let runtime = DockerRuntime::connect().await;
     let info = match &runtime {
         Ok(rt) => rt.engine_info().await,
-        Err(e) => Err(RuntimeError::Unreachable(e.to_string())),
+        Err(e) => Err(RuntimeError::Unreachable(e.to_string().into())),
     };
     let image = &cfg.container.image;
     let present = match &runtime {
         Ok(rt) => rt.image_present(image).await,
-        Err(e) => Err(RuntimeError::Unreachable(e.to_string())),
+        Err(e) => Err(RuntimeError::Unreachable(e.to_string().into())),
     };
     let daemon = match AdminClient::new(cfg, args) {
         Ok(c) if c.alive().await => Some(c.addr().to_owned()),

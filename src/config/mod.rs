@@ -12,11 +12,11 @@ mod telemetry;
 
 pub use agent::AgentConfig;
 pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
-pub use sync::{StorageConfig, SyncConfig};
-pub use telemetry::TelemetryConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+pub use sync::{StorageConfig, SyncConfig};
+pub use telemetry::TelemetryConfig;
 
 /// The image tag that `workspace-base/build-image.sh` produces.
 pub const DEFAULT_IMAGE: &str = "agentbox/workspace-base:latest";
@@ -447,10 +447,7 @@ impl Config {
                     "must be 64 hex digits (sha256 of the token)",
                 ));
             }
-            parse_patterns(
-                &format!("tenants[{i}].allowed_domains"),
-                &t.allowed_domains,
-            )?;
+            parse_patterns(&format!("tenants[{i}].allowed_domains"), &t.allowed_domains)?;
         }
         Ok(())
     }

@@ -2,10 +2,10 @@
 //! (`[proxy]`). `validate()` is pure; the typed values the proxy runs on
 //! are derived here too, so a config that validates always builds.
 
+use super::{invalid, ConfigError};
 use crate::proxy::addr::Cidr;
 use crate::proxy::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
 use crate::proxy::hostmatch::{normalize, Pattern};
-use super::{invalid, ConfigError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -46,7 +46,7 @@ pub(crate) async fn finish(
     .await
     .expect("the run ends");
     let locks = core.orchestrator.locks();
-    while locks.is_held("t", conversation) {
+    while locks.is_held(&key(conversation)) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     events
@@ -86,7 +86,7 @@ async fn a_run_relays_the_agent_and_resumes_its_session() {
     .await;
     // `session` is the host's to keep, not the client's to see.
     assert_eq!(names(&events), ["started", "text_delta", "result"]);
-    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     assert_eq!(conv.session_id.as_deref(), Some("session-1"));
     let container = conv.container_id.unwrap();
     assert!(core.runtime.running(&container));
@@ -104,7 +104,7 @@ async fn a_run_relays_the_agent_and_resumes_its_session() {
         1,
         "the second run reuses the container"
     );
-    let runs = core.store.runs("t", "c", 10).await.unwrap();
+    let runs = core.store.runs(&key("c"), 10).await.unwrap();
     assert_eq!(runs.len(), 2);
 }
 
@@ -142,12 +142,12 @@ async fn a_container_that_dies_mid_run_is_replaced() {
     .await;
     assert_eq!(error_codes(&events), ["container_lost"]);
     assert_eq!(names(&events).last(), Some(&"container_recovered"));
-    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     let replacement = conv.container_id.unwrap();
     assert_eq!(core.runtime.names(), std::slice::from_ref(&replacement));
     assert!(core.runtime.running(&replacement));
     assert_eq!(core.runtime.created(), 2);
-    assert_eq!(core.store.runs("t", "c", 10).await.unwrap().len(), 1);
+    assert_eq!(core.store.runs(&key("c"), 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -174,7 +174,7 @@ async fn a_replacement_that_cannot_start_fails_the_run() {
     );
     assert!(core.runtime.names().is_empty());
     assert_eq!(destroy_reason(&warm).as_deref(), Some("crashed"));
-    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     assert_eq!(conv.container_id, None);
 }
 
@@ -216,7 +216,7 @@ async fn a_stream_past_its_bounds_loses_the_container() {
     .await;
     assert_eq!(error_codes(&events), ["agent_protocol_violation"]);
     assert!(core.runtime.names().is_empty());
-    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     assert_eq!(conv.container_id, None);
     assert_eq!(
         conv.session_id, None,

@@ -3,10 +3,10 @@
 //! [`count_audit_events`]), so a thing that happens is logged and counted
 //! from one place. Proxy and sync metrics follow from their audit events.
 
-use super::instruments::RECLAIM_REASONS;
 use super::{kv, proxy_bytes, proxy_decision, sync_run, with};
 use super::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome};
 use crate::audit::{self, AuditEvent, ExecutionTiming, ProxyRequest};
+use crate::codes::RunOutcome;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,11 +33,11 @@ fn observe_event(event: &AuditEvent) {
     match event {
         AuditEvent::ContainerCreated { .. } => with(|i| i.containers_created.add(1, &[])),
         AuditEvent::ContainerDestroyed { reason, .. } => with(|i| {
-            let label = i.destroy_reasons.get(reason);
+            let label = i.destroy_reasons.get(reason.as_str());
             i.containers_destroyed.add(1, &[kv("reason", label)]);
-            if RECLAIM_REASONS.contains(&reason.as_str()) {
+            if reason.is_reclaim() {
                 i.containers_reclaimed
-                    .add(1, &[kv("reason", reason.clone())]);
+                    .add(1, &[kv("reason", reason.as_str())]);
             }
         }),
         AuditEvent::ContainerCrashed { .. } => with(|i| i.containers_crashed.add(1, &[])),
@@ -80,7 +80,7 @@ fn observe_event(event: &AuditEvent) {
         }),
         AuditEvent::AgentExecutionCompleted { timing, .. } => with(|i| {
             i.executions_completed.add(1, &[]);
-            ended(i, "completed", timing);
+            ended(i, RunOutcome::Completed, timing);
         }),
         // Counted by `agentbox_audit_events_total{event}` above, and as a
         // failed run by its `agent_execution_failed`.
@@ -88,7 +88,7 @@ fn observe_event(event: &AuditEvent) {
         AuditEvent::AgentExecutionFailed { timing, code, .. } => with(|i| {
             let code = i.failure_codes.get(code);
             i.executions_failed.add(1, &[kv("code", code)]);
-            ended(i, "failed", timing);
+            ended(i, RunOutcome::Failed, timing);
         }),
     }
 }
@@ -99,11 +99,11 @@ fn proxied(outcome: ProxyOutcome, request: &ProxyRequest) {
     proxy_bytes(ProxyDirection::ToContainer, request.bytes_to_container);
 }
 
-fn ended(i: &super::Instruments, outcome: &'static str, timing: &ExecutionTiming) {
+fn ended(i: &super::Instruments, outcome: RunOutcome, timing: &ExecutionTiming) {
     i.executions_in_flight.add(-1, &[]);
     i.execution_duration.record(
         timing.duration_ms as f64 / 1000.0,
-        &[kv("outcome", outcome)],
+        &[kv("outcome", outcome.as_str())],
     );
     if let Some(ms) = timing.first_event_ms {
         i.execution_first_event.record(ms as f64 / 1000.0, &[]);

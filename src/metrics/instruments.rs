@@ -4,6 +4,7 @@
 //! set (it would append a second unit suffix).
 
 use super::labels::{Bounded, ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome};
+use crate::codes::{DestroyReason, ErrorCode};
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -12,33 +13,15 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 pub const CONTAINER_STATES: [&str; 4] = ["warming", "ready", "claimed", "destroying"];
 /// Pool containers are the unclaimed ones.
 pub const POOL_STATES: [&str; 2] = ["warming", "ready"];
-/// Why the orchestrator removes containers (the `reason` of
-/// `container_destroyed`); listed so their series exist from the start.
-pub const DESTROY_REASONS: [&str; 12] = [
-    "idle",
-    "max_age",
-    "orphan",
-    "lost",
-    "crashed",
-    "interrupted",
-    "unhealthy",
-    "image_roll",
-    "pool_shrink",
-    "create_failed",
-    "claim_failed",
-    "agent_protocol_violation",
-];
-/// The destroy reasons that are the sweeper reclaiming a container.
-pub const RECLAIM_REASONS: [&str; 3] = ["idle", "max_age", "orphan"];
 /// Failure codes that exist before any run fails, so error-rate queries
 /// find a series.
-const KNOWN_FAILURE_CODES: [&str; 6] = [
-    "agent_failed",
-    "agent_protocol_violation",
-    "budget_exceeded",
-    "capacity_exhausted",
-    "container_start_failed",
-    "runtime_unavailable",
+const KNOWN_FAILURE_CODES: [ErrorCode; 6] = [
+    ErrorCode::AgentFailed,
+    ErrorCode::AgentProtocolViolation,
+    ErrorCode::BudgetExceeded,
+    ErrorCode::CapacityExhausted,
+    ErrorCode::ContainerStartFailed,
+    ErrorCode::RuntimeUnavailable,
 ];
 
 pub struct Instruments {
@@ -317,15 +300,17 @@ impl Instruments {
         ] {
             c.add(0, &[]);
         }
-        for reason in DESTROY_REASONS {
-            let reason = self.destroy_reasons.get(reason);
-            self.containers_destroyed.add(0, &[kv("reason", reason)]);
-        }
-        for reason in RECLAIM_REASONS {
-            self.containers_reclaimed.add(0, &[kv("reason", reason)]);
+        // Every destroy reason's series exists from the start.
+        for reason in DestroyReason::ALL {
+            let label = self.destroy_reasons.get(reason.as_str());
+            self.containers_destroyed.add(0, &[kv("reason", label)]);
+            if reason.is_reclaim() {
+                self.containers_reclaimed
+                    .add(0, &[kv("reason", reason.as_str())]);
+            }
         }
         for code in KNOWN_FAILURE_CODES {
-            let code = self.failure_codes.get(code);
+            let code = self.failure_codes.get(code.as_str());
             self.executions_failed.add(0, &[kv("code", code)]);
         }
         self.executions_in_flight.add(0, &[]);

@@ -31,7 +31,8 @@ impl Orchestrator {
         let result = self.create_inner(name, binding).await;
         if let Err(e) = &result {
             tracing::warn!(message = "Container creation failed.", container_id = %name, error = %e);
-            self.destroy(name, "create_failed").await;
+            self.destroy(name, crate::codes::DestroyReason::CreateFailed)
+                .await;
         }
         result
     }

@@ -22,13 +22,15 @@ pub use teardown::{destroy_all, Teardown};
 
 use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
+use crate::codes::{DestroyReason, ErrorCode};
 use crate::config::Config;
+use crate::ids::ConversationKey;
 use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
 use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state::{Binding, ContainerRecord, ContainerState, StateError, Store};
-use crate::workers::{WorkerStatus, Workers};
+use crate::workers::{WorkerBoard, WorkerSet, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,14 +69,14 @@ pub enum OrchestratorError {
 
 impl OrchestratorError {
     /// Stable code for the SSE `error` event.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Runtime(RuntimeError::Unreachable(_)) => "runtime_unavailable",
-            Self::Runtime(_) | Self::NotReady(_) => "container_start_failed",
-            Self::State(_) => "state_error",
-            Self::Prepare { .. } | Self::Quota(_) => "workspace_failed",
-            Self::Proxy(_) => "proxy_failed",
-            Self::Capacity(_) => "capacity_exhausted",
+            Self::Runtime(RuntimeError::Unreachable(_)) => ErrorCode::RuntimeUnavailable,
+            Self::Runtime(_) | Self::NotReady(_) => ErrorCode::ContainerStartFailed,
+            Self::State(_) => ErrorCode::StateError,
+            Self::Prepare { .. } | Self::Quota(_) => ErrorCode::WorkspaceFailed,
+            Self::Proxy(_) => ErrorCode::ProxyFailed,
+            Self::Capacity(_) => ErrorCode::CapacityExhausted,
         }
     }
 }
@@ -146,7 +148,7 @@ pub struct Orchestrator {
     gateway: Arc<Gateway>,
     proxies: ProxyRegistry,
     locks: RunLocks,
-    workers: Workers,
+    workers: WorkerBoard,
     refill: Notify,
     counters: Counters,
     isolation: Isolation,
@@ -183,7 +185,7 @@ impl Orchestrator {
             gateway,
             proxies: ProxyRegistry::default(),
             locks: RunLocks::default(),
-            workers: Workers::default(),
+            workers: WorkerBoard::default(),
             refill: Notify::new(),
             counters: Counters::default(),
             sync: std::sync::OnceLock::new(),
@@ -215,9 +217,9 @@ impl Orchestrator {
     }
 
     /// Reconciles with the engine, then starts the pool and sweeper
-    /// workers. Returns once the state matches the engine; the pool fills
-    /// in the background.
-    pub async fn start(self: &Arc<Self>) -> Result<(), OrchestratorError> {
+    /// workers in `workers`, which the caller owns and stops. Returns once
+    /// the state matches the engine; the pool fills in the background.
+    pub async fn start(self: &Arc<Self>, workers: &mut WorkerSet) -> Result<(), OrchestratorError> {
         let interrupted = self.store.interrupt_running_runs().await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -226,8 +228,10 @@ impl Orchestrator {
             );
         }
         self.reconcile(true).await?;
-        tokio::spawn(self.clone().refill_loop());
-        tokio::spawn(self.clone().gc_loop());
+        let this = self.clone();
+        workers.spawn(pool::WORKER, |shutdown| this.refill_loop(shutdown));
+        let this = self.clone();
+        workers.spawn(gc::WORKER, |shutdown| this.gc_loop(shutdown));
         Ok(())
     }
 
@@ -250,33 +254,25 @@ impl Orchestrator {
 
     /// The conversation's running container, else a claimed pool
     /// container, else a cold start.
-    pub async fn acquire(
-        &self,
-        tenant: &str,
-        conversation: &str,
-    ) -> Result<Assigned, OrchestratorError> {
-        let binding = Binding {
-            tenant_id: tenant.to_owned(),
-            conversation_id: conversation.to_owned(),
-        };
+    pub async fn acquire(&self, key: &ConversationKey) -> Result<Assigned, OrchestratorError> {
         let mut lost = None;
-        if let Some(conv) = self.store.conversation(tenant, conversation).await? {
+        if let Some(conv) = self.store.conversation(key).await? {
             if let Some(name) = conv.container_id {
                 if self.runtime.is_running(&name).await? && self.healthy(&name).await {
-                    self.bind_proxy(&name, &binding)?;
+                    self.bind_proxy(&name, key)?;
                     return Ok(self.assigned(&name, false, conv.generation));
                 }
                 tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
-                    container_id = %name, tenant_id = tenant, conversation_id = conversation);
-                self.destroy(&name, "crashed").await;
+                    container_id = %name, tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
+                self.destroy(&name, DestroyReason::Crashed).await;
                 lost = Some(name);
             }
         }
-        let mut assigned = self.claim_or_start(&binding).await?;
+        let mut assigned = self.claim_or_start(key).await?;
         if let Some(previous) = lost {
             assigned.recovered = true;
             crate::audit::emit(&AuditEvent::ContainerRecovered {
-                subject: subject(&assigned.container, Some(&binding)),
+                subject: subject(&assigned.container, Some(key)),
                 previous_container_id: previous,
                 reason: "container_lost".to_owned(),
             });
@@ -309,9 +305,8 @@ impl Orchestrator {
     }
 
     async fn claim_or_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
-        let (tenant, conversation) = (binding.tenant_id.as_str(), binding.conversation_id.as_str());
         let image = self.cfg().container.image.clone();
-        if let Some(claim) = self.store.claim(None, &image, tenant, conversation).await? {
+        if let Some(claim) = self.store.claim(None, &image, binding).await? {
             self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
             self.refill.notify_one();
             let name = claim.container.name;
@@ -344,17 +339,12 @@ impl Orchestrator {
         self.create(&name, Some(binding)).await?;
         let claim = match self
             .store
-            .claim(
-                Some(&name),
-                &cfg.container.image,
-                &binding.tenant_id,
-                &binding.conversation_id,
-            )
+            .claim(Some(&name), &cfg.container.image, binding)
             .await
         {
             Ok(Some(c)) => c,
             Ok(None) | Err(_) => {
-                self.destroy(&name, "claim_failed").await;
+                self.destroy(&name, DestroyReason::ClaimFailed).await;
                 return Err(OrchestratorError::NotReady(
                     "claim of a cold container failed".into(),
                 ));
@@ -394,16 +384,15 @@ impl Orchestrator {
     /// holds the conversation's run lock.
     pub async fn release_conversation(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<(), OrchestratorError> {
         if let Some(name) = self
             .store
-            .conversation(tenant, conversation)
+            .conversation(key)
             .await?
             .and_then(|c| c.container_id)
         {
-            self.destroy(&name, "deleted").await;
+            self.destroy(&name, DestroyReason::Deleted).await;
         }
         Ok(())
     }
@@ -417,7 +406,7 @@ impl Orchestrator {
 
     /// Removes a container and everything that belongs to it. Idempotent;
     /// a failure leaves the record `Destroying` for the sweeper to retry.
-    pub async fn destroy(&self, name: &str, reason: &str) {
+    pub async fn destroy(&self, name: &str, reason: DestroyReason) {
         let rec = self.store.container(name).await.ok().flatten();
         if rec.as_ref().is_some_and(|r| r.state.can_destroy()) {
             let _ = self
@@ -438,10 +427,10 @@ impl Orchestrator {
             self.sync.get(),
             rec.as_ref().and_then(|r| r.binding.as_ref()),
         ) {
-            if let Err(error) = sync.push_now(&b.tenant_id, &b.conversation_id).await {
+            if let Err(error) = sync.push_now(b).await {
                 tracing::warn!(message = "Final push before removal failed.", container_id = %name, %error);
             }
-            sync.forget(&b.tenant_id, &b.conversation_id);
+            sync.forget(b);
         }
         self.remove_dirs(name);
         if let Err(error) = self.store.remove_container(name).await {
@@ -450,7 +439,7 @@ impl Orchestrator {
         let binding = rec.and_then(|r| r.binding);
         crate::audit::emit(&AuditEvent::ContainerDestroyed {
             subject: subject(name, binding.as_ref()),
-            reason: reason.to_owned(),
+            reason,
         });
     }
 

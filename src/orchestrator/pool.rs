@@ -2,12 +2,14 @@
 //! configured image, rolls ready containers of an older image, trims a
 //! pool that shrank, and never goes past `pool.max_size` containers.
 
-use super::{new_container_name, Orchestrator};
+use super::{new_container_name, Orchestrator, OrchestratorError};
+use crate::codes::DestroyReason;
 use crate::state::{ContainerRecord, ContainerState};
+use crate::workers::{Shutdown, WorkerState};
 use std::sync::Arc;
 use std::time::Duration;
 
-const WORKER: &str = "pool_refill";
+pub(super) const WORKER: &str = "pool_refill";
 const TICK: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -15,7 +17,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Plan {
     /// Ready containers to remove, with the reason.
-    pub destroy: Vec<(String, &'static str)>,
+    pub destroy: Vec<(String, DestroyReason)>,
     /// How many containers to create.
     pub create: usize,
 }
@@ -28,7 +30,8 @@ pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: us
     for r in records.iter().filter(|r| !r.cold) {
         match r.state {
             ContainerState::Ready if r.image != image => {
-                plan.destroy.push((r.name.clone(), "image_roll"));
+                plan.destroy
+                    .push((r.name.clone(), DestroyReason::ImageRoll));
             }
             ContainerState::Ready => ready.push(r),
             ContainerState::Warming if r.image == image => warming += 1,
@@ -39,7 +42,8 @@ pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: us
     ready.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
     let excess = (ready.len() + warming).saturating_sub(min);
     for r in ready.iter().take(excess) {
-        plan.destroy.push((r.name.clone(), "pool_shrink"));
+        plan.destroy
+            .push((r.name.clone(), DestroyReason::PoolShrink));
     }
     let live = records
         .iter()
@@ -52,30 +56,35 @@ pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: us
 }
 
 impl Orchestrator {
-    pub(super) async fn refill_loop(self: Arc<Self>) {
+    pub(super) async fn refill_loop(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = self.refill.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
+                () = shutdown.requested() => return,
             }
             if !backoff.is_zero() {
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    () = shutdown.requested() => return,
+                }
             }
             match self.refill_once().await {
                 Ok(()) => backoff = Duration::ZERO,
                 Err(e) => {
                     backoff = (backoff * 2).clamp(Duration::from_secs(1), MAX_BACKOFF);
                     tracing::warn!(message = "Pool refill failed.", error = %e, retry_in_ms = backoff.as_millis() as u64);
-                    self.workers.report(WORKER, "backing off", Some(e));
+                    self.workers
+                        .report(WORKER, WorkerState::BackingOff, Some(e.to_string()));
                 }
             }
         }
     }
 
-    pub(crate) async fn refill_once(&self) -> Result<(), String> {
+    pub(crate) async fn refill_once(&self) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
-        let records = self.store.containers().await.map_err(|e| e.to_string())?;
+        let records = self.store.containers().await?;
         let plan = plan(
             &records,
             &cfg.container.image,
@@ -83,7 +92,7 @@ impl Orchestrator {
             cfg.pool.max_size,
         );
         for (name, reason) in &plan.destroy {
-            self.destroy(name, reason).await;
+            self.destroy(name, *reason).await;
         }
         let mut failures = Vec::new();
         let mut left = plan.create;
@@ -93,12 +102,7 @@ impl Orchestrator {
                 (0..batch).map(|_| async { self.create(&new_container_name(), None).await }),
             )
             .await;
-            failures.extend(
-                results
-                    .into_iter()
-                    .filter_map(Result::err)
-                    .map(|e| e.to_string()),
-            );
+            failures.extend(results.into_iter().filter_map(Result::err));
             left -= batch;
             if !failures.is_empty() {
                 break;
@@ -115,7 +119,7 @@ impl Orchestrator {
         match failures.into_iter().next() {
             Some(e) => Err(e),
             None => {
-                self.workers.report(WORKER, "idle", None);
+                self.workers.report(WORKER, WorkerState::Idle, None);
                 Ok(())
             }
         }
@@ -169,7 +173,10 @@ mod tests {
             rec("claimed-old", ContainerState::Claimed, "v1", 1),
         ];
         let p = plan(&recs, "v2", 1, 10);
-        assert_eq!(p.destroy, vec![("old".to_owned(), "image_roll")]);
+        assert_eq!(
+            p.destroy,
+            vec![("old".to_owned(), DestroyReason::ImageRoll)]
+        );
         assert_eq!(p.create, 1);
     }
 
@@ -184,8 +191,8 @@ mod tests {
         assert_eq!(
             p.destroy,
             vec![
-                ("b".to_owned(), "pool_shrink"),
-                ("c".to_owned(), "pool_shrink")
+                ("b".to_owned(), DestroyReason::PoolShrink),
+                ("c".to_owned(), DestroyReason::PoolShrink)
             ]
         );
         assert_eq!(p.create, 0);

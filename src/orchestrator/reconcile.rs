@@ -7,7 +7,9 @@
 use super::{proxy_ctx, Orchestrator, OrchestratorError};
 use crate::agent_client::AgentClient;
 use crate::audit::AuditEvent;
+use crate::codes::DestroyReason;
 use crate::state::{now_ms, ContainerState};
+use crate::workers::WorkerState;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -31,13 +33,17 @@ impl Orchestrator {
         match &result {
             Ok(r) => self.workers.report(
                 WORKER,
-                &format!(
-                    "adopted {} lost {} orphans {} removed {}",
-                    r.adopted, r.lost, r.orphans, r.removed
-                ),
+                WorkerState::Reconciled {
+                    adopted: r.adopted,
+                    lost: r.lost,
+                    orphans: r.orphans,
+                    removed: r.removed,
+                },
                 None,
             ),
-            Err(e) => self.workers.report(WORKER, "failed", Some(e.to_string())),
+            Err(e) => self
+                .workers
+                .report(WORKER, WorkerState::Failed, Some(e.to_string())),
         }
         result
     }
@@ -70,7 +76,7 @@ impl Orchestrator {
                     self.store.remove_container(&r.name).await?;
                     crate::audit::emit(&AuditEvent::ContainerDestroyed {
                         subject: super::subject(&r.name, r.binding.as_ref()),
-                        reason: "lost".to_owned(),
+                        reason: DestroyReason::Lost,
                     });
                     report.lost += 1;
                 }
@@ -79,7 +85,7 @@ impl Orchestrator {
                         subject: super::subject(&r.name, r.binding.as_ref()),
                         state: format!("{:?}", r.state).to_lowercase(),
                     });
-                    self.destroy(&r.name, "crashed").await;
+                    self.destroy(&r.name, DestroyReason::Crashed).await;
                     report.removed += 1;
                 }
                 Some(true)
@@ -88,7 +94,7 @@ impl Orchestrator {
                         ContainerState::Warming | ContainerState::Destroying
                     ) =>
                 {
-                    self.destroy(&r.name, "interrupted").await;
+                    self.destroy(&r.name, DestroyReason::Interrupted).await;
                     report.removed += 1;
                 }
                 Some(true) if startup => {
@@ -106,7 +112,7 @@ impl Orchestrator {
                     if healthy || r.state == ContainerState::Claimed {
                         report.adopted += 1;
                     } else {
-                        self.destroy(&r.name, "unhealthy").await;
+                        self.destroy(&r.name, DestroyReason::Unhealthy).await;
                         report.removed += 1;
                     }
                 }
@@ -116,7 +122,7 @@ impl Orchestrator {
         let known: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
         for name in engine.keys().filter(|n| !known.contains(n.as_str())) {
             tracing::warn!(message = "Removing orphan container.", container_id = %name);
-            self.destroy(name, "orphan").await;
+            self.destroy(name, DestroyReason::Orphan).await;
             report.orphans += 1;
         }
         if startup {

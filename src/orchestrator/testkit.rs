@@ -82,5 +82,8 @@ impl audit::Subscriber for Destroyed {
 /// since the first [`core`] of this process.
 pub(crate) fn destroy_reason(name: &str) -> Option<String> {
     let seen = DESTROYED.lock().unwrap_or_else(|e| e.into_inner());
-    seen.iter().rev().find(|(c, _)| c == name).map(|(_, r)| r.clone())
+    seen.iter()
+        .rev()
+        .find(|(c, _)| c == name)
+        .map(|(_, r)| r.clone())
 }

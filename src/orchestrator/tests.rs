@@ -3,6 +3,8 @@
 //! conversation whose container died.
 
 use super::testkit::{core, destroy_reason};
+use crate::codes::{DestroyReason, ErrorCode};
+use crate::execute::tests::key;
 use crate::runtime::memory::Op;
 use crate::runtime::{
     ContainerRuntime, RuntimeError, LABEL_CONVERSATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TENANT,
@@ -17,7 +19,7 @@ async fn claims_a_warm_container_and_keeps_it() {
     core.orchestrator.refill_once().await.unwrap();
     assert_eq!(core.runtime.names().len(), 2);
 
-    let a = core.orchestrator.acquire("t", "c").await.unwrap();
+    let a = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert!(a.fresh && !a.recovered);
     let status = core.orchestrator.status().await.unwrap();
     assert_eq!(
@@ -32,7 +34,7 @@ async fn claims_a_warm_container_and_keeps_it() {
     let labels = core.runtime.labels(&a.container);
     assert!(!labels.contains_key(LABEL_CONVERSATION) && !labels.contains_key(LABEL_TENANT));
 
-    let again = core.orchestrator.acquire("t", "c").await.unwrap();
+    let again = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert_eq!(again.container, a.container);
     assert!(!again.fresh);
     assert_eq!(again.generation, a.generation);
@@ -41,7 +43,7 @@ async fn claims_a_warm_container_and_keeps_it() {
 #[tokio::test]
 async fn cold_start_when_the_pool_is_empty() {
     let core = core(|_| {});
-    let a = core.orchestrator.acquire("t", "c").await.unwrap();
+    let a = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert!(a.fresh);
     let status = core.orchestrator.status().await.unwrap();
     assert_eq!(
@@ -62,9 +64,9 @@ async fn cold_start_when_the_pool_is_empty() {
 #[tokio::test]
 async fn no_cold_start_past_max_size() {
     let core = core(|c| c.pool.max_size = 1);
-    core.orchestrator.acquire("t", "a").await.unwrap();
-    let err = core.orchestrator.acquire("t", "b").await.unwrap_err();
-    assert_eq!(err.code(), "capacity_exhausted");
+    core.orchestrator.acquire(&key("a")).await.unwrap();
+    let err = core.orchestrator.acquire(&key("b")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CapacityExhausted);
     assert_eq!(core.runtime.names().len(), 1);
 }
 
@@ -73,8 +75,8 @@ async fn a_failed_create_leaves_nothing_behind() {
     let core = core(|_| {});
     core.runtime
         .fail_next(Op::Create, RuntimeError::Engine("no space left".into()));
-    let err = core.orchestrator.acquire("t", "c").await.unwrap_err();
-    assert_eq!(err.code(), "container_start_failed");
+    let err = core.orchestrator.acquire(&key("c")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ContainerStartFailed);
     assert!(core.store.containers().await.unwrap().is_empty());
     assert!(core.runtime.names().is_empty());
     let cfg = core.orchestrator.cfg();
@@ -83,15 +85,15 @@ async fn a_failed_create_leaves_nothing_behind() {
         assert!(left.is_empty(), "{} keeps {left:?}", root.display());
     }
     // The fault was one call's: the next message gets its container.
-    core.orchestrator.acquire("t", "c").await.unwrap();
+    core.orchestrator.acquire(&key("c")).await.unwrap();
 }
 
 #[tokio::test]
 async fn an_agent_that_never_answers_fails_the_start() {
     let core = core(|c| c.container.start_timeout_secs = 0);
     core.runtime.silent_next_start();
-    let err = core.orchestrator.acquire("t", "c").await.unwrap_err();
-    assert_eq!(err.code(), "container_start_failed");
+    let err = core.orchestrator.acquire(&key("c")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ContainerStartFailed);
     assert!(core.runtime.names().is_empty());
     assert!(core.store.containers().await.unwrap().is_empty());
 }
@@ -116,9 +118,9 @@ async fn a_refill_that_fails_keeps_only_what_started() {
 #[tokio::test]
 async fn a_dead_container_is_replaced_and_announced() {
     let core = core(|_| {});
-    let first = core.orchestrator.acquire("t", "c").await.unwrap();
+    let first = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert!(core.runtime.kill(&first.container));
-    let second = core.orchestrator.acquire("t", "c").await.unwrap();
+    let second = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert_ne!(second.container, first.container);
     assert!(second.fresh && second.recovered);
     assert!(second.generation > first.generation);
@@ -131,8 +133,8 @@ async fn reconcile_at_start_up() {
     let core = core(|c| c.pool.min_size = 1);
     let o = &core.orchestrator;
     o.refill_once().await.unwrap();
-    let kept = o.acquire("t", "kept").await.unwrap().container;
-    let lost = o.acquire("t", "lost").await.unwrap().container;
+    let kept = o.acquire(&key("kept")).await.unwrap().container;
+    let lost = o.acquire(&key("lost")).await.unwrap().container;
     o.refill_once().await.unwrap();
     let exited = core.store.containers().await.unwrap();
     let exited = exited
@@ -180,7 +182,12 @@ async fn reconcile_at_start_up() {
     assert_eq!(destroy_reason(&exited).as_deref(), Some("crashed"));
     assert_eq!(destroy_reason("agentbox-orphan").as_deref(), Some("orphan"));
     assert_eq!(destroy_reason(interrupted).as_deref(), Some("interrupted"));
-    let conv = core.store.conversation("t", "lost").await.unwrap().unwrap();
+    let conv = core
+        .store
+        .conversation(&key("lost"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(conv.container_id, None);
     assert!(!stray.exists());
 }
@@ -208,7 +215,7 @@ async fn reconcile_fails_when_the_engine_does_not_answer() {
     core.runtime
         .fail_next(Op::List, RuntimeError::Unreachable("socket gone".into()));
     let err = core.orchestrator.reconcile(true).await.unwrap_err();
-    assert_eq!(err.code(), "runtime_unavailable");
+    assert_eq!(err.code(), ErrorCode::RuntimeUnavailable);
     let status = core.orchestrator.status().await.unwrap();
     let worker = serde_json::to_value(&status.workers).unwrap();
     assert!(worker.to_string().contains("socket gone"), "{worker}");
@@ -218,17 +225,17 @@ async fn reconcile_fails_when_the_engine_does_not_answer() {
 async fn sweeps_idle_containers_unless_a_run_holds_the_lock() {
     let core = core(|c| c.gc.idle_ttl_secs = 0);
     let o = &core.orchestrator;
-    let a = o.acquire("t", "c").await.unwrap();
+    let a = o.acquire(&key("c")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     {
-        let _run = o.locks().try_lock("t", "c").unwrap();
+        let _run = o.locks().try_lock(&key("c")).unwrap();
         assert_eq!(o.sweep().await.unwrap(), 0);
         assert!(core.runtime.running(&a.container));
     }
     assert_eq!(o.sweep().await.unwrap(), 1);
     assert!(core.runtime.names().is_empty());
     assert_eq!(destroy_reason(&a.container).as_deref(), Some("idle"));
-    let conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     assert_eq!(conv.container_id, None);
 }
 
@@ -239,7 +246,7 @@ async fn sweeps_containers_past_their_max_age() {
         c.pool.min_size = 1;
     });
     let o = &core.orchestrator;
-    let claimed = o.acquire("t", "c").await.unwrap().container;
+    let claimed = o.acquire(&key("c")).await.unwrap().container;
     o.refill_once().await.unwrap();
     let ready = core.runtime.names();
     let ready = ready.iter().find(|n| **n != claimed).unwrap().clone();
@@ -254,10 +261,10 @@ async fn sweeps_containers_past_their_max_age() {
 async fn a_failed_removal_is_retried_by_the_sweeper() {
     let core = core(|_| {});
     let o = &core.orchestrator;
-    let name = o.acquire("t", "c").await.unwrap().container;
+    let name = o.acquire(&key("c")).await.unwrap().container;
     core.runtime
         .fail_next(Op::Remove, RuntimeError::Engine("device busy".into()));
-    o.destroy(&name, "deleted").await;
+    o.destroy(&name, DestroyReason::Deleted).await;
     let rec = core.store.container(&name).await.unwrap().unwrap();
     assert_eq!(rec.state, ContainerState::Destroying);
     assert!(core.runtime.running(&name));
@@ -270,8 +277,8 @@ async fn a_failed_removal_is_retried_by_the_sweeper() {
 #[tokio::test]
 async fn a_crashed_container_s_workspace_is_pushed_before_removal() {
     let core = core(|_| {});
-    let a = core.orchestrator.acquire("t", "c").await.unwrap();
-    let mut conv = core.store.conversation("t", "c").await.unwrap().unwrap();
+    let a = core.orchestrator.acquire(&key("c")).await.unwrap();
+    let mut conv = core.store.conversation(&key("c")).await.unwrap().unwrap();
     let place = crate::sync::Placement {
         container: &a.container,
         workspace_dir: &a.workspace_dir,
@@ -285,6 +292,6 @@ async fn a_crashed_container_s_workspace_is_pushed_before_removal() {
     let report = core.orchestrator.reconcile(false).await.unwrap();
     assert_eq!(report.removed, 1);
     assert!(!a.workspace_dir.exists());
-    let files = core.sync.list_files("t", "c").await.unwrap();
+    let files = core.sync.list_files(&key("c")).await.unwrap();
     assert!(files.iter().any(|f| f.path == "notes.txt"), "{files:?}");
 }

@@ -5,8 +5,8 @@
 //! drawn from one daemon-wide [`Budget`] and the container's share of it,
 //! so that no number of containers can buffer more than the budget.
 
-use crate::config::BodyLimits;
 use super::refusal::Refusal;
+use crate::config::BodyLimits;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -17,7 +17,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 
 /// Where a guarded body records why it stopped, for the caller that only
 /// sees the HTTP client's opaque error.

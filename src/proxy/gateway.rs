@@ -6,7 +6,6 @@
 //! base URL, redirects are passed back to the client and never followed,
 //! and whatever credential the container sent is dropped first.
 
-use crate::config::BodyLimits;
 use super::body::{self, BoxError, Guarded, Share, Verdict};
 use super::credentials::{AwsEnv, CredentialChain};
 use super::decision::{Decision, Route};
@@ -16,6 +15,7 @@ use super::refusal::Refusal;
 use super::spend::{MeteredBody, Payer, SpendLedger};
 use super::usage::Scanner;
 use super::{sigv4, ProxyBody, ProxyContext};
+use crate::config::BodyLimits;
 use crate::config::{ModelConfig, Provider};
 use crate::secrets::Secret;
 use bytes::Bytes;

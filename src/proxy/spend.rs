@@ -14,9 +14,9 @@
 //! when a limit is reached finish, so a run can overshoot by at most the
 //! answers it had in flight (`proxy.max_gateway_requests_per_container`).
 
-use crate::config::ModelPrice;
 use super::usage::{Metered, Scanner};
 use crate::config::Config;
+use crate::config::ModelPrice;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::{BTreeMap, HashMap};

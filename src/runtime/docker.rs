@@ -1,11 +1,11 @@
 //! [`ContainerRuntime`] on a Docker engine through bollard.
 
 use super::spec::hardened_create_body;
+use super::EngineFacts;
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStats, EngineInfo, ManagedContainer, RuntimeError,
     LABEL_INSTANCE, LABEL_MANAGED,
 };
-use super::EngineFacts;
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::models::ContainerSummaryStateEnum;
@@ -26,10 +26,10 @@ impl DockerRuntime {
     /// an API version the engine speaks (Debian 12 ships engine 20.10).
     pub async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?
+            .map_err(|e| RuntimeError::Unreachable(e.into()))?
             .negotiate_version()
             .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+            .map_err(|e| RuntimeError::Unreachable(e.into()))?;
         Ok(Self { docker })
     }
 
@@ -45,7 +45,7 @@ impl DockerRuntime {
 }
 
 fn engine(e: BollardError) -> RuntimeError {
-    RuntimeError::Engine(e.to_string())
+    RuntimeError::Engine(e.into())
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -174,7 +174,7 @@ impl ContainerRuntime for DockerRuntime {
             .docker
             .info()
             .await
-            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+            .map_err(|e| RuntimeError::Unreachable(e.into()))?;
         let version = self.docker.version().await.map_err(engine)?;
         Ok(EngineInfo {
             version: info.server_version.unwrap_or_default(),

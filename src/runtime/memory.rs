@@ -227,10 +227,13 @@ impl ContainerRuntime for MemoryRuntime {
             let mut engine = self.engine();
             engine.fault(Op::Create)?;
             if engine.containers.contains_key(&spec.name) {
-                return Err(RuntimeError::Engine(format!(
-                    "Conflict. The container name \"/{}\" is already in use",
-                    spec.name
-                )));
+                return Err(RuntimeError::Engine(
+                    format!(
+                        "Conflict. The container name \"/{}\" is already in use",
+                        spec.name
+                    )
+                    .into(),
+                ));
             }
             let silent = engine.silent_starts > 0;
             engine.silent_starts = engine.silent_starts.saturating_sub(1);
@@ -240,8 +243,9 @@ impl ContainerRuntime for MemoryRuntime {
             None
         } else {
             let script = self.script.clone();
-            let listener = bind_agent(&spec.socket_dir)
-                .map_err(|e| RuntimeError::Engine(format!("starting the fake agent: {e}")))?;
+            let listener = bind_agent(&spec.socket_dir).map_err(|e| {
+                RuntimeError::Engine(format!("starting the fake agent: {e}").into())
+            })?;
             let agent = tokio::spawn(serve_agent(
                 listener,
                 script,

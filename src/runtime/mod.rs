@@ -19,7 +19,6 @@ pub const LABEL_INSTANCE: &str = "agentbox.instance";
 pub const LABEL_CONVERSATION: &str = "agentbox.conversation";
 pub const LABEL_TENANT: &str = "agentbox.tenant";
 
-
 /// What the engine says about itself (`docker info`).
 #[derive(Clone, Debug, Default)]
 pub struct EngineFacts {
@@ -27,14 +26,18 @@ pub struct EngineFacts {
     pub root_dir: String,
 }
 
+/// The engine client's own error, kept as the source; boxed so that only
+/// `runtime::docker` names bollard.
+pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("docker engine unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] EngineError),
     #[error("container image {0} is missing; build it with `just image`")]
     ImageMissing(String),
     #[error("docker: {0}")]
-    Engine(String),
+    Engine(#[source] EngineError),
 }
 
 /// Everything needed to start one workspace container; turned into the

@@ -14,6 +14,7 @@ pub use records::{
     RunRecord, StoredEvent,
 };
 
+use crate::ids::ConversationKey;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
@@ -28,8 +29,23 @@ const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("container
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    // Each of redb's errors keeps its type as the source; the message
+    // reads the same whichever step failed.
     #[error("state database: {0}")]
-    Db(String),
+    Database(#[from] redb::DatabaseError),
+    #[error("state database: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("state database: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("state database: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("state database: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// A blocking database task panicked or was cancelled.
+    #[error("state database: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("state database: {0}")]
+    Directory(#[source] std::io::Error),
     #[error("state record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
     #[error("state file has schema version {found}, this build knows {SCHEMA_VERSION}")]
@@ -43,20 +59,6 @@ pub enum StateError {
     #[error("no container record named {0}")]
     UnknownContainer(String),
 }
-
-macro_rules! db_err {
-    ($($t:ty),*) => {$(impl From<$t> for StateError {
-        fn from(e: $t) -> Self { StateError::Db(e.to_string()) }
-    })*};
-}
-db_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    tokio::task::JoinError
-);
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -109,7 +111,7 @@ impl Store {
     /// Opens or creates the state file and checks its schema version.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StateError::Db(e.to_string()))?;
+            std::fs::create_dir_all(dir).map_err(StateError::Directory)?;
         }
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
@@ -180,9 +182,9 @@ impl Store {
 
     pub async fn conversation(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<Option<ConversationRecord>, StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let db = self.db.clone();
         let k = conversation_key(tenant, conversation);
         tokio::task::spawn_blocking(move || {
@@ -205,13 +207,13 @@ impl Store {
     /// when absent); returns the record as written.
     pub async fn update_conversation<F>(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         f: F,
     ) -> Result<ConversationRecord, StateError>
     where
         F: FnOnce(&mut ConversationRecord) + Send + 'static,
     {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
         self.write(move |txn| {
             let key = conversation_key(&tenant, &conversation);
@@ -289,11 +291,9 @@ impl Store {
         &self,
         name: Option<&str>,
         image: &str,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
     ) -> Result<Option<Claim>, StateError> {
-        let (name, image) = (name.map(str::to_owned), image.to_owned());
-        let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
+        let (name, image, binding) = (name.map(str::to_owned), image.to_owned(), key.clone());
         self.write(move |txn| {
             let mut chosen: Option<ContainerRecord> = match &name {
                 Some(n) => get_json(txn, CONTAINERS, n)?,
@@ -325,14 +325,12 @@ impl Store {
             }
             let now = now_ms();
             container.state = ContainerState::Claimed;
-            container.binding = Some(Binding {
-                tenant_id: tenant.clone(),
-                conversation_id: conversation.clone(),
+            let key = conversation_key(&binding.tenant_id, &binding.conversation_id);
+            let mut conv = get_json(txn, CONVERSATIONS, &key)?.unwrap_or_else(|| {
+                ConversationRecord::new(&binding.tenant_id, &binding.conversation_id)
             });
+            container.binding = Some(binding);
             container.last_activity_ms = now;
-            let key = conversation_key(&tenant, &conversation);
-            let mut conv = get_json(txn, CONVERSATIONS, &key)?
-                .unwrap_or_else(|| ConversationRecord::new(&tenant, &conversation));
             conv.container_id = Some(container.name.clone());
             conv.generation += 1;
             conv.last_activity_ms = now;
@@ -402,8 +400,20 @@ mod tests {
             store.put_conversation(&rec).await.unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.conversation("t1", "c1").await.unwrap(), Some(rec));
-        assert_eq!(store.conversation("t2", "c1").await.unwrap(), None);
+        assert_eq!(
+            store
+                .conversation(&ConversationKey::new("t1", "c1"))
+                .await
+                .unwrap(),
+            Some(rec)
+        );
+        assert_eq!(
+            store
+                .conversation(&ConversationKey::new("t2", "c1"))
+                .await
+                .unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
@@ -415,15 +425,27 @@ mod tests {
                 .unwrap();
             s.transition(name, ContainerState::Ready).await.unwrap();
         }
-        let claim = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        let claim = s
+            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(claim.container.name, "b");
         assert_eq!(claim.container.state, ContainerState::Claimed);
         assert_eq!(claim.conversation.container_id.as_deref(), Some("b"));
         assert_eq!(claim.conversation.generation, 1);
-        let again = s.claim(None, "img2", "t", "conv").await.unwrap().unwrap();
+        let again = s
+            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(again.container.name, "c");
         assert_eq!(again.conversation.generation, 2);
-        assert!(s.claim(None, "img2", "t", "x").await.unwrap().is_none());
+        assert!(s
+            .claim(None, "img2", &ConversationKey::new("t", "x"))
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[tokio::test]
@@ -435,7 +457,10 @@ mod tests {
         s.transition("a", ContainerState::Ready).await.unwrap();
         assert!(s.transition("a", ContainerState::Ready).await.is_err());
         s.transition("a", ContainerState::Destroying).await.unwrap();
-        assert!(s.claim(Some("a"), "i", "t", "c").await.is_err());
+        assert!(s
+            .claim(Some("a"), "i", &ConversationKey::new("t", "c"))
+            .await
+            .is_err());
         assert!(s.transition("a", ContainerState::Destroying).await.is_err());
     }
 
@@ -445,10 +470,17 @@ mod tests {
         s.insert_container(&ContainerRecord::warming("a", "i", true))
             .await
             .unwrap();
-        s.claim(Some("a"), "i", "t", "c").await.unwrap().unwrap();
+        s.claim(Some("a"), "i", &ConversationKey::new("t", "c"))
+            .await
+            .unwrap()
+            .unwrap();
         s.remove_container("a").await.unwrap();
         assert!(s.containers().await.unwrap().is_empty());
-        let conv = s.conversation("t", "c").await.unwrap().unwrap();
+        let conv = s
+            .conversation(&ConversationKey::new("t", "c"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(conv.container_id, None);
         assert_eq!(conv.generation, 1, "the generation is never reset");
     }

@@ -1,6 +1,7 @@
 //! The records kept in the state file, and the container lifecycle with
 //! its guarded transitions.
 
+pub use crate::codes::RunOutcome;
 use serde::{Deserialize, Serialize};
 
 /// One conversation of one tenant.
@@ -92,11 +93,8 @@ impl ContainerState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Binding {
-    pub tenant_id: String,
-    pub conversation_id: String,
-}
+/// The conversation a container is bound to.
+pub type Binding = crate::ids::ConversationKey;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -141,17 +139,14 @@ mod tests {
         assert!(!Destroying.can_destroy());
         assert!(Ready.in_pool() && !Claimed.in_pool());
     }
-}
 
-/// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    Running,
-    Completed,
-    Failed,
-    /// The daemon stopped (or crashed) before the run ended.
-    Interrupted,
+    #[test]
+    fn run_outcomes_are_spelled_as_serialized() {
+        use super::RunOutcome::*;
+        for o in [Running, Completed, Failed, Interrupted] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
+    }
 }
 
 /// One run of a conversation, kept with its events for reconnects.

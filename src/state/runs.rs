@@ -7,6 +7,7 @@ use super::{
     StoredEvent,
 };
 use super::{ConversationRecord, CONVERSATIONS};
+use crate::ids::ConversationKey;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 /// Key: `"{tenant}/{conversation}/{run:012}"`; value: JSON [`RunRecord`].
@@ -21,7 +22,8 @@ fn run_key(tenant: &str, conversation: &str, run: u64) -> String {
 impl Store {
     /// Starts the conversation's next run: bumps its run counter and
     /// records the run, in one transaction.
-    pub async fn begin_run(&self, tenant: &str, conversation: &str) -> Result<u64, StateError> {
+    pub async fn begin_run(&self, key: &ConversationKey) -> Result<u64, StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
         self.write(move |txn| {
             let key = conversation_key(&tenant, &conversation);
@@ -46,11 +48,11 @@ impl Store {
     /// Appends events of a run (in order) in one transaction.
     pub async fn append_events(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         run: u64,
         events: Vec<StoredEvent>,
     ) -> Result<(), StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         if events.is_empty() {
             return Ok(());
         }
@@ -72,11 +74,11 @@ impl Store {
 
     pub async fn end_run(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         run: u64,
         outcome: RunOutcome,
     ) -> Result<(), StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let key = run_key(tenant, conversation, run);
         self.write(move |txn| {
             if let Some(mut r) = get_json::<RunRecord>(txn, RUNS, &key)? {
@@ -92,10 +94,10 @@ impl Store {
     /// The conversation's runs, newest first, at most `limit`.
     pub async fn runs(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         limit: usize,
     ) -> Result<Vec<RunRecord>, StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let start = format!("{}/", conversation_key(tenant, conversation));
         let end = format!("{}0", conversation_key(tenant, conversation));
         let db = self.db.clone();
@@ -118,11 +120,11 @@ impl Store {
     /// Events of one run with a sequence number above `after`.
     pub async fn events_after(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         run: u64,
         after: u64,
     ) -> Result<Vec<StoredEvent>, StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let prefix = run_key(tenant, conversation, run);
         let start = format!("{prefix}/{:012}", after.saturating_add(1));
         let end = format!("{prefix}0");
@@ -165,11 +167,8 @@ impl Store {
     }
 
     /// Forgets a conversation with all its runs and events.
-    pub async fn delete_conversation(
-        &self,
-        tenant: &str,
-        conversation: &str,
-    ) -> Result<(), StateError> {
+    pub async fn delete_conversation(&self, key: &ConversationKey) -> Result<(), StateError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let key = conversation_key(tenant, conversation);
         self.write(move |txn| {
             txn.open_table(CONVERSATIONS)?.remove(key.as_str())?;
@@ -223,25 +222,49 @@ mod tests {
     async fn runs_and_events_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.redb")).unwrap();
-        assert_eq!(s.begin_run("t", "c").await.unwrap(), 1);
-        s.append_events("t", "c", 1, vec![ev(1), ev(2), ev(3)])
-            .await
-            .unwrap();
         assert_eq!(
-            s.events_after("t", "c", 1, 1).await.unwrap(),
+            s.begin_run(&ConversationKey::new("t", "c")).await.unwrap(),
+            1
+        );
+        s.append_events(
+            &ConversationKey::new("t", "c"),
+            1,
+            vec![ev(1), ev(2), ev(3)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.events_after(&ConversationKey::new("t", "c"), 1, 1)
+                .await
+                .unwrap(),
             vec![ev(2), ev(3)]
         );
-        assert_eq!(s.begin_run("t", "c").await.unwrap(), 2);
+        assert_eq!(
+            s.begin_run(&ConversationKey::new("t", "c")).await.unwrap(),
+            2
+        );
         // Another conversation sharing a prefix is never mixed in.
-        s.begin_run("t", "c2").await.unwrap();
-        s.append_events("t", "c2", 1, vec![ev(1)]).await.unwrap();
-        s.end_run("t", "c", 1, RunOutcome::Completed).await.unwrap();
-        let runs = s.runs("t", "c", 10).await.unwrap();
+        s.begin_run(&ConversationKey::new("t", "c2")).await.unwrap();
+        s.append_events(&ConversationKey::new("t", "c2"), 1, vec![ev(1)])
+            .await
+            .unwrap();
+        s.end_run(&ConversationKey::new("t", "c"), 1, RunOutcome::Completed)
+            .await
+            .unwrap();
+        let runs = s.runs(&ConversationKey::new("t", "c"), 10).await.unwrap();
         assert_eq!(runs.iter().map(|r| r.run).collect::<Vec<_>>(), vec![2, 1]);
         assert_eq!(runs[1].events, 3);
         assert_eq!(s.interrupt_running_runs().await.unwrap(), 2);
         assert_eq!(s.prune_runs(now_ms() + 1).await.unwrap(), 3);
-        assert!(s.events_after("t", "c", 1, 0).await.unwrap().is_empty());
-        assert!(s.runs("t", "c", 10).await.unwrap().is_empty());
+        assert!(s
+            .events_after(&ConversationKey::new("t", "c"), 1, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .runs(&ConversationKey::new("t", "c"), 10)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -7,6 +7,7 @@ use super::paths::RelPath;
 use super::push::{latest_manifest, ConvPrefix, PushError};
 use super::service::SyncService;
 use super::store::{ByteStream, ObjectBackend, StoreError};
+use crate::ids::ConversationKey;
 use serde::Serialize;
 use std::ops::Range;
 use std::sync::Arc;
@@ -75,11 +76,8 @@ fn prefix(tenant: &str, conversation: &str) -> ConvPrefix {
 
 impl SyncService {
     /// The files of the latest stored manifest (empty if nothing is stored).
-    pub async fn list_files(
-        &self,
-        tenant: &str,
-        conversation: &str,
-    ) -> Result<Vec<FileInfo>, FilesError> {
+    pub async fn list_files(&self, key: &ConversationKey) -> Result<Vec<FileInfo>, FilesError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let Some(m) =
             latest_manifest(self.backend().as_ref(), &prefix(tenant, conversation)).await?
         else {
@@ -117,10 +115,10 @@ impl SyncService {
     /// confined; only regular files are served (a link is never followed).
     pub async fn stored_file(
         &self,
-        tenant: &str,
-        conversation: &str,
+        key: &ConversationKey,
         path: &str,
     ) -> Result<StoredFile, FilesError> {
+        let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let rel = RelPath::parse(path.trim_start_matches('/'))
             .map_err(|e| FilesError::BadPath(e.to_string()))?;
         let p = prefix(tenant, conversation);
@@ -140,13 +138,13 @@ impl SyncService {
 
     /// Deletes everything stored for the conversation; returns how many
     /// objects went.
-    pub async fn purge(&self, tenant: &str, conversation: &str) -> Result<usize, FilesError> {
-        let p = prefix(tenant, conversation);
+    pub async fn purge(&self, key: &ConversationKey) -> Result<usize, FilesError> {
+        let p = prefix(&key.tenant_id, &key.conversation_id);
         let keys = self.backend().list(&p.0).await?;
         for k in &keys {
             self.backend().delete(k).await?;
         }
-        self.forget(tenant, conversation);
+        self.forget(key);
         Ok(keys.len())
     }
 }

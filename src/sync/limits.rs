@@ -9,9 +9,9 @@
 //! all of its length, so it is judged by its length. What it occupies is
 //! kept alongside, for the audit trail and the run's `sync_skipped` event.
 
-use crate::config::SyncConfig;
 use super::fsx::{Found, Kind};
 use super::paths::RelPath;
+use crate::config::SyncConfig;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

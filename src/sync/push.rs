@@ -3,13 +3,13 @@
 //! for, uploads blobs the store lacks, checks the fence, commits the
 //! manifest with one PUT, then drops what the new manifest no longer needs.
 
-use crate::config::SyncConfig;
 use super::fsx::{Found, Kind, Root};
 use super::limits::{screen, ReadBudget, Refused};
 use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};
 use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
 use super::walk::{hash_file, now_ns, Hash, StatCache};
+use crate::config::SyncConfig;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use std::borrow::Cow;
 use std::collections::HashSet;

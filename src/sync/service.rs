@@ -10,7 +10,6 @@
 //! - A push commits only while its generation is the one in the state
 //!   file and no newer manifest is stored.
 
-use crate::config::{StorageConfig, SyncConfig};
 use super::fsx::{Owner, Root};
 use super::limits::Refused;
 use super::manifest::Manifest;
@@ -22,6 +21,9 @@ use super::stats::{SyncSnapshot, SyncStats};
 use super::store::{ObjectBackend, ObjectStoreBackend, StoreError};
 use super::walk::StatCache;
 use crate::audit::{AuditEvent, Subject, SyncFigures};
+use crate::codes::ErrorCode;
+use crate::config::{StorageConfig, SyncConfig};
+use crate::ids::ConversationKey;
 use crate::state::{ConversationRecord, StateError, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,11 +49,11 @@ pub enum SyncError {
 
 impl SyncError {
     /// Stable code for the SSE `error` event.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Restore(_) => "workspace_restore_failed",
-            Self::Push(_) => "workspace_sync_failed",
-            Self::State(_) => "state_error",
+            Self::Restore(_) => ErrorCode::WorkspaceRestoreFailed,
+            Self::Push(_) => ErrorCode::WorkspaceSyncFailed,
+            Self::State(_) => ErrorCode::StateError,
         }
     }
 }
@@ -303,12 +305,8 @@ impl SyncService {
 
     /// Pushes a conversation now (tests, benchmarks, admin tools); the
     /// same path as a checkpoint, without the debounce.
-    pub async fn push_now(
-        &self,
-        tenant: &str,
-        conversation: &str,
-    ) -> Result<PushReport, SyncError> {
-        let conv = self.inner.conv(tenant, conversation);
+    pub async fn push_now(&self, key: &ConversationKey) -> Result<PushReport, SyncError> {
+        let conv = self.inner.conv(&key.tenant_id, &key.conversation_id);
         conv.schedule.mark(false);
         self.inner.push_once(&conv, "manual").await
     }
@@ -318,21 +316,24 @@ impl SyncService {
     /// once a conversation's container is gone. Returns whether it did.
     /// The next run restores or keeps the host copy as usual; its first
     /// push hashes the workspace again.
-    pub fn forget(&self, tenant: &str, conversation: &str) -> bool {
+    pub fn forget(&self, key: &ConversationKey) -> bool {
         let mut convs = self.inner.convs.lock().unwrap_or_else(|e| e.into_inner());
-        let key = format!("{tenant}/{conversation}");
-        let idle = convs.get(&key).is_some_and(|c| {
+        let id = format!("{}/{}", key.tenant_id, key.conversation_id);
+        let idle = convs.get(&id).is_some_and(|c| {
             !c.schedule.is_pending() && Arc::strong_count(c) == 1 && c.state.try_lock().is_ok()
         });
         if idle {
-            convs.remove(&key);
+            convs.remove(&id);
         }
         idle
     }
 
     /// True while a conversation has changes not yet in the store.
-    pub fn is_pending(&self, tenant: &str, conversation: &str) -> bool {
-        self.inner.conv(tenant, conversation).schedule.is_pending()
+    pub fn is_pending(&self, key: &ConversationKey) -> bool {
+        self.inner
+            .conv(&key.tenant_id, &key.conversation_id)
+            .schedule
+            .is_pending()
     }
 }
 
@@ -543,7 +544,10 @@ impl Inner {
         let fence = async {
             let rec = self
                 .store
-                .conversation(&conv.tenant_id, &conv.conversation_id)
+                .conversation(&ConversationKey::new(
+                    &conv.tenant_id,
+                    &conv.conversation_id,
+                ))
                 .await
                 .map_err(|e| PushError::Fence(e.to_string()))?;
             match rec {

@@ -9,8 +9,9 @@
 //! (the recipe makes sure of both). Not a test: it only reports.
 //! `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one target.
 
-use agentbox::state::{ConversationRecord, Store};
 use agentbox::config::StorageConfig;
+use agentbox::ids::ConversationKey;
+use agentbox::state::{ConversationRecord, Store};
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::{Placement, SyncService};
 use anyhow::{bail, Context, Result};
@@ -225,7 +226,9 @@ async fn incremental(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Durat
     let mut rec =
         ConversationRecord::new(TENANT, &format!("incr{}", uuid::Uuid::new_v4().simple()));
     n.assign(&mut rec, 1, &ws).await?;
-    n.svc.push_now(TENANT, &rec.conversation_id).await?;
+    n.svc
+        .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
+        .await?;
     let ws_s = ws.display().to_string();
     let remote = format!("{}/incr", t.rclone_base);
     rclone(t, &["sync", &ws_s, &remote])?;
@@ -235,14 +238,19 @@ async fn incremental(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Durat
         let f = ws.join(format!("d{:03}/f{:05}.txt", run, run * 50));
         std::fs::write(&f, format!("changed in run {run}\n"))?;
         let t0 = Instant::now();
-        let r = n.svc.push_now(TENANT, &rec.conversation_id).await?;
+        let r = n
+            .svc
+            .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
+            .await?;
         ours.push(t0.elapsed());
         if r.files != 1 {
             bail!("expected 1 uploaded file, got {r:?}");
         }
         default.push(rclone(t, &["sync", &ws_s, &remote])?);
         std::fs::write(&f, format!("changed again in run {run}\n"))?;
-        n.svc.push_now(TENANT, &rec.conversation_id).await?;
+        n.svc
+            .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
+            .await?;
         checksum.push(rclone(t, &["sync", "--checksum", &ws_s, &remote])?);
     }
     Ok((ours, best(default, checksum)))
@@ -256,7 +264,9 @@ async fn restore(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>
     let mut rec =
         ConversationRecord::new(TENANT, &format!("rest{}", uuid::Uuid::new_v4().simple()));
     n.assign(&mut rec, 1, &ws).await?;
-    n.svc.push_now(TENANT, &rec.conversation_id).await?;
+    n.svc
+        .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
+        .await?;
     let remote = format!("{}/restore", t.rclone_base);
     rclone(t, &["sync", &ws.display().to_string(), &remote])?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
