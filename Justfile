@@ -33,10 +33,10 @@ test: setup
 bench *ARGS: setup
     cargo bench --bench agentbox -- {{ARGS}}
 
-# The penetration test (tests/e2e_pentest.rs), then its report rendered
+# The penetration test (tests/e2e/pentest.rs), then its report rendered
 # into docs/security/penetration-test-report.md; refuses a failing run.
 pentest-report: setup
-    cargo test --test e2e_pentest
+    cargo test --test e2e pentest::
     cargo run --quiet --example pentest-report
 
 # One conversation end to end against the mock model (or the real API when

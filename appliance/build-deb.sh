@@ -6,7 +6,7 @@
 # Installs cargo-deb (a pinned version, from crates.io) when it is missing,
 # builds the daemon and the workspace agent in release mode, then packages
 # them with the files listed in Cargo.toml's [package.metadata.deb]. Takes
-# minutes on two cores; tests/e2e_packaging.rs packages debug binaries
+# minutes on two cores; tests/e2e/packaging.rs packages debug binaries
 # instead (version suffix ~debug) to stay fast.
 set -euo pipefail
 

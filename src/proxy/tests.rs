@@ -1,6 +1,6 @@
 //! The whole proxy in process: a real Unix socket, real loopback upstreams,
 //! raw bytes on the wire. (The container-side tests are in
-//! `tests/e2e_proxy.rs`.)
+//! `tests/e2e/proxy.rs`.)
 
 use super::*;
 use axum::http::{HeaderMap, StatusCode};

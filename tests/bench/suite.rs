@@ -15,10 +15,10 @@
 //!   container; how many would fit in this host's available memory.
 //! - `throughput`: concurrent multi-turn conversations with tool use.
 
-#[path = "../common/mod.rs"]
-mod common;
+#[path = "../e2e/harness/mod.rs"]
+mod harness;
 
-use common::*;
+use harness::*;
 use serde_json::json;
 use std::time::Instant;
 

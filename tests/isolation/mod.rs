@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use crate::common::*;
+use crate::harness::*;
 use agentbox::isolation::quota::parse_mountinfo;
 use serde_json::{json, Value};
 use std::path::Path;

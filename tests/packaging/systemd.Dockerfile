@@ -1,5 +1,5 @@
 # A throwaway Debian 12 machine with systemd as PID 1, for
-# tests/e2e_packaging.rs: the agentbox .deb is installed into it and
+# tests/e2e/packaging.rs: the agentbox .deb is installed into it and
 # agentbox.service runs under real systemd, hardening and all, against the
 # host's Docker engine (socket bind-mounted). Built from the local
 # debootstrap base (workspace-base/build-base.sh); never shipped.

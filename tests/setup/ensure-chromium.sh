@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure a headless Chromium and its WebDriver (chromedriver) are installed,
-# for the status-page test (tests/e2e_admin.rs). Idempotent; installs Debian's
+# for the status-page test (tests/e2e/admin.rs). Idempotent; installs Debian's
 # `chromium` and `chromium-driver` when either is missing.
 #
 #   tests/setup/ensure-chromium.sh     # prints the two paths on success

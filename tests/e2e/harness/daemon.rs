@@ -1,74 +1,22 @@
-//! Shared harness for the end-to-end tests: makes sure a Docker engine and
-//! the workspace image exist (installing and building them when missing,
-//! never skipping), starts the real `agentbox` binary against a mock model,
-//! and reads its SSE streams.
+//! The daemon under test: the real `agentbox` binary started on a config
+//! of its own (state, workspaces, sockets, instance label) against a mock
+//! model; its logs, status and audit file, its restarts and its end.
 
-#![allow(dead_code)]
-
-pub mod cgroup;
-pub mod moto;
-
+use super::engine::{docker, docker_ok};
+use super::host::release_mounts_under;
+use super::prereq::{prerequisites, test_image};
 use mock_model::MockModel;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TENANT: &str = "acme";
 pub const TOKEN: &str = "test-token-acme";
 pub const OTHER_TENANT: &str = "globex";
 pub const OTHER_TOKEN: &str = "test-token-globex";
-
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn run_script(script: &str, args: &[&str]) {
-    let path = repo_root().join(script);
-    let status = Command::new("bash")
-        .arg(&path)
-        .args(args)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    assert!(status.success(), "{} failed: {status}", path.display());
-}
-
-/// Docker engine up and the workspace image built, once per test binary.
-pub fn prerequisites() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        run_script("tests/setup/ensure-docker.sh", &[]);
-        run_script("tests/setup/ensure-isolation-tools.sh", &[]);
-        // The tag under test, so a branch's image never replaces `:latest`.
-        run_script("workspace-base/build-image.sh", &[&test_image()]);
-    });
-}
-
-pub fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e}"))
-}
-
-pub fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The workspace image under test: `AGENTBOX_TEST_IMAGE`, else the default
-/// tag that `workspace-base/build-image.sh` builds.
-pub fn test_image() -> String {
-    std::env::var("AGENTBOX_TEST_IMAGE")
-        .unwrap_or_else(|_| agentbox::config::DEFAULT_IMAGE.to_owned())
-}
 
 /// A running daemon with its own state, workspaces, sockets and instance
 /// label; removes its containers when dropped.
@@ -336,21 +284,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Unmounts the workspace quota filesystems under `dir` (deepest first),
-/// so a test's temporary directory leaves no loop mount behind.
-pub fn release_mounts_under(dir: &Path) {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = agentbox::isolation::quota::parse_mountinfo(&info)
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in points {
-        let _ = Command::new("umount").arg(&p).status();
-    }
-}
-
 /// Starts `agentbox serve` and waits for its listen addresses.
 fn spawn_daemon(
     config_path: &Path,
@@ -358,7 +291,14 @@ fn spawn_daemon(
     env: &[(String, String)],
     logs: &Arc<Mutex<Vec<String>>>,
 ) -> (Child, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentbox"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentbox"));
+    // moto's dummy credentials sit in this process's environment for the
+    // in-process S3 suite; a daemon gets only those its test passes, so no
+    // area depends on whether the sync tests ran before it.
+    for (key, _) in super::moto::PROCESS_ENV {
+        cmd.env_remove(key);
+    }
+    let mut child = cmd
         .args(["serve", "--config"])
         .arg(config_path)
         .envs(env.iter().cloned())
@@ -435,107 +375,6 @@ pub async fn start_with_mock_env(
     (mock, daemon)
 }
 
-/// One parsed SSE event.
-#[derive(Clone, Debug)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: String,
-    pub data: Value,
-}
-
-/// Parses an SSE body into events (comments and keep-alives dropped).
-pub fn parse_sse(body: &str) -> Vec<SseEvent> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let mut ev = SseEvent {
-                id: None,
-                event: "message".to_owned(),
-                data: Value::Null,
-            };
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    ev.event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                } else if let Some(v) = line.strip_prefix("id:") {
-                    ev.id = Some(v.trim().to_owned());
-                }
-            }
-            if data.is_empty() {
-                return None;
-            }
-            ev.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
-            Some(ev)
-        })
-        .collect()
-}
-
-/// Posts a message and reads the whole SSE stream (bounded by `timeout`).
-pub async fn post_message(
-    daemon: &Daemon,
-    token: Option<&str>,
-    conversation: &str,
-    body: Value,
-) -> (u16, String) {
-    let client = reqwest::Client::new();
-    let mut req = client
-        .post(daemon.url(&format!("/v1/conversations/{conversation}/messages")))
-        .json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = tokio::time::timeout(Duration::from_secs(180), async {
-        let resp = req.send().await.expect("send");
-        let status = resp.status().as_u16();
-        (status, resp.text().await.unwrap_or_default())
-    })
-    .await
-    .expect("the run did not finish within 180 s");
-    resp
-}
-
-/// Starts a run in the background and returns its whole SSE body when it
-/// ends (for tests that act while a run is in progress).
-pub fn spawn_run(
-    d: &Daemon,
-    token: &'static str,
-    conversation: &str,
-    prompt: &str,
-) -> tokio::task::JoinHandle<String> {
-    let url = d.url(&format!("/v1/conversations/{conversation}/messages"));
-    let body = serde_json::json!({ "prompt": prompt });
-    tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("send")
-            .text()
-            .await
-            .expect("body")
-    })
-}
-
-pub fn names(events: &[SseEvent]) -> Vec<&str> {
-    events.iter().map(|e| e.event.as_str()).collect()
-}
-
-/// The resident memory of process `pid` in KiB (`VmRSS`), while it lives.
-pub fn vm_rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
 impl Daemon {
     /// The audit events written so far (one JSON object a line).
     pub fn audit_events(&self) -> Vec<Value> {
@@ -545,14 +384,4 @@ impl Daemon {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
-}
-
-pub fn inspect(container: &str) -> Value {
-    let out = docker_ok(&["inspect", container]);
-    let v: Value = serde_json::from_str(&out).expect("inspect json");
-    v[0].clone()
-}
-
-pub fn read_file(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }

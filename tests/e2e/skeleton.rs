@@ -1,15 +1,14 @@
 //! The walking skeleton end to end: real dockerd, the real workspace image,
 //! the real Claude Code CLI; only the model API is the mock.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 const REAL_KEY: &str = "sk-ant-e2e-canary-7f3d9c1b";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn write_tool_runs_in_a_hardened_container_and_the_key_stays_outside() {
+    let _engine = serial::shared().await;
     let (mock, daemon) = start_with_mock(REAL_KEY).await;
     let prompt = "Please write the file.\n!write hello.txt Hello from agentbox";
     let (status, body) =
@@ -116,6 +115,7 @@ async fn write_tool_runs_in_a_hardened_container_and_the_key_stays_outside() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_or_missing_token_is_401_and_creates_nothing() {
+    let _engine = serial::shared().await;
     let (mock, daemon) = start_with_mock(REAL_KEY).await;
     let body = json!({"prompt": "!write x.txt nope"});
     let (status, text) = post_message(&daemon, Some("not-a-token"), "conv-a", body.clone()).await;
@@ -131,6 +131,7 @@ async fn wrong_or_missing_token_is_401_and_creates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_clear_4xx() {
+    let _engine = serial::shared().await;
     let (_mock, daemon) = start_with_mock(REAL_KEY).await;
     let client = reqwest::Client::new();
     let post = |conv: &str, body: String| {
@@ -184,6 +185,7 @@ async fn bad_input_gets_a_clear_4xx() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero() {
+    let _engine = serial::shared().await;
     let (_mock, mut daemon) = start_with_mock(REAL_KEY).await;
     let status = tokio::task::spawn_blocking(move || {
         let s = daemon.terminate();

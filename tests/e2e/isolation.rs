@@ -3,13 +3,10 @@
 //! tool (a prompt-injected agent's position) or `docker exec` where the
 //! point is what the kernel limits, not what the agent may do.
 
-mod common;
-mod isolation;
-
+use crate::harness::*;
+use crate::probes::*;
 use agentbox::agent_client::AgentClient;
 use agentbox::isolation::quota::{self, parse_mountinfo, Quota};
-use common::*;
-use isolation::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +15,7 @@ use workspace_agent::protocol::{Enforcement, PathLayer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_from_the_agents_own_tools_are_refused() {
+    let _engine = serial::shared().await;
     let (_mock, daemon) = daemon_with(&[]).await;
     let conv = "attack";
     bash(&daemon, conv, "true").await;
@@ -201,6 +199,7 @@ async fn attacks_from_the_agents_own_tools_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn resource_limits_bite_and_only_the_guilty_container_suffers() {
+    let _engine = serial::shared().await;
     const PIDS: i64 = 128;
     let pids = PIDS.to_string();
     let (_mock, daemon) = daemon_with(&[
@@ -308,6 +307,7 @@ except OSError as e:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn disk_fill_stops_at_the_quota_and_the_host_is_untouched() {
+    let _engine = serial::shared().await;
     let (_mock, mut daemon) = daemon_with(&[("disk_quota_mb", "64")]).await;
     let conv = "filler";
     bash(&daemon, conv, "true").await;
@@ -361,6 +361,7 @@ async fn disk_fill_stops_at_the_quota_and_the_host_is_untouched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quota_mount_is_idempotent_and_keeps_existing_files() {
+    let _engine = serial::shared().await;
     prerequisites();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("workspaces");
@@ -391,6 +392,7 @@ async fn quota_mount_is_idempotent_and_keeps_existing_files() {
 
 #[test]
 fn apparmor_profile_parses_and_a_broken_one_does_not() {
+    let _engine = serial::shared_blocking();
     prerequisites();
     let profile = repo_root().join("apparmor/workspace-container");
     let parse = |path: &Path| {
@@ -450,6 +452,7 @@ fn image_allocated(image: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_knobs_replace_the_profile_and_turn_the_quota_off_loudly() {
+    let _engine = serial::shared().await;
     prerequisites();
     let dir = tempfile::tempdir().unwrap();
     // A replacement profile that also allows io_uring_setup: the daemon

@@ -1,9 +1,7 @@
 //! The orchestrator on a real engine: warm pool, claims, refill, SIGHUP
 //! resize and image roll, crash-safe restart, and the idle sweeper.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -41,6 +39,7 @@ fn assert_consistent(d: &Daemon) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pool_prewarms_serves_claims_and_refills() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock_opts(KEY, 2, "").await;
     let s = d.wait_status(120, "pool at 2", |s| s["pool"]["ready"] == 2);
     let warm = ready_names(&s);
@@ -80,6 +79,7 @@ async fn pool_prewarms_serves_claims_and_refills() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_pool_falls_back_to_a_cold_start() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock_opts(KEY, 0, "").await;
     let (status, body) =
         post_message(&d, Some(TOKEN), "cold", json!({"prompt": "!write a.txt x"})).await;
@@ -97,6 +97,7 @@ async fn empty_pool_falls_back_to_a_cold_start() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_resizes_the_pool_and_rolls_the_image() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock_opts(KEY, 1, "").await;
     d.wait_status(120, "pool at 1", |s| s["pool"]["ready"] == 1);
     let (_, body) =
@@ -139,6 +140,7 @@ async fn sighup_resizes_the_pool_and_rolls_the_image() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_any_point_leaves_nothing_leaked() {
+    let _engine = serial::shared().await;
     let (_mock, mut d) = start_with_mock_opts(KEY, 2, "").await;
 
     // 1. During prewarm: the pool is still being created.
@@ -235,6 +237,7 @@ async fn kill_9_at_any_point_leaves_nothing_leaked() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sweeper_removes_idle_containers_but_never_a_running_one() {
+    let _engine = serial::shared().await;
     let gc = "[gc]\nidle_ttl_secs = 2\ninterval_secs = 1\n";
     let (_mock, d) = start_with_mock_opts(KEY, 0, gc).await;
     let (_, body) =
@@ -290,6 +293,7 @@ async fn sweeper_removes_idle_containers_but_never_a_running_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_all_removes_containers_sockets_and_records() {
+    let _engine = serial::shared().await;
     let (_mock, mut d) = start_with_mock_opts(KEY, 2, "").await;
     d.wait_status(120, "pool at 2", |s| s["pool"]["ready"] == 2);
     d.kill9();

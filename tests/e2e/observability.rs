@@ -7,9 +7,7 @@
 //! `promtool check rules` and their unit tests, and every dashboard query
 //! is valid PromQL.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -229,6 +227,7 @@ fn required_fields(event: &str) -> &'static [&'static str] {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_execution_cycle_is_audited_and_counted_without_leaking_the_key() {
+    let _engine = serial::shared().await;
     let gc = "[gc]\nidle_ttl_secs = 2\ninterval_secs = 1\n";
     let (mock, d) = start_with_mock_opts(CANARY, 1, gc).await;
     d.wait_status(120, "a warm container", |s| s["pool"]["ready"] == 1);

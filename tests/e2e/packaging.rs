@@ -12,9 +12,7 @@
 //! Tools come from `tests/setup/ensure-packaging-tools.sh`; a missing tool
 //! is installed, never skipped.
 
-mod common;
-
-use common::{docker, repo_root};
+use crate::harness::{docker, repo_root, serial};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,9 +48,9 @@ fn engine() {
                 .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
             assert!(status.success(), "{script} failed");
         }
-        let image = common::test_image();
+        let image = crate::harness::test_image();
         if !docker(&["image", "inspect", &image]).status.success() {
-            common::prerequisites();
+            crate::harness::prerequisites();
         }
     });
 }
@@ -762,6 +760,7 @@ fn mode_string(mode: u32) -> String {
 /// so the maintainer scripts run for real without touching this host.
 #[test]
 fn deb_installs_upgrades_and_purges_in_a_container() {
+    let _engine = serial::shared_blocking();
     let deb = debug_deb();
     engine();
     let base = "debian:bookworm-slim";
@@ -889,9 +888,10 @@ impl NotifyListener {
 /// pings, and SIGTERM ends in STOPPING and exit 0 within TimeoutStopSec.
 #[test]
 fn daemon_runs_as_the_unit_says_and_notifies_systemd() {
+    let _engine = serial::shared_blocking();
     tools();
     engine();
-    let image = common::test_image();
+    let image = crate::harness::test_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let instance = format!("pkg-{}", std::process::id());
@@ -1068,7 +1068,7 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill")
             .args(["-KILL", &self.0.to_string()])
             .status();
-        common::release_mounts_under(&self.1);
+        crate::harness::release_mounts_under(&self.1);
     }
 }
 
@@ -1204,7 +1204,7 @@ impl SystemdMachine {
              workspace_root = \"{shared}/workspaces\"\nsocket_root = \"{shared}/sockets\"\n\
              [pool]\nmin_size = {pool_min}\n",
             instance = self.instance,
-            image = common::test_image(),
+            image = crate::harness::test_image(),
         )
     }
 
@@ -1259,7 +1259,7 @@ impl Drop for SystemdMachine {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = docker(&["rm", "-f", id]);
         }
-        common::release_mounts_under(&self.shared);
+        crate::harness::release_mounts_under(&self.shared);
         let _ = Command::new("umount")
             .arg("-l")
             .arg(&self.shared)
@@ -1282,6 +1282,7 @@ impl Drop for SystemdMachine {
 /// daemon's quota mounts exactly as on a real host.
 #[test]
 fn unit_runs_under_real_systemd() {
+    let _engine = serial::shared_blocking();
     let deb = debug_deb();
     let deb_dir = deb.parent().expect("deb dir").display().to_string();
     let machine = SystemdMachine::boot("deb", &["-v", &format!("{deb_dir}:/deb:ro")]);
@@ -1391,6 +1392,7 @@ fn docker_ok_str(args: &[&str]) -> String {
 /// nothing when run again, and the purge leaves no trace.
 #[test]
 fn install_script_on_a_systemd_host() {
+    let _engine = serial::shared_blocking();
     let bin = agentbox_bin().display().to_string();
     let agent = agent_binary().display().to_string();
     let repo = repo_root().display().to_string();

@@ -10,13 +10,21 @@ pub const ACCESS_KEY: &str = "agentbox-test";
 pub const SECRET_KEY: &str = "agentbox-test-secret";
 pub const REGION: &str = "us-east-1";
 
+/// What [`endpoint`] puts into this process's environment.
+pub const PROCESS_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+    ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ("AWS_REGION", REGION),
+    ("AWS_DEFAULT_REGION", REGION),
+];
+
 /// The moto endpoint, e.g. `http://127.0.0.1:9560`; starts it once per
-/// test binary. Also puts the dummy credentials into this process's
+/// suite. Also puts the dummy credentials into this process's
 /// environment, where object_store's `from_env` reads them.
 pub fn endpoint() -> String {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
-        let script = super::repo_root().join("tests/setup/ensure-moto.sh");
+        let script = super::prereq::repo_root().join("tests/setup/ensure-moto.sh");
         let out = Command::new("bash")
             .arg(&script)
             .output()
@@ -27,10 +35,9 @@ pub fn endpoint() -> String {
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        std::env::set_var("AWS_REGION", REGION);
-        std::env::set_var("AWS_DEFAULT_REGION", REGION);
+        for (key, value) in PROCESS_ENV {
+            std::env::set_var(key, value);
+        }
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
     .clone()

@@ -6,9 +6,7 @@
 //! (Bedrock, checked by the mock's own SigV4 verifier), and a killed proxy
 //! task comes back mid-conversation.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use mock_model::sigv4::AwsKey;
 use mock_model::MockModel;
 use serde_json::{json, Value};
@@ -223,6 +221,7 @@ for target in sys.argv[1:]:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forward_proxy_allows_listed_names_and_refuses_every_bypass() {
+    let _engine = serial::shared().await;
     let certs = tempfile::tempdir().unwrap();
     let (cert_pem, cert_der, key_der) = test_cert(certs.path());
     let tls_port = https_server(cert_der, key_der).await;
@@ -472,6 +471,7 @@ allow_private_cidrs = ["127.0.0.0/8"]
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bedrock_mode_completes_a_write_through_the_signing_gateway() {
+    let _engine = serial::shared().await;
     let key = AwsKey {
         access_key_id: AWS_KEY_ID.into(),
         secret_access_key: AWS_SECRET.into(),

@@ -5,7 +5,7 @@
 //! The layout logic takes its root and `/proc/PID/cgroup` text as
 //! arguments, so the fixture tests below cover both layouts on any host.
 
-use super::inspect;
+use super::engine::inspect;
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";

@@ -3,11 +3,10 @@
 //! (`status`, `gc`, `doctor`, `image build`) against a running daemon; and
 //! the admin token.
 
-mod common;
-#[path = "browser/webdriver.rs"]
+#[path = "../browser/webdriver.rs"]
 mod webdriver;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Output;
@@ -57,6 +56,7 @@ fn text_of(id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_page_updates_live_in_chromium() {
+    let _engine = serial::shared().await;
     webdriver::ensure_installed(&repo_root());
     let (_mock, d) = start_with_mock_opts(KEY, 1, "").await;
     d.wait_status(120, "a ready pool container", |s| s["pool"]["ready"] == 1);
@@ -178,6 +178,7 @@ async fn status_page_updates_live_in_chromium() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_status_gc_and_doctor_against_a_running_daemon() {
+    let _engine = serial::shared().await;
     let (_mock, d) =
         start_with_mock_opts(KEY, 1, "[gc]\nidle_ttl_secs = 1\ninterval_secs = 3600\n").await;
     d.wait_status(120, "a ready pool container", |s| s["pool"]["ready"] == 1);
@@ -296,6 +297,7 @@ async fn cli_status_gc_and_doctor_against_a_running_daemon() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn image_build_wraps_the_build_script() {
+    let _engine = serial::shared().await;
     tokio::task::spawn_blocking(prerequisites)
         .await
         .expect("prerequisites");
@@ -408,6 +410,7 @@ async fn start_token_daemon() -> TokenDaemon {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_token_guards_the_listener() {
+    let _engine = serial::shared().await;
     tokio::task::spawn_blocking(prerequisites)
         .await
         .expect("prerequisites");

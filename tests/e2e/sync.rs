@@ -6,8 +6,7 @@
 //!   against moto;
 //! - `lifecycle_*`: `appliance/s3/apply-lifecycle.sh` against moto.
 
-mod common;
-
+use crate::harness::*;
 use agentbox::config::{StorageConfig, SyncConfig};
 use agentbox::ids::ConversationKey;
 use agentbox::state::{ConversationRecord, Store};
@@ -19,7 +18,6 @@ use agentbox::sync::store::{ByteStream, ObjectBackend, ObjectStoreBackend, Store
 use agentbox::sync::{Placement, SyncError, SyncService};
 use async_trait::async_trait;
 use bytes::Bytes;
-use common::*;
 use serde_json::json;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -836,6 +834,7 @@ fn lose_container_and_workspace(daemon: &Daemon, conv: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_files_and_session_survive_container_loss_and_host_wipe() {
+    let _engine = serial::shared().await;
     let (mock, daemon, backend) = s3_daemon(None, &[]).await;
     let conv = "survive";
     let events = run_to_end(
@@ -890,6 +889,7 @@ async fn daemon_files_and_session_survive_container_loss_and_host_wipe() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
+    let _engine = serial::shared().await;
     let (_mock, daemon, backend) = s3_daemon(None, &[]).await;
     let conv = "checkpoint";
     let mut rx = stream_run(
@@ -935,6 +935,7 @@ async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_files_api_streams_files_and_byte_ranges() {
+    let _engine = serial::shared().await;
     let (_mock, daemon, _backend) = s3_daemon(None, &[]).await;
     let conv = "ranges";
     // About 2.7 MB of known bytes, written by the agent.
@@ -1084,6 +1085,7 @@ impl Forwarder {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_store_outage_mid_run_loses_nothing() {
+    let _engine = serial::shared().await;
     let fwd = Forwarder::start(&moto::endpoint()).await;
     let (_mock, daemon, backend) = s3_daemon(
         Some(&fwd.url()),

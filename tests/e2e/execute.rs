@@ -2,9 +2,7 @@
 //! `Last-Event-ID`, runs that outlive their client, conversation state and
 //! deletion, tenants, one run at a time, multi-turn sessions.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -35,6 +33,7 @@ async fn get(d: &Daemon, token: &str, path: &str, last_event_id: Option<&str>) -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_client_reconnects_without_duplicates_or_gaps() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let prompt = "!write a.txt 1\n!sleep 2000\n!write b.txt 2";
     let mut resp = reqwest::Client::new()
@@ -79,6 +78,7 @@ async fn a_dropped_client_reconnects_without_duplicates_or_gaps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_run_at_a_time_and_tenants_are_isolated() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let slow = spawn_run(&d, TOKEN, "busy", "!sleep 2500\n!text done");
     // Wait until the run holds the conversation.
@@ -120,6 +120,7 @@ async fn one_run_at_a_time_and_tenants_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conversation_state_and_delete() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let (_, body) = post_message(&d, Some(TOKEN), "doc", json!({"prompt": "!write a.txt x"})).await;
     assert!(body.contains("event: result"));
@@ -150,6 +151,7 @@ async fn conversation_state_and_delete() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_second_message_resumes_the_claude_session() {
+    let _engine = serial::shared().await;
     let (mock, d) = start_with_mock(KEY).await;
     let (_, first) = post_message(
         &d,
@@ -198,6 +200,7 @@ async fn the_second_message_resumes_the_claude_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_speaks_https_with_the_configured_certificate() {
+    let _engine = serial::shared().await;
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let openssl = std::process::Command::new("openssl")
@@ -267,6 +270,7 @@ async fn the_api_speaks_https_with_the_configured_certificate() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_container_is_replaced_before_the_next_run() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let (_, body) =
         post_message(&d, Some(TOKEN), "lost", json!({"prompt": "!write a.txt 1"})).await;
@@ -297,6 +301,7 @@ async fn a_lost_container_is_replaced_before_the_next_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let run = spawn_run(
         &d,
@@ -359,6 +364,7 @@ async fn docker_kill_mid_run_yields_error_then_recovery_and_a_working_next_turn(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_over_its_run_limit_gets_429() {
+    let _engine = serial::shared().await;
     // The harness gives OTHER_TENANT `max_concurrent_runs = 1`.
     let (_mock, d) = start_with_mock(KEY).await;
     let slow = spawn_run(&d, OTHER_TOKEN, "first", "!sleep 2500\n!text done");
@@ -382,6 +388,7 @@ async fn a_tenant_over_its_run_limit_gets_429() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stored_files_are_listed_downloaded_confined_and_purged() {
+    let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let (_, body) = post_message(
         &d,
@@ -470,6 +477,7 @@ fn walk_count(dir: &std::path::Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_past_its_budget_ends_with_budget_exceeded() {
+    let _engine = serial::shared().await;
     let (mock, d) = start_with_mock(KEY).await;
     // Every answer bills the CLI's whole request (system prompt and tools,
     // thousands of tokens): the first one is far past $0.0001. The CLI
@@ -510,6 +518,7 @@ fn billed_calls(mock: &mock_model::MockModel) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tenant_past_its_daily_limit_is_refused_by_the_gateway() {
+    let _engine = serial::shared().await;
     // The CLI knows nothing of the tenant's limit: only the gateway stops it.
     const METERED: &str = "test-token-metered";
     let extra = format!(

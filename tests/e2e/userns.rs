@@ -1,14 +1,11 @@
 //! The daemon on a Docker engine with `--userns-remap=default`: container
 //! uid 1000 is a high host uid, yet workspace and sockets work, and the
 //! isolation layers hold. A second engine runs beside the host's one
-//! (`tests/setup/ensure-userns-docker.sh`); this file's only test points
-//! `DOCKER_HOST` at it, so nothing else in this binary races on the env.
+//! (`tests/setup/ensure-userns-docker.sh`); this module's only test points
+//! `DOCKER_HOST` at it while it holds the engine alone (`harness::serial`).
 
-mod common;
-mod isolation;
-
-use common::*;
-use isolation::*;
+use crate::harness::*;
+use crate::probes::*;
 use serde_json::json;
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
@@ -29,11 +26,35 @@ fn remapped_engine() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// `DOCKER_HOST` in this process's environment while it lives; the
+/// previous value (usually none) comes back on drop.
+struct DockerHost(Option<std::ffi::OsString>);
+
+impl DockerHost {
+    fn set(host: &str) -> DockerHost {
+        let previous = std::env::var_os("DOCKER_HOST");
+        std::env::set_var("DOCKER_HOST", host);
+        DockerHost(previous)
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(previous) => std::env::set_var("DOCKER_HOST", previous),
+            None => std::env::remove_var("DOCKER_HOST"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn remapped_engine_runs_the_flow_and_isolation_holds() {
+    let _engine = serial::exclusive().await;
     let host = tokio::task::spawn_blocking(remapped_engine).await.unwrap();
-    // The only test in this binary: no other thread reads the env yet.
-    std::env::set_var("DOCKER_HOST", &host);
+    // No other test touches the engine while this one holds it alone, and
+    // the host's engine is named again before it lets go (the daemon and
+    // its containers go first: they are declared later).
+    let _remapped = DockerHost::set(&host);
     let info = docker_ok(&["info", "-f", "{{json .SecurityOptions}}"]);
     assert!(info.contains("name=userns"), "{info}");
 

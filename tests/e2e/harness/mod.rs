@@ -1,0 +1,27 @@
+//! The end-to-end harness, one module per concern: prerequisites
+//! (`prereq`), the Docker CLI (`engine`), the daemon's lifecycle
+//! (`daemon`), the tenant API (`http`) and its SSE streams (`sse`), the
+//! host (`host`), cgroup files (`cgroup`), the moto S3 server (`moto`) and
+//! which tests may overlap (`serial`). Everything is re-exported here, so
+//! a test module needs one `use crate::harness::*`.
+
+// The benchmark suite includes this harness too and uses only part of it
+// (items and re-exports).
+#![allow(dead_code, unused_imports)]
+
+pub mod cgroup;
+pub mod daemon;
+pub mod engine;
+pub mod host;
+pub mod http;
+pub mod moto;
+pub mod prereq;
+pub mod serial;
+pub mod sse;
+
+pub use daemon::*;
+pub use engine::*;
+pub use host::*;
+pub use http::*;
+pub use prereq::*;
+pub use sse::*;

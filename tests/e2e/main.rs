@@ -1,0 +1,21 @@
+//! The end-to-end suite, one test binary so the project links once: one
+//! module per area, each starting the real daemon binary against a real
+//! Docker engine and the real image, on the harness in `harness/`. Run
+//! one area with `cargo test --test e2e sync::`, one test by its name.
+
+mod harness;
+
+#[path = "../isolation/mod.rs"]
+mod probes;
+
+mod admin;
+mod execute;
+mod isolation;
+mod observability;
+mod orchestrator;
+mod packaging;
+mod pentest;
+mod proxy;
+mod skeleton;
+mod sync;
+mod userns;
