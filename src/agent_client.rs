@@ -11,6 +11,7 @@ mod reader;
 
 pub use reader::{LineReader, Violation};
 
+use agent_protocol::{AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET};
 use bytes::Bytes;
 use config::AgentConfig;
 use http_body_util::{BodyExt, Full, Limited};
@@ -21,9 +22,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use workspace_agent::protocol::{
-    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET,
-};
 
 /// Largest `/health` or refusal body read; the real agent's are a few
 /// hundred bytes.

@@ -12,10 +12,10 @@ use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
 use crate::sync::{Placement, RunSync, SyncService};
+use agent_protocol::{AgentEvent, ExecuteRequest};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
-use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 /// How long a broken agent connection may take to show as a stopped container.
 const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -8,6 +8,7 @@
 
 mod common;
 
+use agent_protocol::AgentEvent;
 use agentbox::state::{ConversationRecord, Store};
 use agentbox::sync::config::{StorageConfig, SyncConfig};
 use agentbox::sync::fsx::Owner;
@@ -25,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::AgentEvent;
 
 const T: &str = "acme";
 const OWNER: Owner = Owner {

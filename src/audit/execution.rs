@@ -6,8 +6,8 @@
 //! start has an end and the in-flight gauge returns to zero.
 
 use super::{emit, AuditEvent, ExecutionOptions, ExecutionTiming, Subject};
+use agent_protocol::{AgentEvent, AgentOptions};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::{AgentEvent, AgentOptions};
 
 /// Longest error message kept in an audit line.
 const MAX_MESSAGE: usize = 512;

@@ -44,6 +44,7 @@ pub use spend::{BudgetKind, Exceeded, RunSpend, Spend, SpendLedger};
 use crate::audit::{AuditEvent, Subject};
 use crate::config::{Config, ConfigError};
 use crate::secrets::Secret;
+use agent_protocol::PROXY_SOCKET;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::header::HeaderValue;
@@ -57,7 +58,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
-use workspace_agent::protocol::PROXY_SOCKET;
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 

@@ -3,10 +3,10 @@
 
 use super::ContainerSpec;
 use crate::isolation::seccomp::EMBEDDED_PROFILE;
+use agent_protocol::{PathLayer, L2_ENV, SOCKET_DIR};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use workspace_agent::protocol::{PathLayer, L2_ENV, SOCKET_DIR};
 
 /// Docker's json-file driver keeps logs forever unless capped.
 const LOG_MAX_SIZE: &str = "10m";

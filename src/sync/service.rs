@@ -23,11 +23,11 @@ use super::store::{ObjectBackend, ObjectStoreBackend, StoreError};
 use super::walk::StatCache;
 use crate::audit::{AuditEvent, Subject, SyncFigures};
 use crate::state::{ConversationRecord, StateError, Store};
+use agent_protocol::{AgentEvent, SkippedFile};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::{AgentEvent, SkippedFile};
 
 /// Tools whose result may have changed files in the workspace.
 pub const FILE_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit", "Bash"];
