@@ -30,7 +30,8 @@ pub mod usage;
 
 // The pure policy lives in its own crate (fuzzed there); these keep its
 // modules at their old paths for the rest of the proxy and the daemon.
-pub use egress_policy::{addr, hostmatch, policy, request};
+use egress_policy::policy;
+pub use egress_policy::{addr, hostmatch, request};
 
 pub use conn::KILL_HOOK_PATH;
 pub use credentials::AwsEnv;
