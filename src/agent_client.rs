@@ -11,6 +11,7 @@ mod reader;
 pub use reader::{LineReader, Violation};
 
 use crate::config::AgentConfig;
+use agent_protocol::{AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -20,9 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
-use workspace_agent::protocol::{
-    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET,
-};
 
 /// Largest `/health` or refusal body read; the real agent's are a few
 /// hundred bytes.

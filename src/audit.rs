@@ -146,7 +146,7 @@ pub enum AuditEvent {
         /// Of which not refused by the previous push.
         new: u64,
         /// The new ones, the first 20 by path.
-        files: Vec<workspace_agent::protocol::SkippedFile>,
+        files: Vec<agent_protocol::SkippedFile>,
         max_file_bytes: u64,
         max_workspace_bytes: u64,
     },

@@ -9,10 +9,10 @@ use crate::orchestrator::OrchestratorError;
 use crate::runs::LiveRun;
 use crate::state::{ContainerRecord, ConversationRecord, RunRecord, StateError, StoredEvent};
 use crate::sync::files::{FileInfo, FilesError, StoredFile};
+use agent_protocol::ExecuteRequest;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use workspace_agent::protocol::ExecuteRequest;
 
 /// How many recent runs [`Conversations::show`] lists.
 const RECENT_RUNS: usize = 10;

@@ -14,10 +14,10 @@ use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
 use crate::sync::{Placement, RunSync, SyncService};
+use agent_protocol::{AgentEvent, ExecuteRequest};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::Instrument;
-use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -12,6 +12,7 @@
 
 use crate::ids::ConversationKey;
 use crate::state::{RunOutcome, Store, StoredEvent};
+use agent_protocol::AgentEvent;
 use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -19,7 +20,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use workspace_agent::protocol::AgentEvent;
 
 /// How often pending events are committed to the state file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);

@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +57,7 @@ impl Authenticator {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(d, _)| constant_time_eq(d, &digest))
+            .find(|(d, _)| bool::from(d.as_slice().ct_eq(&digest)))
             .map(|(_, tenant)| tenant.clone())
             .ok_or(ApiError::Unauthorized)
     }
@@ -108,10 +109,6 @@ fn digests(tenants: &[TenantConfig]) -> Vec<([u8; 32], Tenant)> {
             ))
         })
         .collect()
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Hex SHA-256 of a token, as `tenants[].token_sha256` wants it.

@@ -6,13 +6,13 @@ use super::{AppState, Tenant};
 use crate::conversations::ConversationError;
 use crate::execute::{ConversationKey, ExecuteError};
 use crate::ids::is_valid_id;
+use agent_protocol::{AgentOptions, ExecuteRequest};
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, Sse};
 use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 use std::convert::Infallible;
-use workspace_agent::protocol::{AgentOptions, ExecuteRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

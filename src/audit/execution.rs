@@ -9,8 +9,8 @@ use super::{emit, AuditEvent, ExecutionOptions, ExecutionTiming, Subject};
 use crate::codes::ErrorCode;
 use crate::codes::RunOutcome;
 use crate::ids::ConversationKey;
+use agent_protocol::{AgentEvent, AgentOptions};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::{AgentEvent, AgentOptions};
 
 /// Longest error message kept in an audit line.
 const MAX_MESSAGE: usize = 512;

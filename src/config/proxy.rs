@@ -3,9 +3,9 @@
 //! are derived here too, so a config that validates always builds.
 
 use super::{invalid, ConfigError};
-use crate::proxy::addr::Cidr;
-use crate::proxy::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
-use crate::proxy::hostmatch::{normalize, Pattern};
+use egress_policy::addr::{Cidr, CidrError};
+use egress_policy::gateway_paths::{Call, CallPolicy, DEFAULT_ANTHROPIC_CALLS};
+use egress_policy::hostmatch::{normalize, Pattern};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -353,9 +353,8 @@ impl ProxyConfig {
         self.allow_private_cidrs
             .iter()
             .map(|c| {
-                c.parse().map_err(|e: crate::proxy::addr::CidrError| {
-                    invalid("proxy.allow_private_cidrs", e.to_string())
-                })
+                c.parse()
+                    .map_err(|e: CidrError| invalid("proxy.allow_private_cidrs", e.to_string()))
             })
             .collect()
     }

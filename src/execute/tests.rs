@@ -8,12 +8,12 @@ use crate::orchestrator::testkit::{core, destroy_reason, Core};
 use crate::runs::LiveRun;
 use crate::runtime::memory::{ok_run, Op, Reply, Step};
 use crate::runtime::RuntimeError;
+use agent_protocol::{AgentEvent, ExecuteRequest};
 use futures_util::StreamExt;
 use hyper::StatusCode;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use workspace_agent::protocol::{AgentEvent, ExecuteRequest};
 
 pub(crate) fn key(conversation: &str) -> ConversationKey {
     ConversationKey {

@@ -15,12 +15,12 @@ pub mod userns;
 use crate::config::ContainerConfig;
 use crate::runtime::spec::Confinement;
 use crate::runtime::EngineFacts;
+use agent_protocol::PathLayer;
 use quota::{Quota, QuotaError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use userns::IdMap;
-use workspace_agent::protocol::PathLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IsolationError {

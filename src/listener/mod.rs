@@ -88,6 +88,10 @@ pub async fn serve(
 ) {
     // Config validation keeps the cap within u32 (see `acquire_many` below).
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Doubled by hand, not through a retry crate (backon and the like):
+    // the accept loop never gives up, must stay selectable on `stop` while it
+    // waits and resets on the next accepted connection; a retry combinator
+    // wraps one call and models none of that.
     let mut backoff = FIRST_BACKOFF;
     let (mut cap_warned, mut accept_warned) = (RateLimit::default(), RateLimit::default());
     loop {

@@ -57,6 +57,10 @@ pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: us
 
 impl Orchestrator {
     pub(super) async fn refill_loop(self: Arc<Self>, mut shutdown: Shutdown) {
+        // Doubled by hand, not through a retry crate (backon and the like):
+        // this loop never gives up, resets on success, still wakes on a
+        // refill request and reports each failure to the worker status; a
+        // retry combinator wraps one call and models none of that.
         let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {

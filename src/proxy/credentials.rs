@@ -21,7 +21,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// Credentials this close to expiry are fetched again before use.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
@@ -340,52 +340,11 @@ fn parse_imds_credentials(body: &str) -> Result<AwsCredentials, String> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` (fractional seconds ignored), as IMDS writes it.
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC (`Z` or `+00:00`, any case, fractional
+/// seconds allowed), as IMDS writes it.
 pub fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let rest = &s[19..];
-    let rest = match rest.strip_prefix('.') {
-        Some(r) => r.trim_start_matches(|c: char| c.is_ascii_digit()),
-        None => rest,
-    };
-    if !(rest == "Z" || rest == "z" || rest == "+00:00")
-        || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
-        || h > 23
-        || mi > 59
-        || se > 60
-    {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    // humantime takes only the upper-case `T` and `Z`; RFC 3339 allows both cases.
+    humantime::parse_rfc3339(&s.to_ascii_uppercase()).ok()
 }
 
 /// The keys of `[section]` in an INI-style AWS file (lowercased keys).
@@ -419,6 +378,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn rfc3339() {
@@ -539,24 +499,7 @@ mod tests {
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     async move {
                         let exp = SystemTime::now() + ttl;
-                        let secs = exp.duration_since(UNIX_EPOCH).unwrap().as_secs();
-                        let (days, rem) = (secs / 86_400, secs % 86_400);
-                        // Civil date from days (inverse of the parser).
-                        let z = days as i64 + 719_468;
-                        let era = z.div_euclid(146_097);
-                        let doe = z - era * 146_097;
-                        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-                        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-                        let mp = (5 * doy + 2) / 153;
-                        let d = doy - (153 * mp + 2) / 5 + 1;
-                        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-                        let y = yoe + era * 400 + i64::from(m <= 2);
-                        let expiration = format!(
-                            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-                            rem / 3600,
-                            rem % 3600 / 60,
-                            rem % 60
-                        );
+                        let expiration = humantime::format_rfc3339_seconds(exp).to_string();
                         axum::Json(serde_json::json!({
                             "Code": "Success", "AccessKeyId": format!("ASIAIMDS{n}"),
                             "SecretAccessKey": "imds-secret", "Token": "imds-token",

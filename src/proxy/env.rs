@@ -3,7 +3,7 @@
 //! nothing secret.
 
 use crate::config::{Config, Provider};
-use workspace_agent::protocol::GATEWAY_ADDR;
+use agent_protocol::GATEWAY_ADDR;
 
 /// The key the CLI sends to the gateway; the proxy replaces it.
 pub const PLACEHOLDER_API_KEY: &str = "agentbox-placeholder-key";

@@ -2,7 +2,8 @@
 //! container's only way out (it has `--network none`).
 //!
 //! Two routes share the socket, chosen by the first request head
-//! ([`request`]): origin-form requests go to the model gateway
+//! ([`request`], from the `egress-policy` crate with the rest of the
+//! pure policy): origin-form requests go to the model gateway
 //! ([`gateway`], which adds the credential), absolute-form `http://` and
 //! `CONNECT` go to the forward proxy ([`forward`], allowlist only).
 //! [`ProxyRegistry`] runs and supervises one proxy task per container.
@@ -10,7 +11,6 @@
 //! **Invariant:** credentials exist only inside this module's gateway; no
 //! other part of the daemon, and nothing in a container, ever holds them.
 
-pub mod addr;
 mod audit_gate;
 mod body;
 mod conn;
@@ -19,18 +19,17 @@ mod decision;
 mod dns;
 mod env;
 mod forward;
-#[doc(hidden)]
-pub mod fuzz_check;
 mod gateway;
-pub mod gateway_paths;
-pub mod hostmatch;
 mod io;
-mod policy;
 mod refusal;
-pub mod request;
 mod sigv4;
 pub mod spend;
 pub mod usage;
+
+// The pure policy lives in its own crate (fuzzed there); these keep its
+// modules at their old paths for the rest of the proxy and the daemon.
+use egress_policy::policy;
+pub use egress_policy::{addr, hostmatch, request};
 
 pub use conn::KILL_HOOK_PATH;
 pub use credentials::AwsEnv;
@@ -43,6 +42,7 @@ pub use spend::{BudgetKind, Exceeded, RunSpend, Spend, SpendLedger};
 use crate::audit::{AuditEvent, Subject};
 use crate::config::{Config, ConfigError};
 use crate::secrets::Secret;
+use agent_protocol::PROXY_SOCKET;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::header::HeaderValue;
@@ -56,7 +56,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
-use workspace_agent::protocol::PROXY_SOCKET;
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 

@@ -2,8 +2,10 @@
 //! goes into the audit event) and the short plain-text answer the container
 //! gets. Answers never echo what the client sent.
 
-use super::addr::Forbidden;
 use super::spend::BudgetKind;
+use egress_policy::addr::Forbidden;
+use egress_policy::request::HeadError;
+use egress_policy::Denied;
 use http::StatusCode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +131,30 @@ impl Refusal {
     }
 }
 
+impl From<HeadError> for Refusal {
+    fn from(e: HeadError) -> Self {
+        match e {
+            HeadError::Malformed => Self::Malformed,
+            HeadError::HeadTooLarge => Self::HeadTooLarge,
+            HeadError::AmbiguousFraming => Self::AmbiguousFraming,
+            HeadError::UpgradeNotAllowed => Self::UpgradeNotAllowed,
+            HeadError::SchemeNotAllowed => Self::SchemeNotAllowed,
+        }
+    }
+}
+
+impl From<Denied> for Refusal {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::DomainNotAllowed => Self::DomainNotAllowed,
+            Denied::IpLiteral => Self::IpLiteral,
+            Denied::PortNotAllowed => Self::PortNotAllowed,
+            Denied::ForbiddenAddress(f) => Self::ForbiddenAddress(f),
+            Denied::DnsFailed => Self::DnsFailed,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +170,28 @@ mod tests {
             "metadata_address"
         );
         assert_eq!(Refusal::EarlyData.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn policy_errors_keep_their_words() {
+        // The crate's errors and the answers they become say the same.
+        for e in [
+            HeadError::Malformed,
+            HeadError::HeadTooLarge,
+            HeadError::AmbiguousFraming,
+            HeadError::UpgradeNotAllowed,
+            HeadError::SchemeNotAllowed,
+        ] {
+            assert_eq!(Refusal::from(e).to_string(), e.to_string());
+        }
+        for d in [
+            Denied::DomainNotAllowed,
+            Denied::IpLiteral,
+            Denied::PortNotAllowed,
+            Denied::ForbiddenAddress(Forbidden::Private),
+            Denied::DnsFailed,
+        ] {
+            assert_eq!(Refusal::from(d).to_string(), d.to_string());
+        }
     }
 }

@@ -10,6 +10,9 @@ use super::{
     ContainerRuntime, ContainerSpec, ContainerStats, EngineInfo, ManagedContainer, RuntimeError,
     LABEL_INSTANCE, LABEL_MANAGED,
 };
+use agent_protocol::{
+    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, PathLayer, AGENT_SOCKET,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -24,9 +27,6 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
-use workspace_agent::protocol::{
-    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, PathLayer, AGENT_SOCKET,
-};
 
 /// A runtime call a failure can be injected into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

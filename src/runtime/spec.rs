@@ -2,10 +2,10 @@
 //! request with every hardening layer switched on.
 
 use super::ContainerSpec;
+use agent_protocol::{PathLayer, L2_ENV, SOCKET_DIR};
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
-use workspace_agent::protocol::{PathLayer, L2_ENV, SOCKET_DIR};
 
 /// Docker's json-file driver keeps logs forever unless capped.
 const LOG_MAX_SIZE: &str = "10m";

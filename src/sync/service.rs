@@ -25,11 +25,11 @@ use crate::codes::ErrorCode;
 use crate::config::{StorageConfig, SyncConfig};
 use crate::ids::ConversationKey;
 use crate::state::{ConversationRecord, StateError, Store};
+use agent_protocol::{AgentEvent, SkippedFile};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::{AgentEvent, SkippedFile};
 
 /// Tools whose result may have changed files in the workspace.
 pub const FILE_TOOLS: &[&str] = &["Write", "Edit", "MultiEdit", "NotebookEdit", "Bash"];

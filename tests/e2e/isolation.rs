@@ -5,13 +5,13 @@
 
 use crate::harness::*;
 use crate::probes::*;
+use agent_protocol::{Enforcement, PathLayer};
 use agentbox::agent_client::AgentClient;
 use agentbox::isolation::quota::{self, parse_mountinfo, Quota};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use workspace_agent::protocol::{Enforcement, PathLayer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn attacks_from_the_agents_own_tools_are_refused() {

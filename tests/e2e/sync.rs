@@ -7,6 +7,7 @@
 //! - `lifecycle_*`: `appliance/s3/apply-lifecycle.sh` against moto.
 
 use crate::harness::*;
+use agent_protocol::AgentEvent;
 use agentbox::config::{StorageConfig, SyncConfig};
 use agentbox::ids::ConversationKey;
 use agentbox::state::{ConversationRecord, Store};
@@ -24,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workspace_agent::protocol::AgentEvent;
 
 const T: &str = "acme";
 

@@ -7,8 +7,8 @@
 //! size limit). Stdin stays open after a turn's `result`, so the same
 //! process can take the session's next turn.
 
-use crate::protocol::{AgentEvent, AgentOptions, ExecuteRequest, PermissionMode};
 use crate::translate::Translator;
+use agent_protocol::{AgentEvent, AgentOptions, ExecuteRequest, PermissionMode};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -243,7 +243,7 @@ async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::AgentOptions;
+    use agent_protocol::AgentOptions;
 
     #[test]
     fn args_carry_options_and_resume() {

@@ -7,7 +7,7 @@
 //! `HOME` and a few device files. Everything else, world-writable or not
 //! (`/dev/shm`, `/proc/self/*`, the socket directory), stays read-only.
 
-use crate::protocol::{Confinement, Enforcement, PathLayer};
+use agent_protocol::{Confinement, Enforcement, PathLayer};
 use landlock::{
     Access, AccessFs, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
     RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, ABI,

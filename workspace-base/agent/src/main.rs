@@ -8,13 +8,13 @@
 //! first means the socket directory never needs to be writable inside the
 //! sandbox; confining before the runtime means no thread escapes it.
 
-use std::path::{Path, PathBuf};
-use tokio::net::{TcpListener, UnixListener};
-use workspace_agent::landlock::{self, Policy};
-use workspace_agent::protocol::{
+use agent_protocol::{
     Confinement, Enforcement, PathLayer, AGENT_SOCKET, GATEWAY_ADDR, L2_ENV, PROXY_SOCKET,
     SOCKET_DIR,
 };
+use std::path::{Path, PathBuf};
+use tokio::net::{TcpListener, UnixListener};
+use workspace_agent::landlock::{self, Policy};
 use workspace_agent::{bridge, cli::CliConfig, server};
 
 fn env_or(key: &str, default: &str) -> String {

@@ -10,7 +10,7 @@
 //! all, and the new one starts.
 
 use crate::cli::{CliConfig, CliProcess};
-use crate::protocol::{AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health};
+use agent_protocol::{AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health};
 use bytes::Bytes;
 use http_body_util::{channel::Channel, BodyExt, Full, Limited};
 use hyper::body::Incoming;

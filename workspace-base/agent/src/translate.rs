@@ -5,7 +5,7 @@
 //! `assistant` and `user` messages with one content block each, and a final
 //! `result`. Everything else (retries, rate-limit notices, hooks) is dropped.
 
-use crate::protocol::AgentEvent;
+use agent_protocol::AgentEvent;
 use serde_json::Value;
 
 /// Stateless per line; the only memory is whether partial text is streamed,

@@ -7,6 +7,7 @@
 //! `127.1`, `[::ffff:127.0.0.1]`) is an IP literal and is refused unless the
 //! operator lists that address, in its canonical spelling, as allowed.
 
+use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -236,12 +237,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<Forbidden> {
     Some(f)
 }
 
-/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/8`).
+/// An address range in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare
+/// address is its own /32 or /128.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("not a CIDR range (like 127.0.0.0/8 or fd00::/8): {0}")]
@@ -252,49 +251,26 @@ impl FromStr for Cidr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || CidrError(s.to_owned());
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (s, None),
+        let Some((ip, prefix)) = s.split_once('/') else {
+            return s
+                .parse::<IpAddr>()
+                .map(|ip| Self(ip.into()))
+                .map_err(|_| err());
         };
-        let net: IpAddr = ip.parse().map_err(|_| err())?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().map_err(|_| err())?
-            }
-            Some(_) => return Err(err()),
-            None => max,
-        };
-        if prefix > max {
+        let ip: IpAddr = ip.parse().map_err(|_| err())?;
+        // Digits only: `u8`'s parser would also take `+8`.
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
-        Ok(Self { net, prefix })
+        let prefix = prefix.parse::<u8>().map_err(|_| err())?;
+        IpNet::new(ip, prefix).map(Self).map_err(|_| err())
     }
 }
 
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(
-                u128::from(u32::from(n)),
-                u128::from(u32::from(a)),
-                32,
-                self.prefix,
-            ),
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                prefix_eq(u128::from(n), u128::from(a), 128, self.prefix)
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
-}
-
-fn prefix_eq(a: u128, b: u128, width: u8, prefix: u8) -> bool {
-    if prefix == 0 {
-        return true;
-    }
-    let shift = u32::from(width - prefix);
-    (a >> shift) == (b >> shift)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! model id's own, on Bedrock) are refused as ambiguous, because the
 //! upstream and we could read them differently.
 
-use hyper::Method;
+use http::Method;
 
 /// The calls the shipped Claude Code CLI makes to the Anthropic API, found
 /// by recording it against the mock model (see docs/proxy.md): the

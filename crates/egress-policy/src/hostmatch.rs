@@ -2,7 +2,7 @@
 //! ASCII, IDNA punycode, no trailing dot) and the matching rule (exact, or
 //! `*.suffix` for subdomains only, on label boundaries).
 
-use super::addr::{classify_host, HostKind};
+use crate::addr::{classify_host, HostKind};
 use std::collections::HashSet;
 use std::net::IpAddr;
 

@@ -3,15 +3,13 @@
 //! needed): for any bytes, parsing a request head and deciding on its host
 //! never panics, and never lets through a host the allowlist does not name.
 //!
-//! The fuzz crate compiles this file and the modules it uses (`request`,
-//! `addr`, `hostmatch`, `policy`, `refusal`) from their paths here, so the
-//! fuzzer runs exactly the proxy's code without building the whole daemon
-//! under a sanitizer.
+//! The fuzz crate depends on this crate, so the fuzzer runs exactly the
+//! proxy's policy code without building the whole daemon under a sanitizer.
 
-use super::addr::{classify_host, HostKind};
-use super::hostmatch::{normalize, Pattern};
-use super::policy::{Destination, Policy};
-use super::request::{parse_head, Target};
+use crate::addr::{classify_host, HostKind};
+use crate::hostmatch::{normalize, Pattern};
+use crate::policy::{Destination, Policy};
+use crate::request::{parse_head, Target};
 
 /// The allowlist every fuzz input is judged against.
 const ALLOWED: &[&str] = &["allowed.test", "*.wild.test", "203.0.113.9"];
@@ -74,7 +72,7 @@ mod tests {
     fn fuzz_corpus_holds() {
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fuzz/corpus/proxy_request"
+            "/../../tests/fuzz/corpus/proxy_request"
         );
         let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("fuzz corpus {dir}: {e}"));
         let mut n = 0;

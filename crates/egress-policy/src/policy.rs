@@ -2,10 +2,25 @@
 //! a container may reach. Names are decided before any DNS lookup; every
 //! address a name resolves to is checked after it.
 
-use super::addr::{classify_host, forbidden, Cidr, HostKind};
-use super::hostmatch::{normalize, Allowlist, HostName, Pattern};
-use super::refusal::Refusal;
+use crate::addr::{classify_host, forbidden, Cidr, Forbidden, HostKind};
+use crate::hostmatch::{normalize, Allowlist, HostName, Pattern};
 use std::net::IpAddr;
+
+/// Why the policy refuses a destination; the proxy answers each with its
+/// own `Refusal` of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("destination not allowed")]
+    DomainNotAllowed,
+    #[error("IP address literals are not allowed")]
+    IpLiteral,
+    #[error("port not allowed")]
+    PortNotAllowed,
+    #[error("destination resolves to a forbidden address ({})", .0.reason())]
+    ForbiddenAddress(Forbidden),
+    #[error("destination does not resolve")]
+    DnsFailed,
+}
 
 /// A destination that passed the name check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,32 +56,32 @@ impl Policy {
     }
 
     /// Decides on the requested host and port alone, before DNS.
-    pub fn check_target(&self, host: &str, port: u16) -> Result<Destination, Refusal> {
+    pub fn check_target(&self, host: &str, port: u16) -> Result<Destination, Denied> {
         let dest = match classify_host(host) {
-            HostKind::OddIp => return Err(Refusal::IpLiteral),
+            HostKind::OddIp => return Err(Denied::IpLiteral),
             HostKind::CanonicalIp(ip) if self.allow.allows_ip(ip) => Destination::Ip(ip),
-            HostKind::CanonicalIp(_) => return Err(Refusal::IpLiteral),
+            HostKind::CanonicalIp(_) => return Err(Denied::IpLiteral),
             HostKind::Name => {
-                let name = normalize(host).map_err(|_| Refusal::DomainNotAllowed)?;
+                let name = normalize(host).map_err(|_| Denied::DomainNotAllowed)?;
                 if !self.allow.allows_name(&name) {
-                    return Err(Refusal::DomainNotAllowed);
+                    return Err(Denied::DomainNotAllowed);
                 }
                 Destination::Name(name)
             }
         };
         if !self.ports.contains(&port) {
-            return Err(Refusal::PortNotAllowed);
+            return Err(Denied::PortNotAllowed);
         }
         Ok(dest)
     }
 
     /// Checks one resolved (or listed) address.
-    pub fn check_addr(&self, ip: IpAddr) -> Result<(), Refusal> {
+    pub fn check_addr(&self, ip: IpAddr) -> Result<(), Denied> {
         if self.exempt.iter().any(|c| c.contains(ip)) {
             return Ok(());
         }
         match forbidden(ip) {
-            Some(f) => Err(Refusal::ForbiddenAddress(f)),
+            Some(f) => Err(Denied::ForbiddenAddress(f)),
             None => Ok(()),
         }
     }
@@ -75,9 +90,9 @@ impl Policy {
     /// forbidden address refuses the whole name: a public name that also
     /// answers with a private or metadata address is being used to reach
     /// inside (DNS rebinding), not a mistake to route around.
-    pub fn check_addrs(&self, ips: &[IpAddr]) -> Result<(), Refusal> {
+    pub fn check_addrs(&self, ips: &[IpAddr]) -> Result<(), Denied> {
         if ips.is_empty() {
-            return Err(Refusal::DnsFailed);
+            return Err(Denied::DnsFailed);
         }
         ips.iter().try_for_each(|ip| self.check_addr(*ip))
     }
@@ -86,7 +101,6 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::addr::Forbidden;
 
     fn policy() -> Policy {
         Policy::new(
@@ -108,22 +122,22 @@ mod tests {
         assert!(p.check_target("x.pkg.test", 80).is_ok());
         assert_eq!(
             p.check_target("pkg.test", 443),
-            Err(Refusal::DomainNotAllowed)
+            Err(Denied::DomainNotAllowed)
         );
         assert_eq!(
             p.check_target("evil.test", 443),
-            Err(Refusal::DomainNotAllowed)
+            Err(Denied::DomainNotAllowed)
         );
         assert_eq!(
             p.check_target("allowed.test", 22),
-            Err(Refusal::PortNotAllowed)
+            Err(Denied::PortNotAllowed)
         );
-        assert_eq!(p.check_target("127.0.0.1", 443), Err(Refusal::IpLiteral));
-        assert_eq!(p.check_target("2130706433", 443), Err(Refusal::IpLiteral));
-        assert_eq!(p.check_target("[::1]", 443), Err(Refusal::IpLiteral));
+        assert_eq!(p.check_target("127.0.0.1", 443), Err(Denied::IpLiteral));
+        assert_eq!(p.check_target("2130706433", 443), Err(Denied::IpLiteral));
+        assert_eq!(p.check_target("[::1]", 443), Err(Denied::IpLiteral));
         assert_eq!(
             p.check_target("0xcb.0.113.9", 443),
-            Err(Refusal::IpLiteral),
+            Err(Denied::IpLiteral),
             "listed, but not canonical"
         );
         assert_eq!(
@@ -138,18 +152,18 @@ mod tests {
         assert!(p.check_addr("127.0.0.1".parse().unwrap()).is_ok(), "exempt");
         assert_eq!(
             p.check_addr("169.254.169.254".parse().unwrap()),
-            Err(Refusal::ForbiddenAddress(Forbidden::Metadata))
+            Err(Denied::ForbiddenAddress(Forbidden::Metadata))
         );
         assert_eq!(
             p.check_addr("10.1.2.3".parse().unwrap()),
-            Err(Refusal::ForbiddenAddress(Forbidden::Private)),
+            Err(Denied::ForbiddenAddress(Forbidden::Private)),
             "a listed literal still needs its range exempted"
         );
         assert_eq!(
             p.check_addrs(&["8.8.8.8".parse().unwrap(), "10.0.0.1".parse().unwrap()]),
-            Err(Refusal::ForbiddenAddress(Forbidden::Private))
+            Err(Denied::ForbiddenAddress(Forbidden::Private))
         );
         assert!(p.check_addrs(&["8.8.8.8".parse().unwrap()]).is_ok());
-        assert_eq!(p.check_addrs(&[]), Err(Refusal::DnsFailed));
+        assert_eq!(p.check_addrs(&[]), Err(Denied::DnsFailed));
     }
 }

@@ -4,7 +4,21 @@
 //! Pure functions only (no I/O), so the fuzz target under `tests/fuzz`
 //! drives exactly what the proxy runs.
 
-use super::refusal::Refusal;
+/// Why a request head is refused; the proxy answers each with its own
+/// `Refusal` of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed request")]
+    Malformed,
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("ambiguous request framing")]
+    AmbiguousFraming,
+    #[error("protocol upgrades are not allowed")]
+    UpgradeNotAllowed,
+    #[error("only http:// (absolute form) and CONNECT are proxied")]
+    SchemeNotAllowed,
+}
 
 /// Longest request head accepted (request line plus headers).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -45,23 +59,23 @@ impl Head {
 }
 
 /// Parses the head at the start of `buf`: `Ok(None)` while incomplete.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Refusal> {
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(Refusal::HeadTooLarge)
+            return Err(HeadError::HeadTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
-        Err(_) => return Err(Refusal::Malformed),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadTooLarge),
+        Err(_) => return Err(HeadError::Malformed),
     };
     if len > MAX_HEAD {
-        return Err(Refusal::HeadTooLarge);
+        return Err(HeadError::HeadTooLarge);
     }
     let (Some(method), Some(path), Some(_version)) = (req.method, req.path, req.version) else {
-        return Err(Refusal::Malformed);
+        return Err(HeadError::Malformed);
     };
     check_headers(req.headers, method)?;
     let target = classify(method, path)?;
@@ -73,7 +87,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Refusal> {
 }
 
 /// One framing only, no protocol switch, no body on CONNECT.
-fn check_headers(headers: &[httparse::Header<'_>], method: &str) -> Result<(), Refusal> {
+fn check_headers(headers: &[httparse::Header<'_>], method: &str) -> Result<(), HeadError> {
     let mut content_length: Option<&[u8]> = None;
     let mut transfer_encoding = false;
     let mut hosts = 0;
@@ -82,43 +96,43 @@ fn check_headers(headers: &[httparse::Header<'_>], method: &str) -> Result<(), R
         let value = trim(h.value);
         if name.eq_ignore_ascii_case("content-length") {
             if content_length.is_some() {
-                return Err(Refusal::AmbiguousFraming);
+                return Err(HeadError::AmbiguousFraming);
             }
             if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || value.len() > 19 {
-                return Err(Refusal::Malformed);
+                return Err(HeadError::Malformed);
             }
             content_length = Some(value);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             // Only a single `chunked`: anything else is a framing a
             // downstream parser might read differently.
             if transfer_encoding || !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(Refusal::AmbiguousFraming);
+                return Err(HeadError::AmbiguousFraming);
             }
             transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("http2-settings")
             || (name.eq_ignore_ascii_case("connection") && has_token(value, b"upgrade"))
         {
-            return Err(Refusal::UpgradeNotAllowed);
+            return Err(HeadError::UpgradeNotAllowed);
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
         }
     }
     if content_length.is_some() && transfer_encoding {
-        return Err(Refusal::AmbiguousFraming);
+        return Err(HeadError::AmbiguousFraming);
     }
     if hosts > 1 {
-        return Err(Refusal::AmbiguousFraming);
+        return Err(HeadError::AmbiguousFraming);
     }
     if method == "CONNECT" && (transfer_encoding || content_length.is_some_and(|v| v != b"0")) {
-        return Err(Refusal::AmbiguousFraming);
+        return Err(HeadError::AmbiguousFraming);
     }
     Ok(())
 }
 
-fn classify(method: &str, path: &str) -> Result<Target, Refusal> {
+fn classify(method: &str, path: &str) -> Result<Target, HeadError> {
     if method == "PRI" {
-        return Err(Refusal::UpgradeNotAllowed);
+        return Err(HeadError::UpgradeNotAllowed);
     }
     if method == "CONNECT" {
         let (host, port) = split_authority(path)?;
@@ -130,17 +144,17 @@ fn classify(method: &str, path: &str) -> Result<Target, Refusal> {
         });
     }
     let Some((scheme, rest)) = path.split_once("://") else {
-        return Err(Refusal::SchemeNotAllowed);
+        return Err(HeadError::SchemeNotAllowed);
     };
     // TLS goes through CONNECT (`https://` in absolute form would have the
     // proxy open TLS for the client), and no other scheme is proxied.
     if !scheme.eq_ignore_ascii_case("http") {
-        return Err(Refusal::SchemeNotAllowed);
+        return Err(HeadError::SchemeNotAllowed);
     }
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
     if tail.starts_with('#') || tail.contains('#') {
-        return Err(Refusal::Malformed);
+        return Err(HeadError::Malformed);
     }
     let (host, port) = split_authority_default(authority, 80)?;
     let path_and_query = match tail {
@@ -156,29 +170,29 @@ fn classify(method: &str, path: &str) -> Result<Target, Refusal> {
 }
 
 /// `host:port` with a required port (CONNECT's authority-form).
-fn split_authority(a: &str) -> Result<(String, u16), Refusal> {
+fn split_authority(a: &str) -> Result<(String, u16), HeadError> {
     let (host, port) = split_host_port(a)?;
-    let port = port.ok_or(Refusal::Malformed)?;
+    let port = port.ok_or(HeadError::Malformed)?;
     Ok((host, port))
 }
 
-fn split_authority_default(a: &str, default: u16) -> Result<(String, u16), Refusal> {
+fn split_authority_default(a: &str, default: u16) -> Result<(String, u16), HeadError> {
     let (host, port) = split_host_port(a)?;
     Ok((host, port.unwrap_or(default)))
 }
 
 /// Splits an authority without userinfo; IPv6 stays in brackets.
-fn split_host_port(a: &str) -> Result<(String, Option<u16>), Refusal> {
+fn split_host_port(a: &str) -> Result<(String, Option<u16>), HeadError> {
     if a.is_empty() || a.contains('@') {
         // Userinfo (`good.com@evil.com`) is where parsers disagree.
-        return Err(Refusal::Malformed);
+        return Err(HeadError::Malformed);
     }
     let (host, port) = if a.starts_with('[') {
-        let close = a.find(']').ok_or(Refusal::Malformed)?;
+        let close = a.find(']').ok_or(HeadError::Malformed)?;
         let (h, rest) = a.split_at(close + 1);
         match rest {
             "" => (h, None),
-            r => (h, Some(r.strip_prefix(':').ok_or(Refusal::Malformed)?)),
+            r => (h, Some(r.strip_prefix(':').ok_or(HeadError::Malformed)?)),
         }
     } else {
         match a.rsplit_once(':') {
@@ -187,7 +201,7 @@ fn split_host_port(a: &str) -> Result<(String, Option<u16>), Refusal> {
         }
     };
     if host.is_empty() {
-        return Err(Refusal::Malformed);
+        return Err(HeadError::Malformed);
     }
     let port = match port {
         None => None,
@@ -196,12 +210,12 @@ fn split_host_port(a: &str) -> Result<(String, Option<u16>), Refusal> {
     Ok((host.to_owned(), port))
 }
 
-fn parse_port(p: &str) -> Result<u16, Refusal> {
+fn parse_port(p: &str) -> Result<u16, HeadError> {
     if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Refusal::Malformed);
+        return Err(HeadError::Malformed);
     }
     match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(Refusal::Malformed),
+        Ok(0) | Err(_) => Err(HeadError::Malformed),
         Ok(n) => Ok(n),
     }
 }
@@ -228,7 +242,7 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<Option<Head>, Refusal> {
+    fn parse(s: &str) -> Result<Option<Head>, HeadError> {
         parse_head(s.as_bytes())
     }
 
@@ -275,13 +289,13 @@ mod tests {
     fn incomplete_then_complete() {
         assert_eq!(parse("CONNECT a:1 HTTP/1.1\r\n"), Ok(None));
         let big = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert_eq!(parse(&big), Err(Refusal::HeadTooLarge));
+        assert_eq!(parse(&big), Err(HeadError::HeadTooLarge));
     }
 
     #[test]
     fn refusals() {
-        use Refusal::*;
-        let cases: &[(&str, Refusal)] = &[
+        use HeadError::*;
+        let cases: &[(&str, HeadError)] = &[
             ("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", AmbiguousFraming),
             ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", AmbiguousFraming),
             ("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", AmbiguousFraming),

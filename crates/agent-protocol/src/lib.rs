@@ -1,4 +1,5 @@
-//! Wire protocol between the host daemon and `workspace-agent`.
+//! Wire protocol between the host daemon and `workspace-agent`: the one
+//! crate both link, so the compiler checks that they agree. Types only, no I/O.
 //!
 //! The host sends one [`ExecuteRequest`] as JSON to `POST /execute` on the
 //! agent's Unix socket; the agent answers with NDJSON, one [`AgentEvent`] per
