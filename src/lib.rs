@@ -1,33 +1,46 @@
 //! agentbox: runs AI coding agents in hardened per-conversation containers.
 //!
 //! See `docs/ARCHITECTURE.md` for the bird's-eye view and code map.
+//!
+//! Modules are private unless the binary, the end-to-end tests or the
+//! benchmarks need them, and items are `pub(crate)` unless a public module
+//! exports them (`unreachable_pub`), so rustc reports dead code.
+#![warn(unreachable_pub)]
 
-pub mod admin;
-pub mod agent_client;
-pub mod api;
-pub mod audit;
+// What `main.rs` runs.
 pub mod cli;
-pub mod codes;
-pub mod config;
-pub mod conversations;
 pub mod daemon;
-pub mod execute;
+pub mod telemetry;
+
+// What the end-to-end tests and benchmarks drive below the HTTP API: the
+// sync engine against a real object store, the proxy's gateway, the
+// quota parser, the config as the daemon reads it.
+pub mod agent_client;
+pub mod config;
 pub mod ids;
 pub mod isolation;
-#[cfg(test)]
-mod layers;
-pub mod listener;
-pub mod locks;
-pub mod metrics;
-pub mod orchestrator;
-pub mod preflight;
 pub mod proxy;
-pub mod runs;
-pub mod runtime;
-pub mod secrets;
 pub mod state;
 pub mod sync;
-pub mod systemd;
-pub mod telemetry;
-pub mod tls;
-pub mod workers;
+
+mod admin;
+mod api;
+mod audit;
+mod codes;
+mod conversations;
+mod execute;
+#[cfg(test)]
+mod layers;
+mod listener;
+mod locks;
+mod metrics;
+mod orchestrator;
+mod preflight;
+mod runs;
+mod runtime;
+mod secrets;
+mod systemd;
+mod tls;
+mod workers;
+
+pub use api::token_sha256;

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         })),
         Command::HashToken { token } => {
-            println!("{}", agentbox::api::token_sha256(&token));
+            println!("{}", agentbox::token_sha256(&token));
             ExitCode::SUCCESS
         }
         Command::Status { admin, json } => {

@@ -337,7 +337,7 @@ fn token_config(dir: &std::path::Path, admin_listen: &str, token: Option<&str>) 
         .map(|t| {
             format!(
                 "admin_token_sha256 = \"{}\"",
-                agentbox::api::token_sha256(t)
+                agentbox::token_sha256(t)
             )
         })
         .unwrap_or_default();
@@ -367,7 +367,7 @@ token_sha256 = "{tenant}"
 "#,
         pid = std::process::id(),
         image = test_image(),
-        tenant = agentbox::api::token_sha256(TOKEN),
+        tenant = agentbox::token_sha256(TOKEN),
     );
     let path = dir.join("agentbox.toml");
     std::fs::write(&path, config).expect("write config");

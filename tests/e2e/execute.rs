@@ -523,7 +523,7 @@ async fn a_tenant_past_its_daily_limit_is_refused_by_the_gateway() {
     const METERED: &str = "test-token-metered";
     let extra = format!(
         "[[tenants]]\nid = \"metered\"\ntoken_sha256 = \"{}\"\ndaily_token_limit = 1000\n",
-        agentbox::api::token_sha256(METERED)
+        agentbox::token_sha256(METERED)
     );
     let (mock, d) = start_with_mock_opts(KEY, 1, &extra).await;
     let (status, body) = post_message(

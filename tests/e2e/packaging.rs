@@ -1030,7 +1030,7 @@ audit_path = "{r}/log/audit.log"
     let mut cfg_text = std::fs::read_to_string(&config).expect("config");
     cfg_text.push_str(&format!(
         "[[tenants]]\nid = \"acme\"\ntoken_sha256 = \"{}\"\n",
-        agentbox::api::token_sha256(token)
+        agentbox::token_sha256(token)
     ));
     std::fs::write(&config, cfg_text).expect("rewrite config");
     listener.clear();

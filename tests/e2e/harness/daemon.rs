@@ -111,8 +111,8 @@ max_concurrent_runs = 1
             extra = opts.extra_config,
             image = test_image(),
             pool_min = opts.pool_min,
-            t1 = agentbox::api::token_sha256(TOKEN),
-            t2 = agentbox::api::token_sha256(OTHER_TOKEN),
+            t1 = agentbox::token_sha256(TOKEN),
+            t2 = agentbox::token_sha256(OTHER_TOKEN),
         );
         let config_path = dir.path().join("agentbox.toml");
         std::fs::write(&config_path, config).expect("write config");
