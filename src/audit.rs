@@ -14,15 +14,15 @@ mod sink;
 mod subscribers;
 mod timestamp;
 
-pub use execution::ExecutionAudit;
-pub use sink::{install, AuditError, AuditFile};
-pub use subscribers::{subscribe, Subscriber};
+pub(crate) use execution::ExecutionAudit;
+pub(crate) use sink::{install, AuditError, AuditFile};
+pub(crate) use subscribers::{subscribe, Subscriber};
 
 use serde::Serialize;
 
 /// Ids that tie an event to a conversation; empty ones are omitted.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Subject {
+pub(crate) struct Subject {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub tenant_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -50,7 +50,7 @@ impl Subject {
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum AuditEvent {
+pub(crate) enum AuditEvent {
     /// A container was created and its agent answers.
     ContainerCreated {
         #[serde(flatten)]
@@ -194,7 +194,7 @@ pub enum AuditEvent {
 /// One proxy decision. `credential` names the credential the proxy added
 /// (`anthropic_api_key`, `aws_sigv4:env`, ...), never its value.
 #[derive(Clone, Debug, Serialize)]
-pub struct ProxyRequest {
+pub(crate) struct ProxyRequest {
     /// `model_gateway`, `connect`, `http` or `none` (unparseable).
     pub route: String,
     pub method: String,
@@ -213,7 +213,7 @@ pub struct ProxyRequest {
 
 /// What one file sync moved and how it ended.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct SyncFigures {
+pub(crate) struct SyncFigures {
     pub generation: u64,
     pub files: u64,
     pub bytes: u64,
@@ -227,7 +227,7 @@ pub struct SyncFigures {
 
 /// The security-relevant options a run asked for; never the prompt.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ExecutionOptions {
+pub(crate) struct ExecutionOptions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -240,14 +240,14 @@ pub struct ExecutionOptions {
 
 /// How long a run took, and how long until the agent's first event.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ExecutionTiming {
+pub(crate) struct ExecutionTiming {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_event_ms: Option<u64>,
 }
 
 impl AuditEvent {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::ContainerCreated { .. } => "container_created",
             Self::ContainerDestroyed { .. } => "container_destroyed",
@@ -320,7 +320,7 @@ fn record_line(event: &AuditEvent, ctx: &crate::telemetry::SpanContext) -> (Audi
 }
 
 /// Records one audit event: audit file, tracing output, subscribers.
-pub fn emit(event: &AuditEvent) {
+pub(crate) fn emit(event: &AuditEvent) {
     let ctx = crate::telemetry::current_context();
     let (event, line) = record_line(event, &ctx);
     if !sink::append(&line) {

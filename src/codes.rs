@@ -10,21 +10,21 @@ use serde::{Deserialize, Serialize};
 /// Declares a fieldless enum with its wire spelling, `ALL`, `Display` and
 /// a `Serialize` that writes the spelling.
 macro_rules! codes {
-    ($(#[$meta:meta])* pub enum $name:ident {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident {
         $($(#[$vmeta:meta])* $variant:ident => $text:literal,)*
     }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
+        $vis enum $name {
             $($(#[$vmeta])* $variant,)*
         }
 
         impl $name {
             /// Every value, in declaration order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
+            $vis const ALL: &'static [Self] = &[$(Self::$variant,)*];
 
             /// The wire spelling.
-            pub const fn as_str(self) -> &'static str {
+            $vis const fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $text,)*
                 }
@@ -121,7 +121,7 @@ impl ErrorCode {
 codes! {
     /// Why the orchestrator removed a container: the `reason` of
     /// `container_destroyed` and of `agentbox_containers_destroyed_total`.
-    pub enum DestroyReason {
+    pub(crate) enum DestroyReason {
         /// Claimed and idle past `gc.idle_ttl_secs`.
         Idle => "idle",
         /// Older than `gc.max_age_secs`.
@@ -151,7 +151,7 @@ codes! {
 impl DestroyReason {
     /// Whether this is the sweeper reclaiming a container
     /// (`agentbox_containers_reclaimed_total`).
-    pub const fn is_reclaim(self) -> bool {
+    pub(crate) const fn is_reclaim(self) -> bool {
         matches!(self, Self::Idle | Self::MaxAge | Self::Orphan)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 const RECENT_RUNS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConversationError {
+pub(crate) enum ConversationError {
     #[error("not found")]
     NotFound,
     /// Deleting while a run holds the conversation's lock.
@@ -45,7 +45,7 @@ pub enum ConversationError {
 
 /// Where a client resumes a conversation's events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cursor {
+pub(crate) enum Cursor {
     /// From the start of the latest run.
     Latest,
     /// After event `seq` of run `run`.
@@ -57,7 +57,7 @@ pub enum Cursor {
 
 /// A conversation as `GET` shows it.
 #[derive(Debug)]
-pub struct ConversationView {
+pub(crate) struct ConversationView {
     pub conversation: ConversationRecord,
     pub container: Option<ContainerRecord>,
     /// Newest first, at most [`RECENT_RUNS`].
@@ -67,19 +67,19 @@ pub struct ConversationView {
 }
 
 #[derive(Clone)]
-pub struct Conversations {
+pub(crate) struct Conversations {
     executor: Arc<Executor>,
 }
 
 impl Conversations {
-    pub fn new(executor: Arc<Executor>) -> Self {
+    pub(crate) fn new(executor: Arc<Executor>) -> Self {
         Self { executor }
     }
 
     /// Starts a run unless the tenant already has `max_concurrent_runs`
     /// going: a soft limit, checked when the request arrives, enough to
     /// keep one tenant from taking every container.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         key: ConversationKey,
         exec: ExecuteRequest,
@@ -97,7 +97,10 @@ impl Conversations {
         Ok(self.executor.start_run(key, exec).await?)
     }
 
-    pub async fn show(&self, key: &ConversationKey) -> Result<ConversationView, ConversationError> {
+    pub(crate) async fn show(
+        &self,
+        key: &ConversationKey,
+    ) -> Result<ConversationView, ConversationError> {
         let store = self.executor.orchestrator().store();
         let conversation = self.find(key).await?;
         let container = match &conversation.container_id {
@@ -116,7 +119,7 @@ impl Conversations {
 
     /// The run a cursor points into and its events from there: live until
     /// the run ends, or replayed from the record once it has.
-    pub async fn events(
+    pub(crate) async fn events(
         &self,
         key: &ConversationKey,
         cursor: Cursor,
@@ -147,7 +150,7 @@ impl Conversations {
     /// runs are forgotten and, with `purge`, its stored files deleted.
     /// Refused while a run is going on. Returns how many stored objects
     /// were purged.
-    pub async fn delete(
+    pub(crate) async fn delete(
         &self,
         key: &ConversationKey,
         purge: bool,
@@ -179,14 +182,17 @@ impl Conversations {
     }
 
     /// The files of the conversation's stored workspace.
-    pub async fn files(&self, key: &ConversationKey) -> Result<Vec<FileInfo>, ConversationError> {
+    pub(crate) async fn files(
+        &self,
+        key: &ConversationKey,
+    ) -> Result<Vec<FileInfo>, ConversationError> {
         self.find(key).await?;
         let sync = self.executor.sync();
         Ok(sync.list_files(key).await?)
     }
 
     /// One stored file, ready to stream.
-    pub async fn file(
+    pub(crate) async fn file(
         &self,
         key: &ConversationKey,
         path: &str,

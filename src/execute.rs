@@ -26,23 +26,23 @@ pub(crate) mod tests;
 const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExecuteError {
+pub(crate) enum ExecuteError {
     #[error("a run is already in progress for this conversation")]
     Busy,
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-pub use crate::ids::ConversationKey;
+pub(crate) use crate::ids::ConversationKey;
 
-pub struct Executor {
+pub(crate) struct Executor {
     orchestrator: Arc<Orchestrator>,
     hub: Arc<RunHub>,
     sync: SyncService,
 }
 
 impl Executor {
-    pub fn new(orchestrator: Arc<Orchestrator>, sync: SyncService) -> Arc<Self> {
+    pub(crate) fn new(orchestrator: Arc<Orchestrator>, sync: SyncService) -> Arc<Self> {
         Arc::new(Self {
             orchestrator,
             hub: Arc::new(RunHub::default()),
@@ -50,22 +50,22 @@ impl Executor {
         })
     }
 
-    pub fn sync(&self) -> &SyncService {
+    pub(crate) fn sync(&self) -> &SyncService {
         &self.sync
     }
 
-    pub fn hub(&self) -> &RunHub {
+    pub(crate) fn hub(&self) -> &RunHub {
         &self.hub
     }
 
-    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+    pub(crate) fn orchestrator(&self) -> &Arc<Orchestrator> {
         &self.orchestrator
     }
 
     /// Takes the conversation's run lock, records a new run and starts it
     /// in the background. Its events, ending with `result` or `error`, are
     /// on the returned live run whether or not anybody listens.
-    pub async fn start_run(
+    pub(crate) async fn start_run(
         self: &Arc<Self>,
         key: ConversationKey,
         exec: ExecuteRequest,

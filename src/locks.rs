@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
 
 #[derive(Default)]
-pub struct RunLocks {
+pub(crate) struct RunLocks {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl RunLocks {
     /// The conversation's lock if nobody holds it.
-    pub fn try_lock(&self, key: &ConversationKey) -> Option<OwnedMutexGuard<()>> {
+    pub(crate) fn try_lock(&self, key: &ConversationKey) -> Option<OwnedMutexGuard<()>> {
         let lock = self
             .map
             .lock()
@@ -25,7 +25,7 @@ impl RunLocks {
     }
 
     /// Whether a run holds the conversation's lock right now.
-    pub fn is_held(&self, key: &ConversationKey) -> bool {
+    pub(crate) fn is_held(&self, key: &ConversationKey) -> bool {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -34,7 +34,7 @@ impl RunLocks {
     }
 
     /// Drops entries nobody holds, so the map does not grow forever.
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.map
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 /// How often pending events are committed to the state file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// The record's marker event once the bound is reached.
-pub const TRUNCATED_EVENT: &str = "events_truncated";
+pub(crate) const TRUNCATED_EVENT: &str = "events_truncated";
 /// Endings (`result`, `error`, `container_recovered`) held back once the
 /// record is truncated: the last ones are what a replay must show.
 const KEPT_ENDINGS: usize = 2;
@@ -65,7 +65,7 @@ impl Log {
 }
 
 /// One run in progress.
-pub struct LiveRun {
+pub(crate) struct LiveRun {
     pub run: u64,
     log: Mutex<Log>,
     /// Bumped on every change; subscribers wait on it.
@@ -174,7 +174,7 @@ impl LiveRun {
 
     /// Events with a sequence number above `after`, then the live rest;
     /// ends with the run.
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         self: &Arc<Self>,
         after: u64,
     ) -> impl Stream<Item = StoredEvent> + Send + 'static {
@@ -236,12 +236,12 @@ fn to_raw(v: &serde_json::Value) -> Box<RawValue> {
 
 /// The live runs, one per conversation at most.
 #[derive(Default)]
-pub struct RunHub {
+pub(crate) struct RunHub {
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
 }
 
 impl RunHub {
-    pub fn get(&self, key: &ConversationKey) -> Option<Arc<LiveRun>> {
+    pub(crate) fn get(&self, key: &ConversationKey) -> Option<Arc<LiveRun>> {
         let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&crate::state::conversation_key(
             &key.tenant_id,
@@ -251,7 +251,7 @@ impl RunHub {
     }
 
     /// Runs in progress for a tenant (all its conversations).
-    pub fn running_for(&self, tenant: &str) -> usize {
+    pub(crate) fn running_for(&self, tenant: &str) -> usize {
         let prefix = format!("{tenant}/");
         let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
         map.keys().filter(|k| k.starts_with(&prefix)).count()
@@ -274,7 +274,7 @@ impl RunHub {
     /// Registers run `run` and spawns its recorder, which publishes what
     /// arrives on `events` (at most `max_stored_bytes` of it, see
     /// [`LiveRun::publish`]) and commits it to `store`.
-    pub fn record(
+    pub(crate) fn record(
         self: &Arc<Self>,
         store: Store,
         key: &ConversationKey,

@@ -27,7 +27,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The model API key from the daemon's environment, if set and non-empty.
-pub fn anthropic_api_key() -> Option<Secret> {
+pub(crate) fn anthropic_api_key() -> Option<Secret> {
     std::env::var("ANTHROPIC_API_KEY")
         .ok()
         .filter(|v| !v.is_empty())

@@ -15,7 +15,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     #[error("NOTIFY_SOCKET {0:?} is not a socket path or @abstract name")]
     Address(String),
     #[error("cannot send to NOTIFY_SOCKET: {0}")]
@@ -24,7 +24,7 @@ pub enum NotifyError {
 
 /// Where notifications go; `None` when not run by systemd.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     target: Option<SocketAddr>,
 }
 
@@ -32,7 +32,7 @@ impl Notifier {
     /// Reads `$NOTIFY_SOCKET`. A malformed value is logged and ignored:
     /// systemd will then time the start out, which names the cause better
     /// than refusing to start here would.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let target = std::env::var("NOTIFY_SOCKET")
             .ok()
             .filter(|s| !s.is_empty())
@@ -47,26 +47,27 @@ impl Notifier {
     }
 
     /// A notifier sending to `addr`, for tests.
-    pub fn to_address(addr: &str) -> Result<Self, NotifyError> {
+    #[cfg(test)]
+    pub(crate) fn to_address(addr: &str) -> Result<Self, NotifyError> {
         Ok(Self {
             target: Some(parse_address(addr)?),
         })
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.target.is_some()
     }
 
     /// Start-up is over (state reconciled, pool refill started, listeners
     /// bound): `systemctl start` returns and dependent units may start.
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send_logged(&format!("READY=1\nSTATUS={status}"));
     }
 
     /// A reload begins; [`Notifier::ready`] ends it. `MONOTONIC_USEC` is
     /// what systemd 253's `Type=notify-reload` requires; older managers
     /// ignore the field.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         self.send_logged(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=Reloading configuration",
             monotonic_usec()
@@ -75,16 +76,16 @@ impl Notifier {
 
     /// The daemon drains: systemd shows "deactivating" and waits up to
     /// `TimeoutStopSec=` instead of assuming the process hung.
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send_logged("STOPPING=1\nSTATUS=Draining");
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send_logged("WATCHDOG=1");
     }
 
     /// Sends one message; `Ok` without a socket.
-    pub fn send(&self, message: &str) -> Result<(), NotifyError> {
+    pub(crate) fn send(&self, message: &str) -> Result<(), NotifyError> {
         let Some(addr) = &self.target else {
             return Ok(());
         };
@@ -106,7 +107,7 @@ impl Notifier {
     /// How often to ping the watchdog while the runtime runs, so a wedged
     /// executor (no task scheduled for a whole interval) gets the daemon
     /// restarted; `None` without `WatchdogSec=` or outside systemd.
-    pub fn watchdog_every(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_every(&self) -> Option<Duration> {
         let every = watchdog_interval(
             std::env::var("WATCHDOG_USEC").ok().as_deref(),
             std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -119,7 +120,11 @@ impl Notifier {
 /// Pure: how often to ping, given `$WATCHDOG_USEC` and `$WATCHDOG_PID`.
 /// Half the interval, as `sd_watchdog_enabled(3)` recommends; `None` when
 /// the watchdog is off or meant for another process.
-pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>, own_pid: u32) -> Option<Duration> {
+pub(crate) fn watchdog_interval(
+    usec: Option<&str>,
+    pid: Option<&str>,
+    own_pid: u32,
+) -> Option<Duration> {
     if let Some(pid) = pid {
         if pid.trim().parse::<u32>().ok()? != own_pid {
             return None;

@@ -19,7 +19,7 @@ pub enum TlsError {
 }
 
 /// The server configuration in force; replaced by [`TlsConfig::reload`].
-pub struct TlsConfig {
+pub(crate) struct TlsConfig {
     cert: PathBuf,
     key: PathBuf,
     current: RwLock<Arc<ServerConfig>>,
@@ -50,7 +50,7 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
 }
 
 impl TlsConfig {
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
         Ok(Arc::new(Self {
             cert: cert.to_owned(),
             key: key.to_owned(),
@@ -59,7 +59,7 @@ impl TlsConfig {
     }
 
     /// Re-reads the files; on error the old certificate stays in use.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let fresh = load(&self.cert, &self.key)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
@@ -68,7 +68,7 @@ impl TlsConfig {
     /// The acceptor for one new connection, with the certificate in force
     /// now; the handshake runs in that connection's task
     /// ([`crate::listener`]), under its head timeout.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(
             self.current
                 .read()

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 /// What a worker's last pass did, shown as the status page's text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum WorkerState {
+pub(crate) enum WorkerState {
     #[default]
     Idle,
     /// The last pass failed; the next waits longer.
@@ -70,7 +70,7 @@ impl Serialize for WorkerState {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct WorkerStatus {
+pub(crate) struct WorkerStatus {
     pub status: WorkerState,
     pub last_run_ms: u64,
     pub runs: u64,
@@ -79,12 +79,12 @@ pub struct WorkerStatus {
 
 /// Each worker's latest status, by name.
 #[derive(Default)]
-pub struct WorkerBoard {
+pub(crate) struct WorkerBoard {
     map: Mutex<BTreeMap<&'static str, WorkerStatus>>,
 }
 
 impl WorkerBoard {
-    pub fn report(&self, name: &'static str, status: WorkerState, error: Option<String>) {
+    pub(crate) fn report(&self, name: &'static str, status: WorkerState, error: Option<String>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let w = map.entry(name).or_default();
         w.status = status;
@@ -95,25 +95,25 @@ impl WorkerBoard {
         }
     }
 
-    pub fn snapshot(&self) -> BTreeMap<&'static str, WorkerStatus> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<&'static str, WorkerStatus> {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 /// A worker's side of its stop signal.
 #[derive(Clone, Debug)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
     /// Resolves once the worker is asked to stop, or its owner is gone.
-    pub async fn requested(&mut self) {
+    pub(crate) async fn requested(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
     }
 }
 
 /// A background loop the daemon owns: its name, its task and its stop
 /// signal.
-pub struct Worker {
+pub(crate) struct Worker {
     name: &'static str,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -121,7 +121,7 @@ pub struct Worker {
 
 impl Worker {
     /// Spawns `body`, which returns soon after its [`Shutdown`] resolves.
-    pub fn spawn<F, Fut>(name: &'static str, body: F) -> Self
+    pub(crate) fn spawn<F, Fut>(name: &'static str, body: F) -> Self
     where
         F: FnOnce(Shutdown) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -131,14 +131,15 @@ impl Worker {
         Self { name, stop, task }
     }
 
-    pub fn name(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
     /// Asks the loop to stop and waits for it at most `patience`, then
     /// aborts it: a pass cut short is what a crash would leave, and every
     /// worker's work is made to survive one (reconcile at the next start).
-    pub async fn stop(mut self, patience: Duration) {
+    pub(crate) async fn stop(mut self, patience: Duration) {
         let _ = self.stop.send(true);
         let started = Instant::now();
         let how = match tokio::time::timeout(patience, &mut self.task).await {
@@ -161,12 +162,12 @@ impl Worker {
 
 /// Every background loop of the daemon, in the order they started.
 #[derive(Default)]
-pub struct WorkerSet {
+pub(crate) struct WorkerSet {
     workers: Vec<Worker>,
 }
 
 impl WorkerSet {
-    pub fn spawn<F, Fut>(&mut self, name: &'static str, body: F)
+    pub(crate) fn spawn<F, Fut>(&mut self, name: &'static str, body: F)
     where
         F: FnOnce(Shutdown) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -174,13 +175,14 @@ impl WorkerSet {
         self.workers.push(Worker::spawn(name, body));
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> Vec<&'static str> {
         self.workers.iter().map(Worker::name).collect()
     }
 
     /// Stops the workers one at a time, the last started first, so none
     /// outlives one it was started after.
-    pub async fn stop_all(self, patience: Duration) {
+    pub(crate) async fn stop_all(self, patience: Duration) {
         for worker in self.workers.into_iter().rev() {
             worker.stop(patience).await;
         }

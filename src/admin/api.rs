@@ -17,14 +17,14 @@ const TICK: Duration = Duration::from_secs(2);
 /// after the first, so one update covers the burst.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-pub async fn status(State(admin): State<Arc<Admin>>) -> Response {
+pub(super) async fn status(State(admin): State<Arc<Admin>>) -> Response {
     match view::build(&admin).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(ErrorCode::Unavailable, &e.to_string()),
     }
 }
 
-pub async fn stream(
+pub(super) async fn stream(
     State(admin): State<Arc<Admin>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = super::recent::subscribe();
@@ -56,7 +56,7 @@ pub async fn stream(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-pub async fn gc(State(admin): State<Arc<Admin>>) -> Response {
+pub(super) async fn gc(State(admin): State<Arc<Admin>>) -> Response {
     tracing::info!(message = "Sweep requested on the admin listener.");
     match admin.orchestrator.sweep_now().await {
         Ok(removed) => Json(serde_json::json!({ "removed": removed })).into_response(),

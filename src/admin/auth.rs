@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
+pub(crate) enum Denied {
     #[error("admin token required")]
     Unauthenticated,
     #[error("host not allowed")]
@@ -29,7 +29,7 @@ pub enum Denied {
 }
 
 impl Denied {
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             Self::Unauthenticated => ErrorCode::Unauthenticated,
             Self::Host => ErrorCode::HostNotAllowed,
@@ -38,7 +38,7 @@ impl Denied {
     }
 }
 
-pub struct AdminAuth {
+pub(crate) struct AdminAuth {
     token_sha256: Option<[u8; 32]>,
 }
 
@@ -46,7 +46,7 @@ impl AdminAuth {
     /// `hash` comes from validated config (64 hex digits); anything else
     /// would leave the listener open, so it fails closed with a hash no
     /// token has.
-    pub fn new(hash: Option<&str>) -> Self {
+    pub(crate) fn new(hash: Option<&str>) -> Self {
         let token_sha256 = hash.map(|h| {
             let mut d = [0u8; 32];
             if hex::decode_to_slice(h, &mut d).is_err() {
@@ -59,7 +59,7 @@ impl AdminAuth {
         Self { token_sha256 }
     }
 
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Denied> {
+    pub(crate) fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Denied> {
         match &self.token_sha256 {
             Some(expected) => {
                 let token = presented_token(headers).ok_or(Denied::Unauthenticated)?;

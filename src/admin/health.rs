@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 const TTL: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     pub docker: Check,
     pub state_store: Check,
     pub object_store: Check,
@@ -22,12 +22,12 @@ pub struct Health {
 }
 
 #[derive(Default)]
-pub struct HealthProbe {
+pub(super) struct HealthProbe {
     cached: Mutex<Option<(Instant, Health)>>,
 }
 
 impl HealthProbe {
-    pub async fn get(&self, o: &Orchestrator, runtime: &dyn ContainerRuntime) -> Health {
+    pub(super) async fn get(&self, o: &Orchestrator, runtime: &dyn ContainerRuntime) -> Health {
         let mut cached = self.cached.lock().await;
         if let Some((at, h)) = cached.as_ref() {
             if at.elapsed() < TTL {

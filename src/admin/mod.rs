@@ -15,12 +15,12 @@
 //! Every route but `/healthz` passes [`auth::AdminAuth`].
 
 mod api;
-pub mod auth;
+pub(crate) mod auth;
 mod health;
 mod page;
-pub mod recent;
+pub(crate) mod recent;
 mod stats;
-pub mod view;
+pub(crate) mod view;
 
 use crate::codes::ErrorCode;
 use crate::config::Config;
@@ -35,7 +35,7 @@ use axum::{Json, Router};
 use std::sync::Arc;
 
 /// What the admin routes share.
-pub struct Admin {
+pub(crate) struct Admin {
     orchestrator: Arc<Orchestrator>,
     runtime: Arc<dyn ContainerRuntime>,
     auth: AdminAuth,
@@ -44,7 +44,7 @@ pub struct Admin {
     started_ms: u64,
 }
 
-pub fn router(
+pub(crate) fn router(
     cfg: &Config,
     orchestrator: Arc<Orchestrator>,
     runtime: Arc<dyn ContainerRuntime>,

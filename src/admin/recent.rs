@@ -20,7 +20,7 @@ const CAPACITY: usize = 200;
 const RUNS_CAPACITY: usize = 4096;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct RecentEvent {
+pub(crate) struct RecentEvent {
     /// Increases by one per event since the daemon started.
     pub seq: u64,
     pub ts_ms: u64,
@@ -32,7 +32,7 @@ pub struct RecentEvent {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct LastRun {
+pub(crate) struct LastRun {
     pub finished_ms: u64,
     pub duration_ms: u64,
     /// Set when the run ended in an `error` event.
@@ -118,7 +118,7 @@ fn ring() -> std::sync::MutexGuard<'static, Ring> {
     RING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn record(event: &AuditEvent) {
+pub(crate) fn record(event: &AuditEvent) {
     let seq = ring().push(event, crate::state::now_ms());
     NOTIFY.send_replace(seq);
 }
@@ -133,22 +133,22 @@ impl crate::audit::Subscriber for Recorder {
 
 /// From now on every audit event is kept for the status page; the daemon
 /// calls this at start-up.
-pub fn keep_audit_events() {
+pub(crate) fn keep_audit_events() {
     crate::audit::subscribe("recent", std::sync::Arc::new(Recorder));
 }
 
 /// Up to `limit` events, newest first.
-pub fn events(limit: usize) -> Vec<RecentEvent> {
+pub(crate) fn events(limit: usize) -> Vec<RecentEvent> {
     ring().newest(limit)
 }
 
 /// The last run of the conversation `{tenant}/{conversation}`.
-pub fn last_run(key: &str) -> Option<LastRun> {
+pub(crate) fn last_run(key: &str) -> Option<LastRun> {
     ring().runs.get(key).cloned()
 }
 
 /// Wakes whenever an event is recorded.
-pub fn subscribe() -> watch::Receiver<u64> {
+pub(crate) fn subscribe() -> watch::Receiver<u64> {
     NOTIFY.subscribe()
 }
 

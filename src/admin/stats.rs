@@ -16,7 +16,7 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StatsView {
+pub(crate) struct StatsView {
     pub memory_bytes: u64,
     pub memory_limit_bytes: u64,
     /// Percent of one CPU (like `docker stats`); `None` until two readings exist.
@@ -32,14 +32,14 @@ struct Samples {
 }
 
 #[derive(Default)]
-pub struct StatsSampler {
+pub(super) struct StatsSampler {
     inner: Mutex<Samples>,
 }
 
 impl StatsSampler {
     /// The latest view of each named container, reading the engine again
     /// when the last reading is older than [`MIN_INTERVAL`].
-    pub async fn sample(
+    pub(super) async fn sample(
         &self,
         runtime: &dyn ContainerRuntime,
         names: &[String],
@@ -85,7 +85,7 @@ impl StatsSampler {
 
 /// CPU use between two readings, in percent of one CPU: the container's
 /// share of all host CPU time, times the number of CPUs.
-pub fn cpu_percent(prev: &ContainerStats, cur: &ContainerStats) -> Option<f64> {
+pub(super) fn cpu_percent(prev: &ContainerStats, cur: &ContainerStats) -> Option<f64> {
     let used = cur.cpu_total_ns.checked_sub(prev.cpu_total_ns)?;
     let total = cur.system_cpu_ns.checked_sub(prev.system_cpu_ns)?;
     if total == 0 || cur.online_cpus == 0 {

@@ -20,7 +20,7 @@ const EVENTS_SHOWN: usize = 50;
 const CONVERSATIONS_SHOWN: usize = 200;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     pub daemon: DaemonView,
     pub pool: PoolStatus,
     pub containers: Vec<ContainerView>,
@@ -35,7 +35,7 @@ pub struct StatusView {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct TenantSpendView {
+pub(crate) struct TenantSpendView {
     pub tenant_id: String,
     pub tokens_today: u64,
     pub cost_usd_today: f64,
@@ -44,7 +44,7 @@ pub struct TenantSpendView {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct DaemonView {
+pub(crate) struct DaemonView {
     pub version: &'static str,
     pub instance: String,
     pub started_ms: u64,
@@ -52,7 +52,7 @@ pub struct DaemonView {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct ContainerView {
+pub(crate) struct ContainerView {
     #[serde(flatten)]
     pub record: ContainerRecord,
     pub age_ms: u64,
@@ -62,7 +62,7 @@ pub struct ContainerView {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct ConversationView {
+pub(crate) struct ConversationView {
     pub tenant_id: String,
     pub conversation_id: String,
     pub container_id: Option<String>,
@@ -75,7 +75,7 @@ pub struct ConversationView {
     pub last_run: Option<LastRun>,
 }
 
-pub async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError> {
+pub(crate) async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError> {
     let o = &admin.orchestrator;
     let status = o.status().await?;
     let now = now_ms();

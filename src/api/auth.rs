@@ -18,13 +18,13 @@ use subtle::ConstantTimeEq;
 
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tenant {
+pub(crate) struct Tenant {
     pub id: String,
     /// `tenants[].max_concurrent_runs`.
     pub max_concurrent_runs: Option<usize>,
 }
 
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     /// (sha256 digest, tenant); replaced whole on a config reload, so
     /// tokens rotate without a restart.
     tenants: std::sync::RwLock<Vec<([u8; 32], Tenant)>>,
@@ -32,7 +32,7 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Tenants come from validated config, so every hash decodes.
-    pub fn new(tenants: &[TenantConfig]) -> Self {
+    pub(crate) fn new(tenants: &[TenantConfig]) -> Self {
         Self {
             tenants: std::sync::RwLock::new(digests(tenants)),
         }
@@ -40,11 +40,11 @@ impl Authenticator {
 
     /// Takes the tenants of a reloaded (validated) config: new tokens work
     /// and removed ones stop working from the next request on.
-    pub fn replace(&self, tenants: &[TenantConfig]) {
+    pub(crate) fn replace(&self, tenants: &[TenantConfig]) {
         *self.tenants.write().unwrap_or_else(|e| e.into_inner()) = digests(tenants);
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -66,7 +66,7 @@ impl Authenticator {
 /// Middleware: authenticates from the head alone and hands the tenant to
 /// the handler. An unauthenticated client can neither make the daemon
 /// read a body nor tell a 413 from a 401 (the body is never looked at).
-pub async fn require_tenant(
+pub(super) async fn require_tenant(
     State(auth): State<Arc<Authenticator>>,
     mut req: Request,
     next: Next,

@@ -43,7 +43,7 @@ fn api_error(e: ConversationError) -> ApiError {
     }
 }
 
-pub async fn get_conversation(
+pub(super) async fn get_conversation(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -74,12 +74,12 @@ pub async fn get_conversation(
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
+pub(super) struct DeleteQuery {
     #[serde(default)]
     purge: bool,
 }
 
-pub async fn delete_conversation(
+pub(super) async fn delete_conversation(
     State(state): State<AppState>,
     Path(id): Path<String>,
     query: Result<axum::extract::Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
@@ -98,7 +98,7 @@ pub async fn delete_conversation(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn list_files(
+pub(super) async fn list_files(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -113,7 +113,7 @@ pub async fn list_files(
     Ok(Json(json!({ "files": files })))
 }
 
-pub async fn get_file(
+pub(super) async fn get_file(
     State(state): State<AppState>,
     Path((id, path)): Path<(String, String)>,
     method: Method,

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// How often an idle stream gets a comment, so proxies keep it open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
-pub fn sse(
+pub(super) fn sse(
     run: u64,
     events: impl Stream<Item = StoredEvent> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -48,7 +48,7 @@ fn parse_event_id(s: &str) -> Option<(u64, u64)> {
     Some((run.parse().ok()?, seq.parse().ok()?))
 }
 
-pub async fn get_events(
+pub(super) async fn get_events(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
     tenant: Tenant,

@@ -22,7 +22,7 @@ struct MessageRequest {
     options: AgentOptions,
 }
 
-pub async fn post_message(
+pub(super) async fn post_message(
     State(state): State<AppState>,
     Path(conversation_id): Path<String>,
     tenant: Tenant,

@@ -22,8 +22,9 @@ mod error;
 mod events;
 mod messages;
 
-pub use auth::{token_sha256, Authenticator, Tenant};
-pub use error::ApiError;
+pub use auth::token_sha256;
+pub(crate) use auth::{Authenticator, Tenant};
+pub(crate) use error::ApiError;
 
 use crate::conversations::Conversations;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -36,15 +37,15 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 /// Largest request body accepted; larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub auth: Arc<Authenticator>,
     pub conversations: Conversations,
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/v1/conversations/{id}/messages",

@@ -21,7 +21,7 @@ struct Summary {
     num_turns: u64,
 }
 
-pub struct ExecutionAudit {
+pub(crate) struct ExecutionAudit {
     subject: Subject,
     started: Instant,
     first_event: Option<Duration>,
@@ -33,7 +33,7 @@ pub struct ExecutionAudit {
 
 impl ExecutionAudit {
     /// Emits `agent_execution_started`.
-    pub fn start(key: &ConversationKey, options: &AgentOptions) -> Self {
+    pub(crate) fn start(key: &ConversationKey, options: &AgentOptions) -> Self {
         let subject = Subject {
             tenant_id: key.tenant_id.clone(),
             conversation_id: key.conversation_id.clone(),
@@ -59,12 +59,12 @@ impl ExecutionAudit {
     }
 
     /// The container now serving the run.
-    pub fn set_container(&mut self, container_id: &str) {
+    pub(crate) fn set_container(&mut self, container_id: &str) {
         container_id.clone_into(&mut self.subject.container_id);
     }
 
     /// Notes one event the agent sent.
-    pub fn observe(&mut self, event: &AgentEvent) {
+    pub(crate) fn observe(&mut self, event: &AgentEvent) {
         self.first_event
             .get_or_insert_with(|| self.started.elapsed());
         match event {
@@ -89,7 +89,7 @@ impl ExecutionAudit {
 
     /// Emits the run's end. `failure` is the error event the run ended
     /// with, if it did not end normally.
-    pub fn finish(mut self, failure: Option<&AgentEvent>) {
+    pub(crate) fn finish(mut self, failure: Option<&AgentEvent>) {
         let v = verdict(failure, self.result.take(), self.agent_error.take());
         self.emit_end(v);
     }

@@ -24,7 +24,7 @@ pub enum AuditError {
     AlreadyInstalled,
 }
 
-pub struct AuditFile {
+pub(crate) struct AuditFile {
     path: PathBuf,
     max_bytes: u64,
     max_files: u32,
@@ -55,7 +55,7 @@ impl AuditFile {
     /// Opens (creating it and its directory) the audit file at `path`,
     /// rotated once it would pass `max_bytes`, keeping `max_files` rotated
     /// files besides it.
-    pub fn open(path: &Path, max_bytes: u64, max_files: u32) -> Result<Self, AuditError> {
+    pub(crate) fn open(path: &Path, max_bytes: u64, max_files: u32) -> Result<Self, AuditError> {
         let err = |source| AuditError::Io {
             path: path.to_owned(),
             source,
@@ -77,14 +77,10 @@ impl AuditFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Appends `line` and a newline, rotating first when the file would
     /// grow past its limit. A line longer than the limit still goes in
     /// whole: an audit record is never split or dropped for size.
-    pub fn append(&self, line: &str) -> Result<(), AuditError> {
+    pub(crate) fn append(&self, line: &str) -> Result<(), AuditError> {
         let err = |source| AuditError::Io {
             path: self.path.clone(),
             source,
@@ -122,7 +118,7 @@ impl AuditFile {
 static INSTALLED: OnceLock<AuditFile> = OnceLock::new();
 
 /// Makes `file` the process's audit file; once per process.
-pub fn install(file: AuditFile) -> Result<(), AuditError> {
+pub(crate) fn install(file: AuditFile) -> Result<(), AuditError> {
     INSTALLED
         .set(file)
         .map_err(|_| AuditError::AlreadyInstalled)

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 /// A consumer of every emitted audit event, called in the emitting task:
 /// it must be quick and must not block.
-pub trait Subscriber: Send + Sync {
+pub(crate) trait Subscriber: Send + Sync {
     fn event(&self, event: &AuditEvent);
     /// A line could not be written to the audit file.
     fn write_failed(&self) {}
@@ -19,7 +19,7 @@ static SUBSCRIBERS: RwLock<Registry> = RwLock::new(Vec::new());
 
 /// Adds `subscriber` under `name`; a second call with the same name
 /// replaces the first, so tests and a re-run start-up never count twice.
-pub fn subscribe(name: &'static str, subscriber: Arc<dyn Subscriber>) {
+pub(crate) fn subscribe(name: &'static str, subscriber: Arc<dyn Subscriber>) {
     let mut list = SUBSCRIBERS.write().unwrap_or_else(|e| e.into_inner());
     list.retain(|(n, _)| *n != name);
     list.push((name, subscriber));

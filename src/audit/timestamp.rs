@@ -2,13 +2,13 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn now_rfc3339() -> String {
+pub(super) fn now_rfc3339() -> String {
     rfc3339_millis(SystemTime::now())
 }
 
 /// Formats an instant as `YYYY-MM-DDTHH:MM:SS.mmmZ`; a clock before 1970
 /// reads as the epoch (humantime would panic on it).
-pub fn rfc3339_millis(t: SystemTime) -> String {
+pub(super) fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t.max(UNIX_EPOCH)).to_string()
 }
 

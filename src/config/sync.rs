@@ -46,7 +46,7 @@ impl Default for StorageConfig {
 }
 
 /// S3 refuses multipart parts below 5 MiB (except the last one).
-pub const MIN_MULTIPART_MB: u64 = 5;
+pub(super) const MIN_MULTIPART_MB: u64 = 5;
 
 impl StorageConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -129,7 +129,7 @@ impl Default for SyncConfig {
 }
 
 /// S3's largest object: nothing above it could be stored anyway.
-pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * GIB;
+pub(super) const MAX_OBJECT_BYTES: u64 = 5 * 1024 * GIB;
 
 impl SyncConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {

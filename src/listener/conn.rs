@@ -46,6 +46,7 @@ pub(super) async fn serve(conn: Conn, tcp: TcpStream, tls: Option<TlsAcceptor>) 
     match tls {
         None => drive(conn, Watched::new(tcp, clock.clone()), clock).await,
         Some(acceptor) => {
+            #[allow(clippy::expect_used, reason = "a new connection's clock runs")]
             let deadline = clock
                 .deadline()
                 .expect("a new connection waits for its head");

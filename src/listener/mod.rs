@@ -33,7 +33,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const ACCEPT_BACKLOG: u32 = 1024;
 
 /// Binds a listening socket with an accept queue of `ACCEPT_BACKLOG`.
-pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -46,7 +46,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 
 /// The limits of one listener (`server.*` in the config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// A request head (after the TLS handshake, if any) must be complete
     /// within this long of the accept or of its first byte.
     pub header_read_timeout: Duration,
@@ -57,11 +57,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn api(s: &ServerConfig) -> Self {
+    pub(crate) fn api(s: &ServerConfig) -> Self {
         Self::with_cap(s, s.max_connections)
     }
 
-    pub fn admin(s: &ServerConfig) -> Self {
+    pub(crate) fn admin(s: &ServerConfig) -> Self {
         Self::with_cap(s, s.admin_max_connections)
     }
 
@@ -78,7 +78,7 @@ impl Limits {
 /// accepting, lets every connection finish its request in flight (an SSE
 /// stream runs to its end) and returns once all are closed. The caller
 /// bounds that wait (`server.shutdown_grace_secs`).
-pub async fn serve(
+pub(crate) async fn serve(
     name: &'static str,
     listener: TcpListener,
     app: axum::Router,
@@ -106,7 +106,11 @@ pub async fn serve(
                     );
                 }
                 tokio::select! {
-                    p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        // Never closed; were it, there would be nothing left to serve.
+                        Err(_) => break,
+                    },
                     () = stopped(&mut stop) => break,
                 }
             }
@@ -219,7 +223,7 @@ impl RateLimit {
 /// the connection caps only protect the daemon if the descriptor limit
 /// leaves room for them and for the containers' sockets. Under systemd the
 /// unit's `LimitNOFILE` sets both, and this changes nothing.
-pub fn raise_fd_limit() -> std::io::Result<u64> {
+pub(crate) fn raise_fd_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -24,7 +24,7 @@ impl audit::Subscriber for AuditCounts {
 
 /// From now on every audit event is counted; the daemon calls this first
 /// thing at start-up.
-pub fn count_audit_events() {
+pub(crate) fn count_audit_events() {
     audit::subscribe("metrics", Arc::new(AuditCounts));
 }
 

@@ -10,9 +10,9 @@ use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 /// Container states as the state file spells them (`ContainerState`).
-pub const CONTAINER_STATES: [&str; 4] = ["warming", "ready", "claimed", "destroying"];
+pub(super) const CONTAINER_STATES: [&str; 4] = ["warming", "ready", "claimed", "destroying"];
 /// Pool containers are the unclaimed ones.
-pub const POOL_STATES: [&str; 2] = ["warming", "ready"];
+pub(super) const POOL_STATES: [&str; 2] = ["warming", "ready"];
 /// Failure codes that exist before any run fails, so error-rate queries
 /// find a series.
 const KNOWN_FAILURE_CODES: [ErrorCode; 6] = [
@@ -24,7 +24,7 @@ const KNOWN_FAILURE_CODES: [ErrorCode; 6] = [
     ErrorCode::RuntimeUnavailable,
 ];
 
-pub struct Instruments {
+pub(super) struct Instruments {
     pub registry: prometheus::Registry,
     // Dropping the provider shuts the pipeline down; it lives as long as
     // the instruments.
@@ -88,7 +88,7 @@ fn seconds(m: &Meter, name: &'static str, help: &'static str, bounds: &[f64]) ->
 }
 
 impl Instruments {
-    pub fn build() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
+    pub(super) fn build() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
         let registry = prometheus::Registry::new();
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())

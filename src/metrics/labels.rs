@@ -8,27 +8,27 @@ use std::sync::Mutex;
 
 /// The value a label takes once its budget of distinct values is spent, or
 /// for a value that does not look like a code.
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 
 /// Longest label value kept; codes and reasons are short identifiers.
 const MAX_LEN: usize = 64;
 
 /// Passes through the first `max` distinct, code-like values of one label
 /// and maps every later or malformed one to [`OTHER`].
-pub struct Bounded {
+pub(crate) struct Bounded {
     max: usize,
     seen: Mutex<HashSet<String>>,
 }
 
 impl Bounded {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
             seen: Mutex::new(HashSet::new()),
         }
     }
 
-    pub fn get(&self, value: &str) -> String {
+    pub(crate) fn get(&self, value: &str) -> String {
         let code_like = !value.is_empty()
             && value.len() <= MAX_LEN
             && value
@@ -51,7 +51,7 @@ impl Bounded {
 
 /// How a container came to serve a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClaimKind {
+pub(crate) enum ClaimKind {
     /// Taken from the warm pool.
     Warm,
     /// Created on demand because the pool was empty.
@@ -59,7 +59,7 @@ pub enum ClaimKind {
 }
 
 impl ClaimKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Warm => "warm",
             Self::Cold => "cold",
@@ -69,13 +69,13 @@ impl ClaimKind {
 
 /// What the egress proxy decided about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyOutcome {
+pub(crate) enum ProxyOutcome {
     Allowed,
     Blocked,
 }
 
 impl ProxyOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",
             Self::Blocked => "blocked",
@@ -85,7 +85,7 @@ impl ProxyOutcome {
 
 /// Which way bytes went through the proxy, seen from the container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProxyDirection {
+pub(crate) enum ProxyDirection {
     /// Sent by the container (requests and uploads).
     FromContainer,
     /// Sent to the container (responses and downloads).
@@ -93,7 +93,7 @@ pub enum ProxyDirection {
 }
 
 impl ProxyDirection {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::FromContainer => "from_container",
             Self::ToContainer => "to_container",
@@ -103,7 +103,7 @@ impl ProxyDirection {
 
 /// Which way a workspace sync went; named like the audit events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncDirection {
+pub(crate) enum SyncDirection {
     /// A restore: object store into the container's workspace.
     ToContainer,
     /// A push: the container's workspace into the object store.
@@ -111,7 +111,7 @@ pub enum SyncDirection {
 }
 
 impl SyncDirection {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ToContainer => "to_container",
             Self::FromContainer => "from_container",
@@ -121,7 +121,7 @@ impl SyncDirection {
 
 /// How one sync run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyncOutcome {
+pub(crate) enum SyncOutcome {
     Ok,
     Failed,
     /// Refused because a newer generation owns the conversation.
@@ -129,7 +129,7 @@ pub enum SyncOutcome {
 }
 
 impl SyncOutcome {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Failed => "failed",
@@ -139,7 +139,7 @@ impl SyncOutcome {
 
     /// Parses the `outcome` field of a file sync audit event; anything
     /// unknown counts as a failure, which is the side an operator must see.
-    pub fn parse(s: &str) -> Self {
+    pub(crate) fn parse(s: &str) -> Self {
         match s {
             "ok" => Self::Ok,
             "stale" => Self::Stale,
@@ -150,13 +150,13 @@ impl SyncOutcome {
 
 /// A redb transaction's kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TxKind {
+pub(crate) enum TxKind {
     Read,
     Write,
 }
 
 impl TxKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",
             Self::Write => "write",

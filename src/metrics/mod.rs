@@ -13,11 +13,11 @@
 mod events;
 mod http;
 mod instruments;
-pub mod labels;
+pub(crate) mod labels;
 
-pub use events::count_audit_events;
-pub use http::response;
-pub use labels::{ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
+pub(crate) use events::count_audit_events;
+pub(crate) use http::response;
+pub(crate) use labels::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
 
 use instruments::{Instruments, CONTAINER_STATES, POOL_STATES};
 use opentelemetry::KeyValue;
@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
+pub(crate) enum MetricsError {
     #[error("metrics pipeline unavailable: {0}")]
     Unavailable(String),
     #[error("encoding metrics: {0}")]
@@ -53,7 +53,7 @@ fn kv(key: &'static str, value: impl Into<opentelemetry::Value>) -> KeyValue {
 }
 
 /// The Prometheus text exposition of every metric.
-pub fn render() -> Result<String, MetricsError> {
+pub(crate) fn render() -> Result<String, MetricsError> {
     let i = pipeline().map_err(|e| MetricsError::Unavailable(e.to_owned()))?;
     Ok(prometheus::TextEncoder::new().encode_to_string(&i.registry.gather())?)
 }
@@ -61,7 +61,7 @@ pub fn render() -> Result<String, MetricsError> {
 /// What the pool and container gauges show, as the orchestrator counts
 /// it; refreshed on every scrape, so as fresh as the state file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolGauges {
+pub(crate) struct PoolGauges {
     pub target: usize,
     pub max_size: usize,
     /// Unclaimed pool containers starting up, and ready to be claimed.
@@ -74,7 +74,7 @@ pub struct PoolGauges {
     pub destroying: usize,
 }
 
-pub fn observe_pool(g: &PoolGauges) {
+pub(crate) fn observe_pool(g: &PoolGauges) {
     with(|i| {
         i.pool_target.record(g.target as u64, &[]);
         i.pool_max.record(g.max_size as u64, &[]);
@@ -89,12 +89,12 @@ pub fn observe_pool(g: &PoolGauges) {
 }
 
 /// A container came up: from the create request to its agent answering.
-pub fn container_started(elapsed: Duration) {
+pub(crate) fn container_started(elapsed: Duration) {
     with(|i| i.container_start.record(elapsed.as_secs_f64(), &[]));
 }
 
 /// One redb transaction, commit (and its fsync) included.
-pub fn state_transaction(kind: TxKind, elapsed: Duration) {
+pub(crate) fn state_transaction(kind: TxKind, elapsed: Duration) {
     with(|i| {
         i.state_transaction
             .record(elapsed.as_secs_f64(), &[kv("kind", kind.as_str())])
@@ -103,12 +103,12 @@ pub fn state_transaction(kind: TxKind, elapsed: Duration) {
 
 /// One egress proxy decision. `reason` is the allowing rule or the
 /// refusal code; it must be a short code, never a host name.
-pub fn proxy_decision(outcome: ProxyOutcome, reason: &str) {
+pub(crate) fn proxy_decision(outcome: ProxyOutcome, reason: &str) {
     proxy_decisions(outcome, reason, 1);
 }
 
 /// `n` egress decisions with the same outcome and reason.
-pub fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
+pub(crate) fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
     with(|i| {
         let reason = i.proxy_reasons.get(reason);
         i.proxy_requests
@@ -117,17 +117,17 @@ pub fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
 }
 
 /// Bytes through the egress proxy.
-pub fn proxy_bytes(direction: ProxyDirection, n: u64) {
+pub(crate) fn proxy_bytes(direction: ProxyDirection, n: u64) {
     with(|i| i.proxy_bytes.add(n, &[kv("direction", direction.as_str())]));
 }
 
 /// Token kinds of `agentbox_model_tokens_total`, in the order
 /// [`model_usage`] takes them.
-pub const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
+pub(crate) const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_read", "cache_write"];
 
 /// One model answer billed to `tenant`: its tokens by [`TOKEN_KINDS`]
 /// and its cost.
-pub fn model_usage(tenant: &str, tokens: [u64; 4], cost_usd: f64) {
+pub(crate) fn model_usage(tenant: &str, tokens: [u64; 4], cost_usd: f64) {
     with(|i| {
         let tenant = i.tenants.get(tenant);
         for (kind, n) in TOKEN_KINDS.iter().zip(tokens) {
@@ -139,7 +139,12 @@ pub fn model_usage(tenant: &str, tokens: [u64; 4], cost_usd: f64) {
 }
 
 /// One workspace sync run.
-pub fn sync_run(direction: SyncDirection, outcome: SyncOutcome, bytes: u64, duration: Duration) {
+pub(crate) fn sync_run(
+    direction: SyncDirection,
+    outcome: SyncOutcome,
+    bytes: u64,
+    duration: Duration,
+) {
     with(|i| {
         let d = kv("direction", direction.as_str());
         i.sync_runs
@@ -150,7 +155,7 @@ pub fn sync_run(direction: SyncDirection, outcome: SyncOutcome, bytes: u64, dura
 }
 
 /// Conversations whose workspace changes are not yet in the object store.
-pub fn set_sync_backlog(n: i64) {
+pub(crate) fn set_sync_backlog(n: i64) {
     with(|i| i.sync_backlog.record(n, &[]));
 }
 

@@ -31,7 +31,7 @@ impl Orchestrator {
 
     /// A sweep asked for by an operator (`agentbox gc`), reported like the
     /// timer's so the status page shows it.
-    pub async fn sweep_now(&self) -> Result<usize, OrchestratorError> {
+    pub(crate) async fn sweep_now(&self) -> Result<usize, OrchestratorError> {
         let result = self.sweep().await;
         match &result {
             Ok(n) => self.workers.report(WORKER, swept(*n, true), None),
@@ -43,7 +43,7 @@ impl Orchestrator {
     }
 
     /// One sweep; returns how many containers it removed.
-    pub async fn sweep(&self) -> Result<usize, OrchestratorError> {
+    pub(crate) async fn sweep(&self) -> Result<usize, OrchestratorError> {
         let cfg = self.cfg();
         let now = now_ms();
         let idle_ms = cfg.gc.idle_ttl_secs * 1000;

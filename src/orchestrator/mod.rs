@@ -18,7 +18,7 @@ pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
-pub use teardown::{destroy_all, Teardown};
+pub(crate) use teardown::destroy_all;
 
 use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 /// `HOME` inside the container: inside the workspace, so the CLI's session
 /// files travel with it and a conversation can resume in a new container.
-pub const CONTAINER_HOME: &str = "/workspace/.agentbox/home";
+pub(crate) const CONTAINER_HOME: &str = "/workspace/.agentbox/home";
 
 /// How long a reused container's agent may take to answer before the
 /// conversation gets a new container.
@@ -83,7 +83,7 @@ impl OrchestratorError {
 
 /// A container ready to run the agent for one conversation.
 #[derive(Clone, Debug)]
-pub struct Assigned {
+pub(crate) struct Assigned {
     /// The container's name, which the state records as its id.
     pub container: String,
     pub socket_dir: PathBuf,
@@ -92,8 +92,6 @@ pub struct Assigned {
     pub fresh: bool,
     /// True when it replaces a container the conversation lost.
     pub recovered: bool,
-    /// The conversation's generation with this container.
-    pub generation: u64,
 }
 
 #[derive(Default)]
@@ -104,7 +102,7 @@ struct Counters {
 
 /// The picture the admin API and `agentbox status` show.
 #[derive(Clone, Debug, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub pool: PoolStatus,
     pub containers: Vec<ContainerRecord>,
     pub workers: BTreeMap<&'static str, WorkerStatus>,
@@ -114,7 +112,7 @@ pub struct Status {
 
 impl Status {
     /// The figures behind the pool and container gauges.
-    pub fn gauges(&self) -> crate::metrics::PoolGauges {
+    pub(crate) fn gauges(&self) -> crate::metrics::PoolGauges {
         let count = |state| self.containers.iter().filter(|c| c.state == state).count();
         crate::metrics::PoolGauges {
             target: self.pool.target,
@@ -130,7 +128,7 @@ impl Status {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct PoolStatus {
+pub(crate) struct PoolStatus {
     pub image: String,
     pub target: usize,
     pub max_size: usize,
@@ -141,7 +139,7 @@ pub struct PoolStatus {
     pub cold_starts_total: u64,
 }
 
-pub struct Orchestrator {
+pub(crate) struct Orchestrator {
     cfg: RwLock<Arc<Config>>,
     runtime: Arc<dyn ContainerRuntime>,
     store: Store,
@@ -158,7 +156,8 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    pub fn new(
+    #[cfg(test)]
+    pub(crate) fn new(
         cfg: Config,
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
@@ -167,10 +166,9 @@ impl Orchestrator {
         Self::with_isolation(cfg, runtime, store, gateway, Isolation::default())
     }
 
-    /// Like [`Orchestrator::new`], with the host's detected isolation
-    /// layers (seccomp profile, AppArmor or Landlock, userns-remap
+    /// The orchestrator with the host's detected isolation layers (seccomp profile, AppArmor or Landlock, userns-remap
     /// ownership, disk quota) for every container it creates.
-    pub fn with_isolation(
+    pub(crate) fn with_isolation(
         cfg: Config,
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
@@ -193,33 +191,36 @@ impl Orchestrator {
     }
 
     /// Hands the orchestrator the workspace sync (set once, at start-up).
-    pub fn set_sync(&self, sync: crate::sync::SyncService) {
+    pub(crate) fn set_sync(&self, sync: crate::sync::SyncService) {
         let _ = self.sync.set(sync);
     }
 
     /// The configuration in force (replaced on reload).
-    pub fn cfg(&self) -> Arc<Config> {
+    pub(crate) fn cfg(&self) -> Arc<Config> {
         self.cfg.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn locks(&self) -> &RunLocks {
+    pub(crate) fn locks(&self) -> &RunLocks {
         &self.locks
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// The egress gateway, whose spend ledger the executor opens and
     /// closes runs on.
-    pub fn gateway(&self) -> &Arc<Gateway> {
+    pub(crate) fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }
 
     /// Reconciles with the engine, then starts the pool and sweeper
     /// workers in `workers`, which the caller owns and stops. Returns once
     /// the state matches the engine; the pool fills in the background.
-    pub async fn start(self: &Arc<Self>, workers: &mut WorkerSet) -> Result<(), OrchestratorError> {
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        workers: &mut WorkerSet,
+    ) -> Result<(), OrchestratorError> {
         let interrupted = self.store.interrupt_running_runs().await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -237,7 +238,7 @@ impl Orchestrator {
 
     /// Applies a reloaded configuration: pool size, image (rolling the
     /// pool) and GC settings take effect; other sections need a restart.
-    pub fn reload(&self, new: Config) {
+    pub(crate) fn reload(&self, new: Config) {
         let old = self.cfg();
         if old.server.listen != new.server.listen
             || old.server.admin_listen != new.server.admin_listen
@@ -254,13 +255,16 @@ impl Orchestrator {
 
     /// The conversation's running container, else a claimed pool
     /// container, else a cold start.
-    pub async fn acquire(&self, key: &ConversationKey) -> Result<Assigned, OrchestratorError> {
+    pub(crate) async fn acquire(
+        &self,
+        key: &ConversationKey,
+    ) -> Result<Assigned, OrchestratorError> {
         let mut lost = None;
         if let Some(conv) = self.store.conversation(key).await? {
             if let Some(name) = conv.container_id {
                 if self.runtime.is_running(&name).await? && self.healthy(&name).await {
                     self.bind_proxy(&name, key)?;
-                    return Ok(self.assigned(&name, false, conv.generation));
+                    return Ok(self.assigned(&name, false));
                 }
                 tracing::warn!(message = "Conversation container is gone or unhealthy; assigning a new one.",
                     container_id = %name, tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
@@ -283,7 +287,7 @@ impl Orchestrator {
     /// Whether the engine still runs the container after a connection to
     /// it broke. The engine reports a killed container as running for a
     /// moment, so a "running" answer is re-checked for up to `settle`.
-    pub async fn survived(&self, name: &str, settle: std::time::Duration) -> bool {
+    pub(crate) async fn survived(&self, name: &str, settle: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + settle;
         loop {
             if !self.runtime.is_running(name).await.unwrap_or(false) {
@@ -315,7 +319,7 @@ impl Orchestrator {
                 subject: subject(&name, Some(binding)),
                 warm: true,
             });
-            return Ok(self.assigned(&name, true, claim.conversation.generation));
+            return Ok(self.assigned(&name, true));
         }
         self.cold_start(binding).await
     }
@@ -337,12 +341,12 @@ impl Orchestrator {
             conversation_id = %binding.conversation_id);
         let name = new_container_name();
         self.create(&name, Some(binding)).await?;
-        let claim = match self
+        match self
             .store
             .claim(Some(&name), &cfg.container.image, binding)
             .await
         {
-            Ok(Some(c)) => c,
+            Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 self.destroy(&name, DestroyReason::ClaimFailed).await;
                 return Err(OrchestratorError::NotReady(
@@ -356,17 +360,16 @@ impl Orchestrator {
             warm: false,
         });
         self.refill.notify_one();
-        Ok(self.assigned(&name, true, claim.conversation.generation))
+        Ok(self.assigned(&name, true))
     }
 
-    fn assigned(&self, name: &str, fresh: bool, generation: u64) -> Assigned {
+    fn assigned(&self, name: &str, fresh: bool) -> Assigned {
         Assigned {
             container: name.to_owned(),
             socket_dir: self.socket_dir(name),
             workspace_dir: self.workspace_dir(name),
             fresh,
             recovered: false,
-            generation,
         }
     }
 
@@ -382,7 +385,7 @@ impl Orchestrator {
 
     /// Removes the conversation's container, if it has one. The caller
     /// holds the conversation's run lock.
-    pub async fn release_conversation(
+    pub(crate) async fn release_conversation(
         &self,
         key: &ConversationKey,
     ) -> Result<(), OrchestratorError> {
@@ -398,7 +401,7 @@ impl Orchestrator {
     }
 
     /// Records agent activity, which the idle TTL is measured from.
-    pub async fn touch(&self, name: &str) {
+    pub(crate) async fn touch(&self, name: &str) {
         if let Err(error) = self.store.touch_container(name).await {
             tracing::warn!(message = "Recording activity failed.", container_id = %name, %error);
         }
@@ -406,7 +409,7 @@ impl Orchestrator {
 
     /// Removes a container and everything that belongs to it. Idempotent;
     /// a failure leaves the record `Destroying` for the sweeper to retry.
-    pub async fn destroy(&self, name: &str, reason: DestroyReason) {
+    pub(crate) async fn destroy(&self, name: &str, reason: DestroyReason) {
         let rec = self.store.container(name).await.ok().flatten();
         if rec.as_ref().is_some_and(|r| r.state.can_destroy()) {
             let _ = self
@@ -458,7 +461,7 @@ impl Orchestrator {
         }
     }
 
-    pub async fn status(&self) -> Result<Status, OrchestratorError> {
+    pub(crate) async fn status(&self) -> Result<Status, OrchestratorError> {
         let cfg = self.cfg();
         let containers = self.store.containers().await?;
         let count = |s: ContainerState| {
@@ -489,16 +492,16 @@ impl Orchestrator {
 
     /// Every container's workspace: `{workspace_root}/{container}`, filled
     /// from the object store when a conversation claims it.
-    pub fn workspace_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn workspace_dir(&self, name: &str) -> PathBuf {
         self.cfg().container.workspace_root.join(name)
     }
 
-    pub fn socket_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn socket_dir(&self, name: &str) -> PathBuf {
         self.cfg().container.socket_root.join(name)
     }
 }
 
-pub fn new_container_name() -> String {
+pub(crate) fn new_container_name() -> String {
     format!("agentbox-{}", uuid::Uuid::new_v4().simple())
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 const ADOPT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
-pub struct ReconcileReport {
+pub(crate) struct ReconcileReport {
     pub adopted: usize,
     pub lost: usize,
     pub orphans: usize,
@@ -28,7 +28,10 @@ const WORKER: &str = "reconcile";
 
 impl Orchestrator {
     /// One reconcile pass, reported as the `reconcile` worker.
-    pub async fn reconcile(&self, startup: bool) -> Result<ReconcileReport, OrchestratorError> {
+    pub(crate) async fn reconcile(
+        &self,
+        startup: bool,
+    ) -> Result<ReconcileReport, OrchestratorError> {
         let result = self.reconcile_once(startup).await;
         match &result {
             Ok(r) => self.workers.report(

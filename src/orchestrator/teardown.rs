@@ -8,7 +8,7 @@ use crate::runtime::ContainerRuntime;
 use crate::state::Store;
 
 #[derive(Debug, Default)]
-pub struct Teardown {
+pub(crate) struct Teardown {
     pub containers: usize,
     pub dirs: usize,
     pub records: usize,
@@ -16,7 +16,7 @@ pub struct Teardown {
     pub state_skipped: Option<String>,
 }
 
-pub async fn destroy_all(
+pub(crate) async fn destroy_all(
     cfg: &Config,
     runtime: &dyn ContainerRuntime,
     every_instance: bool,

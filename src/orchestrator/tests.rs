@@ -13,6 +13,12 @@ use crate::state::{ContainerRecord, ContainerState};
 use crate::sync::store::ObjectBackend;
 use std::time::Duration;
 
+/// The conversation's generation as the state file holds it.
+async fn generation(core: &super::testkit::Core, conversation: &str) -> u64 {
+    let conv = core.store.conversation(&key(conversation)).await.unwrap();
+    conv.expect("conversation").generation
+}
+
 #[tokio::test]
 async fn claims_a_warm_container_and_keeps_it() {
     let core = core(|c| c.pool.min_size = 2);
@@ -34,10 +40,11 @@ async fn claims_a_warm_container_and_keeps_it() {
     let labels = core.runtime.labels(&a.container);
     assert!(!labels.contains_key(LABEL_CONVERSATION) && !labels.contains_key(LABEL_TENANT));
 
+    let before = generation(&core, "c").await;
     let again = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert_eq!(again.container, a.container);
     assert!(!again.fresh);
-    assert_eq!(again.generation, a.generation);
+    assert_eq!(generation(&core, "c").await, before);
 }
 
 #[tokio::test]
@@ -119,11 +126,12 @@ async fn a_refill_that_fails_keeps_only_what_started() {
 async fn a_dead_container_is_replaced_and_announced() {
     let core = core(|_| {});
     let first = core.orchestrator.acquire(&key("c")).await.unwrap();
+    let first_generation = generation(&core, "c").await;
     assert!(core.runtime.kill(&first.container));
     let second = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert_ne!(second.container, first.container);
     assert!(second.fresh && second.recovered);
-    assert!(second.generation > first.generation);
+    assert!(generation(&core, "c").await > first_generation);
     assert_eq!(core.runtime.names(), vec![second.container.clone()]);
     assert_eq!(destroy_reason(&first.container).as_deref(), Some("crashed"));
 }

@@ -10,10 +10,10 @@ use std::fmt;
 use std::path::Path;
 
 /// The controllers the container spec sets limits through.
-pub const REQUIRED: [&str; 3] = ["cpu", "memory", "pids"];
+pub(crate) const REQUIRED: [&str; 3] = ["cpu", "memory", "pids"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CgroupVersion {
+pub(crate) enum CgroupVersion {
     V1,
     V2,
 }
@@ -29,7 +29,7 @@ impl fmt::Display for CgroupVersion {
 
 /// What [`read_layout`] found under the cgroup root.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub version: CgroupVersion,
     /// Of [`REQUIRED`], the controllers the host lacks.
     pub missing: Vec<&'static str>,
@@ -40,7 +40,7 @@ pub struct Layout {
 /// controller (or per group of them, `cpu,cpuacct`). A hybrid host (v1
 /// controllers with an empty v2 tree at `unified/`) counts as v1, since
 /// that is where Docker puts the limits.
-pub fn read_layout(root: &Path) -> Option<Layout> {
+pub(crate) fn read_layout(root: &Path) -> Option<Layout> {
     if let Ok(text) = std::fs::read_to_string(root.join("cgroup.controllers")) {
         let have: Vec<&str> = text.split_whitespace().collect();
         return Some(Layout {
@@ -67,7 +67,7 @@ pub fn read_layout(root: &Path) -> Option<Layout> {
 /// The doctor's `cgroup` check: the version found on the host, the one
 /// Docker reports, and whether the limits can be enforced. Both versions
 /// are supported (Docker 20.10, the oldest engine we accept, has v2).
-pub fn check(layout: Option<&Layout>, engine: Option<&EngineInfo>) -> Check {
+pub(crate) fn check(layout: Option<&Layout>, engine: Option<&EngineInfo>) -> Check {
     const NAME: &str = "cgroup";
     let Some(layout) = layout else {
         return Check::fail(

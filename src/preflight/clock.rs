@@ -18,7 +18,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Compares the host clock with `url`'s `Date` header; without an HTTPS
 /// endpoint it warns that the clock cannot be checked.
-pub async fn skew(url: Option<&str>) -> Check {
+pub(crate) async fn skew(url: Option<&str>) -> Check {
     let Some(url) = url.filter(|u| u.starts_with("https://")) else {
         return Check::warn(
             NAME,
@@ -60,7 +60,7 @@ async fn fetch_date(url: &str) -> Result<String, String> {
 }
 
 /// Pure: the check for one `Date` header seen at `now`.
-pub fn assess(url: &str, date: &str, now: SystemTime) -> Check {
+pub(crate) fn assess(url: &str, date: &str, now: SystemTime) -> Check {
     let Ok(theirs) = httpdate::parse_http_date(date) else {
         return Check::warn(
             NAME,

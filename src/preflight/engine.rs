@@ -10,7 +10,7 @@ const START_DOCKER: &str =
     "start the engine (systemctl start docker, or tests/setup/ensure-docker.sh) \
                             and make sure this user can reach /var/run/docker.sock";
 
-pub fn docker(info: &Result<EngineInfo, RuntimeError>) -> Check {
+pub(crate) fn docker(info: &Result<EngineInfo, RuntimeError>) -> Check {
     const NAME: &str = "docker";
     match info {
         Err(e) => Check::fail(NAME, format!("not reachable: {e}"), START_DOCKER),
@@ -45,7 +45,7 @@ fn parse_api(v: &str) -> Option<(u32, u32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
-pub fn image(image: &str, present: &Result<bool, RuntimeError>) -> Check {
+pub(crate) fn image(image: &str, present: &Result<bool, RuntimeError>) -> Check {
     const NAME: &str = "image";
     match present {
         Ok(true) => Check::pass(NAME, format!("{image} present")),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Finds an executable on `PATH`, then in the sbin directories a non-root
 /// `PATH` often lacks.
-pub fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -16,7 +16,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 /// A hard quota per workspace is a loop-mounted ext4 image, because
 /// overlay2 on ext4 has no `--storage-opt size`: it needs loop devices,
 /// `losetup` and `mkfs.ext4`.
-pub fn disk_quota() -> Check {
+pub(crate) fn disk_quota() -> Check {
     const NAME: &str = "disk-quota";
     let loop_control = Path::new("/dev/loop-control").exists();
     let missing: Vec<&str> = ["losetup", "mkfs.ext4"]

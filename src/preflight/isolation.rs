@@ -11,11 +11,11 @@ use crate::runtime::EngineInfo;
 use serde::Serialize;
 
 /// The AppArmor profile every workspace container runs under.
-pub const APPARMOR_PROFILE: &str = "workspace-container";
+pub(crate) const APPARMOR_PROFILE: &str = "workspace-container";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum LayerState {
+pub(crate) enum LayerState {
     /// Applied to the containers.
     Active,
     /// The host supports it but it is not (yet) applied.
@@ -26,7 +26,7 @@ pub enum LayerState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Layer {
+pub(crate) struct Layer {
     pub state: LayerState,
     pub detail: String,
 }
@@ -39,7 +39,7 @@ fn layer(state: LayerState, detail: impl Into<String>) -> Layer {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IsolationLayers {
+pub(crate) struct IsolationLayers {
     pub seccomp: Layer,
     pub apparmor: Layer,
     pub landlock: Layer,
@@ -48,7 +48,7 @@ pub struct IsolationLayers {
 
 /// What the kernel says, read once by [`HostFacts::read`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostFacts {
+pub(crate) struct HostFacts {
     /// `Seccomp:` appears in `/proc/self/status`.
     pub seccomp: bool,
     /// `/sys/module/apparmor/parameters/enabled` is `Y`.
@@ -72,7 +72,7 @@ impl Default for HostFacts {
 }
 
 impl HostFacts {
-    pub fn read() -> Self {
+    pub(crate) fn read() -> Self {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let apparmor_enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
             .is_ok_and(|s| s.trim() == "Y");
@@ -107,7 +107,7 @@ fn landlock_abi() -> Result<u32, i32> {
 }
 
 /// Combines the engine's security options with the kernel's facts.
-pub fn assess(engine: Option<&EngineInfo>, host: &HostFacts) -> IsolationLayers {
+pub(crate) fn assess(engine: Option<&EngineInfo>, host: &HostFacts) -> IsolationLayers {
     let opt = |name: &str| -> Option<String> {
         engine?
             .security_options
@@ -175,7 +175,7 @@ pub fn assess(engine: Option<&EngineInfo>, host: &HostFacts) -> IsolationLayers 
 }
 
 /// The doctor's lines for the layers.
-pub fn checks(l: &IsolationLayers) -> Vec<Check> {
+pub(crate) fn checks(l: &IsolationLayers) -> Vec<Check> {
     use LayerState::*;
     let mut out = Vec::new();
     out.push(match l.seccomp.state {

@@ -5,12 +5,12 @@
 //! The checks read the host and the engine; none of them changes anything
 //! (the object-store check writes and removes one probe file).
 
-pub mod cgroup;
-pub mod clock;
-pub mod engine;
-pub mod host;
-pub mod isolation;
-pub mod storage;
+pub(crate) mod cgroup;
+pub(crate) mod clock;
+pub(crate) mod engine;
+pub(crate) mod host;
+pub(crate) mod isolation;
+pub(crate) mod storage;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +68,7 @@ impl Check {
 }
 
 /// The worst level among `checks` (pass when empty).
-pub fn worst(checks: &[Check]) -> Level {
+pub(crate) fn worst(checks: &[Check]) -> Level {
     checks.iter().map(|c| c.level).max().unwrap_or(Level::Pass)
 }
 

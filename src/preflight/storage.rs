@@ -5,7 +5,7 @@ use std::path::Path;
 
 /// Whether workspaces can be synced: for `file://` the directory exists
 /// and is writable.
-pub fn object_store(url: &str) -> Check {
+pub(crate) fn object_store(url: &str) -> Check {
     const NAME: &str = "object-store";
     if let Some(dir) = url.strip_prefix("file://") {
         return local_dir(NAME, Path::new(dir));
@@ -61,7 +61,7 @@ fn writable(dir: &Path) -> bool {
 
 /// Whether the daemon can use its state file. `daemon` names a running
 /// daemon's admin address when one answered.
-pub fn state_file(path: &Path, daemon: Option<&str>) -> Check {
+pub(crate) fn state_file(path: &Path, daemon: Option<&str>) -> Check {
     const NAME: &str = "state-file";
     let shown = path.display();
     if !path.exists() {

@@ -16,15 +16,15 @@ use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where a guarded body records why it stopped, for the caller that only
 /// sees the HTTP client's opaque error.
 #[derive(Clone, Default, Debug)]
-pub struct Verdict(Arc<Mutex<Option<Refusal>>>);
+pub(super) struct Verdict(Arc<Mutex<Option<Refusal>>>);
 
 impl Verdict {
-    pub fn get(&self) -> Option<Refusal> {
+    pub(super) fn get(&self) -> Option<Refusal> {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -35,7 +35,7 @@ impl Verdict {
 }
 
 /// A body passed through frame by frame under [`BodyLimits`].
-pub struct Guarded<B> {
+pub(super) struct Guarded<B> {
     inner: B,
     limits: BodyLimits,
     seen: u64,
@@ -45,7 +45,7 @@ pub struct Guarded<B> {
 }
 
 impl<B> Guarded<B> {
-    pub fn new(inner: B, limits: BodyLimits, verdict: Verdict) -> Self {
+    pub(super) fn new(inner: B, limits: BodyLimits, verdict: Verdict) -> Self {
         let now = Instant::now();
         Self {
             inner,
@@ -110,7 +110,7 @@ where
 
 /// Bytes the daemon may hold in buffered request bodies at once.
 #[derive(Clone, Debug)]
-pub struct Budget {
+pub(super) struct Budget {
     total: Arc<Semaphore>,
     share: usize,
 }
@@ -118,7 +118,7 @@ pub struct Budget {
 impl Budget {
     /// `total` bytes for the whole daemon, at most `share` of them for
     /// any one container.
-    pub fn new(total: usize, share: usize) -> Self {
+    pub(super) fn new(total: usize, share: usize) -> Self {
         Self {
             total: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
             share: share.min(total),
@@ -126,7 +126,7 @@ impl Budget {
     }
 
     /// A container's share: its own semaphore, drawn on alongside the total.
-    pub fn share(&self) -> Share {
+    pub(super) fn share(&self) -> Share {
         Share {
             total: self.total.clone(),
             own: Arc::new(Semaphore::new(self.share)),
@@ -134,7 +134,7 @@ impl Budget {
     }
 
     #[cfg(test)]
-    pub fn available(&self) -> usize {
+    pub(super) fn available(&self) -> usize {
         self.total.available_permits()
     }
 }
@@ -148,7 +148,7 @@ pub struct Share {
 
 /// Bytes held from the budget; given back when dropped.
 #[derive(Debug, Default)]
-pub struct Held(Vec<OwnedSemaphorePermit>);
+pub(super) struct Held(Vec<OwnedSemaphorePermit>);
 
 impl Share {
     /// Takes `n` more bytes, or refuses at once: waiting for budget would
@@ -173,7 +173,10 @@ impl Share {
 
 /// Reads a guarded body whole, every chunk paid for from `share` first.
 /// The bytes stay paid for until the returned [`Held`] is dropped.
-pub async fn collect<B>(mut body: Guarded<B>, share: &Share) -> Result<(Bytes, Held), Refusal>
+pub(super) async fn collect<B>(
+    mut body: Guarded<B>,
+    share: &Share,
+) -> Result<(Bytes, Held), Refusal>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

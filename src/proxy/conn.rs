@@ -25,7 +25,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// (only when the daemon runs with `AGENTBOX_TEST_HOOKS=1`).
 pub const KILL_HOOK_PATH: &str = "/__agentbox/test/kill-proxy-task";
 
-pub async fn handle<S>(proxy: Arc<Gateway>, c: Arc<ContainerProxy>, stream: S)
+pub(super) async fn handle<S>(proxy: Arc<Gateway>, c: Arc<ContainerProxy>, stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

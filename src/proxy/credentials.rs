@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// Credentials this close to expiry are fetched again before use.
-pub const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+pub(super) const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 /// Static credentials from files are read again this often (rotation).
 const FILE_REREAD: Duration = Duration::from_secs(15 * 60);
 const IMDS_DEFAULT: &str = "http://169.254.169.254";
@@ -32,7 +32,7 @@ const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 const IMDS_TOKEN_TTL: &str = "21600";
 
 #[derive(Clone)]
-pub struct AwsCredentials {
+pub(super) struct AwsCredentials {
     pub access_key_id: String,
     pub secret_access_key: Secret,
     pub session_token: Option<Secret>,
@@ -61,7 +61,7 @@ impl AwsCredentials {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CredentialsError {
+pub(super) enum CredentialsError {
     #[error("no AWS credentials found (tried environment, profile {profile:?}, instance metadata: {imds})")]
     NotFound { profile: String, imds: String },
     #[error("AWS profile {profile:?} in {file}: {message}")]
@@ -102,7 +102,7 @@ impl AwsEnv {
     }
 }
 
-pub struct CredentialChain {
+pub(super) struct CredentialChain {
     env: AwsEnv,
     profile: String,
     imds: Client<HttpConnector, Empty<Bytes>>,
@@ -111,7 +111,7 @@ pub struct CredentialChain {
 
 impl CredentialChain {
     /// `profile` empty means `AWS_PROFILE`, else `default`.
-    pub fn new(env: AwsEnv, profile: &str) -> Self {
+    pub(super) fn new(env: AwsEnv, profile: &str) -> Self {
         let profile = if profile.is_empty() {
             env.get("AWS_PROFILE").unwrap_or("default").to_owned()
         } else {
@@ -129,7 +129,7 @@ impl CredentialChain {
 
     /// Current credentials, loaded again when missing or near expiry. If a
     /// reload fails while the cached ones are still valid, those are used.
-    pub async fn credentials(&self) -> Result<AwsCredentials, CredentialsError> {
+    pub(super) async fn credentials(&self) -> Result<AwsCredentials, CredentialsError> {
         let mut cached = self.cached.lock().await;
         let now = SystemTime::now();
         if let Some(c) = cached.as_ref().filter(|c| c.fresh_at(now)) {
@@ -342,7 +342,7 @@ fn parse_imds_credentials(body: &str) -> Result<AwsCredentials, String> {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` in UTC (`Z` or `+00:00`, any case, fractional
 /// seconds allowed), as IMDS writes it.
-pub fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
+pub(super) fn parse_rfc3339_utc(s: &str) -> Option<SystemTime> {
     // humantime takes only the upper-case `T` and `Z`; RFC 3339 allows both cases.
     humantime::parse_rfc3339(&s.to_ascii_uppercase()).ok()
 }

@@ -116,7 +116,7 @@ fn subject(ctx: &ProxyContext) -> Subject {
 }
 
 /// Writes the summary of refusals the gate held back.
-pub fn emit_coalesced(ctx: &ProxyContext, c: Coalesced) {
+pub(super) fn emit_coalesced(ctx: &ProxyContext, c: Coalesced) {
     audit::emit(&AuditEvent::ProxyRequestsCoalesced {
         subject: subject(ctx),
         count: c.count(),

@@ -23,7 +23,7 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 4096;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum DnsError {
+pub(super) enum DnsError {
     #[error("name does not resolve")]
     NotFound,
 }
@@ -34,14 +34,14 @@ struct Entry {
     expires: Instant,
 }
 
-pub struct Resolver {
+pub(super) struct Resolver {
     overrides: std::sync::RwLock<BTreeMap<String, IpAddr>>,
     ttl: Duration,
     cache: Mutex<HashMap<String, Entry>>,
 }
 
 impl Resolver {
-    pub fn new(overrides: BTreeMap<String, IpAddr>, ttl: Duration) -> Self {
+    pub(super) fn new(overrides: BTreeMap<String, IpAddr>, ttl: Duration) -> Self {
         Self {
             overrides: std::sync::RwLock::new(overrides),
             ttl,
@@ -51,13 +51,13 @@ impl Resolver {
 
     /// Takes a reloaded `proxy.resolve` table; cached answers go, so no
     /// name keeps an answer the new table would not give.
-    pub fn replace_overrides(&self, overrides: BTreeMap<String, IpAddr>) {
+    pub(super) fn replace_overrides(&self, overrides: BTreeMap<String, IpAddr>) {
         *self.overrides.write().unwrap_or_else(|e| e.into_inner()) = overrides;
         self.lock().clear();
     }
 
     /// Addresses for a normalised name; the operator's override wins.
-    pub async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+    pub(super) async fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         let fixed = self
             .overrides
             .read()

@@ -6,7 +6,7 @@ use crate::config::{Config, Provider};
 use agent_protocol::GATEWAY_ADDR;
 
 /// The key the CLI sends to the gateway; the proxy replaces it.
-pub const PLACEHOLDER_API_KEY: &str = "agentbox-placeholder-key";
+pub(super) const PLACEHOLDER_API_KEY: &str = "agentbox-placeholder-key";
 
 pub fn container_env(cfg: &Config) -> Vec<(String, String)> {
     let gateway = format!("http://{GATEWAY_ADDR}");

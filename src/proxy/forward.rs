@@ -77,7 +77,7 @@ async fn connect_checked(
 
 /// Serves a CONNECT: `early` is true when bytes followed the head in the
 /// first read.
-pub async fn tunnel<S>(
+pub(super) async fn tunnel<S>(
     proxy: &Gateway,
     c: &ContainerProxy,
     client: &mut S,
@@ -121,7 +121,7 @@ where
 }
 
 /// Forwards one absolute-form plain-HTTP request.
-pub async fn http(
+pub(super) async fn http(
     proxy: &Gateway,
     c: &ContainerProxy,
     req: Request<Incoming>,
@@ -191,7 +191,7 @@ async fn forward_http(
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all("connection")
         .iter()
@@ -208,7 +208,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// A body from static text, for answers the proxy writes itself.
-pub fn text_body(text: String) -> ProxyBody {
+pub(super) fn text_body(text: String) -> ProxyBody {
     http_body_util::Full::new(Bytes::from(text))
         .map_err(|never| match never {})
         .boxed()

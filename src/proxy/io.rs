@@ -13,14 +13,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes read from and written to a client, readable after the stream
 /// has moved elsewhere.
 #[derive(Clone, Debug, Default)]
-pub struct Counters {
+pub(super) struct Counters {
     read: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
 }
 
 impl Counters {
     /// (bytes from the client, bytes to the client)
-    pub fn get(&self) -> (u64, u64) {
+    pub(super) fn get(&self) -> (u64, u64) {
         (
             self.read.load(Ordering::Relaxed),
             self.written.load(Ordering::Relaxed),
@@ -28,13 +28,13 @@ impl Counters {
     }
 }
 
-pub struct Counted<S> {
+pub(super) struct Counted<S> {
     inner: S,
     counters: Counters,
 }
 
 impl<S> Counted<S> {
-    pub fn new(inner: S) -> (Self, Counters) {
+    pub(super) fn new(inner: S) -> (Self, Counters) {
         let counters = Counters::default();
         (
             Self {
@@ -99,13 +99,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 }
 
 /// A stream that first yields `prefix`, then reads from `inner`.
-pub struct Rewind<S> {
+pub(super) struct Rewind<S> {
     prefix: Bytes,
     inner: S,
 }
 
 impl<S> Rewind<S> {
-    pub fn new(prefix: Bytes, inner: S) -> Self {
+    pub(super) fn new(prefix: Bytes, inner: S) -> Self {
         Self { prefix, inner }
     }
 }
@@ -158,7 +158,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
 /// True when the peer has already sent bytes (or closed), without
 /// waiting: a client must not send tunnel data before the CONNECT answer.
-pub fn has_pending_input<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
+pub(super) fn has_pending_input<S: AsyncRead + Unpin>(stream: &mut S) -> bool {
     let mut byte = [0u8; 1];
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(std::task::Waker::noop());

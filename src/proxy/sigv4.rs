@@ -11,15 +11,15 @@ use hyper::Request;
 use std::time::SystemTime;
 
 /// The signing name of both Bedrock endpoints (runtime and control plane).
-pub const SERVICE: &str = "bedrock";
+pub(super) const SERVICE: &str = "bedrock";
 
 #[derive(Debug, thiserror::Error)]
 #[error("sigv4 signing failed: {0}")]
-pub struct SignError(String);
+pub(super) struct SignError(String);
 
 /// Signs `req` in place. Its URI must be the absolute upstream URI and its
 /// `host` header the upstream authority; `body` is what will be sent.
-pub fn sign_request<B>(
+pub(super) fn sign_request<B>(
     req: &mut Request<B>,
     body: &[u8],
     creds: &AwsCredentials,

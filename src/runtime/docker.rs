@@ -17,14 +17,14 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 
-pub struct DockerRuntime {
+pub(crate) struct DockerRuntime {
     docker: Docker,
 }
 
 impl DockerRuntime {
     /// Connects through `DOCKER_HOST` or the default socket and settles on
     /// an API version the engine speaks (Debian 12 ships engine 20.10).
-    pub async fn connect() -> Result<Self, RuntimeError> {
+    pub(crate) async fn connect() -> Result<Self, RuntimeError> {
         let docker = Docker::connect_with_local_defaults()
             .map_err(|e| RuntimeError::Unreachable(e.into()))?
             .negotiate_version()
@@ -35,7 +35,7 @@ impl DockerRuntime {
 
     /// The engine's security options and data root (`docker info`), from
     /// which the daemon decides AppArmor and userns-remap handling.
-    pub async fn engine_facts(&self) -> Result<EngineFacts, RuntimeError> {
+    pub(crate) async fn engine_facts(&self) -> Result<EngineFacts, RuntimeError> {
         let info = self.docker.info().await.map_err(engine)?;
         Ok(EngineFacts {
             security_options: info.security_options.unwrap_or_default(),

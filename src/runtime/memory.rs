@@ -30,7 +30,7 @@ use tokio::task::{AbortHandle, JoinSet};
 
 /// A runtime call a failure can be injected into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
+pub(crate) enum Op {
     Create,
     IsRunning,
     Remove,
@@ -39,7 +39,7 @@ pub enum Op {
 
 /// One thing the fake agent does while answering `/execute`.
 #[derive(Clone, Debug)]
-pub enum Step {
+pub(crate) enum Step {
     Event(AgentEvent),
     /// Bytes sent as they are, e.g. a line past `[agent]`'s bounds.
     Raw(Vec<u8>),
@@ -50,16 +50,16 @@ pub enum Step {
 
 /// The fake agent's answer to one `/execute`.
 #[derive(Clone, Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     Stream(Vec<Step>),
     Refuse(StatusCode, String),
 }
 
-pub type Script = Arc<dyn Fn(&ExecuteRequest) -> Reply + Send + Sync>;
+pub(crate) type Script = Arc<dyn Fn(&ExecuteRequest) -> Reply + Send + Sync>;
 
 /// What a healthy run of the CLI looks like: started, a session, some text
 /// and a `result`.
-pub fn ok_run(session_id: &str) -> Vec<Step> {
+pub(crate) fn ok_run(session_id: &str) -> Vec<Step> {
     vec![
         Step::Event(AgentEvent::Started { prestarted: false }),
         Step::Event(AgentEvent::Session {
@@ -72,7 +72,7 @@ pub fn ok_run(session_id: &str) -> Vec<Step> {
     ]
 }
 
-pub fn result(session_id: &str) -> AgentEvent {
+pub(crate) fn result(session_id: &str) -> AgentEvent {
     AgentEvent::Result {
         session_id: session_id.to_owned(),
         is_error: false,
@@ -129,7 +129,7 @@ impl Engine {
 }
 
 #[derive(Clone)]
-pub struct MemoryRuntime {
+pub(crate) struct MemoryRuntime {
     engine: Arc<Mutex<Engine>>,
     script: Arc<Mutex<Script>>,
 }
@@ -151,7 +151,7 @@ impl MemoryRuntime {
     }
 
     /// The next call of `op` fails with `error` (queued: one per call).
-    pub fn fail_next(&self, op: Op, error: RuntimeError) {
+    pub(crate) fn fail_next(&self, op: Op, error: RuntimeError) {
         self.engine()
             .failures
             .entry(op)
@@ -160,23 +160,26 @@ impl MemoryRuntime {
     }
 
     /// The next container starts but its agent never answers.
-    pub fn silent_next_start(&self) {
+    pub(crate) fn silent_next_start(&self) {
         self.engine().silent_starts += 1;
     }
 
     /// What every agent answers to `/execute` from now on.
-    pub fn set_script(&self, script: impl Fn(&ExecuteRequest) -> Reply + Send + Sync + 'static) {
+    pub(crate) fn set_script(
+        &self,
+        script: impl Fn(&ExecuteRequest) -> Reply + Send + Sync + 'static,
+    ) {
         *self.script.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(script);
     }
 
     /// The container exits (its main process died); false when absent.
-    pub fn kill(&self, name: &str) -> bool {
+    pub(crate) fn kill(&self, name: &str) -> bool {
         self.engine().exit(name)
     }
 
     /// A container the engine has without the daemon having asked for it
     /// (an orphan, another instance's), with no agent.
-    pub fn insert(&self, name: &str, labels: &[(&str, &str)], running: bool) {
+    pub(crate) fn insert(&self, name: &str, labels: &[(&str, &str)], running: bool) {
         let mut engine = self.engine();
         engine.next_id += 1;
         let id = format!("mem-{}", engine.next_id);
@@ -195,18 +198,18 @@ impl MemoryRuntime {
     }
 
     /// Names of the containers the engine has, running or not.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         self.engine().containers.keys().cloned().collect()
     }
 
-    pub fn running(&self, name: &str) -> bool {
+    pub(crate) fn running(&self, name: &str) -> bool {
         self.engine()
             .containers
             .get(name)
             .is_some_and(|c| c.running)
     }
 
-    pub fn labels(&self, name: &str) -> HashMap<String, String> {
+    pub(crate) fn labels(&self, name: &str) -> HashMap<String, String> {
         self.engine()
             .containers
             .get(name)
@@ -215,7 +218,7 @@ impl MemoryRuntime {
     }
 
     /// How many containers were created successfully.
-    pub fn created(&self) -> usize {
+    pub(crate) fn created(&self) -> usize {
         self.engine().created
     }
 }

@@ -4,20 +4,20 @@
 //! **Invariant:** only [`docker`] talks to bollard; everything else sees
 //! [`ContainerRuntime`], so unit tests swap the engine for `memory`'s.
 
-pub mod docker;
+pub(crate) mod docker;
 #[cfg(test)]
-pub mod memory;
-pub mod spec;
+pub(crate) mod memory;
+pub(crate) mod spec;
 
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 /// Label every agentbox container carries; operators and tests filter on it.
-pub const LABEL_MANAGED: &str = "agentbox.managed";
-pub const LABEL_INSTANCE: &str = "agentbox.instance";
-pub const LABEL_CONVERSATION: &str = "agentbox.conversation";
-pub const LABEL_TENANT: &str = "agentbox.tenant";
+pub(crate) const LABEL_MANAGED: &str = "agentbox.managed";
+pub(crate) const LABEL_INSTANCE: &str = "agentbox.instance";
+pub(crate) const LABEL_CONVERSATION: &str = "agentbox.conversation";
+pub(crate) const LABEL_TENANT: &str = "agentbox.tenant";
 
 /// What the engine says about itself (`docker info`).
 #[derive(Clone, Debug, Default)]
@@ -28,7 +28,7 @@ pub struct EngineFacts {
 
 /// The engine client's own error, kept as the source; boxed so that only
 /// `runtime::docker` names bollard.
-pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type EngineError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -43,7 +43,7 @@ pub enum RuntimeError {
 /// Everything needed to start one workspace container; turned into the
 /// engine's hardened create request by [`spec::hardened_create_body`].
 #[derive(Clone, Debug)]
-pub struct ContainerSpec {
+pub(crate) struct ContainerSpec {
     pub name: String,
     pub image: String,
     pub env: Vec<(String, String)>,
@@ -64,7 +64,7 @@ pub struct ContainerSpec {
 
 /// A container the engine has with our labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManagedContainer {
+pub(crate) struct ManagedContainer {
     pub name: String,
     pub running: bool,
 }
@@ -72,7 +72,7 @@ pub struct ManagedContainer {
 /// One reading of a container's resource use, as the engine reports it.
 /// CPU figures are cumulative: a rate needs two readings.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ContainerStats {
+pub(crate) struct ContainerStats {
     /// Memory in use without the reclaimable page cache (what `docker stats` shows).
     pub memory_bytes: u64,
     pub memory_limit_bytes: u64,
@@ -86,7 +86,7 @@ pub struct ContainerStats {
 
 /// What the engine says about itself, for `doctor` and the status page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EngineInfo {
+pub(crate) struct EngineInfo {
     pub version: String,
     pub api_version: String,
     /// Docker's `SecurityOptions`, e.g. `name=seccomp,profile=default`,
@@ -100,7 +100,7 @@ pub struct EngineInfo {
 }
 
 #[async_trait]
-pub trait ContainerRuntime: Send + Sync {
+pub(crate) trait ContainerRuntime: Send + Sync {
     /// Creates and starts the container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     /// Whether the container exists and is running.

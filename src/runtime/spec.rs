@@ -31,7 +31,7 @@ impl Confinement {
     }
 }
 
-pub fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let mut security_opt = vec![
         "no-new-privileges:true".to_owned(),
         format!("seccomp={}", spec.confinement.seccomp_profile),

@@ -16,6 +16,8 @@
 //! a 4 KiB body, through agentbox's gateway and directly to the stand-in
 //! (which reads the whole body, as the model API does).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use agentbox::config::Config;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
 use std::sync::Arc;

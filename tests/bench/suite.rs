@@ -15,6 +15,8 @@
 //!   container; how many would fit in this host's available memory.
 //! - `throughput`: concurrent multi-turn conversations with tool use.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 #[path = "../e2e/harness/mod.rs"]
 mod harness;
 

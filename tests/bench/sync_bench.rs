@@ -9,6 +9,8 @@
 //! (the recipe makes sure of both). Not a test: it only reports.
 //! `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one target.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use agentbox::config::StorageConfig;
 use agentbox::ids::ConversationKey;
 use agentbox::state::{ConversationRecord, Store};

@@ -334,12 +334,7 @@ const ADMIN_TOKEN: &str = "admin-token-for-tests";
 
 fn token_config(dir: &std::path::Path, admin_listen: &str, token: Option<&str>) -> PathBuf {
     let hash = token
-        .map(|t| {
-            format!(
-                "admin_token_sha256 = \"{}\"",
-                agentbox::token_sha256(t)
-            )
-        })
+        .map(|t| format!("admin_token_sha256 = \"{}\"", agentbox::token_sha256(t)))
         .unwrap_or_default();
     let root = dir.display();
     let config = format!(

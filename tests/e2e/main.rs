@@ -3,6 +3,8 @@
 //! Docker engine and the real image, on the harness in `harness/`. Run
 //! one area with `cargo test --test e2e sync::`, one test by its name.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 mod harness;
 
 #[path = "../isolation/mod.rs"]

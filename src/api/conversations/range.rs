@@ -8,7 +8,7 @@ use std::ops::Range;
 
 /// What a request's `Range` header selects of a file of a known length.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Selection {
+pub(super) enum Selection {
     /// The whole file (200): no `Range`, one we ignore, or several ranges.
     Full,
     /// One satisfiable range, end exclusive, never empty (206).
@@ -18,7 +18,7 @@ pub enum Selection {
 }
 
 /// Resolves `header` (the `Range` value, if any) against `len` bytes.
-pub fn select(header: Option<&str>, len: u64) -> Selection {
+pub(super) fn select(header: Option<&str>, len: u64) -> Selection {
     let Some(header) = header else {
         return Selection::Full;
     };
@@ -71,7 +71,7 @@ fn number(s: &str) -> Option<u64> {
 }
 
 /// The `Content-Range` value of a 206 answer.
-pub fn content_range(r: &Range<u64>, len: u64) -> String {
+pub(super) fn content_range(r: &Range<u64>, len: u64) -> String {
     format!("bytes {}-{}/{len}", r.start, r.end - 1)
 }
 

@@ -193,6 +193,7 @@ fn percent_decode(s: &str) -> String {
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     // HMAC accepts keys of any length, so this cannot fail.
+    #[allow(clippy::expect_used, reason = "HMAC takes a key of any length")]
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("hmac takes any key length");
     mac.update(data);

@@ -1,6 +1,8 @@
 //! The `mock-model` binary: announces its URL on stdout and serves the
 //! recorded-request listing for out-of-process users.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::process::Stdio;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! Write and Bash tools really execute and that `--resume` replays earlier
 //! turns to the model. Fails (never skips) when no CLI binary is found.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
