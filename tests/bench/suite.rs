@@ -128,7 +128,7 @@ struct Timing {
 async fn timed_run(d: &Daemon, conversation: &str, prompt: &str) -> Result<Timing, String> {
     let sent_at_ms = now_ms();
     let started = Instant::now();
-    let mut resp = reqwest::Client::new()
+    let mut resp = crate::harness::client()
         .post(d.url(&format!("/v1/conversations/{conversation}/messages")))
         .bearer_auth(TOKEN)
         .json(&json!({ "prompt": prompt }))

@@ -65,6 +65,8 @@ fn moto_endpoint() -> Result<String> {
 
 async fn bench(root: &Path, endpoint: &str) -> Result<()> {
     let bucket = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    // reqwest has rustls without a provider (the daemon's build): ring first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let r = reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))
         .send()

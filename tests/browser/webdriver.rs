@@ -56,7 +56,7 @@ impl Browser {
             .spawn()
             .expect("spawn chromedriver (tests/setup/ensure-chromium.sh installs it)");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = crate::harness::client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ready = http.get(format!("{base}/status")).send().await;

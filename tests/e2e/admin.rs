@@ -424,7 +424,7 @@ async fn admin_token_guards_the_listener() {
     }
 
     let mut d = start_token_daemon().await;
-    let http = reqwest::Client::new();
+    let http = crate::harness::client();
     let url = format!("http://{}/admin/api/status", d.admin);
     let r = http.get(&url).send().await.expect("status");
     assert_eq!(r.status(), 401);

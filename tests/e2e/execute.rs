@@ -19,7 +19,7 @@ fn ids(events: &[SseEvent]) -> Vec<(u64, u64)> {
 }
 
 async fn get(d: &Daemon, token: &str, path: &str, last_event_id: Option<&str>) -> (u16, String) {
-    let mut req = reqwest::Client::new().get(d.url(path)).bearer_auth(token);
+    let mut req = crate::harness::client().get(d.url(path)).bearer_auth(token);
     if let Some(id) = last_event_id {
         req = req.header("last-event-id", id);
     }
@@ -36,7 +36,7 @@ async fn a_dropped_client_reconnects_without_duplicates_or_gaps() {
     let _engine = serial::shared().await;
     let (_mock, d) = start_with_mock(KEY).await;
     let prompt = "!write a.txt 1\n!sleep 2000\n!write b.txt 2";
-    let mut resp = reqwest::Client::new()
+    let mut resp = crate::harness::client()
         .post(d.url("/v1/conversations/rc/messages"))
         .bearer_auth(TOKEN)
         .json(&json!({"prompt": prompt}))
@@ -95,7 +95,7 @@ async fn one_run_at_a_time_and_tenants_are_isolated() {
     let (status, body) = post_message(&d, Some(TOKEN), "busy", json!({"prompt": "again"})).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("\"conflict\""));
-    let del = reqwest::Client::new()
+    let del = crate::harness::client()
         .delete(d.url("/v1/conversations/busy"))
         .bearer_auth(TOKEN)
         .send()
@@ -107,7 +107,7 @@ async fn one_run_at_a_time_and_tenants_are_isolated() {
         let (status, _) = get(&d, OTHER_TOKEN, path, None).await;
         assert_eq!(status, 404, "{path}");
     }
-    let del = reqwest::Client::new()
+    let del = crate::harness::client()
         .delete(d.url("/v1/conversations/busy"))
         .bearer_auth(OTHER_TOKEN)
         .send()
@@ -132,7 +132,7 @@ async fn conversation_state_and_delete() {
     let container = v["container"]["id"].as_str().unwrap().to_owned();
     assert!(d.engine_names().contains(&container));
 
-    let del = reqwest::Client::new()
+    let del = crate::harness::client()
         .delete(d.url("/v1/conversations/doc"))
         .bearer_auth(TOKEN)
         .send()
@@ -443,7 +443,7 @@ async fn stored_files_are_listed_downloaded_confined_and_purged() {
         "nothing stored under {}",
         objects.display()
     );
-    let del = reqwest::Client::new()
+    let del = crate::harness::client()
         .delete(d.url("/v1/conversations/files?purge=true"))
         .bearer_auth(TOKEN)
         .send()

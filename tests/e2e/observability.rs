@@ -192,7 +192,9 @@ fn value(scrape: &str, series: &str) -> f64 {
 }
 
 async fn scrape(d: &Daemon) -> String {
-    let resp = reqwest::get(format!("http://{}/metrics", d.admin_addr))
+    let resp = crate::harness::client()
+        .get(format!("http://{}/metrics", d.admin_addr))
+        .send()
         .await
         .expect("scrape");
     assert_eq!(resp.status(), 200);
@@ -232,7 +234,7 @@ async fn one_execution_cycle_is_audited_and_counted_without_leaking_the_key() {
     let (mock, d) = start_with_mock_opts(CANARY, 1, gc).await;
     d.wait_status(120, "a warm container", |s| s["pool"]["ready"] == 1);
 
-    let resp = reqwest::Client::new()
+    let resp = crate::harness::client()
         .post(d.url(&format!("/v1/conversations/{CONVERSATION}/messages")))
         .bearer_auth(TOKEN)
         .header("x-request-id", REQUEST_ID)

@@ -180,7 +180,7 @@ async fn kill_9_at_any_point_leaves_nothing_leaked() {
     run_ok(&body);
     let url = d.url("/v1/conversations/survivor/messages");
     let slow = tokio::spawn(async move {
-        let _ = reqwest::Client::new()
+        let _ = crate::harness::client()
             .post(url)
             .bearer_auth(TOKEN)
             .json(&json!({"prompt": "!sleep 3000\n!write late.txt 2"}))
@@ -200,7 +200,7 @@ async fn kill_9_at_any_point_leaves_nothing_leaked() {
     // 3. During a claim: kill right after the request goes out.
     let url = d.url("/v1/conversations/claiming/messages");
     let racing = tokio::spawn(async move {
-        let _ = reqwest::Client::new()
+        let _ = crate::harness::client()
             .post(url)
             .bearer_auth(TOKEN)
             .json(&json!({"prompt": "!write c.txt 3"}))
@@ -247,7 +247,7 @@ async fn sweeper_removes_idle_containers_but_never_a_running_one() {
 
     let url = d.url("/v1/conversations/busy/messages");
     let busy = tokio::spawn(async move {
-        reqwest::Client::new()
+        crate::harness::client()
             .post(url)
             .bearer_auth(TOKEN)
             .json(&json!({"prompt": "!sleep 6000\n!write late.txt done"}))

@@ -483,7 +483,7 @@ async fn bedrock_mode_completes_a_write_through_the_signing_gateway() {
         .await
         .expect("mock bedrock");
     // The mock refuses what the gateway did not sign.
-    let unsigned = reqwest::Client::new()
+    let unsigned = crate::harness::client()
         .post(format!("{}/model/x/invoke", mock.url()))
         .body("{}")
         .send()

@@ -133,7 +133,7 @@ async fn wrong_or_missing_token_is_401_and_creates_nothing() {
 async fn bad_input_gets_a_clear_4xx() {
     let _engine = serial::shared().await;
     let (_mock, daemon) = start_with_mock(REAL_KEY).await;
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let post = |conv: &str, body: String| {
         client
             .post(daemon.url(&format!("/v1/conversations/{conv}/messages")))
@@ -174,7 +174,7 @@ async fn bad_input_gets_a_clear_4xx() {
     assert_eq!(v["error"]["code"], "payload_too_large");
     // A fresh client: the server closes the connection after a 413 with an
     // unread body, and the pool might hand that connection out again.
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let r = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-request-id"));

@@ -752,7 +752,7 @@ fn stream_run(
     let body = json!({"prompt": prompt});
     tokio::spawn(async move {
         use futures_util::StreamExt;
-        let resp = reqwest::Client::new()
+        let resp = crate::harness::client()
             .post(url)
             .bearer_auth(TOKEN)
             .json(&body)
@@ -947,7 +947,7 @@ async fn daemon_files_api_streams_files_and_byte_ranges() {
         .into_bytes();
     let len = want.len();
     let url = daemon.url(&format!("/v1/conversations/{conv}/files/numbers.txt"));
-    let client = reqwest::Client::new();
+    let client = crate::harness::client();
     let get = |headers: &[(&str, &str)]| {
         let mut req = client.get(&url).bearer_auth(TOKEN);
         for (k, v) in headers {

@@ -5,6 +5,15 @@ use super::daemon::Daemon;
 use serde_json::Value;
 use std::time::Duration;
 
+/// An HTTP client for the tests. reqwest is the daemon's (object_store's)
+/// build, with rustls but no crypto provider: ring is installed process-wide
+/// first, as the daemon does.
+pub fn client() -> reqwest::Client {
+    // Err only when a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Posts a message and reads the whole SSE stream (bounded by `timeout`).
 pub async fn post_message(
     daemon: &Daemon,
@@ -12,7 +21,7 @@ pub async fn post_message(
     conversation: &str,
     body: Value,
 ) -> (u16, String) {
-    let client = reqwest::Client::new();
+    let client = client();
     let mut req = client
         .post(daemon.url(&format!("/v1/conversations/{conversation}/messages")))
         .json(&body);
@@ -40,7 +49,7 @@ pub fn spawn_run(
     let url = d.url(&format!("/v1/conversations/{conversation}/messages"));
     let body = serde_json::json!({ "prompt": prompt });
     tokio::spawn(async move {
-        reqwest::Client::new()
+        client()
             .post(url)
             .bearer_auth(token)
             .json(&body)

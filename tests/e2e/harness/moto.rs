@@ -46,7 +46,7 @@ pub fn endpoint() -> String {
 /// Creates a bucket with a unique name and returns it.
 pub async fn bucket(endpoint: &str) -> String {
     let name = format!("ab-{}", uuid::Uuid::new_v4().simple());
-    let r = reqwest::Client::new()
+    let r = crate::harness::client()
         .put(format!("{endpoint}/{name}"))
         .send()
         .await
