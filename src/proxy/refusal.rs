@@ -8,31 +8,33 @@ use egress_policy::request::HeadError;
 use egress_policy::Denied;
 use http::StatusCode;
 
+/// Where the policy crate refuses the same thing, the words are its own
+/// (`HeadError`, `Denied`), so the two cannot drift apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("malformed request")]
+    #[error("{}", HeadError::Malformed)]
     Malformed,
-    #[error("request head too large")]
+    #[error("{}", HeadError::HeadTooLarge)]
     HeadTooLarge,
     #[error("no request head in time")]
     HeadTimeout,
-    #[error("ambiguous request framing")]
+    #[error("{}", HeadError::AmbiguousFraming)]
     AmbiguousFraming,
-    #[error("protocol upgrades are not allowed")]
+    #[error("{}", HeadError::UpgradeNotAllowed)]
     UpgradeNotAllowed,
-    #[error("only http:// (absolute form) and CONNECT are proxied")]
+    #[error("{}", HeadError::SchemeNotAllowed)]
     SchemeNotAllowed,
     #[error("data sent before the CONNECT was answered")]
     EarlyData,
-    #[error("destination not allowed")]
+    #[error("{}", Denied::DomainNotAllowed)]
     DomainNotAllowed,
-    #[error("IP address literals are not allowed")]
+    #[error("{}", Denied::IpLiteral)]
     IpLiteral,
-    #[error("port not allowed")]
+    #[error("{}", Denied::PortNotAllowed)]
     PortNotAllowed,
-    #[error("destination resolves to a forbidden address ({})", .0.reason())]
+    #[error("{}", Denied::ForbiddenAddress(*.0))]
     ForbiddenAddress(Forbidden),
-    #[error("destination does not resolve")]
+    #[error("{}", Denied::DnsFailed)]
     DnsFailed,
     #[error("cannot connect to destination")]
     ConnectFailed,
@@ -169,29 +171,10 @@ mod tests {
             Refusal::ForbiddenAddress(Forbidden::Metadata).reason(),
             "metadata_address"
         );
+        assert_eq!(
+            Refusal::ForbiddenAddress(Forbidden::Metadata).to_string(),
+            "destination resolves to a forbidden address (metadata_address)"
+        );
         assert_eq!(Refusal::EarlyData.status(), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn policy_errors_keep_their_words() {
-        // The crate's errors and the answers they become say the same.
-        for e in [
-            HeadError::Malformed,
-            HeadError::HeadTooLarge,
-            HeadError::AmbiguousFraming,
-            HeadError::UpgradeNotAllowed,
-            HeadError::SchemeNotAllowed,
-        ] {
-            assert_eq!(Refusal::from(e).to_string(), e.to_string());
-        }
-        for d in [
-            Denied::DomainNotAllowed,
-            Denied::IpLiteral,
-            Denied::PortNotAllowed,
-            Denied::ForbiddenAddress(Forbidden::Private),
-            Denied::DnsFailed,
-        ] {
-            assert_eq!(Refusal::from(d).to_string(), d.to_string());
-        }
     }
 }
