@@ -86,7 +86,7 @@ impl Orchestrator {
                 Some(false) => {
                     crate::audit::emit(&AuditEvent::ContainerCrashed {
                         subject: super::subject(&r.name, r.binding.as_ref()),
-                        state: format!("{:?}", r.state).to_lowercase(),
+                        state: r.state.as_str().to_owned(),
                     });
                     self.destroy(&r.name, DestroyReason::Crashed).await;
                     report.removed += 1;

@@ -75,6 +75,16 @@ pub enum ContainerState {
 }
 
 impl ContainerState {
+    /// The spelling in the state file, audit events and metric labels.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Warming => "warming",
+            Self::Ready => "ready",
+            Self::Claimed => "claimed",
+            Self::Destroying => "destroying",
+        }
+    }
+
     pub fn can_become_ready(self) -> bool {
         self == Self::Warming
     }
@@ -126,29 +136,6 @@ impl ContainerRecord {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ContainerState::*;
-
-    #[test]
-    fn guards() {
-        assert!(Warming.can_become_ready());
-        assert!(!Ready.can_become_ready());
-        assert!(Ready.can_claim() && Warming.can_claim());
-        assert!(!Claimed.can_claim() && !Destroying.can_claim());
-        assert!(!Destroying.can_destroy());
-        assert!(Ready.in_pool() && !Claimed.in_pool());
-    }
-
-    #[test]
-    fn run_outcomes_are_spelled_as_serialized() {
-        use super::RunOutcome::*;
-        for o in [Running, Completed, Failed, Interrupted] {
-            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
-        }
-    }
-}
-
 /// One run of a conversation, kept with its events for reconnects.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
@@ -191,5 +178,35 @@ impl StoredEvent {
 impl PartialEq for StoredEvent {
     fn eq(&self, other: &Self) -> bool {
         self.seq == other.seq && self.event == other.event && self.data.get() == other.data.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContainerState::*;
+
+    #[test]
+    fn guards() {
+        assert!(Warming.can_become_ready());
+        assert!(!Ready.can_become_ready());
+        assert!(Ready.can_claim() && Warming.can_claim());
+        assert!(!Claimed.can_claim() && !Destroying.can_claim());
+        assert!(!Destroying.can_destroy());
+        assert!(Ready.in_pool() && !Claimed.in_pool());
+    }
+
+    #[test]
+    fn container_states_are_spelled_as_serialized() {
+        for c in [Warming, Ready, Claimed, Destroying] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+
+    #[test]
+    fn run_outcomes_are_spelled_as_serialized() {
+        use super::RunOutcome::*;
+        for o in [Running, Completed, Failed, Interrupted] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
     }
 }
