@@ -11,8 +11,9 @@
 //! - `restart`: `kill -9` of the daemon with many live containers, then
 //!   the time until it has reconciled and serves, and until the pool is
 //!   whole again.
-//! - `density`: the agent's idle RSS and the host memory per idle warm
-//!   container; how many would fit in this host's available memory.
+//! - `density`: the idle RSS of the agent, the pre-started CLI and
+//!   docker-init, each found by its executable, and the host memory per
+//!   idle warm container; how many would fit in this host's available memory.
 //! - `throughput`: concurrent multi-turn conversations with tool use.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
@@ -313,6 +314,97 @@ fn mib(s: &str) -> f64 {
     }
 }
 
+/// One process inside a container, as its `/proc` shows it.
+#[derive(Debug)]
+struct Proc {
+    pid: u64,
+    ppid: u64,
+    /// The resolved `/proc/PID/exe`: what the process runs, which (unlike
+    /// its command line or `comm`) it cannot rename.
+    exe: String,
+    rss_kib: u64,
+    rss_anon_kib: u64,
+}
+
+impl Proc {
+    fn runs(&self, program: &str) -> bool {
+        self.exe.rsplit('/').next() == Some(program)
+    }
+}
+
+/// Every process in `container`. The shell of `docker exec` shows up too,
+/// as a process of its own that no lookup below matches.
+fn container_procs(container: &str) -> Vec<Proc> {
+    const LIST: &str = r#"for p in /proc/[0-9]*; do
+  exe=$(readlink "$p/exe" 2>/dev/null) || exe='?'
+  st=$(grep -E '^(PPid|VmRSS|RssAnon):' "$p/status" 2>/dev/null) || continue
+  echo "${p#/proc/} $exe" $st
+done"#;
+    docker_ok(&["exec", container, "sh", "-c", LIST])
+        .lines()
+        .filter_map(|line| {
+            // "PID EXE PPid: N VmRSS: N kB RssAnon: N kB"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let field = |key: &str| {
+                f.iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| f.get(i + 1)?.parse().ok())
+            };
+            Some(Proc {
+                pid: f.first()?.parse().ok()?,
+                exe: (*f.get(1)?).to_owned(),
+                ppid: field("PPid:")?,
+                rss_kib: field("VmRSS:")?,
+                rss_anon_kib: field("RssAnon:")?,
+            })
+        })
+        .collect()
+}
+
+/// The one process in `procs` that `what` describes, or why not.
+fn only<'a>(
+    procs: &'a [Proc],
+    what: &str,
+    matches: impl Fn(&Proc) -> bool,
+) -> Result<&'a Proc, String> {
+    let found: Vec<&Proc> = procs.iter().filter(|p| matches(p)).collect();
+    match found[..] {
+        [one] => Ok(one),
+        _ => Err(format!(
+            "expected one {what}, found {}; processes: {procs:?}",
+            found.len()
+        )),
+    }
+}
+
+/// The idle memory of one warm container, in MiB.
+struct IdleMemory {
+    agent: f64,
+    cli: f64,
+    cli_anon: f64,
+    init: f64,
+}
+
+fn idle_memory(container: &str) -> Result<IdleMemory, String> {
+    let procs = container_procs(container);
+    let init = only(&procs, "docker-init as PID 1", |p| {
+        p.pid == 1 && p.runs("docker-init")
+    })?;
+    let agent = only(&procs, "workspace-agent under docker-init", |p| {
+        p.ppid == init.pid && p.runs("workspace-agent")
+    })?;
+    let cli = only(&procs, "pre-started CLI (`claude`) under the agent", |p| {
+        p.ppid == agent.pid && p.runs("claude")
+    })?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(IdleMemory {
+        agent: mib(agent.rss_kib),
+        cli: mib(cli.rss_kib),
+        cli_anon: mib(cli.rss_anon_kib),
+        init: mib(init.rss_kib),
+    })
+}
+
 async fn density(a: &Args) {
     let n = a.size(10, 2);
     let (_mock, d) = start_with_mock_opts("bench-key", n, "").await;
@@ -327,18 +419,16 @@ async fn density(a: &Args) {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    let (mut rss, mut host) = (Vec::new(), Vec::new());
+    let (mut agent, mut cli, mut cli_anon, mut init, mut host) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for name in &names {
-        let out = docker_ok(&[
-            "exec", name, "sh", "-c",
-            "for p in /proc/[0-9]*; do if grep -q workspace-agent $p/cmdline 2>/dev/null; then grep VmRSS $p/status; fi; done",
-        ]);
-        let kib: f64 = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse().ok())
-            .expect("agent VmRSS");
-        rss.push(kib / 1024.0);
+        // A process not found fails the bench: a figure from the wrong
+        // process is worse than none.
+        let m = idle_memory(name).unwrap_or_else(|e| panic!("density: container {name}: {e}"));
+        agent.push(m.agent);
+        cli.push(m.cli);
+        cli_anon.push(m.cli_anon);
+        init.push(m.init);
         let usage = docker_ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
         host.push(mib(usage.split('/').next().unwrap_or("")));
     }
@@ -353,7 +443,13 @@ async fn density(a: &Args) {
     let per = summarize(host);
     println!("\n### Density: {n} idle warm containers (MiB)\n");
     header();
-    row("workspace-agent idle RSS", &summarize(rss));
+    row("workspace-agent idle RSS", &summarize(agent));
+    row("pre-started CLI (`claude`) idle RSS", &summarize(cli));
+    row(
+        "pre-started CLI, anonymous part of its RSS (RssAnon)",
+        &summarize(cli_anon),
+    );
+    row("docker-init (PID 1) RSS", &summarize(init));
     row("host memory per idle warm container (cgroup usage)", &per);
     println!(
         "\nMemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm containers\n",
