@@ -368,18 +368,25 @@ async fn a_tenant_over_its_run_limit_gets_429() {
     // The harness gives OTHER_TENANT `max_concurrent_runs = 1`.
     let (_mock, d) = start_with_mock(KEY).await;
     let slow = spawn_run(&d, OTHER_TOKEN, "first", "!sleep 2500\n!text done");
-    let mut limited = false;
-    for _ in 0..100 {
-        let (status, body) =
-            post_message(&d, Some(OTHER_TOKEN), "second", json!({"prompt": "hi"})).await;
-        if status == 429 {
-            assert!(body.contains("too_many_runs"), "{body}");
-            limited = true;
+    // The second request goes out once the first run is under way, so it
+    // must be refused: retrying blindly let a second run that got in first
+    // take its own seconds while the first one ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(&d, OTHER_TOKEN, "/v1/conversations/first", None).await;
+        if status == 200 && serde_json::from_str::<Value>(&body).unwrap()["state"] == "running" {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never showed as running: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(limited, "the second run was never refused");
+    let (status, body) =
+        post_message(&d, Some(OTHER_TOKEN), "second", json!({"prompt": "hi"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_runs"), "{body}");
     // Another tenant is not affected.
     let (status, _) = post_message(&d, Some(TOKEN), "mine", json!({"prompt": "!text ok"})).await;
     assert_eq!(status, 200);
