@@ -20,9 +20,11 @@
 #   NPM_REGISTRY          npm registry URL for the CLI download (default: npm's)
 #   CARGO_TARGET_DIR      honoured when locating the agent binary
 #   AGENTBOX_DEBIAN_MIRROR passed through to build-base.sh
-#   AGENTBOX_AGENT_BIN    a prebuilt workspace-agent instead of `cargo build`; an
-#                         installed copy (share/agentbox/workspace-base, no sources)
-#                         defaults to the workspace-agent shipped beside this script
+#   AGENTBOX_IMAGE_AGENT_BIN a prebuilt workspace-agent instead of `cargo build`;
+#                         an installed copy (share/agentbox/workspace-base, no
+#                         sources) defaults to the workspace-agent shipped beside
+#                         this script. (Not AGENTBOX_AGENT_*: the daemon reads
+#                         those as `[agent]` settings and refuses unknown keys.)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -62,7 +64,7 @@ step "base image (build-base.sh)"
 "$HERE/build-base.sh"
 step_done
 
-AGENT_BIN=${AGENTBOX_AGENT_BIN:-}
+AGENT_BIN=${AGENTBOX_IMAGE_AGENT_BIN:-}
 if [[ -z $AGENT_BIN && ! -f $ROOT/Cargo.toml && -x $HERE/workspace-agent ]]; then
   AGENT_BIN=$HERE/workspace-agent
 fi

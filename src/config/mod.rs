@@ -613,6 +613,10 @@ mod tests {
                 "http://127.0.0.1:1".to_owned(),
             ),
             ("UNRELATED".to_owned(), "x".to_owned()),
+            // The image build's own variables share the prefix but name no
+            // section: a shell that exported them still starts the daemon.
+            ("AGENTBOX_IMAGE_AGENT_BIN".to_owned(), "/x".to_owned()),
+            ("AGENTBOX_DEBIAN_MIRROR".to_owned(), "http://m".to_owned()),
         ];
         let c = Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"", env).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:9");
