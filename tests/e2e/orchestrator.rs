@@ -245,19 +245,7 @@ async fn sweeper_removes_idle_containers_but_never_a_running_one() {
     run_ok(&body);
     let idle = d.container_of(TENANT, "idle").unwrap();
 
-    let url = d.url("/v1/conversations/busy/messages");
-    let busy = tokio::spawn(async move {
-        crate::harness::client()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&json!({"prompt": "!sleep 6000\n!write late.txt done"}))
-            .send()
-            .await
-            .expect("send")
-            .text()
-            .await
-            .expect("body")
-    });
+    let busy = spawn_run(&d, TOKEN, "busy", "!sleep 6000\n!write late.txt done");
     // Wait until the busy run has its container, then past the idle TTL.
     let d_ref = &d;
     let busy_container = tokio::task::block_in_place(|| {
