@@ -11,7 +11,9 @@ mod reader;
 pub use reader::{LineReader, Violation};
 
 use crate::config::AgentConfig;
-use agent_protocol::{AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET};
+use agent_protocol::{
+    AgentEvent, Confinement, Enforcement, ExecuteRequest, Health, AGENT_SOCKET, INTERRUPT_PATH,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -28,6 +30,8 @@ const MAX_SMALL_BODY: usize = 64 * 1024;
 /// How long the agent may take to answer a request's head, or to send a
 /// small body whole. The real agent answers at once.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to answer an interrupt; it answers at once.
+const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest part of a refusal body quoted in an error (it reaches clients).
 const MAX_QUOTED: usize = 1024;
 
@@ -138,6 +142,26 @@ impl AgentClient {
             Err(error) => {
                 tracing::warn!(message = "Container confinement unknown.", container_id = %container, %error)
             }
+        }
+    }
+
+    /// Asks the agent to stop the turn of the run in progress. `Ok(true)`
+    /// when it took the interrupt, `Ok(false)` when it has no run (the
+    /// run just ended). Only the status is read, within
+    /// [`INTERRUPT_TIMEOUT`]; the run's stream says how the turn ended.
+    pub async fn interrupt(&self) -> Result<bool, AgentError> {
+        let req = Request::post(INTERRUPT_PATH)
+            .header("host", "agent")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| AgentError::Connection(e.to_string()))?;
+        let resp = self.send(req, INTERRUPT_TIMEOUT).await?;
+        match resp.status() {
+            StatusCode::ACCEPTED => Ok(true),
+            StatusCode::CONFLICT => Ok(false),
+            status => Err(AgentError::Refused {
+                status,
+                body: String::new(),
+            }),
         }
     }
 

@@ -168,6 +168,17 @@ pub(crate) enum AuditEvent {
         subtype: String,
         num_turns: u64,
     },
+    /// A client asked to stop the run's turn, and the daemon passed it to
+    /// the agent.
+    AgentExecutionInterrupted {
+        #[serde(flatten)]
+        subject: Subject,
+        /// The agent took it; false when the turn had already ended.
+        accepted: bool,
+        /// Why the agent could not be asked.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The agent's stream broke a bound of `[agent]` (line length, events
     /// per run, idle time, answer size); the run ends with
     /// `agent_protocol_violation` and the container is destroyed.
@@ -263,6 +274,7 @@ impl AuditEvent {
             Self::FileSyncRefused { .. } => "file_sync_refused",
             Self::AgentExecutionStarted { .. } => "agent_execution_started",
             Self::AgentExecutionCompleted { .. } => "agent_execution_completed",
+            Self::AgentExecutionInterrupted { .. } => "agent_execution_interrupted",
             Self::AgentProtocolViolation { .. } => "agent_protocol_violation",
             Self::AgentExecutionFailed { .. } => "agent_execution_failed",
         }
@@ -284,6 +296,7 @@ impl AuditEvent {
             | Self::FileSyncRefused { subject, .. }
             | Self::AgentExecutionStarted { subject, .. }
             | Self::AgentExecutionCompleted { subject, .. }
+            | Self::AgentExecutionInterrupted { subject, .. }
             | Self::AgentProtocolViolation { subject, .. }
             | Self::AgentExecutionFailed { subject, .. } => subject,
         }
@@ -383,6 +396,11 @@ mod tests {
                 files: Vec::new(),
                 max_file_bytes: 1,
                 max_workspace_bytes: 1,
+            },
+            AuditEvent::AgentExecutionInterrupted {
+                subject: s.clone(),
+                accepted: true,
+                error: None,
             },
             AuditEvent::AgentProtocolViolation {
                 subject: s.clone(),

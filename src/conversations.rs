@@ -28,6 +28,9 @@ pub(crate) enum ConversationError {
     TooManyRuns { tenant: String, max: usize },
     #[error("Last-Event-ID must look like {{run}}-{{seq}}")]
     BadCursor,
+    /// Interrupting a conversation with no run going on.
+    #[error("no run is in progress")]
+    NoRun,
     #[error(transparent)]
     Execute(#[from] ExecuteError),
     #[error(transparent)]
@@ -95,6 +98,22 @@ impl Conversations {
         }
         tracing::info!(message = "Run requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
         Ok(self.executor.start_run(key, exec).await?)
+    }
+
+    /// Asks the conversation's run to stop its turn; the run then ends
+    /// with a `result` whose `interrupted` is set (or normally, when it
+    /// finished first). Returns the run's number.
+    pub(crate) async fn interrupt(&self, key: &ConversationKey) -> Result<u64, ConversationError> {
+        self.find(key).await?;
+        let live = self
+            .executor
+            .hub()
+            .get(key)
+            .filter(|l| !l.is_done())
+            .ok_or(ConversationError::NoRun)?;
+        live.request_interrupt();
+        tracing::info!(message = "Run interrupt requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id, run = live.run);
+        Ok(live.run)
     }
 
     pub(crate) async fn show(
@@ -317,6 +336,21 @@ mod tests {
             Err(ConversationError::TooManyRuns { max: 1, .. })
         ));
         finish(&core, "a", first).await;
+    }
+
+    #[tokio::test]
+    async fn interrupt_needs_a_known_conversation_with_a_run() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        assert!(matches!(
+            svc.interrupt(&key("nobody")).await,
+            Err(ConversationError::NotFound)
+        ));
+        converse(&core, &svc, "c").await;
+        assert!(matches!(
+            svc.interrupt(&key("c")).await,
+            Err(ConversationError::NoRun)
+        ));
     }
 
     #[tokio::test]

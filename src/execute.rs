@@ -16,7 +16,7 @@ use crate::state::{now_ms, StateError};
 use crate::sync::{Placement, RunSync, SyncService};
 use agent_protocol::{AgentEvent, ExecuteRequest};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 #[cfg(test)]
@@ -83,13 +83,14 @@ impl Executor {
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
         let live = self.hub.record(store, &key, run, max_stored, rx);
         let this = self.clone();
+        let interrupts = live.clone();
         // Every line and audit event of the run carries these ids.
         let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
             async move {
                 let _guard = guard;
                 let mut audit = ExecutionAudit::start(&key, &exec.options);
-                let outcome = this.run(&key, exec, &tx, &mut audit).await;
+                let outcome = this.run(&key, exec, &tx, &mut audit, &interrupts).await;
                 // Audited before the stream ends, so a client that saw the
                 // end can find the record.
                 audit.finish(outcome.as_ref().err());
@@ -109,6 +110,7 @@ impl Executor {
         mut exec: ExecuteRequest,
         tx: &mpsc::Sender<AgentEvent>,
         audit: &mut ExecutionAudit,
+        live: &LiveRun,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| failure(ErrorCode::StateError, e.to_string());
         // The gateway counts the run's spend from here; a tenant whose day
@@ -134,8 +136,14 @@ impl Executor {
         let client = AgentClient::new(&assigned.socket_dir);
         let mut session_id = None;
         let mut result_event = None;
+        // The agent has taken the run: an interrupt sent earlier would find
+        // no run to stop.
+        let agent_took_it = Notify::new();
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
+                if matches!(ev, AgentEvent::Started { .. }) {
+                    agent_took_it.notify_one();
+                }
                 audit.observe(&ev);
                 if let AgentEvent::Session { session_id: s }
                 | AgentEvent::Result { session_id: s, .. } = &ev
@@ -156,7 +164,10 @@ impl Executor {
         };
         let (outcome, ()) = tokio::join!(
             async {
-                let r = client.execute(&exec, &agent_tx, &limits).await;
+                let r = tokio::select! {
+                    r = client.execute(&exec, &agent_tx, &limits) => r,
+                    never = forward_interrupts(live, &agent_took_it, &client) => match never {},
+                };
                 drop(agent_tx);
                 r
             },
@@ -294,6 +305,33 @@ impl Executor {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }
         Ok((assigned, run_sync))
+    }
+}
+
+/// Passes each interrupt request of the run to the agent, once the agent
+/// has taken the run; ends only when the run does (the caller drops it).
+async fn forward_interrupts(
+    live: &LiveRun,
+    agent_took_it: &Notify,
+    client: &AgentClient,
+) -> std::convert::Infallible {
+    agent_took_it.notified().await;
+    loop {
+        live.interrupt_requested().await;
+        let (accepted, error) = match client.interrupt().await {
+            Ok(accepted) => (accepted, None),
+            Err(e) => (false, Some(e.to_string())),
+        };
+        tracing::info!(
+            message = "Run interrupt passed to the agent.",
+            accepted,
+            error = error.as_deref()
+        );
+        crate::audit::emit(&AuditEvent::AgentExecutionInterrupted {
+            subject: Subject::default(),
+            accepted,
+            error,
+        });
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 /// How often pending events are committed to the state file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -70,6 +70,9 @@ pub(crate) struct LiveRun {
     log: Mutex<Log>,
     /// Bumped on every change; subscribers wait on it.
     changed: watch::Sender<u64>,
+    /// Requests to stop the run's turn; the executor forwards them to the
+    /// agent. A request made before anybody waits is kept, not lost.
+    interrupt: Notify,
 }
 
 impl LiveRun {
@@ -78,7 +81,23 @@ impl LiveRun {
             run,
             log: Mutex::new(Log::default()),
             changed: watch::channel(0).0,
+            interrupt: Notify::new(),
         })
+    }
+
+    /// Asks the run to stop its turn (`POST .../interrupt`).
+    pub(crate) fn request_interrupt(&self) {
+        self.interrupt.notify_one();
+    }
+
+    /// Resolves on the next interrupt request.
+    pub(crate) async fn interrupt_requested(&self) {
+        self.interrupt.notified().await;
+    }
+
+    /// The run has ended (its ending is recorded).
+    pub(crate) fn is_done(&self) -> bool {
+        self.log().done
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, Log> {

@@ -3,6 +3,7 @@
 //! Routes:
 //! - `GET /healthz`: liveness, no auth.
 //! - `POST /v1/conversations/{id}/messages`: run the agent, SSE out.
+//! - `POST /v1/conversations/{id}/interrupt`: stop the running turn.
 //! - `GET /v1/conversations/{id}/events`: the latest run's events, or
 //!   those after `Last-Event-ID`, then live until the run ends.
 //! - `GET /v1/conversations/{id}`: state, container, recent runs.
@@ -20,6 +21,7 @@ mod auth;
 mod conversations;
 mod error;
 mod events;
+mod interrupt;
 mod messages;
 
 pub use auth::token_sha256;
@@ -50,6 +52,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/v1/conversations/{id}/messages",
             post(messages::post_message),
+        )
+        .route(
+            "/v1/conversations/{id}/interrupt",
+            post(interrupt::post_interrupt),
         )
         .route("/v1/conversations/{id}/events", get(events::get_events))
         .route(

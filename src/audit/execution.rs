@@ -180,6 +180,7 @@ mod tests {
             total_cost_usd: 0.0,
             usage: serde_json::Value::Null,
             result: None,
+            interrupted: false,
         }
     }
 

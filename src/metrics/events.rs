@@ -85,6 +85,9 @@ fn observe_event(event: &AuditEvent) {
         // Counted by `agentbox_audit_events_total{event}` above, and as a
         // failed run by its `agent_execution_failed`.
         AuditEvent::AgentProtocolViolation { .. } => {}
+        // Counted by `agentbox_audit_events_total{event}` above; the run
+        // ends as completed (the CLI's `result`).
+        AuditEvent::AgentExecutionInterrupted { .. } => {}
         AuditEvent::AgentExecutionFailed { timing, code, .. } => with(|i| {
             let code = i.failure_codes.get(code);
             i.executions_failed.add(1, &[kv("code", code)]);

@@ -82,6 +82,7 @@ pub(crate) fn result(session_id: &str) -> AgentEvent {
         total_cost_usd: 0.0,
         usage: serde_json::json!({}),
         result: Some("done".to_owned()),
+        interrupted: false,
     }
 }
 

@@ -18,6 +18,7 @@ mod orchestrator;
 mod packaging;
 mod pentest;
 mod proxy;
+mod sdk;
 mod skeleton;
 mod sync;
 mod userns;

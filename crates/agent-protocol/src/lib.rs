@@ -3,7 +3,9 @@
 //!
 //! The host sends one [`ExecuteRequest`] as JSON to `POST /execute` on the
 //! agent's Unix socket; the agent answers with NDJSON, one [`AgentEvent`] per
-//! line, until the run ends.
+//! line, until the run ends. `POST /interrupt` ([`INTERRUPT_PATH`]) asks the
+//! run in progress to stop its turn: `202` when there is one, `409` when
+//! not; the run then ends with a `result` whose `interrupted` is set.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,6 +18,8 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 pub const PROXY_SOCKET: &str = "proxy.sock";
 /// Address inside the container that is bridged to the proxy socket.
 pub const GATEWAY_ADDR: &str = "127.0.0.1:8080";
+/// The agent's route that interrupts the run in progress.
+pub const INTERRUPT_PATH: &str = "/interrupt";
 
 /// Environment variable by which the host tells the agent which layer
 /// confines paths: `apparmor` (the kernel already does) or `landlock` (the
@@ -235,6 +239,9 @@ pub enum AgentEvent {
         total_cost_usd: f64,
         usage: Value,
         result: Option<String>,
+        /// The turn was stopped by an interrupt before it finished.
+        #[serde(default)]
+        interrupted: bool,
     },
     Error {
         code: String,

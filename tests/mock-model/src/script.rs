@@ -251,9 +251,32 @@ fn offered_tools(body: &Value) -> HashSet<String> {
 fn prompt_index(messages: &[Value]) -> Option<usize> {
     messages.iter().rposition(|m| {
         m.get("role").and_then(Value::as_str) == Some("user")
-            && !has_tool_result(m)
+            && (!has_tool_result(m) || text_follows_tool_result(m))
             && !prompt_text(m).trim().is_empty()
     })
+}
+
+/// After an interrupt the CLI sends the stopped tool's result, its
+/// interruption note and the next prompt as one user message; the prompt
+/// is then text after the last tool result.
+fn text_follows_tool_result(message: &Value) -> bool {
+    content_blocks(message).fold(false, |after, b| match block_type(b) {
+        Some("tool_result") => false,
+        Some("text") => {
+            after
+                || b.get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(is_prompt_text)
+        }
+        _ => after,
+    })
+}
+
+/// Text the user wrote: not the CLI's `<system-reminder>` blocks nor its
+/// "[Request interrupted by user...]" notes.
+fn is_prompt_text(text: &str) -> bool {
+    let text = text.trim_start();
+    !text.starts_with("<system-reminder>") && !text.starts_with("[Request interrupted by user")
 }
 
 fn has_tool_result(message: &Value) -> bool {
@@ -269,7 +292,7 @@ fn prompt_text(message: &Value) -> String {
     content_blocks(message)
         .filter(|b| block_type(b) == Some("text"))
         .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .filter(|t| !t.trim_start().starts_with("<system-reminder>"))
+        .filter(|t| is_prompt_text(t))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -427,6 +450,28 @@ mod tests {
                 input: json!({"command": "two", "description": "run command"})
             }
         );
+    }
+
+    #[test]
+    fn a_prompt_after_an_interrupted_tool_is_the_new_prompt() {
+        let body = json!({
+            "tools": [{"name": "Bash"}],
+            "messages": [
+                {"role": "user", "content": "!bash sleep 60\n!text old"},
+                {"role": "assistant", "content": [{"type": "tool_use"}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "is_error": true},
+                    {"type": "text", "text": "[Request interrupted by user for tool use]"},
+                    {"type": "text", "text": "!text new"}
+                ]}
+            ]
+        });
+        let p = plan(&body).unwrap();
+        assert_eq!(p.blocks, vec![Block::Text("new".into())]);
+        // A tool result with only the note is still the old prompt's turn.
+        let mut body = body;
+        body["messages"][2]["content"].as_array_mut().unwrap().pop();
+        assert_eq!(plan(&body).unwrap().blocks, vec![Block::Text("old".into())]);
     }
 
     #[test]

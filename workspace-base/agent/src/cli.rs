@@ -9,17 +9,22 @@
 
 use crate::translate::Translator;
 use agent_protocol::{AgentEvent, AgentOptions, ExecuteRequest, PermissionMode};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 /// How much of the CLI's stderr is kept for an error message.
 const STDERR_TAIL_LINES: usize = 20;
+/// How long the CLI has to end a turn after an interrupt; it takes a few
+/// milliseconds, even with a tool running.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 
 /// Where and how the CLI runs.
 #[derive(Clone, Debug)]
@@ -181,27 +186,57 @@ impl CliProcess {
 
     /// Runs one turn, sending events to `tx`. `Ok(true)` when the turn
     /// ended with `result` and the process can take another.
+    ///
+    /// A notification on `interrupt` sends the CLI the stream-json control
+    /// protocol's `interrupt` request (what the Agent SDK's `interrupt()`
+    /// sends); the CLI then ends the turn with its own `result`, which is
+    /// reported with `interrupted` set. A CLI that has not ended the turn
+    /// [`INTERRUPT_GRACE`] later is killed and the turn ends all the same.
     pub async fn turn(
         &mut self,
         prompt: &str,
         tx: &mpsc::Sender<AgentEvent>,
+        interrupt: &Notify,
     ) -> Result<bool, String> {
-        self.stdin
-            .write_all(user_message_line(prompt).as_bytes())
-            .await
-            .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
-        self.stdin
-            .flush()
+        self.send_line(&user_message_line(prompt))
             .await
             .map_err(|e| format!("cannot send the prompt to the CLI: {e}"))?;
         let translator = Translator::new(true);
-        while let Ok(Some(line)) = self.lines.next_line().await {
-            for ev in translator.translate(&line) {
-                let done = match &ev {
-                    AgentEvent::Result { session_id, .. } => {
+        let mut interrupted = false;
+        let grace = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace);
+        loop {
+            let line = tokio::select! {
+                line = self.lines.next_line() => line,
+                () = interrupt.notified(), if !interrupted => {
+                    interrupted = true;
+                    self.send_line(&interrupt_request_line())
+                        .await
+                        .map_err(|e| format!("cannot send the interrupt to the CLI: {e}"))?;
+                    grace.as_mut().reset(tokio::time::Instant::now() + INTERRUPT_GRACE);
+                    continue;
+                }
+                () = &mut grace, if interrupted => {
+                    let _ = self.child.start_kill();
+                    let _ = tx.send(self.killed_after_interrupt()).await;
+                    return Ok(false);
+                }
+            };
+            let Ok(Some(line)) = line else { break };
+            for mut ev in translator.translate(&line) {
+                let done = match &mut ev {
+                    AgentEvent::Result {
+                        session_id,
+                        subtype,
+                        interrupted: stopped,
+                        ..
+                    } => {
                         if !session_id.is_empty() {
                             self.session_id = Some(session_id.clone());
                         }
+                        // An interrupt that came after the turn was done
+                        // stopped nothing.
+                        *stopped = interrupted && subtype != "success";
                         true
                     }
                     _ => false,
@@ -226,6 +261,41 @@ impl CliProcess {
             tail.trim()
         ))
     }
+
+    async fn send_line(&mut self, line: &str) -> std::io::Result<()> {
+        self.stdin.write_all(line.as_bytes()).await?;
+        self.stdin.flush().await
+    }
+
+    /// The `result` of a turn whose CLI ignored the interrupt.
+    fn killed_after_interrupt(&self) -> AgentEvent {
+        AgentEvent::Result {
+            session_id: self.session_id.clone().unwrap_or_default(),
+            is_error: true,
+            subtype: "error_during_execution".to_owned(),
+            num_turns: 0,
+            duration_ms: 0,
+            total_cost_usd: 0.0,
+            usage: Value::Null,
+            result: Some(format!(
+                "interrupted: the CLI did not stop within {}s and was killed",
+                INTERRUPT_GRACE.as_secs()
+            )),
+            interrupted: true,
+        }
+    }
+}
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// The control request that stops the CLI's current turn.
+pub fn interrupt_request_line() -> String {
+    let msg = json!({
+        "type": "control_request",
+        "request_id": format!("agentbox-interrupt-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
+        "request": {"subtype": "interrupt"},
+    });
+    format!("{msg}\n")
 }
 
 async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
@@ -299,6 +369,16 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
         assert_eq!(v["message"]["content"], "a\nb \"q\"");
+    }
+
+    #[test]
+    fn interrupt_is_a_control_request_line() {
+        let line = interrupt_request_line();
+        assert_eq!(line.matches('\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(v["type"], "control_request");
+        assert_eq!(v["request"]["subtype"], "interrupt");
+        assert!(v["request_id"].is_string());
     }
 
     #[tokio::test]

@@ -1,8 +1,9 @@
 //! The agent's HTTP API on its Unix socket, served to the host daemon only.
 //!
 //! Routes: `GET /health` (200 once the agent is up, with a JSON
-//! [`Health`] body saying how it is confined) and `POST /execute`
-//! (NDJSON [`AgentEvent`] stream in the response body).
+//! [`Health`] body saying how it is confined), `POST /execute`
+//! (NDJSON [`AgentEvent`] stream in the response body) and
+//! `POST /interrupt` (stops the run's turn: 202, or 409 with no run).
 //!
 //! One run at a time: the host allows one run per conversation, so a new
 //! `/execute` while a run is going means the host that asked for the old
@@ -10,7 +11,9 @@
 //! all, and the new one starts.
 
 use crate::cli::{CliConfig, CliProcess};
-use agent_protocol::{AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health};
+use agent_protocol::{
+    AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health, INTERRUPT_PATH,
+};
 use bytes::Bytes;
 use http_body_util::{channel::Channel, BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -20,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 /// Largest request body the agent reads; the host enforces its own limit.
@@ -31,8 +34,8 @@ type Body = http_body_util::Either<Full<Bytes>, Channel<Bytes, Infallible>>;
 pub struct Agent {
     cli: CliConfig,
     confinement: Confinement,
-    /// The run in progress, if any.
-    current: Mutex<Option<JoinHandle<()>>>,
+    /// The run in progress, if any, and what interrupts its turn.
+    current: Mutex<Option<(JoinHandle<()>, Arc<Notify>)>>,
     /// A CLI waiting on stdin: pre-started for a first turn with default
     /// options, or kept after a turn for the session's next one.
     idle: Mutex<Option<CliProcess>>,
@@ -108,6 +111,7 @@ async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => health(&agent),
         (&Method::POST, "/execute") => execute(agent, req).await,
+        (&Method::POST, INTERRUPT_PATH) => interrupt(&agent).await,
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     })
 }
@@ -125,7 +129,7 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let mut current = agent.current.lock().await;
-    if let Some(old) = current.take().filter(|h| !h.is_finished()) {
+    if let Some((old, _)) = current.take().filter(|(h, _)| !h.is_finished()) {
         eprintln!("workspace-agent: a new run replaces one whose host went away");
         // Dropping the run's future kills its CLI (kill_on_drop).
         old.abort();
@@ -134,12 +138,14 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     let (mut body_tx, body) = Channel::new(16);
     let (tx, mut rx) = mpsc::channel::<AgentEvent>(64);
     let runner = agent.clone();
-    *current = Some(tokio::spawn(async move {
+    let stop = Arc::new(Notify::new());
+    let interrupt = stop.clone();
+    let handle = tokio::spawn(async move {
         let turn = async move {
             let (process, reused) = runner.process_for(&exec).await;
             let _ = tx.send(AgentEvent::Started { prestarted: reused }).await;
             let outcome = match process {
-                Ok(mut p) => match p.turn(&exec.prompt, &tx).await {
+                Ok(mut p) => match p.turn(&exec.prompt, &tx, &interrupt).await {
                     Ok(true) => {
                         runner.idle.lock().await.replace(p);
                         Ok(())
@@ -160,12 +166,26 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         });
-    }));
+    });
+    *current = Some((handle, stop));
     drop(current);
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::Right(body))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// Stops the turn of the run in progress. A notification that arrives
+/// before the turn reads it is kept, so an interrupt right after
+/// `/execute` is not lost.
+async fn interrupt(agent: &Agent) -> Response<Body> {
+    match agent.current.lock().await.as_ref() {
+        Some((run, stop)) if !run.is_finished() => {
+            stop.notify_one();
+            plain(StatusCode::ACCEPTED, "interrupt sent")
+        }
+        _ => plain(StatusCode::CONFLICT, "no run in progress"),
+    }
 }
 
 fn health(agent: &Agent) -> Response<Body> {

@@ -105,6 +105,8 @@ fn result(v: &Value) -> AgentEvent {
         total_cost_usd: v["total_cost_usd"].as_f64().unwrap_or(0.0),
         usage: v["usage"].clone(),
         result: v["result"].as_str().map(str::to_owned),
+        // Only the agent knows it sent an interrupt; it sets this.
+        interrupted: false,
     }
 }
 

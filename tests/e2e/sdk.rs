@@ -1,0 +1,143 @@
+//! What the Agent SDK offers beyond a prompt, on a real engine with the
+//! real CLI: interrupting a turn over the SSE API, and MCP tools.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KEY: &str = "sk-sdk-test";
+
+/// Posts an interrupt for `conversation` as `token`: (status, body).
+async fn interrupt(d: &Daemon, token: &str, conversation: &str) -> (u16, Value) {
+    let resp = client()
+        .post(d.url(&format!("/v1/conversations/{conversation}/interrupt")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Reads `resp`'s SSE body until it contains `marker`; returns what came.
+async fn read_until(resp: &mut reqwest::Response, marker: &str) -> String {
+    let mut seen = String::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while !seen.contains(marker) {
+            let chunk = resp
+                .chunk()
+                .await
+                .expect("read")
+                .expect("stream ended early");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {marker:?} within 120 s; got {seen}"));
+    seen
+}
+
+/// The run's `result` data, the last event of a whole stream.
+fn result_of(events: &[SseEvent]) -> Value {
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "result", "{events:#?}");
+    last.data.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupt_stops_the_running_tool_and_the_session_goes_on() {
+    let _engine = serial::shared().await;
+    let (_mock, d) = start_with_mock(KEY).await;
+    // No run yet: nothing to interrupt, and nobody else's conversation.
+    assert_eq!(interrupt(&d, TOKEN, "intr").await.0, 404);
+    post_message(&d, Some(TOKEN), "intr", json!({"prompt": "!text hello"})).await;
+    let (status, body) = interrupt(&d, TOKEN, "intr").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+
+    // A Bash tool that would run for a minute, then a final answer.
+    let prompt = "!bash for i in $(seq 60); do sleep 1; done\n!text never reached";
+    let mut resp = client()
+        .post(d.url("/v1/conversations/intr/messages"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"prompt": prompt}))
+        .send()
+        .await
+        .unwrap();
+    let mut body = read_until(&mut resp, "event: tool_use").await;
+    // Another tenant cannot stop it.
+    assert_eq!(interrupt(&d, OTHER_TOKEN, "intr").await.0, 404);
+    let (status, ack) = interrupt(&d, TOKEN, "intr").await;
+    assert_eq!(status, 202, "{ack}");
+    assert_eq!(ack["interrupt"], "requested");
+    let run = ack["run"].as_u64().expect("run number");
+    body.push_str(
+        &tokio::time::timeout(Duration::from_secs(120), resp.text())
+            .await
+            .expect("the run ends")
+            .unwrap(),
+    );
+    let events = parse_sse(&body);
+    let result = result_of(&events);
+    assert_eq!(result["interrupted"], true, "{result}");
+    assert_eq!(result["is_error"], true, "{result}");
+    assert!(
+        !body.contains("never reached"),
+        "the turn went on after the interrupt: {body}"
+    );
+    let stopped = events
+        .iter()
+        .find(|e| e.event == "tool_result")
+        .expect("the stopped tool's result");
+    assert_eq!(stopped.data["is_error"], true, "{stopped:?}");
+    assert!(events.iter().all(|e| e
+        .id
+        .as_deref()
+        .is_none_or(|id| id.starts_with(&format!("{run}-")))));
+
+    // The audit trail names the interrupt, and the session carries on.
+    let audited = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "agent_execution_interrupted")
+        .collect::<Vec<_>>();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["accepted"], true);
+    assert_eq!(audited[0]["tenant_id"], TENANT);
+    assert_eq!(audited[0]["conversation_id"], "intr");
+    let (_, next) = post_message(&d, Some(TOKEN), "intr", json!({"prompt": "!text after"})).await;
+    let next = result_of(&parse_sse(&next));
+    assert_eq!(next["interrupted"], false, "{next}");
+    assert_eq!(next["is_error"], false, "{next}");
+    assert_eq!(next["result"], "after");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupt_right_after_the_message_stops_the_model_call() {
+    let _engine = serial::shared().await;
+    let (_mock, d) = start_with_mock(KEY).await;
+    // The model would think for a minute before answering.
+    let slow = spawn_run(&d, TOKEN, "early", "!sleep 60000\n!text late");
+    // The interrupt may come before the run has its container: it is kept
+    // until the agent takes the run.
+    let ack = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match interrupt(&d, TOKEN, "early").await {
+                (202, ack) => return ack,
+                // The message has not created the conversation yet.
+                (404 | 409, _) => tokio::time::sleep(Duration::from_millis(20)).await,
+                (status, body) => panic!("{status} {body}"),
+            }
+        }
+    })
+    .await
+    .expect("the run starts");
+    assert_eq!(ack["run"], 1);
+    let body = tokio::time::timeout(Duration::from_secs(120), slow)
+        .await
+        .expect("the run ends")
+        .unwrap();
+    let result = result_of(&parse_sse(&body));
+    assert_eq!(result["interrupted"], true, "{result}");
+    assert!(!body.contains("late"), "{body}");
+}
