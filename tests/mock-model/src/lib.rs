@@ -20,6 +20,7 @@ pub mod stream;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct MockModel {
     task: JoinHandle<()>,
     /// The test CA's PEM when serving HTTPS.
     ca_pem: Option<String>,
+    /// The same PEM in a file, for clients configured by path; removed on drop.
+    ca_file: Option<PathBuf>,
 }
 
 /// How a mock serves.
@@ -101,11 +104,25 @@ impl MockModel {
             });
             (task, None)
         };
+        let ca_file = match &ca_pem {
+            Some(pem) => {
+                let path = std::env::temp_dir().join(format!(
+                    "mock-model-ca-{}-{}.pem",
+                    std::process::id(),
+                    addr.port()
+                ));
+                std::fs::write(&path, pem)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            None => None,
+        };
         Ok(MockModel {
             addr,
             shared,
             task,
             ca_pem,
+            ca_file,
         })
     }
 
@@ -122,6 +139,11 @@ impl MockModel {
     /// The test CA (PEM) a client must trust to reach an HTTPS mock.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
+    }
+
+    /// A file holding [`MockModel::ca_pem`], while the mock lives.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Why each refused Bedrock request was refused (bad or no signature).
@@ -142,6 +164,9 @@ impl MockModel {
 impl Drop for MockModel {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(path) = &self.ca_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
