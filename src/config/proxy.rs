@@ -38,6 +38,10 @@ pub struct ModelConfig {
     /// Profile in the shared AWS files; empty means `AWS_PROFILE` or
     /// `default`.
     pub aws_profile: String,
+    /// A PEM file of extra CA certificates the gateway trusts for its
+    /// upstream, besides the system roots (a TLS-inspecting proxy, a
+    /// private gateway); empty means the system roots only.
+    pub extra_ca_file: String,
     /// Retries the CLI makes on a failed model call (the CLI's default is 10).
     pub max_retries: u32,
     /// Largest request body the gateway accepts; the default is the
@@ -97,6 +101,7 @@ impl Default for ModelConfig {
             bedrock_model: "us.anthropic.claude-sonnet-4-5-20250929-v1:0".to_owned(),
             bedrock_small_model: "us.anthropic.claude-haiku-4-5-20251001-v1:0".to_owned(),
             aws_profile: String::new(),
+            extra_ca_file: String::new(),
             max_retries: 10,
             max_request_body_mb: 32,
             allowed_calls: DEFAULT_ANTHROPIC_CALLS
@@ -139,6 +144,9 @@ impl ModelConfig {
             {
                 return Err(invalid(key, "must be a model id without spaces"));
             }
+        }
+        if !self.extra_ca_file.is_empty() && !self.extra_ca_file.starts_with('/') {
+            return Err(invalid("model.extra_ca_file", "must be an absolute path"));
         }
         if self.max_request_body_mb == 0 || self.max_request_body_mb > 1024 {
             return Err(invalid("model.max_request_body_mb", "must be in 1..=1024"));

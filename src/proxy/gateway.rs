@@ -42,13 +42,16 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "cookie",
 ];
 const ANTHROPIC_KEY_NAME: &str = "anthropic_api_key";
+/// How long an idle upstream connection is kept for the next model call:
+/// longer than the CLI's pause between a tool result and its next call.
+const UPSTREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelGatewayError {
     #[error("model gateway URL {0:?} is not usable")]
     Url(String),
-    #[error("loading TLS roots: {0}")]
-    Tls(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] super::upstream_tls::UpstreamTlsError),
 }
 
 enum Upstream {
@@ -103,16 +106,20 @@ impl ModelGateway {
                 creds: Box::new(CredentialChain::new(aws_env, &model.aws_profile)),
             },
         };
+        let tls = super::upstream_tls::client_config(&model.extra_ca_file)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map_err(ModelGatewayError::Tls)?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
         Ok(Self {
             upstream,
             calls: model.call_policy(),
-            client: Client::builder(TokioExecutor::new()).build(https),
+            // Pooled: a conversation's later model calls reuse the
+            // connection (and TLS session) of its first.
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(UPSTREAM_IDLE)
+                .build(https),
             limits,
             spend,
         })

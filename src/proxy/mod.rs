@@ -24,6 +24,7 @@ mod io;
 mod refusal;
 mod sigv4;
 pub mod spend;
+mod upstream_tls;
 pub mod usage;
 
 // The pure policy lives in its own crate (fuzzed there); these keep its

@@ -338,7 +338,19 @@ fn spawn_daemon(
     (child, addr, admin_addr)
 }
 
-/// A mock model plus a daemon pointed at it.
+/// `env` plus the setting that makes the daemon trust an HTTPS mock's
+/// test CA (`model.extra_ca_file`), as an operator would a private CA.
+pub fn with_mock_ca(mut env: Vec<(String, String)>, mock: &MockModel) -> Vec<(String, String)> {
+    if let Some(path) = mock.ca_file() {
+        env.push((
+            "AGENTBOX_MODEL_EXTRA_CA_FILE".to_owned(),
+            path.display().to_string(),
+        ));
+    }
+    env
+}
+
+/// A mock model (HTTPS, like the real upstream) plus a daemon pointed at it.
 pub async fn start_with_mock(api_key: &str) -> (MockModel, Daemon) {
     start_with_mock_opts(api_key, 1, "").await
 }
@@ -359,11 +371,11 @@ pub async fn start_with_mock_env(
     extra: &str,
     env: Vec<(String, String)>,
 ) -> (MockModel, Daemon) {
-    let mock = MockModel::start("127.0.0.1:0")
+    let mock = MockModel::start_tls("127.0.0.1:0")
         .await
         .expect("start mock model");
     let opts = DaemonOptions {
-        env,
+        env: with_mock_ca(env, &mock),
         pool_min,
         model_url: mock.url(),
         api_key: api_key.to_owned(),

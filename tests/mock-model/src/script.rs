@@ -112,6 +112,16 @@ pub fn plan(body: &Value) -> Result<Plan, BadRequest> {
     Ok(plan_turn(&prompt, done, &tools, cwd.as_deref()))
 }
 
+/// The prompt of a scripted request (one that offers tools), for the
+/// request-wide directives other modules read (`!fault`, `!pace`).
+pub fn scripted_prompt(body: &Value) -> Option<String> {
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    if offered_tools(body).is_empty() {
+        return None;
+    }
+    prompt_index(messages).map(|at| prompt_text(&messages[at]))
+}
+
 /// Plans the next turn of a scripted prompt after `done` tool turns.
 pub fn plan_turn(prompt: &str, done: usize, tools: &HashSet<String>, cwd: Option<&str>) -> Plan {
     let directives = parse_directives(prompt);

@@ -2,15 +2,18 @@
 //! it to the Messages endpoint, token counting, or a generic 200.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::{to_bytes, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use crate::faults::{self, Kind};
 use crate::script::{self, BadRequest};
 use crate::sse::{self, Ids};
+use crate::stream::{self, Ending};
 use crate::RecordedRequest;
 
 /// The Messages API's own request size limit: larger requests get 413
@@ -29,6 +32,10 @@ pub struct Shared {
     pub bedrock_key: Option<crate::sigv4::AwsKey>,
     /// Why each refused Bedrock request was refused.
     pub rejections: Mutex<Vec<String>>,
+    /// Failed requests per faulty prompt (see [`crate::faults`]).
+    pub faults: faults::Counts,
+    /// Delay between streamed events, unless the prompt sets `!pace`.
+    pub pace: Duration,
 }
 
 impl Shared {
@@ -132,26 +139,49 @@ async fn route(
     }
 }
 
-/// Answers a Messages request with the scripted turn as an SSE stream.
+/// Answers a Messages request with the scripted turn as an SSE stream,
+/// or with the failure its prompt asks for.
 async fn messages(shared: &Shared, body: &Value) -> Response {
     let plan = match script::plan(body) {
         Ok(plan) => plan,
         Err(BadRequest(message)) => return api_error(StatusCode::BAD_REQUEST, &message),
     };
-    if !plan.delay.is_zero() {
-        tokio::time::sleep(plan.delay).await;
+    let prompt = script::scripted_prompt(body).unwrap_or_default();
+    let fault = faults::parse(&prompt).filter(|f| shared.faults.strike(&prompt, f));
+    if let Some(answer) = fault.as_ref().and_then(faults::error_answer) {
+        let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut resp = json_response(status, answer.body);
+        for (name, value) in answer.headers {
+            if let Ok(value) = header::HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+        return resp;
     }
+    let mut delay = plan.delay;
+    if let Some(f) = fault.as_ref().filter(|f| f.kind == Kind::Stall) {
+        delay += f.stall;
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let ending = match fault.map(|f| f.kind) {
+        Some(Kind::MidStream) => Ending::ErrorEvent,
+        Some(Kind::Reset) => Ending::Cut,
+        _ => Ending::Complete,
+    };
     let model = body
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("claude-mock");
-    let text = sse::render(&plan, model, input_tokens(body), &shared.ids);
+    let events = sse::render_events(&plan, model, input_tokens(body), &shared.ids);
+    let pace = stream::parse_pace(&prompt).unwrap_or(shared.pace);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("request-id", shared.ids.next("req"))
-        .body(Body::from(text))
+        .body(stream::body(events, pace, ending))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

@@ -60,8 +60,13 @@ fn splitmix64(x: u64) -> u64 {
 
 /// The full SSE body for one answer.
 pub fn render(plan: &Plan, model: &str, input_tokens: u64, ids: &Ids) -> String {
-    let mut out = String::new();
-    event(
+    render_events(plan, model, input_tokens, ids).concat()
+}
+
+/// The answer's SSE events, one string each, for a paced stream.
+pub fn render_events(plan: &Plan, model: &str, input_tokens: u64, ids: &Ids) -> Vec<String> {
+    let mut out = Vec::new();
+    push(
         &mut out,
         "message_start",
         &message_start(&ids.next("msg"), model, input_tokens),
@@ -71,7 +76,7 @@ pub fn render(plan: &Plan, model: &str, input_tokens: u64, ids: &Ids) -> String 
         output_chars += render_block(&mut out, index, block, ids);
     }
     let output_tokens = (output_chars / 4 + 1) as u64;
-    event(
+    push(
         &mut out,
         "message_delta",
         &json!({
@@ -80,7 +85,7 @@ pub fn render(plan: &Plan, model: &str, input_tokens: u64, ids: &Ids) -> String 
             "usage": {"output_tokens": output_tokens}
         }),
     );
-    event(&mut out, "message_stop", &json!({"type": "message_stop"}));
+    push(&mut out, "message_stop", &json!({"type": "message_stop"}));
     out
 }
 
@@ -106,7 +111,7 @@ fn message_start(id: &str, model: &str, input_tokens: u64) -> Value {
 }
 
 /// Writes start, deltas and stop of one block; returns its payload length.
-fn render_block(out: &mut String, index: usize, block: &Block, ids: &Ids) -> usize {
+fn render_block(out: &mut Vec<String>, index: usize, block: &Block, ids: &Ids) -> usize {
     let (start, payload, delta_kind, field) = match block {
         Block::Text(text) => (
             json!({"type": "text", "text": ""}),
@@ -121,23 +126,23 @@ fn render_block(out: &mut String, index: usize, block: &Block, ids: &Ids) -> usi
             "partial_json",
         ),
     };
-    event(
+    push(
         out,
         "content_block_start",
         &json!({"type": "content_block_start", "index": index, "content_block": start}),
     );
     // The real API pings once, right after the first block starts.
     if index == 0 {
-        event(out, "ping", &json!({"type": "ping"}));
+        push(out, "ping", &json!({"type": "ping"}));
     }
     for piece in split_pieces(&payload, PIECES) {
-        event(
+        push(
             out,
             "content_block_delta",
             &json!({"type": "content_block_delta", "index": index, "delta": {"type": delta_kind, field: piece}}),
         );
     }
-    event(
+    push(
         out,
         "content_block_stop",
         &json!({"type": "content_block_stop", "index": index}),
@@ -145,12 +150,13 @@ fn render_block(out: &mut String, index: usize, block: &Block, ids: &Ids) -> usi
     payload.len()
 }
 
-fn event(out: &mut String, name: &str, data: &Value) {
-    out.push_str("event: ");
-    out.push_str(name);
-    out.push_str("\ndata: ");
-    out.push_str(&data.to_string());
-    out.push_str("\n\n");
+fn push(out: &mut Vec<String>, name: &str, data: &Value) {
+    out.push(event(name, data));
+}
+
+/// One SSE event as text.
+pub fn event(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
 }
 
 /// Splits `s` into at most `n` non-empty pieces on char boundaries.
