@@ -58,6 +58,9 @@ codes! {
         RangeNotSatisfiable => "range_not_satisfiable",
         TooManyRuns => "too_many_runs",
         Unavailable => "unavailable",
+        /// The daemon is draining: a new run is refused (503), a run that
+        /// outlasts the grace period ends with it.
+        ShuttingDown => "shutting_down",
         // Admin listener answers.
         Unauthenticated => "unauthenticated",
         HostNotAllowed => "host_not_allowed",
@@ -76,6 +79,9 @@ codes! {
         AgentFailed => "agent_failed",
         BudgetExceeded => "budget_exceeded",
         AgentProtocolViolation => "agent_protocol_violation",
+        /// The daemon stopped (a crash, `kill -9`) before the run ended;
+        /// added to the run's record when the daemon starts again.
+        Interrupted => "interrupted",
         // Only in `agent_execution_failed`: how a run without an error
         // event ended.
         NoResult => "no_result",
@@ -96,7 +102,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRuns => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::HostNotAllowed | Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::SweepFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::CapacityExhausted
@@ -111,6 +117,7 @@ impl ErrorCode {
             | Self::AgentFailed
             | Self::BudgetExceeded
             | Self::AgentProtocolViolation
+            | Self::Interrupted
             | Self::NoResult
             | Self::Aborted
             | Self::Internal => return None,

@@ -5,8 +5,10 @@
 //! TLS -> object store (sync) -> orchestrator (reconcile) -> listeners. SIGHUP reloads the config
 //! and the certificate.
 //! Both listeners are served by [`crate::listener`] (connection caps,
-//! head and idle timeouts). On SIGTERM or SIGINT the API listener stops
-//! accepting; streams in flight get `server.shutdown_grace_secs`, then the
+//! head and idle timeouts). On SIGTERM or SIGINT new runs are refused
+//! (503 `shutting_down`) while the API keeps serving; runs in flight get
+//! `server.shutdown_grace_secs` to end, then the ones still going are cut
+//! (final sync, `error` `shutting_down`). Then the API listener stops, the
 //! background workers ([`crate::workers::WorkerSet`]: watchdog, pool
 //! refill, sweeper, reload) stop, the last started first, and the process
 //! exits 0.
@@ -40,6 +42,10 @@ use tokio::sync::watch;
 /// How long each background worker may take to finish its pass on drain
 /// before it is aborted.
 const WORKER_STOP_PATIENCE: Duration = Duration::from_secs(5);
+/// What a cut run may take beyond its final sync's bound to record its end.
+const CUT_RUN_PATIENCE: Duration = Duration::from_secs(10);
+/// How long the streams of ended runs may take to close once the drain is over.
+const STREAM_CLOSE_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -158,7 +164,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let executor = Executor::new(orchestrator.clone(), sync);
     let state = AppState {
         auth,
-        conversations: Conversations::new(executor),
+        conversations: Conversations::new(executor.clone()),
     };
     let addr = cfg.server.listen;
     let api_listener =
@@ -196,29 +202,65 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     }
     let app = api::router(state);
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    let mut drain_rx = stop_rx.clone();
-    let api = listener::serve(
+    // The API listener outlives the stop request: while runs drain it
+    // answers new runs with 503 `shutting_down` and lets clients follow
+    // the runs still going.
+    let (api_stop_tx, api_stop) = watch::channel(false);
+    let mut api = tokio::spawn(listener::serve(
         "api",
         api_listener,
         app,
         Limits::api(&cfg.server),
         tls,
-        stop_rx,
-    );
-    // Serves until a stop is requested, then lets open streams finish for
-    // at most `grace`.
+        api_stop,
+    ));
+    let mut drain_rx = stop_rx;
     tokio::select! {
-        () = api => {}
-        _ = async {
-            let _ = drain_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!(message = "Grace period over; closing streams still open."),
+        _ = &mut api => {}
+        _ = drain_rx.wait_for(|s| *s) => {
+            drain_runs(&executor, grace, &cfg).await;
+            api_stop_tx.send_replace(true);
+            // Every run has ended, so the streams still open end too.
+            if tokio::time::timeout(STREAM_CLOSE_PATIENCE, &mut api).await.is_err() {
+                tracing::warn!(message = "Streams still open after the drain; closing them.");
+                api.abort();
+            }
+        }
     }
     // The API no longer accepts; nothing may touch containers or the
     // state file behind the drain.
     workers.stop_all(WORKER_STOP_PATIENCE).await;
     tracing::info!(message = "Stopped.");
     Ok(())
+}
+
+/// The drain of runs in flight: new runs are refused from now on, the
+/// runs going on get `grace` to end by themselves, and those still going
+/// then are cut (each syncs its workspace and ends with `shutting_down`),
+/// with the final sync's own bound to finish.
+async fn drain_runs(executor: &Executor, grace: Duration, cfg: &Config) {
+    executor.drain().begin().await;
+    let running = executor.hub().running();
+    tracing::info!(
+        message = "Draining: new runs are refused.",
+        runs = running,
+        grace_secs = grace.as_secs()
+    );
+    if executor.hub().wait_idle(grace).await {
+        return;
+    }
+    tracing::warn!(
+        message = "Grace period over; cutting the runs still going.",
+        runs = executor.hub().running()
+    );
+    executor.drain().cut();
+    let patience = Duration::from_secs(cfg.storage.final_sync_timeout_secs) + CUT_RUN_PATIENCE;
+    if !executor.hub().wait_idle(patience).await {
+        tracing::error!(
+            message = "Runs did not end after the cut; they are left to the next start.",
+            runs = executor.hub().running()
+        );
+    }
 }
 
 /// Lifts the soft descriptor limit and warns when it leaves too little

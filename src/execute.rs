@@ -19,8 +19,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+mod drain;
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub(crate) use drain::Drain;
 
 /// How long a broken agent connection may take to show as a stopped container.
 const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -29,6 +32,8 @@ const LOSS_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 pub(crate) enum ExecuteError {
     #[error("a run is already in progress for this conversation")]
     Busy,
+    #[error("the daemon is shutting down; send the message again once it is back")]
+    ShuttingDown,
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -39,6 +44,7 @@ pub(crate) struct Executor {
     orchestrator: Arc<Orchestrator>,
     hub: Arc<RunHub>,
     sync: SyncService,
+    drain: Drain,
 }
 
 impl Executor {
@@ -47,6 +53,7 @@ impl Executor {
             orchestrator,
             hub: Arc::new(RunHub::default()),
             sync,
+            drain: Drain::default(),
         })
     }
 
@@ -62,6 +69,12 @@ impl Executor {
         &self.orchestrator
     }
 
+    /// Refusal of new runs and the cut of running ones, driven by the
+    /// daemon's drain.
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
     /// Takes the conversation's run lock, records a new run and starts it
     /// in the background. Its events, ending with `result` or `error`, are
     /// on the returned live run whether or not anybody listens.
@@ -70,6 +83,7 @@ impl Executor {
         key: ConversationKey,
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
+        let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
         let guard = self
             .orchestrator
             .locks()
@@ -82,6 +96,7 @@ impl Executor {
         let (tx, rx) = mpsc::channel(16);
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
         let live = self.hub.record(store, &key, run, max_stored, rx);
+        drop(admitted);
         let this = self.clone();
         let interrupts = live.clone();
         // Every line and audit event of the run carries these ids.
@@ -134,6 +149,7 @@ impl Executor {
         let limits = self.orchestrator.cfg().agent.clone();
         let (agent_tx, mut agent_rx) = mpsc::channel(16);
         let client = AgentClient::new(&assigned.socket_dir);
+        let mut cut = self.drain.watch_cut();
         let mut session_id = None;
         let mut result_event = None;
         // The agent has taken the run: an interrupt sent earlier would find
@@ -162,17 +178,33 @@ impl Executor {
                 let _ = tx.send(ev).await;
             }
         };
+        // `None`: the daemon's drain cut the run. Dropping the call closes
+        // the agent's connection; the next run on the container stops
+        // whatever the CLI still does.
         let (outcome, ()) = tokio::join!(
             async {
                 let r = tokio::select! {
-                    r = client.execute(&exec, &agent_tx, &limits) => r,
+                    r = client.execute(&exec, &agent_tx, &limits) => Some(r),
                     never = forward_interrupts(live, &agent_took_it, &client) => match never {},
+                    () = drain::cut_requested(&mut cut) => None,
                 };
                 drop(agent_tx);
                 r
             },
             relay
         );
+        let Some(outcome) = outcome else {
+            tracing::warn!(message = "Run cut by the drain; syncing its workspace.");
+            if let Err(error) = run_sync.finish().await {
+                tracing::warn!(message = "Final sync of a cut run failed.", %error);
+            }
+            meter.finish();
+            return Err(failure(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down and the run outlasted server.shutdown_grace_secs; \
+                 its files were synced; send the message again once the daemon is back",
+            ));
+        };
         // The end of a run always syncs, and `result` waits for it (capped
         // by storage.final_sync_timeout_secs): a client that saw `result`
         // may rely on the turn's files being in the store. A failed sync

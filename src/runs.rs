@@ -10,6 +10,7 @@
 //! in memory and in the state file alike; past the bound it ends with an
 //! `events_truncated` marker and the run's ending, never silently.
 
+use crate::codes::ErrorCode;
 use crate::ids::ConversationKey;
 use crate::state::{RunOutcome, Store, StoredEvent};
 use agent_protocol::AgentEvent;
@@ -254,9 +255,19 @@ fn to_raw(v: &serde_json::Value) -> Box<RawValue> {
 }
 
 /// The live runs, one per conversation at most.
-#[derive(Default)]
 pub(crate) struct RunHub {
     live: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// How many runs are live; the drain waits for zero.
+    count: watch::Sender<usize>,
+}
+
+impl Default for RunHub {
+    fn default() -> Self {
+        Self {
+            live: Mutex::default(),
+            count: watch::channel(0).0,
+        }
+    }
 }
 
 impl RunHub {
@@ -276,11 +287,24 @@ impl RunHub {
         map.keys().filter(|k| k.starts_with(&prefix)).count()
     }
 
+    /// Runs in progress, all tenants.
+    pub(crate) fn running(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Returns once no run is live (recorded to its end), or after
+    /// `patience`; true when none is left.
+    pub(crate) async fn wait_idle(&self, patience: Duration) -> bool {
+        let mut rx = self.count.subscribe();
+        tokio::time::timeout(patience, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     fn insert(&self, key: String, live: Arc<LiveRun>) {
-        self.live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, live);
+        let mut map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(key, live);
+        self.count.send_replace(map.len());
     }
 
     fn remove(&self, key: &str, run: u64) {
@@ -288,6 +312,7 @@ impl RunHub {
         if map.get(key).is_some_and(|l| l.run == run) {
             map.remove(key);
         }
+        self.count.send_replace(map.len());
     }
 
     /// Registers run `run` and spawns its recorder, which publishes what
@@ -326,8 +351,15 @@ impl RunHub {
                         Some(AgentEvent::Session { .. }) => {}
                         Some(AgentEvent::Started { prestarted }) => rec.mark_started(prestarted),
                         Some(ev) => {
-                            if let AgentEvent::Result { is_error, .. } = &ev {
-                                outcome = if *is_error { RunOutcome::Failed } else { RunOutcome::Completed };
+                            match &ev {
+                                AgentEvent::Result { is_error, .. } => {
+                                    outcome = if *is_error { RunOutcome::Failed } else { RunOutcome::Completed };
+                                }
+                                // Cut by the drain: the run did not fail, it was stopped.
+                                AgentEvent::Error { code, .. } if code == ErrorCode::ShuttingDown.as_str() => {
+                                    outcome = RunOutcome::Interrupted;
+                                }
+                                _ => {}
                             }
                             let ending = matches!(ev, AgentEvent::Result { .. }
                                 | AgentEvent::Error { .. } | AgentEvent::ContainerRecovered { .. });

@@ -23,6 +23,8 @@ pub(crate) enum ApiError {
     TooMany(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ShuttingDown(String),
     /// A `Range` no byte of a file of this length satisfies.
     #[error("the range selects no byte of the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -45,6 +47,7 @@ impl ApiError {
             Self::TooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::TooMany(_) => ErrorCode::TooManyRuns,
             Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::ShuttingDown(_) => ErrorCode::ShuttingDown,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
         }
     }
@@ -88,6 +91,7 @@ mod tests {
             (ApiError::TooLarge(1), 413),
             (ApiError::TooMany(String::new()), 429),
             (ApiError::Unavailable(String::new()), 503),
+            (ApiError::ShuttingDown(String::new()), 503),
             (ApiError::RangeNotSatisfiable(1), 416),
         ];
         for (e, status) in all {

@@ -55,6 +55,9 @@ pub(super) async fn post_message(
         .map_err(|e| match e {
             ConversationError::TooManyRuns { .. } => ApiError::TooMany(e.to_string()),
             ConversationError::Execute(e @ ExecuteError::Busy) => ApiError::Conflict(e.to_string()),
+            ConversationError::Execute(e @ ExecuteError::ShuttingDown) => {
+                ApiError::ShuttingDown(e.to_string())
+            }
             e => ApiError::Unavailable(e.to_string()),
         })?;
     Ok(super::events::sse(live.run, live.subscribe(0)))

@@ -243,3 +243,33 @@ async fn an_agent_that_refuses_fails_the_run_and_keeps_its_container() {
     assert!(data["message"].as_str().unwrap().contains("cli missing"));
     assert_eq!(core.runtime.names().len(), 1);
 }
+
+#[tokio::test]
+async fn a_drain_refuses_new_runs_and_cuts_the_running_one_after_a_final_sync() {
+    let core = core(|_| {});
+    core.runtime.set_script(|_| {
+        Reply::Stream(vec![
+            Step::Event(AgentEvent::Started { prestarted: false }),
+            Step::Pause(Duration::from_secs(600)),
+        ])
+    });
+    let ex = executor(&core);
+    let running = ex.start_run(key("c"), prompt("long")).await.unwrap();
+    let mut started = Box::pin(running.subscribe(0));
+    assert_eq!(
+        started.next().await.map(|e| e.event).as_deref(),
+        Some("started")
+    );
+    ex.drain().begin().await;
+    assert!(matches!(
+        ex.start_run(key("other"), prompt("hi")).await,
+        Err(ExecuteError::ShuttingDown)
+    ));
+    assert!(!ex.hub().wait_idle(Duration::from_millis(50)).await);
+    ex.drain().cut();
+    let events = finish(&core, "c", running).await;
+    assert_eq!(error_codes(&events), ["shutting_down"]);
+    assert!(ex.hub().wait_idle(Duration::from_secs(5)).await);
+    let runs = core.store.runs(&key("c"), 1).await.unwrap();
+    assert_eq!(runs[0].outcome, crate::state::RunOutcome::Interrupted);
+}

@@ -11,6 +11,7 @@ mod harness;
 mod probes;
 
 mod admin;
+mod crash;
 mod execute;
 mod isolation;
 mod observability;

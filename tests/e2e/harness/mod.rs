@@ -1,6 +1,7 @@
 //! The end-to-end harness, one module per concern: prerequisites
 //! (`prereq`), the Docker CLI (`engine`), the daemon's lifecycle
-//! (`daemon`), the tenant API (`http`) and its SSE streams (`sse`), the
+//! (`daemon`), the tenant API (`http`) and its SSE streams (`sse`), markers to wait on
+//! (`live`: a stream as it arrives, the daemon's log, its signals), the
 //! host (`host`), cgroup files (`cgroup`), the moto S3 server (`moto`) and
 //! which tests may overlap (`serial`). Everything is re-exported here, so
 //! a test module needs one `use crate::harness::*`.
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod http;
+pub mod live;
 pub mod moto;
 pub mod prereq;
 pub mod serial;
@@ -23,5 +25,6 @@ pub use daemon::*;
 pub use engine::*;
 pub use host::*;
 pub use http::*;
+pub use live::*;
 pub use prereq::*;
 pub use sse::*;

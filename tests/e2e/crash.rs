@@ -1,0 +1,176 @@
+//! Drains and crashes with runs in flight: SIGTERM while runs stream,
+//! `kill -9` of the daemon at named moments of a run. Every case ends by
+//! checking the containers, the state file and the object store.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KEY: &str = "sk-crash-test";
+
+async fn get_json(d: &Daemon, path: &str) -> (u16, Value) {
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        crate::harness::client()
+            .get(d.url(path))
+            .bearer_auth(TOKEN)
+            .send(),
+    )
+    .await
+    .expect("in time")
+    .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The conversation's recorded events of its latest run, replayed.
+async fn replay(d: &Daemon, conversation: &str) -> Vec<SseEvent> {
+    let resp = crate::harness::client()
+        .get(d.url(&format!("/v1/conversations/{conversation}/events")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    LiveStream::follow(resp).end(60).await
+}
+
+/// The stored files' paths of a conversation, per the API.
+async fn stored_files(d: &Daemon, conversation: &str) -> Vec<String> {
+    let (status, v) = get_json(d, &format!("/v1/conversations/{conversation}/files")).await;
+    assert_eq!(status, 200, "{v:#}");
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The outcome of the conversation's latest run, per the API.
+async fn last_outcome(d: &Daemon, conversation: &str) -> String {
+    let (status, v) = get_json(d, &format!("/v1/conversations/{conversation}")).await;
+    assert_eq!(status, 200, "{v:#}");
+    v["runs"][0]["outcome"].as_str().unwrap_or("").to_owned()
+}
+
+/// Engine and state name the same containers, all running.
+fn assert_consistent(d: &Daemon) {
+    let engine = d.engine_names();
+    let state = d.state_names();
+    assert_eq!(engine, state, "engine and state disagree");
+    for name in &engine {
+        let running = docker_ok(&["inspect", "-f", "{{.State.Running}}", name]);
+        assert_eq!(running.trim(), "true", "{name} is not running");
+    }
+}
+
+fn is_tool_use(name: &'static str) -> impl Fn(&SseEvent) -> bool {
+    move |e| e.event == "tool_use" && e.data["name"] == name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly() {
+    let _engine = serial::shared().await;
+    let env = vec![(
+        "AGENTBOX_SERVER_SHUTDOWN_GRACE_SECS".to_owned(),
+        "15".to_owned(),
+    )];
+    let (_mock, mut d) = start_with_mock_env(KEY, 2, "", env).await;
+    // One run that ends within the grace period once the test lets it,
+    // one that would run for ten minutes.
+    let mut finishing = LiveStream::start(
+        &d,
+        TOKEN,
+        "finishing",
+        "!write before.txt a\n!bash while [ ! -e /workspace/go ]; do sleep 0.2; done\n!text finished",
+    )
+    .await;
+    let mut cut = LiveStream::start(
+        &d,
+        TOKEN,
+        "cut",
+        "!write kept.txt kept-by-cut\n!bash while [ ! -e /workspace/never ]; do sleep 0.2; done",
+    )
+    .await;
+    finishing
+        .wait_for(120, "the waiting Bash", is_tool_use("Bash"))
+        .await;
+    cut.wait_for(120, "the long Bash", is_tool_use("Bash"))
+        .await;
+
+    d.signal_term();
+    tokio::task::block_in_place(|| d.wait_log(30, "Draining: new runs are refused.", &[]));
+    // New runs are refused with a clear code while the others go on.
+    for conversation in ["newcomer", "finishing"] {
+        let resp = crate::harness::client()
+            .post(d.url(&format!("/v1/conversations/{conversation}/messages")))
+            .bearer_auth(TOKEN)
+            .json(&json!({"prompt": "!text hi"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{conversation}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "shutting_down", "{v:#}");
+    }
+    let go = tokio::task::block_in_place(|| d.workspace(TENANT, "finishing").join("go"));
+    std::fs::write(go, b"").unwrap();
+
+    let finished = finishing.end(60).await;
+    let result = finished.iter().find(|e| e.event == "result");
+    assert!(
+        result.is_some_and(|r| r.data["is_error"] == false),
+        "the run within the grace period ends with its result: {finished:#?}"
+    );
+    let cut_events = cut.end(60).await;
+    assert_eq!(
+        final_error(&cut_events).as_deref(),
+        Some("shutting_down"),
+        "{cut_events:#?}"
+    );
+    let status = tokio::task::block_in_place(|| d.wait_exit(60));
+    assert!(status.success(), "exit status {status}");
+
+    // After the restart the runs replay as their clients saw them, the
+    // cut run's files are stored, and nothing leaked.
+    tokio::task::block_in_place(|| d.restart());
+    let replayed = replay(&d, "finishing").await;
+    assert_eq!(names(&replayed), names(&finished));
+    let replayed = replay(&d, "cut").await;
+    assert_eq!(final_error(&replayed).as_deref(), Some("shutting_down"));
+    assert_eq!(last_outcome(&d, "finishing").await, "completed");
+    assert_eq!(last_outcome(&d, "cut").await, "interrupted");
+    assert!(stored_files(&d, "cut")
+        .await
+        .contains(&"kept.txt".to_owned()));
+    assert!(stored_files(&d, "finishing")
+        .await
+        .contains(&"before.txt".to_owned()));
+    tokio::task::block_in_place(|| {
+        d.wait_status(120, "the pool refilled", |s| s["pool"]["warming"] == 0)
+    });
+    tokio::task::block_in_place(|| assert_consistent(&d));
+    // The conversation carries on where the cut left it.
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "cut",
+        json!({"prompt": "!bash cat /workspace/kept.txt"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = parse_sse(&body);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "tool_result" && e.data.to_string().contains("kept-by-cut")),
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "result" && e.data["is_error"] == false),
+        "{events:#?}"
+    );
+}
