@@ -4,16 +4,25 @@
 //! Layout under `{prefix}/{tenant}/{conversation}/`:
 //! - `blobs/{sha256}`: file contents, addressed by their hash, so a file
 //!   that did not change never travels again.
-//! - `manifests/{generation:020}.json`: path -> entry for one generation.
-//!   Committing a push is one PUT of this object, so a restore sees either
-//!   the old or the new workspace, never half of each. A writer of an older
-//!   generation writes a key that restore never picks (the highest wins).
+//! - `manifests/{generation:020}.json`: one generation's root. Committing a
+//!   push is one PUT of this object, so a restore sees either the old or the
+//!   new workspace, never half of each. A writer of an older generation
+//!   writes a key that restore never picks (the highest wins).
+//! - `chunks/{sha256}`: the path -> entry map, split into runs of sorted
+//!   paths (format 2). A chunk is named by the hash of its bytes, so a
+//!   checkpoint writes only the chunks holding what changed, and the root
+//!   lists every chunk in path order. Format 1 roots (the whole map inline,
+//!   what earlier builds wrote) are still read.
 
 use super::paths::{check_link_target, PathError, RelPath};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-pub const FORMAT: u32 = 1;
+/// The format this build writes: a root listing chunks.
+pub const FORMAT: u32 = 2;
+/// The whole map inline in the root; read, never written.
+pub const FORMAT_INLINE: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -27,6 +36,8 @@ pub enum ManifestError {
     Path(#[from] PathError),
     #[error("manifest entry {0}: bad sha256")]
     Hash(String),
+    #[error("manifest chunk {0}: {1}")]
+    Chunk(String, &'static str),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +60,8 @@ pub enum Entry {
     },
 }
 
+/// One conversation's workspace as stored: the whole map in memory,
+/// whichever format it was read from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -59,7 +72,57 @@ pub struct Manifest {
     pub created_ms: u64,
     /// Sorted, so a directory always comes before what it contains.
     pub entries: BTreeMap<RelPath, Entry>,
+    /// The stored chunks `entries` is split into; empty for a manifest read
+    /// in format 1 or not committed yet. A writer reuses every chunk whose
+    /// entries did not change.
+    #[serde(skip)]
+    pub chunks: Vec<ChunkRef>,
 }
+
+/// One stored chunk, as the root lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRef {
+    pub sha256: String,
+    /// Its first path; the chunk holds `count` paths from there on.
+    pub first: RelPath,
+    pub count: u64,
+}
+
+/// A format 2 root: the generation's chunks, in path order.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootV2 {
+    pub format: u32,
+    pub generation: u64,
+    pub created_ms: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A format 2 chunk: a run of sorted paths.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    pub entries: BTreeMap<RelPath, Entry>,
+}
+
+/// What a stored root turned out to be.
+pub enum Parsed {
+    /// Format 1: complete.
+    Inline(Manifest),
+    /// Format 2: its chunks are still to be fetched ([`Manifest::assemble`]).
+    Chunked(RootV2),
+}
+
+/// Paths per chunk, on average: a chunk ends after a path whose hash is 0
+/// modulo this. Cut by content, not by position, so adding or removing a
+/// path moves no boundary but its own, and one changed file rewrites one
+/// chunk (about 50 KiB), not the manifest.
+const CHUNK_AVG: u64 = 512;
+/// Paths per chunk at most, whatever the hashes say.
+const CHUNK_MAX: usize = 4096;
+/// Chunks a root may list: 64 Mi paths, far above any workspace quota.
+const MAX_CHUNKS: usize = 16 * 1024;
 
 impl Serialize for RelPath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -81,38 +144,174 @@ impl Manifest {
             generation,
             created_ms: crate::state::now_ms(),
             entries: BTreeMap::new(),
+            chunks: Vec::new(),
         }
     }
 
-    /// Parses and checks a stored manifest: every path confined (done by
-    /// [`RelPath`]'s deserializer), every link target inside, every hash
-    /// well-formed, and the generation the one its key names.
-    pub fn parse(bytes: &[u8], key_generation: u64) -> Result<Self, ManifestError> {
-        let m: Manifest = serde_json::from_slice(bytes)?;
-        if m.format != FORMAT {
-            return Err(ManifestError::Format(m.format));
+    /// Parses and checks a stored root: the generation the one its key
+    /// names; in format 1 also its entries (see [`check_entries`]), in
+    /// format 2 its chunk list (hashes well-formed, paths ascending).
+    pub fn parse(bytes: &[u8], key_generation: u64) -> Result<Parsed, ManifestError> {
+        #[derive(Deserialize)]
+        struct Probe {
+            format: u32,
         }
-        if m.generation != key_generation {
-            return Err(ManifestError::Generation {
-                key: manifest_key(key_generation),
-                found: m.generation,
-            });
-        }
-        for (path, entry) in &m.entries {
-            match entry {
-                Entry::Symlink { target } => check_link_target(path, target)?,
-                Entry::File { sha256, .. } if !is_sha256_hex(sha256) => {
-                    return Err(ManifestError::Hash(path.to_string()))
+        let generation_err = |found| ManifestError::Generation {
+            key: manifest_key(key_generation),
+            found,
+        };
+        match serde_json::from_slice::<Probe>(bytes)?.format {
+            FORMAT_INLINE => {
+                let m: Manifest = serde_json::from_slice(bytes)?;
+                if m.generation != key_generation {
+                    return Err(generation_err(m.generation));
                 }
-                _ => {}
+                check_entries(&m.entries)?;
+                Ok(Parsed::Inline(m))
+            }
+            FORMAT => {
+                let r: RootV2 = serde_json::from_slice(bytes)?;
+                if r.generation != key_generation {
+                    return Err(generation_err(r.generation));
+                }
+                if r.chunks.len() > MAX_CHUNKS {
+                    return Err(ManifestError::Chunk(
+                        format!("{} of them", r.chunks.len()),
+                        "too many chunks",
+                    ));
+                }
+                for (i, c) in r.chunks.iter().enumerate() {
+                    if !is_sha256_hex(&c.sha256) {
+                        return Err(ManifestError::Chunk(c.sha256.clone(), "bad sha256"));
+                    }
+                    if c.count == 0 || c.count > CHUNK_MAX as u64 {
+                        return Err(ManifestError::Chunk(c.sha256.clone(), "bad count"));
+                    }
+                    if i > 0 && r.chunks[i - 1].first >= c.first {
+                        return Err(ManifestError::Chunk(c.sha256.clone(), "out of order"));
+                    }
+                }
+                Ok(Parsed::Chunked(r))
+            }
+            other => Err(ManifestError::Format(other)),
+        }
+    }
+
+    /// Builds the manifest of a format 2 root from its chunks' bytes, in
+    /// the root's order; each must hash to its name, hold `count` paths
+    /// from `first` on, and end before the next chunk's first path.
+    pub fn assemble<B: AsRef<[u8]>>(
+        root: RootV2,
+        chunks: Vec<B>,
+    ) -> Result<Manifest, ManifestError> {
+        let mut all: Vec<(RelPath, Entry)> = Vec::new();
+        for (i, (r, bytes)) in root.chunks.iter().zip(&chunks).enumerate() {
+            let bytes = bytes.as_ref();
+            let bad = |why| ManifestError::Chunk(r.sha256.clone(), why);
+            if hex::encode(Sha256::digest(bytes)) != r.sha256 {
+                return Err(bad("does not match its hash"));
+            }
+            let c: Chunk = serde_json::from_slice(bytes)?;
+            if c.entries.len() as u64 != r.count
+                || c.entries.keys().next() != Some(&r.first)
+                || root
+                    .chunks
+                    .get(i + 1)
+                    .is_some_and(|next| c.entries.keys().next_back() >= Some(&next.first))
+            {
+                return Err(bad("does not hold the paths the root names"));
+            }
+            check_entries(&c.entries)?;
+            all.extend(c.entries);
+        }
+        if chunks.len() != root.chunks.len() {
+            return Err(ManifestError::Chunk(
+                format!("{} of {}", chunks.len(), root.chunks.len()),
+                "missing",
+            ));
+        }
+        Ok(Manifest {
+            format: FORMAT,
+            generation: root.generation,
+            created_ms: root.created_ms,
+            // Already sorted: chunks are disjoint and in order.
+            entries: all.into_iter().collect(),
+            chunks: root.chunks,
+        })
+    }
+
+    /// Splits the entries into chunks, reusing `base`'s chunks whose
+    /// entries are unchanged: the root's bytes and those of the chunks to
+    /// store (name, bytes). Sets `self.chunks`.
+    pub fn split(&mut self, base: Option<&Manifest>) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+        let old: HashMap<&RelPath, &ChunkRef> = base
+            .map(|b| b.chunks.iter().map(|c| (&c.first, c)).collect())
+            .unwrap_or_default();
+        let mut refs = Vec::new();
+        let mut new = Vec::new();
+        let mut run: Vec<(&RelPath, &Entry)> = Vec::new();
+        let mut flush = |run: &mut Vec<(&RelPath, &Entry)>| {
+            let Some(&(first, _)) = run.first() else {
+                return;
+            };
+            let count = run.len() as u64;
+            let reused = old.get(first).filter(|c| c.count == count).filter(|_| {
+                base.is_some_and(|b| {
+                    b.entries
+                        .range(first.clone()..)
+                        .take(run.len())
+                        .eq(run.iter().copied())
+                })
+            });
+            match reused {
+                Some(c) => refs.push((*c).clone()),
+                None => {
+                    let chunk = ChunkOut {
+                        entries: run.iter().copied().collect(),
+                    };
+                    // Serialising plain data into memory cannot fail.
+                    let bytes = serde_json::to_vec(&chunk).unwrap_or_default();
+                    let sha256 = hex::encode(Sha256::digest(&bytes));
+                    refs.push(ChunkRef {
+                        sha256: sha256.clone(),
+                        first: first.clone(),
+                        count,
+                    });
+                    new.push((sha256, bytes));
+                }
+            }
+            run.clear();
+        };
+        for (path, entry) in &self.entries {
+            run.push((path, entry));
+            if run.len() >= CHUNK_MAX || fnv1a(path.as_str().as_bytes()) % CHUNK_AVG == 0 {
+                flush(&mut run);
             }
         }
-        Ok(m)
+        flush(&mut run);
+        self.chunks = refs;
+        let root = RootV2 {
+            format: FORMAT,
+            generation: self.generation,
+            created_ms: self.created_ms,
+            chunks: self.chunks.clone(),
+        };
+        // Serialising plain data into memory cannot fail.
+        (serde_json::to_vec(&root).unwrap_or_default(), new)
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The manifest in format 1, as earlier builds stored it (tests of
+    /// reading old workspaces).
+    pub fn to_inline_bytes(&self) -> Vec<u8> {
+        let mut m = self.clone();
+        m.format = FORMAT_INLINE;
         // Serialising plain data into memory cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(&m).unwrap_or_default()
+    }
+
+    /// The chunk names this manifest refers to.
+    pub fn chunk_names(&self) -> HashSet<&str> {
+        self.chunks.iter().map(|c| c.sha256.as_str()).collect()
     }
 
     /// Every blob the manifest refers to.
@@ -132,6 +331,35 @@ impl Manifest {
     }
 }
 
+/// A chunk being written, borrowing the manifest's entries.
+#[derive(Serialize)]
+struct ChunkOut<'a> {
+    entries: BTreeMap<&'a RelPath, &'a Entry>,
+}
+
+/// Every path confined (done by [`RelPath`]'s deserializer), every link
+/// target inside, every hash well-formed.
+fn check_entries(entries: &BTreeMap<RelPath, Entry>) -> Result<(), ManifestError> {
+    for (path, entry) in entries {
+        match entry {
+            Entry::Symlink { target } => check_link_target(path, target)?,
+            Entry::File { sha256, .. } if !is_sha256_hex(sha256) => {
+                return Err(ManifestError::Hash(path.to_string()))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a, 64 bits: a stable, cheap hash of a path for chunk boundaries
+/// (the same in every build, unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
@@ -144,6 +372,10 @@ pub fn manifest_key(generation: u64) -> String {
 
 pub fn blob_key(sha256: &str) -> String {
     format!("blobs/{sha256}")
+}
+
+pub fn chunk_key(sha256: &str) -> String {
+    format!("chunks/{sha256}")
 }
 
 /// The generation a key under `manifests/` names, if it is one of ours.
@@ -164,35 +396,128 @@ mod tests {
         RelPath::parse(s).unwrap()
     }
 
-    #[test]
-    fn round_trips_and_validates() {
+    fn file(sha: &str) -> Entry {
+        Entry::File {
+            mode: 0o644,
+            size: 1,
+            mtime_ns: 5,
+            sha256: sha.repeat(64 / sha.len()),
+        }
+    }
+
+    fn sample() -> Manifest {
         let mut m = Manifest::new(7);
         m.entries.insert(rp("a"), Entry::Dir { mode: 0o755 });
-        m.entries.insert(
-            rp("a/f"),
-            Entry::File {
-                mode: 0o644,
-                size: 1,
-                mtime_ns: 5,
-                sha256: "ab".repeat(32),
-            },
-        );
+        m.entries.insert(rp("a/f"), file("ab"));
         m.entries
             .insert(rp("a/l"), Entry::Symlink { target: "f".into() });
-        let back = Manifest::parse(&m.to_bytes(), 7).unwrap();
-        assert_eq!(back, m);
+        m
+    }
+
+    fn inline(bytes: &[u8], g: u64) -> Result<Manifest, ManifestError> {
+        match Manifest::parse(bytes, g)? {
+            Parsed::Inline(m) => Ok(m),
+            Parsed::Chunked(_) => panic!("a format 1 root parsed as format 2"),
+        }
+    }
+
+    /// Splits, then reads back through the stored bytes only.
+    fn through_store(m: &mut Manifest, base: Option<&Manifest>) -> (Manifest, usize) {
+        let (root, new) = m.split(base);
+        // The base's chunks as the store holds them.
+        let mut stored: HashMap<String, Vec<u8>> = base
+            .map(|b| b.clone().split(None).1.into_iter().collect())
+            .unwrap_or_default();
+        let written = new.len();
+        stored.extend(new);
+        let Parsed::Chunked(r) = Manifest::parse(&root, m.generation).unwrap() else {
+            panic!("format 2 root parsed as format 1")
+        };
+        let bytes: Vec<Vec<u8>> = r.chunks.iter().map(|c| stored[&c.sha256].clone()).collect();
+        (Manifest::assemble(r, bytes).unwrap(), written)
+    }
+
+    #[test]
+    fn old_inline_format_still_parses_and_validates() {
+        let m = sample();
+        let bytes = m.to_inline_bytes();
+        let back = inline(&bytes, 7).unwrap();
+        assert_eq!(back.entries, m.entries);
+        assert_eq!(back.format, FORMAT_INLINE);
         assert!(matches!(
-            Manifest::parse(&m.to_bytes(), 8),
+            Manifest::parse(&bytes, 8),
             Err(ManifestError::Generation { .. })
         ));
-        let evil = String::from_utf8(m.to_bytes())
-            .unwrap()
-            .replace("\"a/f\"", "\"../f\"");
+        let text = String::from_utf8(bytes).unwrap();
+        let evil = text.replace("\"a/f\"", "\"../f\"");
         assert!(Manifest::parse(evil.as_bytes(), 7).is_err());
-        let evil = String::from_utf8(m.to_bytes())
-            .unwrap()
-            .replace("\"target\":\"f\"", "\"target\":\"/etc/shadow\"");
+        let evil = text.replace("\"target\":\"f\"", "\"target\":\"/etc/shadow\"");
         assert!(Manifest::parse(evil.as_bytes(), 7).is_err());
+        let evil = text.replace("\"format\":1", "\"format\":9");
+        assert!(matches!(
+            Manifest::parse(evil.as_bytes(), 7),
+            Err(ManifestError::Format(9))
+        ));
+    }
+
+    #[test]
+    fn chunks_round_trip_and_a_change_rewrites_one_chunk() {
+        let mut m = Manifest::new(3);
+        for i in 0..20_000 {
+            m.entries
+                .insert(rp(&format!("d{}/f{i}", i % 97)), file("ab"));
+        }
+        let (back, written) = through_store(&mut m, None);
+        assert_eq!(back.entries, m.entries);
+        assert_eq!(written, m.chunks.len());
+        assert!(
+            m.chunks.len() > 10 && m.chunks.iter().all(|c| c.count as usize <= CHUNK_MAX),
+            "{} chunks",
+            m.chunks.len()
+        );
+
+        // One file changed, one added, one removed: three chunks at most.
+        let mut next = m.clone();
+        next.generation = 4;
+        next.entries.insert(rp("d5/f5"), file("cd"));
+        next.entries.insert(rp("d7/new"), file("ef"));
+        next.entries.remove(&rp("d9/f9"));
+        let (back, written) = through_store(&mut next, Some(&m));
+        assert_eq!(back.entries, next.entries);
+        assert!((1..=3).contains(&written), "{written} chunks written");
+
+        // Nothing changed: nothing written.
+        let mut same = next.clone();
+        same.generation = 5;
+        let (_, written) = through_store(&mut same, Some(&next));
+        assert_eq!(written, 0);
+    }
+
+    #[test]
+    fn tampered_chunks_are_refused() {
+        let mut m = sample();
+        let (root, chunks) = m.split(None);
+        let Parsed::Chunked(r) = Manifest::parse(&root, 7).unwrap() else {
+            panic!()
+        };
+        let bytes: Vec<Vec<u8>> = chunks.iter().map(|(_, b)| b.clone()).collect();
+        let mut evil = bytes.clone();
+        evil[0] = String::from_utf8(evil[0].clone())
+            .unwrap()
+            .replace("\"a/f\"", "\"../f\"")
+            .into_bytes();
+        assert!(Manifest::assemble(r, evil).is_err(), "hash mismatch");
+        let Parsed::Chunked(r) = Manifest::parse(&root, 7).unwrap() else {
+            panic!()
+        };
+        assert!(
+            Manifest::assemble(r, Vec::<Vec<u8>>::new()).is_err(),
+            "missing"
+        );
+        let unordered = String::from_utf8(root)
+            .unwrap()
+            .replace("\"format\":2", "\"format\":2,\"extra\":1");
+        assert!(Manifest::parse(unordered.as_bytes(), 7).is_err());
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use super::fsx::{Found, Kind, Root};
 use super::limits::{screen, ReadBudget, Refused};
-use super::manifest::{blob_key, generation_of_key, manifest_key, Entry, Manifest, MANIFESTS_DIR};
+use super::manifest::{
+    blob_key, chunk_key, generation_of_key, manifest_key, Entry, Manifest, Parsed, MANIFESTS_DIR,
+};
 use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
 use super::walk::{hash_file, now_ns, Hash, StatCache};
@@ -92,8 +94,36 @@ pub async fn latest_manifest(
     let Some(&g) = stored_generations(backend, prefix).await?.last() else {
         return Ok(None);
     };
+    Ok(Some(load_manifest(backend, prefix, g).await?))
+}
+
+/// Chunks of one manifest fetched at once.
+const CHUNK_FETCHES: usize = 16;
+
+/// The manifest of generation `g`, in either stored format (format 2's
+/// chunks fetched side by side).
+pub async fn load_manifest(
+    backend: &dyn ObjectBackend,
+    prefix: &ConvPrefix,
+    g: u64,
+) -> Result<Manifest, PushError> {
     let bytes = backend.get(&prefix.key(&manifest_key(g))).await?;
-    Ok(Some(Manifest::parse(&bytes, g)?))
+    match Manifest::parse(&bytes, g)? {
+        Parsed::Inline(m) => Ok(m),
+        Parsed::Chunked(root) => {
+            let keys: Vec<String> = root
+                .chunks
+                .iter()
+                .map(|c| prefix.key(&chunk_key(&c.sha256)))
+                .collect();
+            let chunks: Vec<bytes::Bytes> = stream::iter(keys)
+                .map(|key| async move { backend.get(&key).await })
+                .buffered(CHUNK_FETCHES)
+                .try_collect()
+                .await?;
+            Ok(Manifest::assemble(root, chunks)?)
+        }
+    }
 }
 
 pub struct PushJob<'a> {
@@ -128,10 +158,9 @@ where
         let base = match (base, stored.last()) {
             // Borrowed: a manifest of many files is costly to copy.
             (Some(b), Some(&g)) if b.generation == g => Some(Cow::Borrowed(b)),
-            (_, Some(&g)) => {
-                let bytes = backend.get(&job.prefix.key(&manifest_key(g))).await?;
-                Some(Cow::Owned(Manifest::parse(&bytes, g)?))
-            }
+            (_, Some(&g)) => Some(Cow::Owned(
+                load_manifest(backend.as_ref(), job.prefix, g).await?,
+            )),
             (_, None) => None,
         };
         Ok::<_, PushError>((stored, base))
@@ -323,6 +352,18 @@ where
         }
     }
 
+    // Chunks first, the root last: the root's PUT is the commit, and
+    // every chunk it names is stored by then.
+    let (root_bytes, new_chunks) = manifest.split(base.as_deref());
+    stream::iter(new_chunks)
+        .map(|(sha, bytes)| {
+            let backend = backend.clone();
+            let key = job.prefix.key(&chunk_key(&sha));
+            async move { backend.put(&key, bytes.into()).await }
+        })
+        .buffer_unordered(job.transfer.concurrency)
+        .try_collect::<()>()
+        .await?;
     fence.await?;
     refuse_newer(
         &stored_generations(backend.as_ref(), job.prefix).await?,
@@ -331,7 +372,7 @@ where
     backend
         .put(
             &job.prefix.key(&manifest_key(job.generation)),
-            manifest.to_bytes().into(),
+            root_bytes.into(),
         )
         .await?;
 
@@ -342,6 +383,15 @@ where
         .filter(|g| **g < job.generation)
         .map(|g| job.prefix.key(&manifest_key(*g)))
         .collect();
+    if let Some(b) = base.as_deref() {
+        let live = manifest.chunk_names();
+        garbage.extend(
+            b.chunk_names()
+                .into_iter()
+                .filter(|c| !live.contains(c))
+                .map(|c| job.prefix.key(&chunk_key(c))),
+        );
+    }
     if let Some(d) = diff {
         garbage.extend(
             d.unreferenced(&manifest)

@@ -78,6 +78,8 @@ async fn storage(kind: Backend) -> (StorageConfig, Option<tempfile::TempDir>) {
 struct Switch {
     inner: Arc<dyn ObjectBackend>,
     down: AtomicBool,
+    /// Keys written, in order.
+    written: std::sync::Mutex<Vec<String>>,
 }
 
 impl Switch {
@@ -93,12 +95,17 @@ impl Switch {
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
+    /// The keys written since the last call.
+    fn take_written(&self) -> Vec<String> {
+        std::mem::take(&mut *self.written.lock().unwrap())
+    }
 }
 
 #[async_trait]
 impl ObjectBackend for Switch {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
         self.check()?;
+        self.written.lock().unwrap().push(key.to_owned());
         self.inner.put(key, data).await
     }
     async fn put_file(
@@ -109,6 +116,7 @@ impl ObjectBackend for Switch {
         sha256: &str,
     ) -> Result<u64, StoreError> {
         self.check()?;
+        self.written.lock().unwrap().push(key.to_owned());
         self.inner.put_file(key, file, size, sha256).await
     }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
@@ -151,6 +159,7 @@ fn node(cfg: &StorageConfig, backend: Arc<dyn ObjectBackend>) -> Node {
     let backend = Arc::new(Switch {
         inner: backend,
         down: AtomicBool::new(false),
+        written: Default::default(),
     });
     Node {
         svc: SyncService::new(cfg, OWNER, store.clone(), backend.clone()),
@@ -324,6 +333,123 @@ async fn incremental_push_moves_only_changes_and_propagates_deletions(kind: Back
     n.svc.push_now(&key("inc")).await.unwrap();
     let manifests = n.backend.list(&format!("{T}/inc/manifests")).await.unwrap();
     assert_eq!(manifests, [format!("{T}/inc/{}", manifest_key(2))]);
+}
+
+/// What the store holds under `{T}/{conv}/{dir}`.
+async fn listed(backend: &dyn ObjectBackend, conv: &str, dir: &str) -> Vec<String> {
+    let mut keys = backend.list(&format!("{T}/{conv}/{dir}")).await.unwrap();
+    keys.sort();
+    keys
+}
+
+async fn a_checkpoint_writes_only_the_chunks_that_changed(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let n = node(&cfg, raw_backend(&cfg));
+    let root = tempfile::tempdir().unwrap();
+    let ws = fresh_workspace(root.path(), "ws");
+    for i in 0..3000 {
+        write(&ws, &format!("d{}/f{i}", i % 17), format!("{i}").as_bytes());
+    }
+    let mut rec = ConversationRecord::new(T, "chk");
+    n.assign(&mut rec, 1, &ws).await.unwrap();
+    n.svc.push_now(&key("chk")).await.unwrap();
+    let chunks = listed(n.backend.as_ref(), "chk", "chunks").await;
+    assert!(chunks.len() > 3, "{} chunks for 3,000 files", chunks.len());
+    n.backend.take_written();
+
+    write(&ws, "d3/f3", b"changed");
+    let r = n.svc.push_now(&key("chk")).await.unwrap();
+    assert_eq!(r.files, 1, "{r:?}");
+    let written = n.backend.take_written();
+    let new_chunks = written.iter().filter(|k| k.contains("/chunks/")).count();
+    assert_eq!(
+        new_chunks, 1,
+        "one file changed, one chunk written: {written:?}"
+    );
+    assert_eq!(written.len(), 3, "blob, chunk, root: {written:?}");
+    let after = listed(n.backend.as_ref(), "chk", "chunks").await;
+    assert_eq!(after.len(), chunks.len(), "the replaced chunk is deleted");
+    assert_eq!(
+        after.iter().filter(|k| !chunks.contains(k)).count(),
+        1,
+        "{after:?}"
+    );
+
+    // Nothing changed: nothing written.
+    let r = n.svc.push_now(&key("chk")).await.unwrap();
+    assert!(r.unchanged, "{r:?}");
+    assert_eq!(n.backend.take_written(), Vec::<String>::new());
+
+    // The stored workspace reads back whole, by restore and by the API.
+    let ws2 = fresh_workspace(root.path(), "ws2");
+    n.assign(&mut rec, 2, &ws2).await.unwrap();
+    assert_eq!(std::fs::read(ws2.join("d3/f3")).unwrap(), b"changed");
+    assert_eq!(std::fs::read(ws2.join("d0/f2992")).unwrap(), b"2992");
+    let files = n.svc.list_files(&key("chk")).await.unwrap();
+    assert_eq!(files.iter().filter(|f| f.kind == "file").count(), 3000);
+}
+
+/// A workspace stored by a build that wrote the whole map inline (format
+/// 1): it restores, the Files API reads it, and the first push moves it to
+/// chunks and drops the old root.
+async fn a_workspace_stored_in_the_inline_format_still_restores(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let n = node(&cfg, raw_backend(&cfg));
+    let root = tempfile::tempdir().unwrap();
+    let blob = |content: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(content));
+    let (a, b) = (b"old format\n".as_slice(), b"#!/bin/sh\n".as_slice());
+    for content in [a, b] {
+        n.backend
+            .put(
+                &format!("{T}/old/blobs/{}", blob(content)),
+                Bytes::copy_from_slice(content),
+            )
+            .await
+            .unwrap();
+    }
+    // Byte for byte what the earlier build stored.
+    let inline = json!({"format": 1, "generation": 3, "created_ms": 1, "entries": {
+        "bin": {"kind": "dir", "mode": 0o755},
+        "bin/run.sh": {"kind": "file", "mode": 0o750, "size": b.len(), "mtime_ns": 1_600_000_000_000_000_000i64, "sha256": blob(b)},
+        "link": {"kind": "symlink", "target": "notes.txt"},
+        "notes.txt": {"kind": "file", "mode": 0o644, "size": a.len(), "mtime_ns": 1_600_000_000_000_000_000i64, "sha256": blob(a)},
+    }});
+    n.backend
+        .put(
+            &format!("{T}/old/{}", manifest_key(3)),
+            Bytes::from(inline.to_string()),
+        )
+        .await
+        .unwrap();
+
+    let listed_files = n.svc.list_files(&key("old")).await.unwrap();
+    let paths: Vec<&str> = listed_files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["bin", "bin/run.sh", "link", "notes.txt"]);
+
+    let ws = fresh_workspace(root.path(), "ws");
+    let mut rec = ConversationRecord::new(T, "old");
+    n.assign(&mut rec, 4, &ws).await.unwrap();
+    assert_eq!(std::fs::read(ws.join("notes.txt")).unwrap(), a);
+    assert_eq!(std::fs::read(ws.join("bin/run.sh")).unwrap(), b);
+    let mode = std::fs::metadata(ws.join("bin/run.sh")).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o750);
+    assert_eq!(
+        std::fs::read_link(ws.join("link")).unwrap(),
+        Path::new("notes.txt")
+    );
+
+    // The first push stores chunks and drops the inline root.
+    write(&ws, "new.txt", b"new");
+    n.svc.push_now(&key("old")).await.unwrap();
+    assert_eq!(
+        listed(n.backend.as_ref(), "old", "manifests").await,
+        [format!("{T}/old/{}", manifest_key(4))]
+    );
+    assert!(!listed(n.backend.as_ref(), "old", "chunks").await.is_empty());
+    let ws2 = fresh_workspace(root.path(), "ws2");
+    n.assign(&mut rec, 5, &ws2).await.unwrap();
+    assert_eq!(std::fs::read(ws2.join("notes.txt")).unwrap(), a);
+    assert_eq!(std::fs::read(ws2.join("new.txt")).unwrap(), b"new");
 }
 
 async fn failed_restore_never_leads_to_a_push(kind: Backend) {
@@ -527,6 +653,33 @@ async fn tampered_manifest_is_refused(kind: Backend) {
         assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
         assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
     }
+    // Format 2: a chunk that hashes to its name but holds an escaping
+    // path, and a chunk whose bytes do not match its name.
+    let chunk = json!({"entries": {"../escape.txt": {"kind": "file", "mode": 420, "size": 1, "mtime_ns": 0, "sha256": sha}}}).to_string();
+    let named = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(chunk.as_bytes()));
+    for (conv, name) in [("evil3", named.clone()), ("evil4", "1".repeat(64))] {
+        n.backend
+            .put(
+                &format!("{T}/{conv}/chunks/{name}"),
+                Bytes::from(chunk.clone()),
+            )
+            .await
+            .unwrap();
+        let m = json!({"format": 2, "generation": 1, "created_ms": 0,
+            "chunks": [{"sha256": name, "first": "../escape.txt", "count": 1}]});
+        n.backend
+            .put(
+                &format!("{T}/{conv}/{}", manifest_key(1)),
+                Bytes::from(m.to_string()),
+            )
+            .await
+            .unwrap();
+        let ws = fresh_workspace(root.path(), conv);
+        let mut rec = ConversationRecord::new(T, conv);
+        let err = n.assign(&mut rec, 2, &ws).await.err().expect("refused");
+        assert_eq!(err.code().as_str(), "workspace_restore_failed", "{err}");
+        assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+    }
     assert!(!root.path().join("escape.txt").exists());
 }
 
@@ -689,6 +842,8 @@ macro_rules! suite {
 suite!(
     round_trip_keeps_content_modes_links_and_owner,
     incremental_push_moves_only_changes_and_propagates_deletions,
+    a_checkpoint_writes_only_the_chunks_that_changed,
+    a_workspace_stored_in_the_inline_format_still_restores,
     failed_restore_never_leads_to_a_push,
     stale_generation_cannot_write,
     a_new_state_file_carries_on_above_the_stored_generation,
