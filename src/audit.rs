@@ -18,6 +18,7 @@ pub(crate) use execution::ExecutionAudit;
 pub(crate) use sink::{install, AuditError, AuditFile};
 pub(crate) use subscribers::{subscribe, Subscriber};
 
+use crate::config::IsolationTier;
 use serde::Serialize;
 
 /// Ids that tie an event to a conversation; empty ones are omitted.
@@ -56,6 +57,8 @@ pub(crate) enum AuditEvent {
         #[serde(flatten)]
         subject: Subject,
         image: String,
+        /// `runc` or `gvisor`.
+        tier: IsolationTier,
     },
     /// A container and its directories were removed.
     ContainerDestroyed {
@@ -85,6 +88,8 @@ pub(crate) enum AuditEvent {
         subject: Subject,
         /// False for a cold start (the pool was empty).
         warm: bool,
+        /// The tenant's tier, which the container's always matches.
+        tier: IsolationTier,
     },
     /// The egress proxy let a request or tunnel through (written when it ends).
     ProxyRequestAllowed {
@@ -357,8 +362,10 @@ mod tests {
                 ..Default::default()
             },
             image: "img".into(),
+            tier: IsolationTier::Gvisor,
         };
         let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["tier"], "gvisor");
         assert_eq!(v["event"], "container_created");
         assert_eq!(v["tenant_id"], "t");
         assert!(v.get("conversation_id").is_none());
@@ -427,6 +434,7 @@ mod tests {
                 ..Default::default()
             },
             warm: true,
+            tier: IsolationTier::Runc,
         };
         let (_, line) = record_line(&ev, &ctx);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();

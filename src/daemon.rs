@@ -118,11 +118,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     check_fd_limit(&cfg.server);
     let store = Store::open(&cfg.state.path)?;
     let runtime = Arc::new(DockerRuntime::connect().await?);
-    let isolation = Isolation::detect(
-        &cfg.container,
-        &runtime.engine_facts().await?,
-        &HostFiles::default(),
-    )?;
+    let isolation = Isolation::detect(&cfg, &runtime.engine_facts().await?, &HostFiles::default())?;
     isolation.report.log();
     let gateway = Arc::new(
         Gateway::new(&cfg, secrets::anthropic_api_key(), AwsEnv::from_process())

@@ -216,6 +216,7 @@ mod tests {
                 &AuditEvent::PoolClaimed {
                     subject: Subject::default(),
                     warm: true,
+                    tier: Default::default(),
                 },
                 n,
             );
@@ -231,6 +232,7 @@ mod tests {
         record(&AuditEvent::PoolClaimed {
             subject: Subject::default(),
             warm: false,
+            tier: Default::default(),
         });
         assert!(rx.has_changed().unwrap());
         assert!(!events(1).is_empty());

@@ -131,6 +131,7 @@ mod tests {
             max_concurrent_runs: None,
             daily_token_limit: None,
             daily_cost_limit_usd: None,
+            isolation_tier: None,
         }])
     }
 
@@ -158,6 +159,7 @@ mod tests {
             max_concurrent_runs: None,
             daily_token_limit: None,
             daily_cost_limit_usd: None,
+            isolation_tier: None,
         }]);
         assert!(a.authenticate(&headers("Bearer s3cret")).is_err());
         assert_eq!(

@@ -59,6 +59,7 @@ mod tests {
         crate::audit::emit(&AuditEvent::ContainerCreated {
             subject: Default::default(),
             image: "i".into(),
+            tier: Default::default(),
         });
         assert_eq!(first.0.load(Ordering::Relaxed), frozen);
         assert!(second.0.load(Ordering::Relaxed) >= 1);

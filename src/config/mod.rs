@@ -9,6 +9,7 @@ mod agent;
 mod proxy;
 mod sync;
 mod telemetry;
+mod tier;
 
 pub use agent::AgentConfig;
 pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
@@ -17,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 pub use sync::{StorageConfig, SyncConfig};
 pub use telemetry::TelemetryConfig;
+pub use tier::IsolationTier;
 
 /// The image tag that `workspace-base/build-image.sh` produces.
 pub const DEFAULT_IMAGE: &str = "agentbox/workspace-base:latest";
@@ -161,6 +163,11 @@ pub struct ContainerConfig {
     pub disk_quota_mb: u64,
     /// Where the workspace images live; default `{workspace_root}/../quota-images`.
     pub quota_dir: Option<PathBuf>,
+    /// The tier of tenants that name none: `runc` or `gvisor`.
+    pub isolation_tier: IsolationTier,
+    /// The name under which the engine knows gVisor's runtime (its
+    /// `daemon.json` `runtimes` key); only used by the `gvisor` tier.
+    pub gvisor_runtime: String,
 }
 
 impl Default for ContainerConfig {
@@ -180,6 +187,8 @@ impl Default for ContainerConfig {
             seccomp_profile: None,
             disk_quota_mb: 1024,
             quota_dir: None,
+            isolation_tier: IsolationTier::Runc,
+            gvisor_runtime: "runsc".to_owned(),
         }
     }
 }
@@ -187,8 +196,11 @@ impl Default for ContainerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
-    /// Ready containers kept warm, bound to nobody.
+    /// Ready `runc`-tier containers kept warm, bound to nobody.
     pub min_size: usize,
+    /// Ready `gvisor`-tier containers kept warm; a claim never takes a
+    /// container of another tier than its tenant's.
+    pub gvisor_min_size: usize,
     /// Most containers this daemon runs at once, warm and claimed together.
     pub max_size: usize,
     /// Containers created at the same time while refilling.
@@ -199,6 +211,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             min_size: 2,
+            gvisor_min_size: 0,
             max_size: 32,
             refill_parallelism: 2,
         }
@@ -249,9 +262,40 @@ pub struct TenantConfig {
     /// The same in USD, priced by `model.prices`.
     #[serde(default)]
     pub daily_cost_limit_usd: Option<f64>,
+    /// This tenant's containers' tier; unset means `container.isolation_tier`.
+    #[serde(default)]
+    pub isolation_tier: Option<IsolationTier>,
 }
 
 impl Config {
+    /// The tier a tenant's new containers run under.
+    pub fn tier_for(&self, tenant_id: &str) -> IsolationTier {
+        self.tenants
+            .iter()
+            .find(|t| t.id == tenant_id)
+            .and_then(|t| t.isolation_tier)
+            .unwrap_or(self.container.isolation_tier)
+    }
+
+    /// Ready containers the pool keeps of `tier`.
+    pub fn pool_min(&self, tier: IsolationTier) -> usize {
+        match tier {
+            IsolationTier::Runc => self.pool.min_size,
+            IsolationTier::Gvisor => self.pool.gvisor_min_size,
+        }
+    }
+
+    /// Whether anything may start a gVisor container: the default tier, a
+    /// tenant's or the pool's. The engine must then know the runtime.
+    pub fn uses_gvisor(&self) -> bool {
+        self.container.isolation_tier == IsolationTier::Gvisor
+            || self.pool.gvisor_min_size > 0
+            || self
+                .tenants
+                .iter()
+                .any(|t| t.isolation_tier == Some(IsolationTier::Gvisor))
+    }
+
     /// Reads `path` (or only defaults when `None`), applies environment
     /// overrides and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -388,10 +432,22 @@ impl Config {
             _ => {}
         }
         let p = &self.pool;
-        if p.max_size == 0 || p.min_size > p.max_size {
+        if p.max_size == 0 || p.min_size + p.gvisor_min_size > p.max_size {
             return Err(invalid(
                 "pool.max_size",
-                "must be at least 1 and at least pool.min_size",
+                "must be at least 1 and at least pool.min_size + pool.gvisor_min_size",
+            ));
+        }
+        // Docker's runtime names: a daemon.json key, passed to the engine as is.
+        if c.gvisor_runtime.is_empty()
+            || !c
+                .gvisor_runtime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(invalid(
+                "container.gvisor_runtime",
+                "must be a runtime name (letters, digits, '.', '_', '-')",
             ));
         }
         if p.refill_parallelism == 0 {
@@ -623,6 +679,45 @@ mod tests {
         assert_eq!(c.container.pids_limit, 99);
         assert_eq!(c.sync.max_file_bytes, 4096);
         assert_eq!(c.model.anthropic_base_url, "http://127.0.0.1:1");
+    }
+
+    #[test]
+    fn tiers_default_to_runc_and_tenants_override() {
+        let hash = "ab".repeat(32);
+        let c = parse(&format!(
+            "[[tenants]]\nid = \"a\"\ntoken_sha256 = \"{hash}\"\nisolation_tier = \"gvisor\"\n\
+             [[tenants]]\nid = \"b\"\ntoken_sha256 = \"{}\"",
+            "cd".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(c.tier_for("a"), IsolationTier::Gvisor);
+        assert_eq!(c.tier_for("b"), IsolationTier::Runc);
+        assert_eq!(c.tier_for("unknown"), IsolationTier::Runc);
+        assert!(c.uses_gvisor());
+        assert!(!parse("").unwrap().uses_gvisor());
+        let c = parse("[container]\nisolation_tier = \"gvisor\"").unwrap();
+        assert_eq!(c.tier_for("b"), IsolationTier::Gvisor);
+        assert_eq!(c.container.gvisor_runtime, "runsc");
+        let err = parse("[container]\nisolation_tier = \"kata\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kata"), "{err}");
+        let err = parse("[container]\ngvisor_runtime = \"run sc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("container.gvisor_runtime"), "{err}");
+    }
+
+    #[test]
+    fn pool_tiers_fit_in_max_size() {
+        let c = parse("[pool]\nmin_size = 1\ngvisor_min_size = 2\nmax_size = 3").unwrap();
+        assert_eq!(c.pool_min(IsolationTier::Runc), 1);
+        assert_eq!(c.pool_min(IsolationTier::Gvisor), 2);
+        assert!(c.uses_gvisor());
+        let err = parse("[pool]\nmin_size = 2\ngvisor_min_size = 2\nmax_size = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool.max_size"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Isolation layers that depend on the host: which seccomp profile, which
 //! path confinement (AppArmor where the host has it and the profile is
-//! loaded, Landlock otherwise), userns-remap id mapping, and the workspace
-//! disk quota. Detected once at start-up; [`IsolationReport`] says what is
+//! loaded, Landlock otherwise), userns-remap id mapping, the workspace
+//! disk quota, and whether the engine can run the gVisor tier. Detected once at start-up; [`IsolationReport`] says what is
 //! active and what the host lacks, for the log, `doctor` and the status page.
 //!
 //! **Invariant:** detection only reads the host; it never loads profiles or
@@ -12,9 +12,9 @@ pub mod quota;
 pub mod seccomp;
 pub mod userns;
 
-use crate::config::ContainerConfig;
+use crate::config::Config;
 use crate::runtime::spec::Confinement;
-use crate::runtime::EngineFacts;
+use crate::runtime::{EngineFacts, EngineRuntime};
 use agent_protocol::PathLayer;
 use quota::{Quota, QuotaError};
 use serde::Serialize;
@@ -35,6 +35,10 @@ pub enum IsolationError {
     UnknownRemap(String),
     #[error(transparent)]
     Quota(#[from] QuotaError),
+    #[error("the gVisor tier is configured but the engine has no runtime {0:?}; install runsc and register it in /etc/docker/daemon.json (see docs/isolation.md), or set every tier to runc")]
+    GvisorMissing(String),
+    #[error("the engine's runtime {0:?} lacks --host-uds=all, without which the agent cannot serve or reach its sockets; add it to runtimeArgs in /etc/docker/daemon.json (see docs/isolation.md)")]
+    GvisorHostUds(String),
 }
 
 /// Which layers protect every container on this host, and what is missing.
@@ -48,6 +52,9 @@ pub struct IsolationReport {
     pub userns_remap: Option<IdMap>,
     /// 0 when the workspace quota is off.
     pub disk_quota_mb: u64,
+    /// The gVisor tier's runtime as the engine knows it; `None` when it
+    /// does not.
+    pub gvisor: Option<GvisorRuntime>,
     /// What this host loses against the full set of layers.
     pub gaps: Vec<String>,
 }
@@ -70,6 +77,20 @@ impl IsolationReport {
             tracing::warn!(message = "Isolation layer missing.", gap = %gap);
         }
     }
+}
+
+/// The engine's gVisor runtime, as the status page and the log show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GvisorRuntime {
+    /// Its name in the engine (`container.gvisor_runtime`).
+    pub name: String,
+    pub path: String,
+    /// `ptrace` or `kvm`.
+    pub platform: String,
+    /// `--oci-seccomp`: our seccomp profile also applies inside gVisor.
+    pub oci_seccomp: bool,
+    /// Whether any tier setting or tenant uses it.
+    pub in_use: bool,
 }
 
 /// The host-dependent isolation settings every container start uses.
@@ -101,6 +122,7 @@ impl Default for Isolation {
                 apparmor_profile_loaded: false,
                 userns_remap: None,
                 disk_quota_mb: 0,
+                gvisor: None,
                 gaps: Vec::new(),
             },
         }
@@ -132,16 +154,18 @@ impl Isolation {
     /// cannot work here (unreadable profile, no loop devices, unknown
     /// remap), so the daemon refuses to start instead of running weaker.
     pub fn detect(
-        cfg: &ContainerConfig,
+        config: &Config,
         engine: &EngineFacts,
         host: &HostFiles,
     ) -> Result<Self, IsolationError> {
+        let cfg = &config.container;
+        let mut gaps = Vec::new();
+        let gvisor = gvisor_runtime(config, engine.runtimes.get(&cfg.gvisor_runtime), &mut gaps)?;
         let profile = seccomp::load(cfg.seccomp_profile.as_deref())?;
         let seccomp_origin = cfg
             .seccomp_profile
             .as_ref()
             .map_or_else(|| "embedded".to_owned(), |p| p.display().to_string());
-        let mut gaps = Vec::new();
 
         let engine_aa = apparmor::engine_supports(&engine.security_options);
         let loaded = apparmor::host_profile_loaded(&host.apparmor_profiles, apparmor::PROFILE_NAME);
@@ -195,6 +219,7 @@ impl Isolation {
             apparmor_profile_loaded: loaded,
             userns_remap: id_map,
             disk_quota_mb: cfg.disk_quota_mb,
+            gvisor,
             gaps,
         };
         Ok(Self {
@@ -209,6 +234,39 @@ impl Isolation {
     pub fn host_owner(&self, uid: u32, gid: u32) -> (u32, u32) {
         self.id_map.map_or((uid, gid), |m| m.host_ids(uid, gid))
     }
+}
+
+/// The gVisor tier's runtime: required, with host Unix sockets allowed,
+/// when anything uses the tier; its missing seccomp pass-through is a gap.
+fn gvisor_runtime(
+    config: &Config,
+    registered: Option<&EngineRuntime>,
+    gaps: &mut Vec<String>,
+) -> Result<Option<GvisorRuntime>, IsolationError> {
+    let name = &config.container.gvisor_runtime;
+    let in_use = config.uses_gvisor();
+    let Some(rt) = registered else {
+        return match in_use {
+            true => Err(IsolationError::GvisorMissing(name.clone())),
+            false => Ok(None),
+        };
+    };
+    if in_use && !rt.gvisor_host_uds() {
+        return Err(IsolationError::GvisorHostUds(name.clone()));
+    }
+    let oci_seccomp = rt.flag("oci-seccomp");
+    if in_use && !oci_seccomp {
+        gaps.push(format!(
+            "the runtime {name:?} runs without --oci-seccomp: gVisor containers get no seccomp filter inside the sandbox"
+        ));
+    }
+    Ok(Some(GvisorRuntime {
+        name: name.clone(),
+        path: rt.path.clone(),
+        platform: rt.gvisor_platform().to_owned(),
+        oci_seccomp,
+        in_use,
+    }))
 }
 
 /// `{workspace_root}/../quota-images`: beside the workspaces, never inside
@@ -236,11 +294,10 @@ mod tests {
         }
     }
 
-    fn no_quota() -> ContainerConfig {
-        ContainerConfig {
-            disk_quota_mb: 0,
-            ..ContainerConfig::default()
-        }
+    fn no_quota() -> Config {
+        let mut c = Config::default();
+        c.container.disk_quota_mb = 0;
+        c
     }
 
     #[test]
@@ -251,6 +308,7 @@ mod tests {
             &EngineFacts {
                 security_options: vec!["name=seccomp,profile=default".into()],
                 root_dir: "/var/lib/docker".into(),
+                ..Default::default()
             },
             &host(dir.path(), ""),
         )
@@ -267,6 +325,7 @@ mod tests {
         let engine = EngineFacts {
             security_options: vec!["name=apparmor".into(), "name=userns".into()],
             root_dir: "/var/lib/docker/165536.165536".into(),
+            ..Default::default()
         };
         let iso = Isolation::detect(&no_quota(), &engine, &host(dir.path(), "")).unwrap();
         assert_eq!(iso.confinement.apparmor_profile, None);
@@ -285,6 +344,7 @@ mod tests {
         let engine = EngineFacts {
             security_options: vec!["name=userns".into()],
             root_dir: "/srv/docker".into(),
+            ..Default::default()
         };
         let iso = Isolation::detect(&no_quota(), &engine, &host(dir.path(), "")).unwrap();
         assert_eq!(iso.host_owner(1, 2), (165537, 165538));
@@ -297,6 +357,40 @@ mod tests {
             Isolation::detect(&no_quota(), &engine, &empty),
             Err(IsolationError::UnknownRemap(_))
         ));
+    }
+
+    #[test]
+    fn gvisor_tier_needs_its_runtime_with_host_sockets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = no_quota();
+        cfg.container.isolation_tier = crate::config::IsolationTier::Gvisor;
+        let mut engine = EngineFacts::default();
+        let err = Isolation::detect(&cfg, &engine, &host(dir.path(), "")).unwrap_err();
+        assert!(matches!(err, IsolationError::GvisorMissing(_)), "{err}");
+        assert!(err.to_string().contains("runsc"), "{err}");
+        let mut rt = EngineRuntime {
+            path: "/usr/bin/runsc".into(),
+            args: vec!["--network=none".into()],
+        };
+        engine.runtimes.insert("runsc".into(), rt.clone());
+        let err = Isolation::detect(&cfg, &engine, &host(dir.path(), "")).unwrap_err();
+        assert!(matches!(err, IsolationError::GvisorHostUds(_)), "{err}");
+        rt.args.push("--host-uds=all".into());
+        engine.runtimes.insert("runsc".into(), rt);
+        let iso = Isolation::detect(&cfg, &engine, &host(dir.path(), "")).unwrap();
+        let gv = iso.report.gvisor.unwrap();
+        assert_eq!(
+            (gv.platform.as_str(), gv.oci_seccomp, gv.in_use),
+            ("ptrace", false, true)
+        );
+        assert!(
+            iso.report.gaps.iter().any(|g| g.contains("--oci-seccomp")),
+            "{:?}",
+            iso.report.gaps
+        );
+        // Unused, an absent runtime is no error.
+        let iso = Isolation::detect(&no_quota(), &EngineFacts::default(), &host(dir.path(), ""));
+        assert!(iso.unwrap().report.gvisor.is_none());
     }
 
     #[test]

@@ -31,7 +31,9 @@ pub(crate) fn count_audit_events() {
 fn observe_event(event: &AuditEvent) {
     with(|i| i.audit_events.add(1, &[kv("event", event.name())]));
     match event {
-        AuditEvent::ContainerCreated { .. } => with(|i| i.containers_created.add(1, &[])),
+        AuditEvent::ContainerCreated { tier, .. } => {
+            with(|i| i.containers_created.add(1, &[kv("tier", tier.as_str())]))
+        }
         AuditEvent::ContainerDestroyed { reason, .. } => with(|i| {
             let label = i.destroy_reasons.get(reason.as_str());
             i.containers_destroyed.add(1, &[kv("reason", label)]);
@@ -42,9 +44,10 @@ fn observe_event(event: &AuditEvent) {
         }),
         AuditEvent::ContainerCrashed { .. } => with(|i| i.containers_crashed.add(1, &[])),
         AuditEvent::ContainerRecovered { .. } => with(|i| i.containers_recovered.add(1, &[])),
-        AuditEvent::PoolClaimed { warm, .. } => with(|i| {
+        AuditEvent::PoolClaimed { warm, tier, .. } => with(|i| {
             let kind = if *warm { "warm" } else { "cold" };
-            i.pool_claims.add(1, &[kv("kind", kind)]);
+            i.pool_claims
+                .add(1, &[kv("kind", kind), kv("tier", tier.as_str())]);
         }),
         AuditEvent::ProxyRequestAllowed { request, .. } => proxied(ProxyOutcome::Allowed, request),
         AuditEvent::ProxyRequestBlocked { request, .. } => proxied(ProxyOutcome::Blocked, request),

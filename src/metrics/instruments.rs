@@ -5,6 +5,7 @@
 
 use super::labels::{Bounded, ClaimKind, ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome};
 use crate::codes::{DestroyReason, ErrorCode};
+use crate::config::IsolationTier;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, MeterProvider, UpDownCounter};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -104,7 +105,7 @@ impl Instruments {
         let this = Self {
             pool_target: m
                 .u64_gauge("agentbox_pool_target_containers")
-                .with_description("Ready containers the pool keeps warm (pool.min_size).")
+                .with_description("Ready containers the pool keeps warm, by tier (pool.min_size, pool.gvisor_min_size).")
                 .build(),
             pool_max: m
                 .u64_gauge("agentbox_pool_max_containers")
@@ -112,12 +113,12 @@ impl Instruments {
                 .build(),
             pool_containers: m
                 .u64_gauge("agentbox_pool_containers")
-                .with_description("Unclaimed pool containers by state (ready, warming).")
+                .with_description("Unclaimed pool containers by state (ready, warming) and tier (runc, gvisor).")
                 .build(),
             pool_claims: counter(
                 &m,
                 "agentbox_pool_claims",
-                "Containers handed to conversations, by kind: warm (from the pool) or cold (created on demand).",
+                "Containers handed to conversations, by kind: warm (from the pool) or cold (created on demand), and tier.",
             ),
             containers: m
                 .u64_gauge("agentbox_containers")
@@ -126,7 +127,7 @@ impl Instruments {
             containers_created: counter(
                 &m,
                 "agentbox_containers_created",
-                "Containers created and answering.",
+                "Containers created and answering, by tier.",
             ),
             containers_destroyed: counter(
                 &m,
@@ -279,19 +280,24 @@ impl Instruments {
     /// exists (at 0) from the first scrape: `rate()` over a missing series
     /// is empty, not 0, and that hides problems.
     fn zero_series(&self) {
-        for kind in [ClaimKind::Warm, ClaimKind::Cold] {
-            self.pool_claims.add(0, &[kv("kind", kind.as_str())]);
-        }
-        for state in POOL_STATES {
-            self.pool_containers.record(0, &[kv("state", state)]);
+        for tier in IsolationTier::ALL {
+            let t = kv("tier", tier.as_str());
+            for kind in [ClaimKind::Warm, ClaimKind::Cold] {
+                self.pool_claims
+                    .add(0, &[kv("kind", kind.as_str()), t.clone()]);
+            }
+            for state in POOL_STATES {
+                self.pool_containers
+                    .record(0, &[kv("state", state), t.clone()]);
+            }
+            self.pool_target.record(0, std::slice::from_ref(&t));
+            self.containers_created.add(0, &[t]);
         }
         for state in CONTAINER_STATES {
             self.containers.record(0, &[kv("state", state)]);
         }
-        self.pool_target.record(0, &[]);
         self.pool_max.record(0, &[]);
         for c in [
-            &self.containers_created,
             &self.containers_crashed,
             &self.containers_recovered,
             &self.executions_started,

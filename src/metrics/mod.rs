@@ -19,6 +19,7 @@ pub(crate) use events::count_audit_events;
 pub(crate) use http::response;
 pub(crate) use labels::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
 
+use crate::config::IsolationTier;
 use instruments::{Instruments, CONTAINER_STATES, POOL_STATES};
 use opentelemetry::KeyValue;
 use std::sync::OnceLock;
@@ -60,13 +61,12 @@ pub(crate) fn render() -> Result<String, MetricsError> {
 
 /// What the pool and container gauges show, as the orchestrator counts
 /// it; refreshed on every scrape, so as fresh as the state file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct PoolGauges {
-    pub target: usize,
     pub max_size: usize,
-    /// Unclaimed pool containers starting up, and ready to be claimed.
-    pub pool_warming: usize,
-    pub pool_ready: usize,
+    /// Each tier's pool: its target, and its unclaimed containers starting
+    /// up and ready to be claimed.
+    pub tiers: Vec<TierGauges>,
     /// All containers by lifecycle state.
     pub warming: usize,
     pub ready: usize,
@@ -74,12 +74,26 @@ pub(crate) struct PoolGauges {
     pub destroying: usize,
 }
 
+/// One isolation tier's warm pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TierGauges {
+    pub tier: IsolationTier,
+    pub target: usize,
+    pub warming: usize,
+    pub ready: usize,
+}
+
 pub(crate) fn observe_pool(g: &PoolGauges) {
     with(|i| {
-        i.pool_target.record(g.target as u64, &[]);
         i.pool_max.record(g.max_size as u64, &[]);
-        for (state, n) in POOL_STATES.iter().zip([g.pool_warming, g.pool_ready]) {
-            i.pool_containers.record(n as u64, &[kv("state", *state)]);
+        for t in &g.tiers {
+            let tier = kv("tier", t.tier.as_str());
+            i.pool_target
+                .record(t.target as u64, std::slice::from_ref(&tier));
+            for (state, n) in POOL_STATES.iter().zip([t.warming, t.ready]) {
+                i.pool_containers
+                    .record(n as u64, &[kv("state", *state), tier.clone()]);
+            }
         }
         let counts = [g.warming, g.ready, g.claimed, g.destroying];
         for (label, n) in CONTAINER_STATES.iter().zip(counts) {
@@ -171,7 +185,8 @@ mod tests {
         // sync and execution series: their presence is what is checked.
         for needle in [
             "agentbox_build_info{version=",
-            "agentbox_pool_claims_total{kind=\"cold\"} ",
+            "agentbox_pool_claims_total{kind=\"cold\",tier=\"gvisor\"} ",
+            "agentbox_pool_containers{state=\"ready\",tier=\"runc\"} ",
             "agentbox_containers{state=\"claimed\"}",
             "agentbox_proxy_requests_total{outcome=\"blocked\",reason=\"port_not_allowed\"} 1",
             "agentbox_sync_runs_total{direction=\"from_container\",outcome=\"failed\"} ",

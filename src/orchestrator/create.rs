@@ -4,9 +4,10 @@
 use super::{proxy_ctx, Orchestrator, OrchestratorError, CONTAINER_HOME};
 use crate::agent_client::AgentClient;
 use crate::audit::AuditEvent;
+use crate::config::IsolationTier;
 use crate::proxy::container_env;
 use crate::runtime::{
-    ContainerSpec, LABEL_CONVERSATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TENANT,
+    ContainerSpec, LABEL_CONVERSATION, LABEL_INSTANCE, LABEL_MANAGED, LABEL_TENANT, LABEL_TIER,
 };
 use crate::state::{Binding, ContainerRecord, ContainerState};
 use std::collections::HashMap;
@@ -22,13 +23,13 @@ impl Orchestrator {
         &self,
         name: &str,
         binding: Option<&Binding>,
+        tier: IsolationTier,
     ) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let c = &cfg.container;
-        self.store
-            .insert_container(&ContainerRecord::warming(name, &c.image, binding.is_some()))
-            .await?;
-        let result = self.create_inner(name, binding).await;
+        let record = ContainerRecord::warming(name, &c.image, binding.is_some()).with_tier(tier);
+        self.store.insert_container(&record).await?;
+        let result = self.create_inner(name, binding, tier).await;
         if let Err(e) = &result {
             tracing::warn!(message = "Container creation failed.", container_id = %name, error = %e);
             self.destroy(name, crate::codes::DestroyReason::CreateFailed)
@@ -41,6 +42,7 @@ impl Orchestrator {
         &self,
         name: &str,
         binding: Option<&Binding>,
+        tier: IsolationTier,
     ) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let c = &cfg.container;
@@ -61,6 +63,7 @@ impl Orchestrator {
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_INSTANCE.to_owned(), cfg.server.instance.clone()),
+            (LABEL_TIER.to_owned(), tier.as_str().to_owned()),
         ]);
         // Labels cannot change after create: only a cold start knows its
         // conversation this early; pool containers' bindings live in state.
@@ -81,6 +84,7 @@ impl Orchestrator {
             pids_limit: c.pids_limit,
             tmp_size_bytes: c.tmp_size_mb * 1024 * 1024,
             confinement: self.isolation.confinement.clone(),
+            gvisor_runtime: (tier == IsolationTier::Gvisor).then(|| c.gvisor_runtime.clone()),
         };
         // The proxy listens before the container starts, so the CLI's first
         // request never finds the socket missing.
@@ -103,6 +107,7 @@ impl Orchestrator {
         crate::audit::emit(&AuditEvent::ContainerCreated {
             subject: super::subject(name, binding),
             image: c.image.clone(),
+            tier,
         });
         Ok(())
     }

@@ -23,7 +23,7 @@ pub(crate) use teardown::destroy_all;
 use crate::agent_client::AgentClient;
 use crate::audit::{AuditEvent, Subject};
 use crate::codes::{DestroyReason, ErrorCode};
-use crate::config::Config;
+use crate::config::{Config, IsolationTier};
 use crate::ids::ConversationKey;
 use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
@@ -115,10 +115,18 @@ impl Status {
     pub(crate) fn gauges(&self) -> crate::metrics::PoolGauges {
         let count = |state| self.containers.iter().filter(|c| c.state == state).count();
         crate::metrics::PoolGauges {
-            target: self.pool.target,
             max_size: self.pool.max_size,
-            pool_warming: self.pool.warming,
-            pool_ready: self.pool.ready,
+            tiers: self
+                .pool
+                .tiers
+                .iter()
+                .map(|t| crate::metrics::TierGauges {
+                    tier: t.tier,
+                    target: t.target,
+                    warming: t.warming,
+                    ready: t.ready,
+                })
+                .collect(),
             warming: count(ContainerState::Warming),
             ready: count(ContainerState::Ready),
             claimed: count(ContainerState::Claimed),
@@ -130,6 +138,7 @@ impl Status {
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct PoolStatus {
     pub image: String,
+    /// Ready containers kept, all tiers together.
     pub target: usize,
     pub max_size: usize,
     pub ready: usize,
@@ -137,6 +146,20 @@ pub(crate) struct PoolStatus {
     pub claimed: usize,
     pub warm_claims_total: u64,
     pub cold_starts_total: u64,
+    /// The same figures per isolation tier.
+    pub tiers: Vec<TierStatus>,
+    /// The tier of tenants that name none.
+    pub default_tier: IsolationTier,
+}
+
+/// One isolation tier's share of the pool.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct TierStatus {
+    pub tier: IsolationTier,
+    pub target: usize,
+    pub ready: usize,
+    pub warming: usize,
+    pub claimed: usize,
 }
 
 pub(crate) struct Orchestrator {
@@ -309,8 +332,14 @@ impl Orchestrator {
     }
 
     async fn claim_or_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
-        let image = self.cfg().container.image.clone();
-        if let Some(claim) = self.store.claim(None, &image, binding).await? {
+        let cfg = self.cfg();
+        // The tenant's tier now: a claim never takes another tier's container.
+        let tier = cfg.tier_for(&binding.tenant_id);
+        if let Some(claim) = self
+            .store
+            .claim(None, &cfg.container.image, tier, binding)
+            .await?
+        {
             self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
             self.refill.notify_one();
             let name = claim.container.name;
@@ -318,13 +347,18 @@ impl Orchestrator {
             crate::audit::emit(&AuditEvent::PoolClaimed {
                 subject: subject(&name, Some(binding)),
                 warm: true,
+                tier,
             });
             return Ok(self.assigned(&name, true));
         }
-        self.cold_start(binding).await
+        self.cold_start(binding, tier).await
     }
 
-    async fn cold_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
+    async fn cold_start(
+        &self,
+        binding: &Binding,
+        tier: IsolationTier,
+    ) -> Result<Assigned, OrchestratorError> {
         let cfg = self.cfg();
         let live = self
             .store
@@ -338,12 +372,12 @@ impl Orchestrator {
         }
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(message = "Pool empty; cold start.", tenant_id = %binding.tenant_id,
-            conversation_id = %binding.conversation_id);
+            conversation_id = %binding.conversation_id, tier = tier.as_str());
         let name = new_container_name();
-        self.create(&name, Some(binding)).await?;
+        self.create(&name, Some(binding), tier).await?;
         match self
             .store
-            .claim(Some(&name), &cfg.container.image, binding)
+            .claim(Some(&name), &cfg.container.image, tier, binding)
             .await
         {
             Ok(Some(_)) => {}
@@ -358,6 +392,7 @@ impl Orchestrator {
         crate::audit::emit(&AuditEvent::PoolClaimed {
             subject: subject(&name, Some(binding)),
             warm: false,
+            tier,
         });
         self.refill.notify_one();
         Ok(self.assigned(&name, true))
@@ -470,10 +505,30 @@ impl Orchestrator {
                 .filter(|c| c.state == s && !c.cold)
                 .count()
         };
+        let tiers = IsolationTier::ALL
+            .iter()
+            .map(|&tier| {
+                let n = |s: ContainerState, pool_only: bool| {
+                    containers
+                        .iter()
+                        .filter(|c| c.tier == tier && c.state == s && !(pool_only && c.cold))
+                        .count()
+                };
+                TierStatus {
+                    tier,
+                    target: cfg.pool_min(tier),
+                    ready: n(ContainerState::Ready, true),
+                    warming: n(ContainerState::Warming, true),
+                    claimed: n(ContainerState::Claimed, false),
+                }
+            })
+            .collect();
         Ok(Status {
             pool: PoolStatus {
                 image: cfg.container.image.clone(),
-                target: cfg.pool.min_size,
+                default_tier: cfg.container.isolation_tier,
+                tiers,
+                target: cfg.pool.min_size + cfg.pool.gvisor_min_size,
                 max_size: cfg.pool.max_size,
                 ready: count(ContainerState::Ready),
                 warming: count(ContainerState::Warming),

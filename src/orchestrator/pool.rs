@@ -1,9 +1,11 @@
-//! The pool worker: keeps `pool.min_size` ready containers of the
-//! configured image, rolls ready containers of an older image, trims a
-//! pool that shrank, and never goes past `pool.max_size` containers.
+//! The pool worker: keeps each isolation tier's ready containers of the
+//! configured image (`pool.min_size` runc, `pool.gvisor_min_size` gVisor),
+//! rolls ready containers of an older image, trims a pool that shrank, and
+//! never goes past `pool.max_size` containers of all tiers together.
 
 use super::{new_container_name, Orchestrator, OrchestratorError};
 use crate::codes::DestroyReason;
+use crate::config::IsolationTier;
 use crate::state::{ContainerRecord, ContainerState};
 use crate::workers::{Shutdown, WorkerState};
 use std::sync::Arc;
@@ -22,12 +24,19 @@ pub(super) struct Plan {
     pub create: usize,
 }
 
-/// Pure: decides from the records alone, so it is unit-tested.
-pub(super) fn plan(records: &[ContainerRecord], image: &str, min: usize, max: usize) -> Plan {
+/// Pure: decides one tier's pool from the records alone, so it is
+/// unit-tested. Containers of other tiers count only towards `max`.
+pub(super) fn plan(
+    records: &[ContainerRecord],
+    image: &str,
+    tier: IsolationTier,
+    min: usize,
+    max: usize,
+) -> Plan {
     let mut plan = Plan::default();
     let mut ready: Vec<&ContainerRecord> = Vec::new();
     let mut warming = 0;
-    for r in records.iter().filter(|r| !r.cold) {
+    for r in records.iter().filter(|r| !r.cold && r.tier == tier) {
         match r.state {
             ContainerState::Ready if r.image != image => {
                 plan.destroy
@@ -87,12 +96,21 @@ impl Orchestrator {
     }
 
     pub(crate) async fn refill_once(&self) -> Result<(), OrchestratorError> {
+        for tier in IsolationTier::ALL {
+            self.refill_tier(tier).await?;
+        }
+        self.workers.report(WORKER, WorkerState::Idle, None);
+        Ok(())
+    }
+
+    async fn refill_tier(&self, tier: IsolationTier) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let records = self.store.containers().await?;
         let plan = plan(
             &records,
             &cfg.container.image,
-            cfg.pool.min_size,
+            tier,
+            cfg.pool_min(tier),
             cfg.pool.max_size,
         );
         for (name, reason) in &plan.destroy {
@@ -103,7 +121,7 @@ impl Orchestrator {
         while left > 0 {
             let batch = left.min(cfg.pool.refill_parallelism);
             let results = futures_util::future::join_all(
-                (0..batch).map(|_| async { self.create(&new_container_name(), None).await }),
+                (0..batch).map(|_| async { self.create(&new_container_name(), None, tier).await }),
             )
             .await;
             failures.extend(results.into_iter().filter_map(Result::err));
@@ -117,15 +135,13 @@ impl Orchestrator {
                 message = "Pool refilled.",
                 created = plan.create - failures.len().min(plan.create),
                 removed = plan.destroy.len(),
-                target = cfg.pool.min_size
+                target = cfg.pool_min(tier),
+                tier = tier.as_str()
             );
         }
         match failures.into_iter().next() {
             Some(e) => Err(e),
-            None => {
-                self.workers.report(WORKER, WorkerState::Idle, None);
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 }
@@ -145,7 +161,7 @@ mod tests {
     fn fills_up_to_min() {
         let recs = vec![rec("a", ContainerState::Ready, "i", 1)];
         assert_eq!(
-            plan(&recs, "i", 3, 10),
+            plan(&recs, "i", IsolationTier::Runc, 3, 10),
             Plan {
                 destroy: vec![],
                 create: 2
@@ -159,7 +175,7 @@ mod tests {
             rec("a", ContainerState::Warming, "i", 1),
             rec("b", ContainerState::Claimed, "i", 1),
         ];
-        assert_eq!(plan(&recs, "i", 2, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10).create, 1);
     }
 
     #[test]
@@ -167,7 +183,7 @@ mod tests {
         let recs: Vec<_> = (0..9)
             .map(|n| rec(&n.to_string(), ContainerState::Claimed, "i", 1))
             .collect();
-        assert_eq!(plan(&recs, "i", 4, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 4, 10).create, 1);
     }
 
     #[test]
@@ -176,12 +192,30 @@ mod tests {
             rec("old", ContainerState::Ready, "v1", 1),
             rec("claimed-old", ContainerState::Claimed, "v1", 1),
         ];
-        let p = plan(&recs, "v2", 1, 10);
+        let p = plan(&recs, "v2", IsolationTier::Runc, 1, 10);
         assert_eq!(
             p.destroy,
             vec![("old".to_owned(), DestroyReason::ImageRoll)]
         );
         assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn tiers_fill_apart_and_share_max() {
+        let gv = |name: &str, state| rec(name, state, "i", 1).with_tier(IsolationTier::Gvisor);
+        let recs = vec![
+            rec("r", ContainerState::Ready, "i", 1),
+            gv("g", ContainerState::Ready),
+            gv("g2", ContainerState::Claimed),
+        ];
+        // The gVisor containers fill nothing of the runc pool, and back.
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Gvisor, 2, 10).create, 1);
+        // A shrunk gVisor pool removes only gVisor containers.
+        let p = plan(&recs, "i", IsolationTier::Gvisor, 0, 10);
+        assert_eq!(p.destroy, vec![("g".to_owned(), DestroyReason::PoolShrink)]);
+        // Every tier counts towards max.
+        assert_eq!(plan(&recs, "i", IsolationTier::Gvisor, 5, 4).create, 1);
     }
 
     #[test]
@@ -191,7 +225,7 @@ mod tests {
             rec("b", ContainerState::Ready, "i", 3),
             rec("c", ContainerState::Ready, "i", 2),
         ];
-        let p = plan(&recs, "i", 1, 10);
+        let p = plan(&recs, "i", IsolationTier::Runc, 1, 10);
         assert_eq!(
             p.destroy,
             vec![

@@ -40,8 +40,24 @@ impl DockerRuntime {
         Ok(EngineFacts {
             security_options: info.security_options.unwrap_or_default(),
             root_dir: info.docker_root_dir.unwrap_or_default(),
+            runtimes: runtimes(info.runtimes),
         })
     }
+}
+
+fn runtimes(
+    from: Option<HashMap<String, bollard::models::Runtime>>,
+) -> std::collections::BTreeMap<String, super::EngineRuntime> {
+    from.unwrap_or_default()
+        .into_iter()
+        .map(|(name, r)| {
+            let rt = super::EngineRuntime {
+                path: r.path.unwrap_or_default(),
+                args: r.runtime_args.unwrap_or_default(),
+            };
+            (name, rt)
+        })
+        .collect()
 }
 
 fn engine(e: BollardError) -> RuntimeError {
@@ -189,6 +205,7 @@ impl ContainerRuntime for DockerRuntime {
                 .cgroup_driver
                 .map(|v| v.to_string())
                 .unwrap_or_default(),
+            runtimes: runtimes(info.runtimes),
         })
     }
 

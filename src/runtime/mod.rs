@@ -10,7 +10,7 @@ pub(crate) mod memory;
 pub(crate) mod spec;
 
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 /// Label every agentbox container carries; operators and tests filter on it.
@@ -18,12 +18,84 @@ pub(crate) const LABEL_MANAGED: &str = "agentbox.managed";
 pub(crate) const LABEL_INSTANCE: &str = "agentbox.instance";
 pub(crate) const LABEL_CONVERSATION: &str = "agentbox.conversation";
 pub(crate) const LABEL_TENANT: &str = "agentbox.tenant";
+pub(crate) const LABEL_TIER: &str = "agentbox.tier";
 
 /// What the engine says about itself (`docker info`).
 #[derive(Clone, Debug, Default)]
 pub struct EngineFacts {
     pub security_options: Vec<String>,
     pub root_dir: String,
+    /// The runtimes the engine knows (`daemon.json` `runtimes`), by name.
+    pub runtimes: BTreeMap<String, EngineRuntime>,
+}
+
+/// One OCI runtime the engine can start containers with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineRuntime {
+    /// The binary, as registered (a bare name is looked up on `PATH`).
+    pub path: String,
+    /// The arguments the engine passes it (`runtimeArgs`).
+    pub args: Vec<String>,
+}
+
+impl EngineRuntime {
+    /// The value of `--flag=v` or `--flag v` (one or two dashes) among the
+    /// runtime's arguments.
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        let name = flag.trim_start_matches('-');
+        let mut args = self.args.iter();
+        while let Some(a) = args.next() {
+            let bare = a.trim_start_matches('-');
+            if bare == name {
+                return args.next().map(String::as_str);
+            }
+            if let Some(v) = bare.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Whether a boolean flag is on (`--flag`, `--flag=true`).
+    pub fn flag(&self, flag: &str) -> bool {
+        let name = flag.trim_start_matches('-');
+        self.args.iter().any(|a| {
+            let bare = a.trim_start_matches('-');
+            bare == name || bare.strip_prefix(name) == Some("=true")
+        })
+    }
+
+    /// gVisor's platform: `--platform`, else runsc's default, ptrace.
+    pub fn gvisor_platform(&self) -> &str {
+        self.arg("platform").unwrap_or("ptrace")
+    }
+
+    /// Whether gVisor may both create and connect to host Unix sockets,
+    /// which the agent's two sockets in the bind-mounted directory need.
+    pub fn gvisor_host_uds(&self) -> bool {
+        self.arg("host-uds") == Some("all") || self.flag("fsgofer-host-uds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EngineRuntime;
+
+    #[test]
+    fn runtime_args_are_read_in_both_spellings() {
+        let rt = |args: &[&str]| EngineRuntime {
+            path: "/usr/bin/runsc".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        let r = rt(&["--host-uds=all", "--oci-seccomp", "-platform", "kvm"]);
+        assert!(r.gvisor_host_uds());
+        assert!(r.flag("oci-seccomp"));
+        assert_eq!(r.gvisor_platform(), "kvm");
+        let r = rt(&["--host-uds=open"]);
+        assert!(!r.gvisor_host_uds());
+        assert!(!r.flag("oci-seccomp"));
+        assert_eq!(r.gvisor_platform(), "ptrace");
+    }
 }
 
 /// The engine client's own error, kept as the source; boxed so that only
@@ -60,6 +132,9 @@ pub(crate) struct ContainerSpec {
     /// Seccomp and path confinement; its default is the embedded seccomp
     /// profile with Landlock.
     pub confinement: spec::Confinement,
+    /// The engine runtime for the gVisor tier (`container.gvisor_runtime`);
+    /// `None` runs the engine's default runtime (runc).
+    pub gvisor_runtime: Option<String>,
 }
 
 /// A container the engine has with our labels.
@@ -97,6 +172,8 @@ pub(crate) struct EngineInfo {
     pub cgroup_version: String,
     /// `cgroupfs` or `systemd`.
     pub cgroup_driver: String,
+    /// The runtimes the engine knows, by name.
+    pub runtimes: BTreeMap<String, EngineRuntime>,
 }
 
 #[async_trait]

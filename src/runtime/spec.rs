@@ -32,16 +32,24 @@ impl Confinement {
 }
 
 pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    // The seccomp profile goes to runsc too: the runtime's `--oci-seccomp`
+    // (docs/isolation.md) applies it inside gVisor's kernel.
     let mut security_opt = vec![
         "no-new-privileges:true".to_owned(),
         format!("seccomp={}", spec.confinement.seccomp_profile),
     ];
+    let path_layer = match spec.gvisor_runtime {
+        Some(_) => PathLayer::Gvisor,
+        None => spec.confinement.path_layer(),
+    };
     // Docker silently drops an AppArmor option on hosts without AppArmor,
-    // so it is only set where detection found the profile loaded.
-    if let Some(profile) = &spec.confinement.apparmor_profile {
+    // so it is only set where detection found the profile loaded; runsc
+    // applies no host LSM profile to the agent, so gVisor goes without.
+    if let (PathLayer::Apparmor, Some(profile)) = (path_layer, &spec.confinement.apparmor_profile) {
         security_opt.push(format!("apparmor={profile}"));
     }
     let host_config = HostConfig {
+        runtime: spec.gvisor_runtime.clone(),
         network_mode: Some("none".to_owned()),
         readonly_rootfs: Some(true),
         cap_drop: Some(vec!["ALL".to_owned()]),
@@ -79,11 +87,9 @@ pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody 
         .filter(|(k, _)| k != L2_ENV)
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    // The agent applies Landlock to itself unless AppArmor confines it.
-    env.push(format!(
-        "{L2_ENV}={}",
-        spec.confinement.path_layer().as_str()
-    ));
+    // The agent applies Landlock to itself unless AppArmor (or gVisor,
+    // which has none) confines it.
+    env.push(format!("{L2_ENV}={}", path_layer.as_str()));
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         user: Some(spec.user.clone()),
@@ -116,6 +122,7 @@ mod tests {
                 seccomp_profile: Arc::from(r#"{"defaultAction":"SCMP_ACT_ERRNO"}"#),
                 apparmor_profile: None,
             },
+            gvisor_runtime: None,
         }
     }
 
@@ -164,5 +171,26 @@ mod tests {
             1
         );
         assert!(env.contains(&"AGENTBOX_L2=apparmor".to_owned()), "{env:?}");
+    }
+
+    #[test]
+    fn gvisor_tier_names_its_runtime_and_keeps_every_layer() {
+        let mut s = spec();
+        s.confinement.apparmor_profile = Some("workspace-container".into());
+        s.gvisor_runtime = Some("runsc".into());
+        let body = hardened_create_body(&s);
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.runtime.as_deref(), Some("runsc"));
+        assert_eq!(hc.network_mode.as_deref(), Some("none"));
+        assert_eq!(hc.readonly_rootfs, Some(true));
+        let opts = hc.security_opt.unwrap();
+        assert!(opts.iter().any(|o| o.starts_with("seccomp={")), "{opts:?}");
+        assert!(opts.contains(&"no-new-privileges:true".to_owned()));
+        assert!(!opts.iter().any(|o| o.starts_with("apparmor=")), "{opts:?}");
+        assert!(body.env.unwrap().contains(&"AGENTBOX_L2=gvisor".to_owned()));
+        assert_eq!(
+            hardened_create_body(&spec()).host_config.unwrap().runtime,
+            None
+        );
     }
 }

@@ -14,6 +14,7 @@ pub use records::{
     RunRecord, StoredEvent,
 };
 
+use crate::config::IsolationTier;
 use crate::ids::ConversationKey;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use std::path::Path;
@@ -285,12 +286,13 @@ impl Store {
     /// Binds a container to a conversation in one transaction: the container
     /// becomes `Claimed`, the conversation points at it with a new
     /// generation. `name` picks a specific container (a cold start); `None`
-    /// takes the oldest `Ready` one running `image`. `Ok(None)` when the
-    /// pool has none.
+    /// takes the oldest `Ready` one running `image` on `tier`: a claim never
+    /// crosses tiers. `Ok(None)` when the pool has none.
     pub async fn claim(
         &self,
         name: Option<&str>,
         image: &str,
+        tier: IsolationTier,
         key: &ConversationKey,
     ) -> Result<Option<Claim>, StateError> {
         let (name, image, binding) = (name.map(str::to_owned), image.to_owned(), key.clone());
@@ -305,6 +307,7 @@ impl Store {
                         let c: ContainerRecord = serde_json::from_slice(v.value())?;
                         if c.state == ContainerState::Ready
                             && c.image == image
+                            && c.tier == tier
                             && best.as_ref().is_none_or(|b| c.created_ms < b.created_ms)
                         {
                             best = Some(c);
@@ -426,7 +429,12 @@ mod tests {
             s.transition(name, ContainerState::Ready).await.unwrap();
         }
         let claim = s
-            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .claim(
+                None,
+                "img2",
+                IsolationTier::Runc,
+                &ConversationKey::new("t", "conv"),
+            )
             .await
             .unwrap()
             .unwrap();
@@ -435,17 +443,54 @@ mod tests {
         assert_eq!(claim.conversation.container_id.as_deref(), Some("b"));
         assert_eq!(claim.conversation.generation, 1);
         let again = s
-            .claim(None, "img2", &ConversationKey::new("t", "conv"))
+            .claim(
+                None,
+                "img2",
+                IsolationTier::Runc,
+                &ConversationKey::new("t", "conv"),
+            )
             .await
             .unwrap()
             .unwrap();
         assert_eq!(again.container.name, "c");
         assert_eq!(again.conversation.generation, 2);
         assert!(s
-            .claim(None, "img2", &ConversationKey::new("t", "x"))
+            .claim(
+                None,
+                "img2",
+                IsolationTier::Runc,
+                &ConversationKey::new("t", "x")
+            )
             .await
             .unwrap()
             .is_none());
+    }
+
+    #[tokio::test]
+    async fn a_claim_never_crosses_tiers() {
+        let (_d, s) = store();
+        for (name, tier) in [("r", IsolationTier::Runc), ("g", IsolationTier::Gvisor)] {
+            s.insert_container(&ContainerRecord::warming(name, "i", false).with_tier(tier))
+                .await
+                .unwrap();
+            s.transition(name, ContainerState::Ready).await.unwrap();
+        }
+        let key = |c: &str| ConversationKey::new("t", c);
+        let g = s
+            .claim(None, "i", IsolationTier::Gvisor, &key("1"))
+            .await
+            .unwrap();
+        assert_eq!(g.unwrap().container.name, "g");
+        let none = s
+            .claim(None, "i", IsolationTier::Gvisor, &key("2"))
+            .await
+            .unwrap();
+        assert!(none.is_none(), "the runc container must stay in the pool");
+        let r = s
+            .claim(None, "i", IsolationTier::Runc, &key("3"))
+            .await
+            .unwrap();
+        assert_eq!(r.unwrap().container.tier, IsolationTier::Runc);
     }
 
     #[tokio::test]
@@ -458,7 +503,12 @@ mod tests {
         assert!(s.transition("a", ContainerState::Ready).await.is_err());
         s.transition("a", ContainerState::Destroying).await.unwrap();
         assert!(s
-            .claim(Some("a"), "i", &ConversationKey::new("t", "c"))
+            .claim(
+                Some("a"),
+                "i",
+                IsolationTier::Runc,
+                &ConversationKey::new("t", "c")
+            )
             .await
             .is_err());
         assert!(s.transition("a", ContainerState::Destroying).await.is_err());
@@ -470,10 +520,15 @@ mod tests {
         s.insert_container(&ContainerRecord::warming("a", "i", true))
             .await
             .unwrap();
-        s.claim(Some("a"), "i", &ConversationKey::new("t", "c"))
-            .await
-            .unwrap()
-            .unwrap();
+        s.claim(
+            Some("a"),
+            "i",
+            IsolationTier::Runc,
+            &ConversationKey::new("t", "c"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         s.remove_container("a").await.unwrap();
         assert!(s.containers().await.unwrap().is_empty());
         let conv = s

@@ -2,6 +2,7 @@
 //! its guarded transitions.
 
 pub use crate::codes::RunOutcome;
+use crate::config::IsolationTier;
 use serde::{Deserialize, Serialize};
 
 /// One conversation of one tenant.
@@ -119,6 +120,9 @@ pub struct ContainerRecord {
     /// True when it was started for a waiting request (pool empty).
     #[serde(default)]
     pub cold: bool,
+    /// Its isolation tier; records from before tiers existed were runc.
+    #[serde(default)]
+    pub tier: IsolationTier,
 }
 
 impl ContainerRecord {
@@ -132,7 +136,14 @@ impl ContainerRecord {
             last_activity_ms: now,
             binding: None,
             cold,
+            tier: IsolationTier::Runc,
         }
+    }
+
+    /// The same record on another isolation tier.
+    pub fn with_tier(mut self, tier: IsolationTier) -> Self {
+        self.tier = tier;
+        self
     }
 }
 

@@ -371,11 +371,17 @@ async fn one_execution_cycle_is_audited_and_counted_without_leaking_the_key() {
     let text = scrape(&d).await;
     run_ok(promtool().args(["check", "metrics"]), Some(&text));
     assert_eq!(
-        value(&text, "agentbox_pool_claims_total{kind=\"warm\"}"),
+        value(
+            &text,
+            "agentbox_pool_claims_total{kind=\"warm\",tier=\"runc\"}"
+        ),
         1.0
     );
     assert_eq!(
-        value(&text, "agentbox_pool_claims_total{kind=\"cold\"}"),
+        value(
+            &text,
+            "agentbox_pool_claims_total{kind=\"cold\",tier=\"runc\"}"
+        ),
         0.0
     );
     assert_eq!(value(&text, "agentbox_executions_started_total"), 1.0);
@@ -395,8 +401,11 @@ async fn one_execution_cycle_is_audited_and_counted_without_leaking_the_key() {
         ),
         1.0
     );
-    assert!(value(&text, "agentbox_containers_created_total") >= 1.0);
-    assert_eq!(value(&text, "agentbox_pool_target_containers"), 1.0);
+    assert!(value(&text, "agentbox_containers_created_total{tier=\"runc\"}") >= 1.0);
+    assert_eq!(
+        value(&text, "agentbox_pool_target_containers{tier=\"runc\"}"),
+        1.0
+    );
     assert!(
         !text.contains(CONVERSATION),
         "a conversation id became a label"

@@ -22,8 +22,9 @@ pub const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 pub const INTERRUPT_PATH: &str = "/interrupt";
 
 /// Environment variable by which the host tells the agent which layer
-/// confines paths: `apparmor` (the kernel already does) or `landlock` (the
-/// agent must restrict itself). Absent means `landlock`.
+/// confines paths: `apparmor` (the kernel already does), `gvisor` (gVisor's
+/// kernel stands between the agent and the host's) or `landlock` (the agent
+/// must restrict itself). Absent means `landlock`.
 pub const L2_ENV: &str = "AGENTBOX_L2";
 
 /// The layer that confines what paths a container may write.
@@ -32,6 +33,10 @@ pub const L2_ENV: &str = "AGENTBOX_L2";
 pub enum PathLayer {
     Apparmor,
     Landlock,
+    /// The gVisor tier. gVisor implements no Landlock; the agent still
+    /// tries it and relies on gVisor only when the kernel answers that it
+    /// has none, so this value never weakens a runc container.
+    Gvisor,
 }
 
 impl PathLayer {
@@ -39,14 +44,16 @@ impl PathLayer {
         match self {
             Self::Apparmor => "apparmor",
             Self::Landlock => "landlock",
+            Self::Gvisor => "gvisor",
         }
     }
 
-    /// Reads [`L2_ENV`]'s value; anything but `apparmor` means Landlock,
-    /// so a typo never switches confinement off.
+    /// Reads [`L2_ENV`]'s value; anything but `apparmor` or `gvisor`
+    /// means Landlock, so a typo never switches confinement off.
     pub fn from_env_value(value: Option<&str>) -> Self {
         match value {
             Some("apparmor") => Self::Apparmor,
+            Some("gvisor") => Self::Gvisor,
             _ => Self::Landlock,
         }
     }
@@ -59,7 +66,8 @@ pub enum Enforcement {
     FullyEnforced,
     PartiallyEnforced,
     NotEnforced,
-    /// Not attempted: AppArmor confines the container instead.
+    /// Not applied: AppArmor confines the container instead, or gVisor's
+    /// kernel, which has no Landlock, stands in front of the host's.
     Skipped,
 }
 

@@ -54,6 +54,10 @@ impl Policy {
 /// Applies the policy to this process unless `layer` says AppArmor already
 /// confines it. Must run while the process has one thread: Landlock
 /// restricts the calling thread and the threads it creates afterwards.
+///
+/// On the gVisor tier Landlock is still tried: only a kernel that answers
+/// it has none (gVisor's) lets the agent rely on gVisor instead, so a runc
+/// container told `gvisor` by mistake is confined all the same.
 pub fn apply(layer: PathLayer, policy: &Policy) -> Confinement {
     if layer == PathLayer::Apparmor {
         return Confinement {
@@ -63,6 +67,23 @@ pub fn apply(layer: PathLayer, policy: &Policy) -> Confinement {
             detail: Some("AppArmor profile confines this container".to_owned()),
         };
     }
+    let c = apply_landlock(policy);
+    if layer == PathLayer::Gvisor && c.landlock == Enforcement::NotEnforced {
+        let why = c.detail.unwrap_or_default();
+        return Confinement {
+            layer,
+            landlock: Enforcement::Skipped,
+            landlock_abi: None,
+            detail: Some(format!(
+                "gVisor's kernel confines this container; it implements no Landlock ({why})"
+            )),
+        };
+    }
+    c
+}
+
+fn apply_landlock(policy: &Policy) -> Confinement {
+    let layer = PathLayer::Landlock;
     match restrict(policy) {
         Ok((ruleset, status)) => {
             let abi = match status {
@@ -189,6 +210,35 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(rw);
         let _ = std::fs::remove_dir_all(outside);
+    }
+
+    /// On a kernel with Landlock (this host, a runc container) the gVisor
+    /// layer changes nothing: Landlock is applied and reported.
+    #[test]
+    fn gvisor_layer_never_weakens_a_kernel_with_landlock() {
+        let rw = scratch_dir("gv");
+        let rw2 = rw.clone();
+        let c = std::thread::spawn(move || {
+            apply(
+                PathLayer::Gvisor,
+                &Policy {
+                    read_write: vec![rw2],
+                },
+            )
+        })
+        .join()
+        .unwrap();
+        match c.landlock {
+            Enforcement::FullyEnforced | Enforcement::PartiallyEnforced => {
+                assert_eq!(c.layer, PathLayer::Landlock, "{c:?}")
+            }
+            // Only a kernel without Landlock hands confinement to gVisor.
+            other => {
+                assert_eq!(other, Enforcement::Skipped, "{c:?}");
+                assert_eq!(c.layer, PathLayer::Gvisor, "{c:?}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(rw);
     }
 
     fn scratch_dir(tag: &str) -> PathBuf {

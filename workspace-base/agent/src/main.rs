@@ -59,8 +59,9 @@ fn run() -> std::io::Result<()> {
     })
 }
 
-/// Applies Landlock unless the host says AppArmor confines this container,
-/// and says on stderr what took effect.
+/// Applies Landlock unless the host says AppArmor confines this container
+/// (or, on the gVisor tier, the kernel has no Landlock), and says on stderr
+/// what took effect.
 fn confine(workdir: &Path) -> Confinement {
     let layer = PathLayer::from_env_value(std::env::var(L2_ENV).ok().as_deref());
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -70,9 +71,10 @@ fn confine(workdir: &Path) -> Confinement {
         .map_or_else(|| "none".to_owned(), |v| v.to_string());
     let detail = c.detail.as_deref().unwrap_or("");
     match c.landlock {
-        Enforcement::Skipped => {
-            eprintln!("workspace-agent: confinement apparmor; landlock skipped ({detail})")
-        }
+        Enforcement::Skipped => eprintln!(
+            "workspace-agent: confinement {}; landlock skipped ({detail})",
+            c.layer.as_str()
+        ),
         e => eprintln!(
             "workspace-agent: confinement landlock {}, abi {abi} {detail}",
             serde_json::to_value(e)
