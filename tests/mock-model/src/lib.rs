@@ -4,7 +4,8 @@
 //! stream in [`sse`], HTTP in [`server`].
 //!
 //! The prompt scripts the model: `!write <path> <content>`, `!bash <cmd>`,
-//! `!text <words>` and `!sleep <ms>` lines (see [`script`]).
+//! `!tool <name> <json>`, `!text <words>` and `!sleep <ms>` lines (see
+//! [`script`]).
 
 pub mod bedrock;
 pub mod eventstream;
