@@ -141,3 +141,72 @@ async fn an_interrupt_right_after_the_message_stops_the_model_call() {
     assert_eq!(result["interrupted"], true, "{result}");
     assert!(!body.contains("late"), "{body}");
 }
+
+/// A stdio MCP server in a few lines of Python: one tool, `add`, which
+/// also leaves its arguments in `mcp-called.txt` so the test sees that it
+/// ran inside the container. It has no backslash: the `!write` directive
+/// turns `\n` into line breaks.
+const CALC_SERVER: &str = r#"import json, sys
+def reply(id, result):
+    print(json.dumps({"jsonrpc": "2.0", "id": id, "result": result}), flush=True)
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        reply(id, {"protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}}, "serverInfo": {"name": "calc", "version": "1"}})
+    elif method == "tools/list":
+        reply(id, {"tools": [{"name": "add", "description": "Adds two numbers", "inputSchema": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}]})
+    elif method == "tools/call":
+        args = msg["params"]["arguments"]
+        open("mcp-called.txt", "w").write(json.dumps(args))
+        reply(id, {"content": [{"type": "text", "text": "sum=%s" % (args["a"] + args["b"])}]})
+    elif id is not None:
+        print(json.dumps({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no such method"}}), flush=True)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stdio_mcp_server_in_the_workspace_is_called_by_the_model() {
+    let _engine = serial::shared().await;
+    let (_mock, d) = start_with_mock(KEY).await;
+    let write = format!("!write calc_server.py {}", CALC_SERVER.replace('\n', "\\n"));
+    let (status, body) = post_message(&d, Some(TOKEN), "mcp", json!({"prompt": write})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(result_of(&parse_sse(&body))["is_error"], false, "{body}");
+
+    let options = json!({"mcp_servers": {
+        "calc": {"type": "stdio", "command": "python3", "args": ["calc_server.py"]}
+    }});
+    let prompt = "!tool mcp__calc__add {\"a\": 2, \"b\": 40}\n!text finished";
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "mcp",
+        json!({"prompt": prompt, "options": options}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    let call = events
+        .iter()
+        .find(|e| e.event == "tool_use" && e.data["name"] == "mcp__calc__add")
+        .unwrap_or_else(|| panic!("no MCP tool call: {events:#?}"));
+    assert_eq!(call.data["input"], json!({"a": 2, "b": 40}));
+    let answer = events
+        .iter()
+        .find(|e| e.event == "tool_result" && e.data["tool_use_id"] == call.data["id"])
+        .expect("the MCP tool's result");
+    assert_eq!(answer.data["is_error"], false, "{answer:?}");
+    assert!(
+        answer.data["content"].to_string().contains("sum=42"),
+        "{answer:?}"
+    );
+    let result = result_of(&events);
+    assert_eq!(result["is_error"], false, "{result}");
+    assert_eq!(result["result"], "finished");
+    // The server ran in the container, in the workspace.
+    let called = read_file(&d.workspace(TENANT, "mcp").join("mcp-called.txt"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&called).unwrap(),
+        json!({"a": 2, "b": 40})
+    );
+}

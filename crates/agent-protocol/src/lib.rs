@@ -10,6 +10,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod session;
+pub use session::SessionOptions;
+
 /// Directory inside the container holding both sockets (a host bind mount).
 pub const SOCKET_DIR: &str = "/run/agentbox";
 /// File name of the agent's own HTTP socket inside [`SOCKET_DIR`].

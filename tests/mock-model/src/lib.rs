@@ -4,10 +4,11 @@
 //! stream in [`sse`], HTTP in [`server`].
 //!
 //! The prompt scripts the model: `!write <path> <content>`, `!bash <cmd>`,
-//! `!text <words>` and `!sleep <ms>` lines (see [`script`]); `!pace <ms>`
-//! paces the stream ([`stream`]) and `!fault <kind>` fails the request the
-//! way the real API fails ([`faults`]). [`MockModel::start_tls`] serves
-//! HTTPS with a test CA made at start-up ([`tls`]).
+//! `!tool <name> <json>`, `!text <words>` and `!sleep <ms>` lines (see
+//! [`script`]); `!pace <ms>` paces the stream ([`stream`]) and
+//! `!fault <kind>` fails the request the way the real API fails
+//! ([`faults`]). [`MockModel::start_tls`] serves HTTPS with a test CA made
+//! at start-up ([`tls`]).
 
 pub mod bedrock;
 pub mod eventstream;

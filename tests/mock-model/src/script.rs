@@ -13,6 +13,14 @@ use serde_json::{json, Value};
 /// generation, quota probes, small-model side calls).
 pub const GENERIC_ANSWER: &str = "OK.";
 
+/// The CLI's tool that makes a deferred tool (an MCP server's) callable.
+const TOOL_SEARCH: &str = "ToolSearch";
+
+/// The CLI's text after a ToolSearch made a tool callable.
+const TOOL_LOADED: &str = "Tool loaded.";
+/// How the CLI's note on an interrupted turn begins.
+const INTERRUPTED_NOTE: &str = "[Request interrupted by user";
+
 /// One `!directive` line of the prompt.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Directive {
@@ -24,6 +32,9 @@ pub enum Directive {
     Text(String),
     /// `!sleep <ms>`: delay before answering the step it belongs to.
     Sleep(Duration),
+    /// `!tool <name> <json object>`: a call of any tool the request offers,
+    /// such as an MCP server's `mcp__<server>__<tool>`, with that input.
+    Tool { name: String, input: Value },
 }
 
 /// One content block of the answer, before ids are assigned.
@@ -78,6 +89,14 @@ fn parse_line(line: &str) -> Option<Directive> {
             command: rest.to_string(),
         }),
         "!text" if !rest.is_empty() => Some(Directive::Text(rest.to_string())),
+        "!tool" => {
+            let (name, input) = rest.split_once(char::is_whitespace).unwrap_or((rest, "{}"));
+            let input: Value = serde_json::from_str(input.trim()).ok()?;
+            (!name.is_empty() && input.is_object()).then(|| Directive::Tool {
+                name: name.to_string(),
+                input,
+            })
+        }
         "!sleep" => rest
             .parse()
             .ok()
@@ -157,6 +176,28 @@ fn split_steps(directives: &[Directive], tools: &HashSet<String>, cwd: Option<&s
         match directive {
             Directive::Sleep(ms) => delay += *ms,
             Directive::Text(_) => {}
+            // The CLI defers MCP tools behind its ToolSearch tool: a model
+            // first selects the tool by name, then calls it. Both steps are
+            // planned whether or not the tool is offered yet, so every
+            // request of the turn counts the same steps.
+            Directive::Tool { name, .. }
+                if name.starts_with("mcp__") && tools.contains(TOOL_SEARCH) =>
+            {
+                steps.push(Step {
+                    delay,
+                    tool: Block::ToolUse {
+                        name: TOOL_SEARCH.into(),
+                        input: json!({ "query": format!("select:{name}"), "max_results": 1 }),
+                    },
+                });
+                delay = Duration::ZERO;
+                if let Some(tool) = tool_call(directive, cwd) {
+                    steps.push(Step {
+                        delay: Duration::ZERO,
+                        tool,
+                    });
+                }
+            }
             _ => {
                 let Some(tool) = tool_call(directive, cwd) else {
                     continue;
@@ -193,6 +234,14 @@ fn final_answer(directives: &[Directive], used_delay: Duration, tools: &HashSet<
             lines.push(format!("(tool {name} is not offered; skipped)"));
         }
     }
+    for d in directives {
+        if let Directive::Tool { name, .. } = d {
+            let deferred = name.starts_with("mcp__") && tools.contains(TOOL_SEARCH);
+            if !tools.contains(name) && !deferred {
+                lines.push(format!("(tool {name} is not offered; skipped)"));
+            }
+        }
+    }
     if lines.is_empty() {
         lines.push("Done.".into());
     }
@@ -221,6 +270,10 @@ fn tool_call(directive: &Directive, cwd: Option<&str>) -> Option<Block> {
         Directive::Bash { command } => Some(Block::ToolUse {
             name: "Bash".into(),
             input: json!({ "command": command, "description": "run command" }),
+        }),
+        Directive::Tool { name, input } => Some(Block::ToolUse {
+            name: name.clone(),
+            input: input.clone(),
         }),
         _ => None,
     }
@@ -261,32 +314,37 @@ fn offered_tools(body: &Value) -> HashSet<String> {
 fn prompt_index(messages: &[Value]) -> Option<usize> {
     messages.iter().rposition(|m| {
         m.get("role").and_then(Value::as_str) == Some("user")
-            && (!has_tool_result(m) || text_follows_tool_result(m))
+            && (!has_tool_result(m) || prompt_follows_interrupt(m))
             && !prompt_text(m).trim().is_empty()
     })
 }
 
 /// After an interrupt the CLI sends the stopped tool's result, its
 /// interruption note and the next prompt as one user message; the prompt
-/// is then text after the last tool result.
-fn text_follows_tool_result(message: &Value) -> bool {
-    content_blocks(message).fold(false, |after, b| match block_type(b) {
-        Some("tool_result") => false,
-        Some("text") => {
-            after
-                || b.get("text")
-                    .and_then(Value::as_str)
-                    .is_some_and(is_prompt_text)
-        }
-        _ => after,
-    })
+/// is then text after the note. (Other text beside a tool result, such as
+/// [`TOOL_LOADED`], is the CLI's, not a prompt.)
+fn prompt_follows_interrupt(message: &Value) -> bool {
+    let mut noted = false;
+    content_blocks(message)
+        .filter(|b| block_type(b) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .any(|t| {
+            if t.trim_start().starts_with(INTERRUPTED_NOTE) {
+                noted = true;
+                return false;
+            }
+            noted && is_prompt_text(t)
+        })
 }
 
-/// Text the user wrote: not the CLI's `<system-reminder>` blocks nor its
-/// "[Request interrupted by user...]" notes.
+/// Text the user wrote: not the CLI's `<system-reminder>` blocks, its
+/// "[Request interrupted by user...]" notes, nor the "Tool loaded." it
+/// sends after a ToolSearch.
 fn is_prompt_text(text: &str) -> bool {
     let text = text.trim_start();
-    !text.starts_with("<system-reminder>") && !text.starts_with("[Request interrupted by user")
+    !text.starts_with("<system-reminder>")
+        && !text.starts_with(INTERRUPTED_NOTE)
+        && text.trim_end() != TOOL_LOADED
 }
 
 fn has_tool_result(message: &Value) -> bool {
@@ -297,7 +355,11 @@ fn has_tool_result(message: &Value) -> bool {
 /// `<system-reminder>` blocks.
 fn prompt_text(message: &Value) -> String {
     if let Some(text) = message.get("content").and_then(Value::as_str) {
-        return text.to_string();
+        return if is_prompt_text(text) {
+            text.to_string()
+        } else {
+            String::new()
+        };
     }
     content_blocks(message)
         .filter(|b| block_type(b) == Some("text"))
@@ -463,6 +525,26 @@ mod tests {
     }
 
     #[test]
+    fn tool_directive_calls_any_offered_tool_with_its_input() {
+        let prompt = "!tool mcp__calc__add {\"a\": 2, \"b\": 3}\n!tool Missing {}\n!tool bad {x";
+        assert_eq!(parse_directives(prompt).len(), 2, "bad JSON is prompt text");
+        let tools: HashSet<String> = ["mcp__calc__add".to_string()].into();
+        let p = plan_turn(prompt, 0, &tools, None);
+        assert_eq!(
+            p.blocks[1],
+            Block::ToolUse {
+                name: "mcp__calc__add".into(),
+                input: json!({"a": 2, "b": 3})
+            }
+        );
+        let last = plan_turn(prompt, 1, &tools, None);
+        assert_eq!(
+            last.blocks,
+            vec![Block::Text("(tool Missing is not offered; skipped)".into())]
+        );
+    }
+
+    #[test]
     fn a_prompt_after_an_interrupted_tool_is_the_new_prompt() {
         let body = json!({
             "tools": [{"name": "Bash"}],
@@ -482,6 +564,38 @@ mod tests {
         let mut body = body;
         body["messages"][2]["content"].as_array_mut().unwrap().pop();
         assert_eq!(plan(&body).unwrap().blocks, vec![Block::Text("old".into())]);
+    }
+
+    #[test]
+    fn mcp_tools_are_selected_through_tool_search_first() {
+        let prompt = "!tool mcp__calc__add {\"a\": 1}\n!text done";
+        let tools: HashSet<String> = ["ToolSearch".to_string()].into();
+        let first = plan_turn(prompt, 0, &tools, None);
+        assert!(matches!(&first.blocks[1],
+            Block::ToolUse { name, input } if name == "ToolSearch" && input["query"] == "select:mcp__calc__add"));
+        let second = plan_turn(prompt, 1, &tools, None);
+        assert!(
+            matches!(&second.blocks[1], Block::ToolUse { name, .. } if name == "mcp__calc__add")
+        );
+        assert_eq!(
+            plan_turn(prompt, 2, &tools, None).blocks,
+            vec![Block::Text("done".into())]
+        );
+        // The CLI's "Tool loaded." after the search's result is no prompt.
+        let body = json!({
+            "tools": [{"name": "ToolSearch"}],
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": [{"type": "tool_use"}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "content": [{"type": "tool_reference"}]}
+                ]},
+                {"role": "user", "content": "Tool loaded."}
+            ]
+        });
+        assert!(
+            matches!(&plan(&body).unwrap().blocks[1], Block::ToolUse { name, .. } if name == "mcp__calc__add")
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The in-container side of agentbox: the translation of Claude Code's
-//! stream-json lines into events, the CLI runner, the agent's HTTP server,
+//! stream-json lines into events, the CLI runner (and its command line
+//! for Agent SDK sessions), the agent's HTTP server,
 //! the model-gateway bridge and the agent's Landlock self-restriction.
 //!
 //! The wire protocol it speaks with the host daemon is the
@@ -10,4 +11,5 @@ pub mod bridge;
 pub mod cli;
 pub mod landlock;
 pub mod server;
+pub mod session;
 pub mod translate;
