@@ -540,6 +540,7 @@ impl Inner {
         };
         match &result {
             Ok(r) => {
+                crate::metrics::sync_scan(r.walked);
                 self.audit_refusals(conv, &mut st, &r.refused);
                 self.stats.pushed(r.bytes);
                 if r.unchanged {

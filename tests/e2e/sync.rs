@@ -1257,6 +1257,73 @@ async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
     assert!(tool_output(&events).contains("early bird"), "{events:#?}");
 }
 
+/// One series of the daemon's `/metrics` scrape.
+async fn metric(daemon: &Daemon, series: &str) -> f64 {
+    let scrape = crate::harness::client()
+        .get(format!("http://{}/metrics", daemon.admin_addr))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not in the scrape:\n{scrape}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_tracks_changes_by_bash_and_a_background_process_between_tool_results() {
+    let _engine = serial::shared().await;
+    let (_mock, daemon, backend) = s3_daemon(None, &[]).await;
+    let conv = "tracked";
+    // The first Bash command leaves a process behind that writes once the
+    // test says so (`go`, made on the host after the first checkpoint);
+    // the second waits for its files, so they change between two tool
+    // results, by no tool of the agent's.
+    let rx = stream_run(
+        &daemon,
+        conv,
+        "!bash mkdir -p out && echo one > out/a.txt && setsid sh -c 'while [ ! -e go ]; do sleep 0.1; done; echo bg > out/bg.txt; mkdir -p out/bgdir/sub; echo deep > out/bgdir/sub/f; rm out/a.txt' > /dev/null 2>&1 &\n\
+         !bash while [ ! -e out/bgdir/sub/f ]; do sleep 0.1; done; echo two > out/b.txt\n\
+         !text done",
+    );
+    let walked = "agentbox_sync_scans_total{kind=\"walked\"}";
+    wait_for("the first checkpoint", Duration::from_secs(60), || {
+        let (backend, daemon) = (backend.clone(), &daemon);
+        async move {
+            stored_at(&backend, conv)
+                .await
+                .is_some_and(|m| has(&m, "out/a.txt"))
+                && metric(daemon, walked).await >= 1.0
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&daemon, walked).await,
+        1.0,
+        "only the first push walks"
+    );
+    std::fs::write(daemon.workspace(TENANT, conv).join("go"), b"").unwrap();
+    let events = collect(rx).await;
+    assert_ok_result(&events);
+
+    let m = stored_at(&backend, conv).await.expect("stored");
+    assert!(has(&m, "out/bg.txt") && has(&m, "out/bgdir/sub/f") && has(&m, "out/b.txt"));
+    assert!(
+        !has(&m, "out/a.txt"),
+        "a deletion by the background process"
+    );
+    // Every later push looked only at tracked changes: the background
+    // process's files reached the store without a walk.
+    assert_eq!(metric(&daemon, walked).await, 1.0);
+    assert!(metric(&daemon, "agentbox_sync_scans_total{kind=\"tracked\"}").await >= 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_files_api_streams_files_and_byte_ranges() {
     let _engine = serial::shared().await;
