@@ -59,6 +59,7 @@ pub(super) struct Instruments {
     pub sync_bytes: Counter<u64>,
     pub sync_duration: Histogram<f64>,
     pub sync_backlog: Gauge<i64>,
+    pub sync_scans: Counter<u64>,
 
     pub state_transaction: Histogram<f64>,
     pub audit_events: Counter<u64>,
@@ -225,6 +226,11 @@ impl Instruments {
                 .i64_gauge("agentbox_sync_backlog_conversations")
                 .with_description("Conversations with workspace changes not yet in the object store.")
                 .build(),
+            sync_scans: counter(
+                &m,
+                "agentbox_sync_scans",
+                "How pushes looked at workspaces: tracked (changed paths only) or walked.",
+            ),
             state_transaction: seconds(
                 &m,
                 "agentbox_state_transaction_duration_seconds",
@@ -341,5 +347,8 @@ impl Instruments {
             }
         }
         self.sync_backlog.record(0, &[]);
+        for kind in ["tracked", "walked"] {
+            self.sync_scans.add(0, &[kv("kind", kind)]);
+        }
     }
 }

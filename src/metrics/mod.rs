@@ -168,6 +168,12 @@ pub(crate) fn sync_run(
     });
 }
 
+/// One push's scan of a workspace: only the tracked changes, or a walk.
+pub(crate) fn sync_scan(walked: bool) {
+    let kind = if walked { "walked" } else { "tracked" };
+    with(|i| i.sync_scans.add(1, &[kv("kind", kind)]));
+}
+
 /// Conversations whose workspace changes are not yet in the object store.
 pub(crate) fn set_sync_backlog(n: i64) {
     with(|i| i.sync_backlog.record(n, &[]));
@@ -191,6 +197,7 @@ mod tests {
             "agentbox_proxy_requests_total{outcome=\"blocked\",reason=\"port_not_allowed\"} 1",
             "agentbox_sync_runs_total{direction=\"from_container\",outcome=\"failed\"} ",
             "agentbox_sync_backlog_conversations ",
+            "agentbox_sync_scans_total{kind=\"walked\"} ",
             "agentbox_executions_in_flight ",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");

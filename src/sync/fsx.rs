@@ -129,11 +129,58 @@ impl Root {
     /// per entry, and it dominates an incremental push. Names that are not
     /// UTF-8 are skipped (and logged): the store keys are UTF-8.
     pub fn walk(&self) -> io::Result<Vec<Found>> {
+        self.walk_jobs(vec![DirJob::Root(self.fd.try_clone()?)])
+    }
+
+    /// Every entry below the directory `path` (not `path` itself), as
+    /// [`Root::walk`] finds them; nothing when it is no longer a directory.
+    pub fn walk_under(&self, path: &RelPath) -> io::Result<Vec<Found>> {
+        let (parents, name) = path.split_last();
+        let parent = match self.open_dir(&parents, None) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        self.walk_jobs(vec![DirJob::Sub(
+            Arc::new(parent),
+            name.to_owned(),
+            path.clone(),
+        )])
+    }
+
+    /// What is at `path` now (`lstat`, never a link's target); `None` when
+    /// nothing is, or a parent is no longer a directory.
+    pub fn stat(&self, path: &RelPath) -> io::Result<Option<Found>> {
+        let (parents, name) = path.split_last();
+        let dir = match self.open_dir(&parents, None) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let st = match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(errno(e)),
+        };
+        let kind = match kind_of(&st) {
+            SFlag::S_IFREG => Kind::File,
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFLNK => match readlinkat(dir.as_fd(), name) {
+                Ok(t) => Kind::Symlink(t.to_string_lossy().into_owned()),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(errno(e)),
+            },
+            _ => Kind::Other,
+        };
+        Ok(Some(found(path.clone(), &st, kind)))
+    }
+
+    fn walk_jobs(&self, jobs: Vec<DirJob>) -> io::Result<Vec<Found>> {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 4);
         let queue = WalkQueue {
-            state: Mutex::new((vec![DirJob::Root(self.fd.try_clone()?)], 0, None)),
+            state: Mutex::new((jobs, 0, None)),
             cv: Condvar::new(),
         };
         let parts: Vec<Vec<Found>> = std::thread::scope(|s| {
@@ -410,6 +457,14 @@ fn list_dir(
         }
     }
     Ok(())
+}
+
+/// A parent that is gone or no longer a directory (or a link now).
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP)
+    )
 }
 
 fn libc_enoent() -> i32 {

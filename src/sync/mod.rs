@@ -22,6 +22,7 @@ pub mod scheduler;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod track;
 pub mod walk;
 
 pub use service::{Placement, RunSync, SyncError, SyncService};

@@ -14,7 +14,7 @@ use super::walk::{hash_file, now_ns, Hash, StatCache};
 use crate::config::SyncConfig;
 use futures_util::{stream, StreamExt, TryStreamExt};
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,8 @@ pub struct PushReport {
     /// Files left out for their size, by path; a file stored before
     /// and refused now is gone from the new manifest.
     pub refused: Vec<Refused>,
+    /// The whole workspace was walked (tracking could not vouch).
+    pub walked: bool,
 }
 
 /// Where one conversation lives in the store: `{tenant}/{conversation}`.
@@ -133,6 +135,22 @@ pub struct PushJob<'a> {
     pub generation: u64,
     pub transfer: Transfer,
     pub limits: SyncConfig,
+    /// The paths changed since `base` was committed, when tracking vouches
+    /// for them (see [`super::track`]); `None` walks the workspace.
+    pub changes: Option<HashMap<RelPath, bool>>,
+}
+
+/// What the push looks at: the workspace as found, less what the limits
+/// refused, split into entries known without reading and files to hash.
+struct Scan {
+    root: Arc<Root>,
+    entries: BTreeMap<RelPath, Entry>,
+    to_hash: Vec<Found>,
+    /// Bytes of the files in `entries`.
+    cached_bytes: u64,
+    refused: Vec<Refused>,
+    /// How the workspace was looked at, for the report.
+    walked: bool,
 }
 
 /// Pushes the workspace. `base` is the last manifest this process knows
@@ -141,7 +159,7 @@ pub struct PushJob<'a> {
 /// longer the conversation's current one. Returns the committed manifest,
 /// or `None` when nothing changed and `base` stays current.
 pub async fn push<F>(
-    job: PushJob<'_>,
+    mut job: PushJob<'_>,
     base: Option<&Manifest>,
     cache: &mut StatCache,
     fence: F,
@@ -165,59 +183,38 @@ where
         };
         Ok::<_, PushError>((stored, base))
     };
-    let ws_err = |source| PushError::Workspace {
-        path: job.dir.display().to_string(),
-        source,
-    };
     let dir = job.dir.to_owned();
     let scan_ns = now_ns();
-    let local = async {
-        tokio::task::spawn_blocking(move || {
-            let root = Root::open(&dir)?;
-            let found = root.walk()?;
-            Ok::<_, std::io::Error>((Arc::new(root), found))
-        })
-        .await
-        .map_err(|e| ws_err(std::io::Error::other(e.to_string())))?
-        .map_err(ws_err)
-    };
-    let (remote, local) = tokio::join!(remote, local);
-    let (stored, base) = remote?;
-    let (root, found) = local?;
-    let (found, mut refused) = screen(found, &job.limits);
-
-    // Paths are moved, not copied, and the map is built once from a
-    // vector: this loop runs over every entry of the workspace.
-    let mut entries: Vec<(RelPath, Entry)> = Vec::with_capacity(found.len());
-    let mut to_hash: Vec<Found> = Vec::new();
-    let mut cached_bytes = 0u64;
-    for f in found {
-        match f.kind {
-            Kind::Dir => entries.push((f.path, Entry::Dir { mode: f.mode })),
-            Kind::Symlink(target) => match check_link_target(&f.path, &target) {
-                Ok(()) => entries.push((f.path, Entry::Symlink { target })),
-                Err(error) => {
-                    tracing::warn!(message = "Symlink not synced.", %error);
+    let (stored, base, scan) = match job.changes.take() {
+        // Tracking vouches for the changes since `base`: unless the store
+        // holds another generation, only they are looked at.
+        Some(changes) if base.is_some() => {
+            let (stored, base) = remote.await?;
+            let scan = match &base {
+                Some(Cow::Borrowed(b)) => {
+                    tracked_scan(&dir, b, changes, cache, &job.limits).await?
                 }
-            },
-            Kind::File => match cache.lookup(&f).map(str::to_owned) {
-                Some(sha256) => {
-                    cached_bytes += f.size;
-                    entries.push((
-                        f.path,
-                        Entry::File {
-                            mode: f.mode,
-                            size: f.size,
-                            mtime_ns: f.mtime_ns,
-                            sha256,
-                        },
-                    ))
-                }
-                None => to_hash.push(f),
-            },
-            Kind::Other => {}
+                _ => None,
+            };
+            (stored, base, scan)
         }
-    }
+        _ => {
+            let (remote, local) = tokio::join!(remote, walk(&dir));
+            let (stored, base) = remote?;
+            (stored, base, Some(full_scan(local?, cache, &job.limits)))
+        }
+    };
+    let Scan {
+        root,
+        mut entries,
+        to_hash,
+        cached_bytes,
+        mut refused,
+        walked,
+    } = match scan {
+        Some(scan) => scan,
+        None => full_scan(walk(&dir).await?, cache, &job.limits),
+    };
 
     let known = Known::new(base.as_deref(), to_hash.len());
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -310,7 +307,10 @@ where
         .try_collect()
         .await?;
 
-    let mut report = PushReport::default();
+    let mut report = PushReport {
+        walked,
+        ..Default::default()
+    };
     for h in hashed {
         let (f, sha, size, uploaded) = match h {
             Hashing::Stored {
@@ -329,7 +329,7 @@ where
             report.bytes += n;
         }
         cache.remember(&f, &sha, scan_ns);
-        entries.push((
+        entries.insert(
             f.path,
             Entry::File {
                 mode: f.mode,
@@ -337,12 +337,12 @@ where
                 mtime_ns: f.mtime_ns,
                 sha256: sha,
             },
-        ));
+        );
     }
     refused.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     report.refused = refused;
     let mut manifest = Manifest::new(job.generation);
-    manifest.entries = entries.into_iter().collect();
+    manifest.entries = entries;
     let diff = base.as_deref().map(|b| Diff::of(b, &manifest));
     if let (Some(b), Some(d)) = (base.as_deref(), &diff) {
         report.deleted = d.deleted;
@@ -415,6 +415,191 @@ where
         );
     }
     Ok((Some(manifest), report))
+}
+
+fn ws_err(dir: &Path) -> impl FnOnce(std::io::Error) -> PushError + '_ {
+    move |source| PushError::Workspace {
+        path: dir.display().to_string(),
+        source,
+    }
+}
+
+/// Every entry of the workspace (one `lstat` each).
+async fn walk(dir: &Path) -> Result<(Arc<Root>, Vec<Found>), PushError> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let root = Root::open(&d)?;
+        let found = root.walk()?;
+        Ok::<_, std::io::Error>((Arc::new(root), found))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(ws_err(dir))
+}
+
+/// A walk judged by the limits and sorted into known entries and files
+/// to hash.
+fn full_scan(
+    (root, found): (Arc<Root>, Vec<Found>),
+    cache: &StatCache,
+    limits: &SyncConfig,
+) -> Scan {
+    let (found, refused) = screen(found, limits);
+    let mut scan = Scan {
+        root,
+        entries: BTreeMap::new(),
+        to_hash: Vec::new(),
+        cached_bytes: 0,
+        refused,
+        walked: true,
+    };
+    // Built from a sorted vector in one go: this runs over every entry.
+    let mut entries = Vec::with_capacity(found.len());
+    for f in found {
+        if let Some(e) = sort_found(f, cache, &mut scan) {
+            entries.push(e);
+        }
+    }
+    scan.entries = entries.into_iter().collect();
+    scan
+}
+
+/// Where one found entry goes: an entry known without reading (returned),
+/// a file to hash, or nowhere (links leaving the workspace, FIFOs...).
+fn sort_found(f: Found, cache: &StatCache, scan: &mut Scan) -> Option<(RelPath, Entry)> {
+    match f.kind {
+        Kind::Dir => Some((f.path, Entry::Dir { mode: f.mode })),
+        Kind::Symlink(target) => match check_link_target(&f.path, &target) {
+            Ok(()) => Some((f.path, Entry::Symlink { target })),
+            Err(error) => {
+                tracing::warn!(message = "Symlink not synced.", %error);
+                None
+            }
+        },
+        Kind::File => match cache.lookup(&f).map(str::to_owned) {
+            Some(sha256) => {
+                scan.cached_bytes += f.size;
+                Some((
+                    f.path,
+                    Entry::File {
+                        mode: f.mode,
+                        size: f.size,
+                        mtime_ns: f.mtime_ns,
+                        sha256,
+                    },
+                ))
+            }
+            None => {
+                scan.to_hash.push(f);
+                None
+            }
+        },
+        Kind::Other => None,
+    }
+}
+
+/// What is at one changed path now, and below it when it is a directory
+/// that appeared (or was not one in the base).
+struct Probe {
+    path: RelPath,
+    now: Option<Found>,
+    below: Option<Vec<Found>>,
+}
+
+/// `base` patched with what is at each changed path now: one `lstat` per
+/// changed path, a walk only below directories that appeared. `None` when
+/// the limits may refuse something (a changed file over
+/// `max_file_bytes`, the workspace over its budget): the full scan judges
+/// those, as it alone sees every file.
+async fn tracked_scan(
+    dir: &Path,
+    base: &Manifest,
+    changes: HashMap<RelPath, bool>,
+    cache: &StatCache,
+    limits: &SyncConfig,
+) -> Result<Option<Scan>, PushError> {
+    let asks: Vec<(RelPath, bool)> = changes
+        .into_iter()
+        .map(|(p, appeared)| {
+            let was_dir = matches!(base.entries.get(&p), Some(Entry::Dir { .. }));
+            (p, appeared || !was_dir)
+        })
+        .collect();
+    let d = dir.to_owned();
+    let (root, probes) = tokio::task::spawn_blocking(move || {
+        let root = Root::open(&d)?;
+        let mut probes = Vec::with_capacity(asks.len());
+        for (path, walk_below) in asks {
+            let now = root.stat(&path)?;
+            let below = match &now {
+                Some(f) if f.kind == Kind::Dir && walk_below => Some(root.walk_under(&path)?),
+                _ => None,
+            };
+            probes.push(Probe { path, now, below });
+        }
+        Ok::<_, std::io::Error>((Arc::new(root), probes))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(ws_err(dir))?;
+
+    let mut scan = Scan {
+        root,
+        entries: base.entries.clone(),
+        to_hash: Vec::new(),
+        cached_bytes: 0,
+        refused: Vec::new(),
+        walked: false,
+    };
+    for p in &probes {
+        let still_dir = matches!(&p.now, Some(f) if f.kind == Kind::Dir);
+        if !still_dir || p.below.is_some() {
+            remove_below(&mut scan.entries, &p.path);
+        }
+        scan.entries.remove(&p.path);
+    }
+    for p in probes {
+        for f in p.now.into_iter().chain(p.below.into_iter().flatten()) {
+            if f.kind == Kind::File && f.size > limits.max_file_bytes {
+                return Ok(None);
+            }
+            if let Some((path, e)) = sort_found(f, cache, &mut scan) {
+                scan.entries.insert(path, e);
+            }
+        }
+    }
+    let total: u64 = scan
+        .entries
+        .values()
+        .filter_map(|e| match e {
+            Entry::File { size, .. } => Some(*size),
+            _ => None,
+        })
+        .chain(scan.to_hash.iter().map(|f| f.size))
+        .fold(0u64, u64::saturating_add);
+    if total > limits.max_workspace_bytes {
+        return Ok(None);
+    }
+    // What needs no reading: every file entry that is not to be hashed.
+    scan.cached_bytes = total - scan.to_hash.iter().map(|f| f.size).sum::<u64>();
+    Ok(Some(scan))
+}
+
+/// Drops every entry below `dir` (`dir/...`), not `dir` itself.
+fn remove_below(entries: &mut BTreeMap<RelPath, Entry>, dir: &RelPath) {
+    let prefix = format!("{dir}/");
+    let doomed: Vec<RelPath> = entries
+        .range(dir.clone()..)
+        .map(|(p, _)| p)
+        .take_while(|p| p.as_str().starts_with(dir.as_str()))
+        .filter(|p| p.as_str().starts_with(&prefix))
+        .cloned()
+        .collect();
+    for p in doomed {
+        entries.remove(&p);
+    }
 }
 
 /// How one file of the push ended.

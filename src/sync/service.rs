@@ -19,6 +19,7 @@ use super::restore::{self, RestoreError};
 use super::scheduler::{backoff, Attempt, Schedule};
 use super::stats::{SyncSnapshot, SyncStats};
 use super::store::{ObjectBackend, ObjectStoreBackend, StoreError};
+use super::track::{Changes, Tracker};
 use super::walk::StatCache;
 use crate::audit::{AuditEvent, Subject, SyncFigures};
 use crate::codes::ErrorCode;
@@ -97,6 +98,9 @@ struct ConvState {
     /// Files the last push refused (path -> size), so a file left out
     /// push after push is audited once, not at every checkpoint.
     refused: HashMap<RelPath, u64>,
+    /// What changed in `dir` since the last push; `None` when the
+    /// workspace cannot be tracked (every push walks it).
+    tracker: Option<Arc<Tracker>>,
 }
 
 /// Files a `file_sync_refused` audit event or a `sync_skipped` SSE event
@@ -210,6 +214,9 @@ impl SyncService {
 
         let trusted = rec.restored_generation == rec.generation && st.restored;
         if trusted && has_files {
+            if st.tracker.is_none() {
+                track(&mut st, &rec.conversation_id).await;
+            }
             return Ok(self.run_sync(conv.clone()));
         }
         if has_files && rec.restored_generation != 0 && !at.fresh {
@@ -221,6 +228,7 @@ impl SyncService {
                 tenant_id = %rec.tenant_id, conversation_id = %rec.conversation_id,
                 generation = rec.generation);
             self.mark_restored(&mut st, rec).await?;
+            track(&mut st, &rec.conversation_id).await;
             drop(st);
             self.inner.schedule(&conv);
             return Ok(self.run_sync(conv));
@@ -271,6 +279,9 @@ impl SyncService {
                     }
                 }
                 self.mark_restored(&mut st, rec).await?;
+                // Started after the restore wrote its files: only what
+                // runs from now on is tracked.
+                track(&mut st, &rec.conversation_id).await;
                 Ok(self.run_sync(conv.clone()))
             }
             Err(e) => {
@@ -345,6 +356,28 @@ impl Conv {
             container_id: container.to_owned(),
         }
     }
+}
+
+/// (Re)starts change tracking on the conversation's workspace. Failing to
+/// costs only speed: every push walks.
+async fn track(st: &mut ConvState, conversation_id: &str) {
+    let dir = st.dir.clone();
+    st.tracker = match tokio::task::spawn_blocking(move || Tracker::start(&dir)).await {
+        Ok(Ok(Some(t))) => Some(Arc::new(t)),
+        Ok(Ok(None)) => {
+            tracing::debug!(
+                message = "Workspace not on its own filesystem; pushes walk it.",
+                conversation_id
+            );
+            None
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(message = "Change tracking unavailable; pushes walk the workspace.",
+                %error, conversation_id);
+            None
+        }
+        Err(_) => None,
+    };
 }
 
 fn skipped_files<'a>(refused: impl IntoIterator<Item = &'a Refused>) -> Vec<SkippedFile> {
@@ -507,6 +540,7 @@ impl Inner {
         };
         match &result {
             Ok(r) => {
+                crate::metrics::sync_scan(r.walked);
                 self.audit_refusals(conv, &mut st, &r.refused);
                 self.stats.pushed(r.bytes);
                 if r.unchanged {
@@ -563,6 +597,23 @@ impl Inner {
                 }),
             }
         };
+        let changes = match st.tracker.clone() {
+            Some(t) => tokio::task::spawn_blocking(move || t.take())
+                .await
+                .unwrap_or(Changes::Unknown("the tracker's task failed")),
+            None => Changes::Unknown("the workspace is not tracked"),
+        };
+        let changes = match changes {
+            // A file the last push refused may fit now: only a walk sees
+            // it again, as tracking reports only what changed.
+            Changes::Known(c) if st.refused.is_empty() => Some(c),
+            Changes::Known(_) => None,
+            Changes::Unknown(why) => {
+                tracing::debug!(message = "Walking the workspace.", why,
+                    conversation_id = %conv.conversation_id);
+                None
+            }
+        };
         let job = PushJob {
             backend: self.backend.clone(),
             prefix: &conv.prefix,
@@ -570,8 +621,19 @@ impl Inner {
             generation,
             transfer: self.transfer,
             limits: self.limits(),
+            changes,
         };
-        let (committed, report) = push::push(job, st.base.as_ref(), &mut st.cache, fence).await?;
+        let pushed = push::push(job, st.base.as_ref(), &mut st.cache, fence).await;
+        let (committed, report) = match pushed {
+            Ok(r) => r,
+            Err(e) => {
+                // What was taken is not in the store: the next push walks.
+                if let Some(t) = &st.tracker {
+                    t.lose("a push failed");
+                }
+                return Err(e);
+            }
+        };
         if let Some(m) = committed {
             st.base = Some(m);
         }

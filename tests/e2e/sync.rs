@@ -10,9 +10,11 @@ use crate::harness::*;
 use agent_protocol::AgentEvent;
 use agentbox::config::{StorageConfig, SyncConfig};
 use agentbox::ids::ConversationKey;
+use agentbox::isolation::quota::{self, Quota};
 use agentbox::state::{ConversationRecord, Store};
 use agentbox::sync::fsx::Owner;
-use agentbox::sync::manifest::{manifest_key, Manifest};
+use agentbox::sync::fsx::{Kind, Root};
+use agentbox::sync::manifest::{manifest_key, Entry, Manifest};
 use agentbox::sync::paths::RelPath;
 use agentbox::sync::push::{latest_manifest, ConvPrefix, PushError};
 use agentbox::sync::store::{ByteStream, ObjectBackend, ObjectStoreBackend, StoreError};
@@ -452,6 +454,171 @@ async fn a_workspace_stored_in_the_inline_format_still_restores(kind: Backend) {
     assert_eq!(std::fs::read(ws2.join("new.txt")).unwrap(), b"new");
 }
 
+/// A workspace on its own loop-mounted ext4, as the daemon makes them
+/// (the disk quota), so its changes can be tracked.
+struct OwnFs {
+    dir: PathBuf,
+    _root: tempfile::TempDir,
+}
+
+async fn own_fs(size_mb: u64) -> OwnFs {
+    let root = tempfile::tempdir().unwrap();
+    let ws_root = root.path().join("workspaces");
+    let quota = Quota::new(&ws_root, &root.path().join("images"), size_mb);
+    let dir = ws_root.join("ws");
+    quota
+        .ensure(&dir, 0, 0)
+        .await
+        .expect("mount a workspace image");
+    OwnFs { dir, _root: root }
+}
+
+impl OwnFs {
+    /// Unmounts it; tracking must never keep the filesystem busy.
+    fn release(self) {
+        quota::release(&self.dir).expect("unmount the workspace");
+    }
+}
+
+/// What a walk finds, as manifest entries (path -> kind, size or target,
+/// mode): the reference a tracked push must match.
+fn walked(dir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Root::open(dir)
+        .unwrap()
+        .walk()
+        .unwrap()
+        .into_iter()
+        .map(|f| {
+            let what = match f.kind {
+                Kind::File => format!("file {} {:o}", f.size, f.mode),
+                Kind::Dir => format!("dir {:o}", f.mode),
+                Kind::Symlink(t) => format!("link {t}"),
+                Kind::Other => "other".into(),
+            };
+            (f.path.to_string(), what)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn entries_of(m: &Manifest) -> Vec<(String, String)> {
+    m.entries
+        .iter()
+        .map(|(p, e)| {
+            let what = match e {
+                Entry::File { size, mode, .. } => format!("file {size} {mode:o}"),
+                Entry::Dir { mode } => format!("dir {mode:o}"),
+                Entry::Symlink { target } => format!("link {target}"),
+            };
+            (p.to_string(), what)
+        })
+        .collect()
+}
+
+fn sh(script: &str, dir: &Path) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{script}");
+}
+
+async fn tracked_checkpoints_see_every_writer_without_walking(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let n = node(&cfg, raw_backend(&cfg));
+    let fs = own_fs(64).await;
+    let ws = fs.dir.clone();
+    write(&ws, "src/a.txt", b"a");
+    write(&ws, "src/b.txt", b"b");
+    write(&ws, "keep/x", b"x");
+    write(&ws, "old/dir/y", b"y");
+    write(&ws, "gone/deep/z", b"z");
+    std::os::unix::fs::symlink("src/a.txt", ws.join("link")).unwrap();
+    let mut rec = ConversationRecord::new(T, "trk");
+    n.assign(&mut rec, 1, &ws).await.unwrap();
+    let r = n.svc.push_now(&key("trk")).await.unwrap();
+    assert!(r.walked, "the first push walks: {r:?}");
+    let r = n.svc.push_now(&key("trk")).await.unwrap();
+    assert!(r.unchanged && !r.walked, "{r:?}");
+
+    // Every kind of change, by this process and by others (a shell, as
+    // the Bash tool runs one; a process that outlives its parent).
+    write(&ws, "src/a.txt", b"changed");
+    std::fs::remove_file(ws.join("src/b.txt")).unwrap();
+    std::fs::set_permissions(ws.join("keep/x"), PermissionsExt::from_mode(0o600)).unwrap();
+    sh(
+        "mkdir -p new/deep && echo z > new/deep/z.txt && mv old moved",
+        &ws,
+    );
+    sh(
+        "rm -rf gone && ln -sfn keep/x link && ln -s moved/dir/y link2",
+        &ws,
+    );
+    let bg = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("(echo background > bg.txt; mkdir -p bgdir/sub; echo b > bgdir/sub/f) &")
+        .current_dir(&ws)
+        .status()
+        .unwrap();
+    assert!(bg.success());
+    wait_for("the background writer", Duration::from_secs(10), || {
+        let ws = ws.clone();
+        async move { std::fs::read(ws.join("bgdir/sub/f")).is_ok_and(|b| b == b"b\n") }
+    })
+    .await;
+    let r = n.svc.push_now(&key("trk")).await.unwrap();
+    assert!(!r.walked, "tracked: {r:?}");
+    let m = stored(n.backend.as_ref(), "trk").await.unwrap();
+    assert_eq!(
+        entries_of(&m),
+        walked(&ws),
+        "a tracked push stores what a walk finds"
+    );
+    assert!(has(&m, "moved/dir/y") && !has(&m, "old/dir/y") && !has(&m, "gone/deep/z"));
+    assert!(has(&m, "bgdir/sub/f") && has(&m, "link2"));
+
+    // The stored workspace restores to the same tree.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ws2 = fresh_workspace(elsewhere.path(), "ws2");
+    n.assign(&mut rec, 2, &ws2).await.unwrap();
+    assert_eq!(walked(&ws2), walked(&ws));
+    assert_eq!(std::fs::read(ws2.join("src/a.txt")).unwrap(), b"changed");
+    fs.release();
+}
+
+async fn a_tracking_overflow_falls_back_to_a_walk(kind: Backend) {
+    let (cfg, _keep) = storage(kind).await;
+    let n = node(&cfg, raw_backend(&cfg));
+    let fs = own_fs(256).await;
+    let ws = fs.dir.clone();
+    write(&ws, "first", b"1");
+    let mut rec = ConversationRecord::new(T, "ovf");
+    n.assign(&mut rec, 1, &ws).await.unwrap();
+    n.svc.push_now(&key("ovf")).await.unwrap();
+    let queue: usize = std::fs::read_to_string("/proc/sys/fs/fanotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // More distinct files than the kernel queues events.
+    let files = queue + queue / 4;
+    for i in 0..files {
+        write(&ws, &format!("many/d{}/f{i}", i % 64), b"x");
+    }
+    let r = n.svc.push_now(&key("ovf")).await.unwrap();
+    assert!(r.walked, "an overflow walks: {r:?}");
+    let m = stored(n.backend.as_ref(), "ovf").await.unwrap();
+    assert_eq!(entries_of(&m), walked(&ws));
+    // Tracking carries on after the walk.
+    write(&ws, "many/d1/f1", b"changed");
+    let r = n.svc.push_now(&key("ovf")).await.unwrap();
+    assert!(!r.walked && r.files == 1, "{r:?}");
+    fs.release();
+}
+
 async fn failed_restore_never_leads_to_a_push(kind: Backend) {
     let (cfg, _keep) = storage(kind).await;
     let n = node(&cfg, raw_backend(&cfg));
@@ -849,6 +1016,8 @@ suite!(
     a_new_state_file_carries_on_above_the_stored_generation,
     store_outage_keeps_a_backlog_and_loses_nothing,
     tampered_manifest_is_refused,
+    tracked_checkpoints_see_every_writer_without_walking,
+    a_tracking_overflow_falls_back_to_a_walk,
     files_over_the_size_limits_are_refused_and_the_rest_syncs,
 );
 
@@ -1086,6 +1255,73 @@ async fn daemon_checkpoint_lands_mid_run_and_survives_docker_kill() {
     let events = run_to_end(&daemon, conv, "!bash cat early.txt").await;
     assert_ok_result(&events);
     assert!(tool_output(&events).contains("early bird"), "{events:#?}");
+}
+
+/// One series of the daemon's `/metrics` scrape.
+async fn metric(daemon: &Daemon, series: &str) -> f64 {
+    let scrape = crate::harness::client()
+        .get(format!("http://{}/metrics", daemon.admin_addr))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} not in the scrape:\n{scrape}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_tracks_changes_by_bash_and_a_background_process_between_tool_results() {
+    let _engine = serial::shared().await;
+    let (_mock, daemon, backend) = s3_daemon(None, &[]).await;
+    let conv = "tracked";
+    // The first Bash command leaves a process behind that writes once the
+    // test says so (`go`, made on the host after the first checkpoint);
+    // the second waits for its files, so they change between two tool
+    // results, by no tool of the agent's.
+    let rx = stream_run(
+        &daemon,
+        conv,
+        "!bash mkdir -p out && echo one > out/a.txt && setsid sh -c 'while [ ! -e go ]; do sleep 0.1; done; echo bg > out/bg.txt; mkdir -p out/bgdir/sub; echo deep > out/bgdir/sub/f; rm out/a.txt' > /dev/null 2>&1 &\n\
+         !bash while [ ! -e out/bgdir/sub/f ]; do sleep 0.1; done; echo two > out/b.txt\n\
+         !text done",
+    );
+    let walked = "agentbox_sync_scans_total{kind=\"walked\"}";
+    wait_for("the first checkpoint", Duration::from_secs(60), || {
+        let (backend, daemon) = (backend.clone(), &daemon);
+        async move {
+            stored_at(&backend, conv)
+                .await
+                .is_some_and(|m| has(&m, "out/a.txt"))
+                && metric(daemon, walked).await >= 1.0
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&daemon, walked).await,
+        1.0,
+        "only the first push walks"
+    );
+    std::fs::write(daemon.workspace(TENANT, conv).join("go"), b"").unwrap();
+    let events = collect(rx).await;
+    assert_ok_result(&events);
+
+    let m = stored_at(&backend, conv).await.expect("stored");
+    assert!(has(&m, "out/bg.txt") && has(&m, "out/bgdir/sub/f") && has(&m, "out/b.txt"));
+    assert!(
+        !has(&m, "out/a.txt"),
+        "a deletion by the background process"
+    );
+    // Every later push looked only at tracked changes: the background
+    // process's files reached the store without a walk.
+    assert_eq!(metric(&daemon, walked).await, 1.0);
+    assert!(metric(&daemon, "agentbox_sync_scans_total{kind=\"tracked\"}").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
