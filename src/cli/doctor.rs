@@ -3,7 +3,9 @@
 
 use super::client::AdminClient;
 use super::{load_config, AdminArgs, CliError};
-use crate::preflight::{self, cgroup, clock, engine, host, isolation, storage, Check, Level};
+use crate::preflight::{
+    self, cgroup, clock, engine, gvisor, host, isolation, storage, Check, Level,
+};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use std::process::ExitCode;
@@ -58,6 +60,17 @@ async fn checks(
         info.as_ref().ok(),
         &host_facts,
     )));
+    let runtime_name = &cfg.container.gvisor_runtime;
+    let registered = info
+        .as_ref()
+        .ok()
+        .and_then(|i| i.runtimes.get(runtime_name));
+    out.push(gvisor::check(
+        cfg.uses_gvisor(),
+        runtime_name,
+        registered,
+        gvisor::installed(registered).as_deref(),
+    ));
     out.push(host::disk_quota());
     out.push(engine::image(image, &present));
     out.push(storage::object_store(&cfg.storage.url));

@@ -85,7 +85,7 @@ pub fn render(st: &Value, addr: &str) -> String {
 
     let p = &st["pool"];
     out.push_str(&format!(
-        "POOL  ready {}/{}  warming {}  claimed {}  max {}  warm claims {}  cold starts {}\n      image {}\n\n",
+        "POOL  ready {}/{}  warming {}  claimed {}  max {}  warm claims {}  cold starts {}\n      image {}\n",
         s(&p["ready"]),
         s(&p["target"]),
         s(&p["warming"]),
@@ -95,12 +95,25 @@ pub fn render(st: &Value, addr: &str) -> String {
         s(&p["cold_starts_total"]),
         s(&p["image"]),
     ));
+    let empty_tiers = Vec::new();
+    for t in p["tiers"].as_array().unwrap_or(&empty_tiers) {
+        out.push_str(&format!(
+            "      tier {:6}  ready {}/{}  warming {}  claimed {}\n",
+            s(&t["tier"]),
+            s(&t["ready"]),
+            s(&t["target"]),
+            s(&t["warming"]),
+            s(&t["claimed"]),
+        ));
+    }
+    out.push('\n');
 
     let empty = Vec::new();
     let containers = st["containers"].as_array().unwrap_or(&empty);
     let mut t = Table::new(&[
         "CONTAINER",
         "STATE",
+        "TIER",
         "TENANT",
         "CONVERSATION",
         "AGE",
@@ -130,6 +143,7 @@ pub fn render(st: &Value, addr: &str) -> String {
         t.row(vec![
             short(&c["name"]),
             state,
+            s(&c["tier"]),
             s(&c["binding"]["tenant_id"]),
             s(&c["binding"]["conversation_id"]),
             ms(&c["age_ms"]),
@@ -243,8 +257,10 @@ mod tests {
         let st = json!({
             "daemon": {"version": "0.1.0", "instance": "default", "started_ms": 0, "now_ms": 60_000},
             "pool": {"image": "img:1", "target": 2, "max_size": 8, "ready": 1, "warming": 1,
-                     "claimed": 1, "warm_claims_total": 3, "cold_starts_total": 0},
+                     "claimed": 1, "warm_claims_total": 3, "cold_starts_total": 0,
+                     "tiers": [{"tier": "gvisor", "target": 1, "ready": 0, "warming": 1, "claimed": 1}]},
             "containers": [{"name": "agentbox-0123456789abcdef", "state": "claimed", "cold": false,
+                "tier": "gvisor",
                 "binding": {"tenant_id": "acme", "conversation_id": "c1"},
                 "age_ms": 30_000, "idle_ms": 5_000,
                 "stats": {"memory_bytes": 1_048_576, "memory_limit_bytes": 1_073_741_824,
@@ -271,6 +287,8 @@ mod tests {
             "instance default",
             "up 1m 0s",
             "ready 1/2",
+            "tier gvisor  ready 0/1  warming 1  claimed 1",
+            "claimed  gvisor",
             "0123456789ab",
             "1.0 MiB / 1.0 GiB",
             "1.3%",

@@ -8,6 +8,7 @@
 pub(crate) mod cgroup;
 pub(crate) mod clock;
 pub(crate) mod engine;
+pub(crate) mod gvisor;
 pub(crate) mod host;
 pub(crate) mod isolation;
 pub(crate) mod storage;
