@@ -212,8 +212,10 @@ impl AgentClient {
             };
             for line in reader.push(&data)? {
                 let ev = match serde_json::from_slice::<AgentEvent>(&line) {
-                    // Only the host may say a container was recovered.
-                    Ok(AgentEvent::ContainerRecovered { .. }) | Err(_) => {
+                    // Only the host may say a container was recovered, and
+                    // raw CLI lines belong to sessions only.
+                    Ok(AgentEvent::ContainerRecovered { .. } | AgentEvent::Stream { .. })
+                    | Err(_) => {
                         dropped += 1;
                         continue;
                     }

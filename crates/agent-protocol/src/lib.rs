@@ -23,6 +23,19 @@ pub const PROXY_SOCKET: &str = "proxy.sock";
 pub const GATEWAY_ADDR: &str = "127.0.0.1:8080";
 /// The agent's route that interrupts the run in progress.
 pub const INTERRUPT_PATH: &str = "/interrupt";
+/// The agent's route for an Agent SDK session: the request body is NDJSON,
+/// a [`SessionStart`] line then the client's stream-json lines for the
+/// CLI's stdin; the answer is NDJSON [`AgentEvent`]s, each CLI stdout line
+/// as [`AgentEvent::Stream`] followed by what it means as events.
+pub const SESSION_PATH: &str = "/session";
+
+/// The first line of a [`SESSION_PATH`] request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionStart {
+    pub options: SessionOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session_id: Option<String>,
+}
 
 /// Environment variable by which the host tells the agent which layer
 /// confines paths: `apparmor` (the kernel already does), `gvisor` (gVisor's
@@ -258,6 +271,11 @@ pub enum AgentEvent {
         code: String,
         message: String,
     },
+    /// A session's CLI stdout line, verbatim, for the session's client;
+    /// never recorded (its meaning is, as the other events).
+    Stream {
+        line: Value,
+    },
     /// Sent by the host, never the agent: the conversation's container was
     /// lost, a new one is ready with the workspace restored.
     ContainerRecovered {
@@ -304,6 +322,7 @@ impl AgentEvent {
             Self::Error { .. } => "error",
             Self::ContainerRecovered { .. } => "container_recovered",
             Self::SyncSkipped { .. } => "sync_skipped",
+            Self::Stream { .. } => "stream",
         }
     }
 

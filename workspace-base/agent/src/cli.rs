@@ -298,7 +298,7 @@ pub fn interrupt_request_line() -> String {
     format!("{msg}\n")
 }
 
-async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
+pub async fn tail_lines(stream: impl AsyncRead + Unpin) -> String {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {

@@ -12,7 +12,8 @@
 
 use crate::cli::{CliConfig, CliProcess};
 use agent_protocol::{
-    AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health, INTERRUPT_PATH,
+    AgentEvent, AgentOptions, Confinement, ExecuteRequest, Health, SessionStart, INTERRUPT_PATH,
+    SESSION_PATH,
 };
 use bytes::Bytes;
 use http_body_util::{channel::Channel, BodyExt, Full, Limited};
@@ -112,6 +113,7 @@ async fn handle(agent: Arc<Agent>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::GET, "/health") => health(&agent),
         (&Method::POST, "/execute") => execute(agent, req).await,
         (&Method::POST, INTERRUPT_PATH) => interrupt(&agent).await,
+        (&Method::POST, SESSION_PATH) => session(agent, req).await,
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     })
 }
@@ -172,6 +174,86 @@ async fn execute(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
     Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::Right(body))
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// An Agent SDK session: the body carries a [`SessionStart`] line, then
+/// the client's lines for the CLI; the answer streams the CLI's lines and
+/// their events. Like `/execute`, it replaces a run whose host is gone.
+async fn session(agent: Arc<Agent>, req: Request<Incoming>) -> Response<Body> {
+    let mut body = req.into_body();
+    let mut splitter = crate::session::LineSplitter::new();
+    let mut pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let start: SessionStart = loop {
+        if let Some(first) = pending.pop_front() {
+            match serde_json::from_slice::<SessionStart>(&first) {
+                Ok(start) => break start,
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("session start: {e}")),
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    match splitter.push(&data) {
+                        Ok(lines) => pending.extend(lines),
+                        Err(e) => return plain(StatusCode::PAYLOAD_TOO_LARGE, &e),
+                    }
+                }
+            }
+            _ => return plain(StatusCode::BAD_REQUEST, "the session start line is missing"),
+        }
+    };
+    let mut current = agent.current.lock().await;
+    if let Some((old, _)) = current.take().filter(|(h, _)| !h.is_finished()) {
+        eprintln!("workspace-agent: a session replaces a run whose host went away");
+        old.abort();
+        let _ = old.await;
+    }
+    let (mut body_tx, answer) = Channel::new(16);
+    let (tx, mut rx) = mpsc::channel::<AgentEvent>(64);
+    let (in_tx, in_rx) = mpsc::channel::<Bytes>(16);
+    let cli = agent.cli.clone();
+    let handle = tokio::spawn(async move {
+        let feed = async move {
+            for line in pending {
+                if in_tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let Ok(lines) = splitter.push(&data) else {
+                    return;
+                };
+                for line in lines {
+                    if in_tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        let run = async move {
+            if let Err(message) = crate::session::run(&cli, start, in_rx, &tx).await {
+                let _ = tx.send(AgentEvent::error("agent_failed", message)).await;
+            }
+        };
+        let send = async {
+            while let Some(ev) = rx.recv().await {
+                if body_tx.send_data(Bytes::from(ev.to_line())).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::join!(feed, run, send);
+    });
+    // A session's interrupts travel in its own stream, as control requests.
+    *current = Some((handle, Arc::new(Notify::new())));
+    drop(current);
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::Right(answer))
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 

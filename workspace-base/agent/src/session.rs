@@ -4,8 +4,144 @@
 //! `ClaudeAgentOptions`, from options the daemon has validated
 //! ([`SessionOptions::validate`]). Only `--settings` is the agent's own.
 
-use agent_protocol::SessionOptions;
+use crate::cli::{tail_lines, CliConfig};
+use crate::translate::Translator;
+use agent_protocol::{AgentEvent, SessionOptions, SessionStart};
+use bytes::Bytes;
 use serde_json::{json, Value};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+/// Longest line the host may send for the CLI's stdin; the host bounds
+/// its client's messages well below this.
+pub const MAX_INBOUND_LINE: usize = 8 * 1024 * 1024;
+
+/// Runs one session: starts the CLI for `start`, writes each line from
+/// `inbound` to its stdin, and reports each line it prints as
+/// [`AgentEvent::Stream`] followed by its events. The end of `inbound`
+/// closes the CLI's stdin; the session ends when the CLI exits.
+pub async fn run(
+    cfg: &CliConfig,
+    start: SessionStart,
+    mut inbound: mpsc::Receiver<Bytes>,
+    tx: &mpsc::Sender<AgentEvent>,
+) -> Result<(), String> {
+    let o = &start.options;
+    let resume = start
+        .resume_session_id
+        .as_deref()
+        .filter(|id| crate::cli::session_exists(&cfg.home, id));
+    let workdir = match &o.cwd {
+        // Validated by the host to lie inside the workspace.
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => cfg.workdir.clone(),
+    };
+    let mut child = Command::new(&cfg.program)
+        .args(session_args(o, resume))
+        .envs(o.env.iter().filter_map(|(k, v)| Some((k, v.as_str()?))))
+        .env("CLAUDE_CODE_ENTRYPOINT", "sdk-py")
+        .current_dir(&workdir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start {} in {}: {e}",
+                cfg.program.display(),
+                workdir.display()
+            )
+        })?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("child stdio was not piped".to_owned());
+    };
+    let stderr_tail = tokio::spawn(tail_lines(stderr));
+    let _ = tx.send(AgentEvent::Started { prestarted: false }).await;
+    let feed = async move {
+        while let Some(line) = inbound.recv().await {
+            if stdin.write_all(&line).await.is_err() || stdin.write_all(b"\n").await.is_err() {
+                break;
+            }
+            let _ = stdin.flush().await;
+        }
+        // Dropping stdin tells the CLI the session is over.
+    };
+    let translator = Translator::new(o.include_partial_messages);
+    let relay = async {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if tx.send(AgentEvent::Stream { line: value }).await.is_err() {
+                return;
+            }
+            for ev in translator.translate(&line) {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::pin!(feed, relay);
+    tokio::select! {
+        // The host closed the session: the CLI ends its turn and exits.
+        () = &mut feed => (&mut relay).await,
+        // The CLI exited on its own.
+        () = &mut relay => {}
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("waiting for the CLI: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let tail = stderr_tail.await.unwrap_or_default();
+    Err(format!("the CLI exited ({status}): {}", tail.trim()))
+}
+
+/// Cuts a request body into lines for the CLI's stdin: the first is the
+/// [`SessionStart`], the rest go to `tx`. A line past [`MAX_INBOUND_LINE`]
+/// ends the body.
+pub struct LineSplitter {
+    buf: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn new() -> Self {
+        Self { buf: Vec::new() }
+    }
+
+    /// The whole lines `data` completes; `Err` when a line is too long.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<Bytes>, String> {
+        self.buf.extend_from_slice(data);
+        let mut lines = Vec::new();
+        while let Some(at) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=at).take(at).collect();
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                lines.push(Bytes::from(line));
+            }
+        }
+        if self.buf.len() > MAX_INBOUND_LINE {
+            return Err(format!(
+                "a session line is longer than {MAX_INBOUND_LINE} bytes"
+            ));
+        }
+        Ok(lines)
+    }
+}
+
+impl Default for LineSplitter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The arguments after the program name; `resume` is the conversation's
 /// session, when its transcript is in the workspace.
@@ -131,6 +267,17 @@ mod tests {
 
     fn has(args: &[String], flag: &str, value: &str) -> bool {
         args.windows(2).any(|w| w[0] == flag && w[1] == value)
+    }
+
+    #[test]
+    fn lines_are_cut_at_newlines() {
+        let mut s = LineSplitter::new();
+        assert!(s.push(b"{\"a\":1}\n{\"b\"").unwrap().len() == 1);
+        assert_eq!(
+            s.push(b":2}\n\n").unwrap(),
+            vec![Bytes::from_static(b"{\"b\":2}")]
+        );
+        assert!(s.push(&vec![b'x'; MAX_INBOUND_LINE + 1]).is_err());
     }
 
     #[test]
