@@ -9,6 +9,7 @@
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
 use crate::codes::{DestroyReason, ErrorCode};
+use crate::faults::{self, Phase};
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
@@ -150,6 +151,7 @@ impl Executor {
         let mut cut = self.drain.watch_cut();
         let mut session_id = None;
         let mut result_event = None;
+        let mut tool_result_seen = false;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
                 audit.observe(&ev);
@@ -167,7 +169,18 @@ impl Executor {
                     result_event = Some(ev);
                     continue;
                 }
+                let phase = match &ev {
+                    AgentEvent::Started { .. } => Some(Phase::AgentStarted),
+                    AgentEvent::ToolResult { .. } if !tool_result_seen => {
+                        tool_result_seen = true;
+                        Some(Phase::MidStream)
+                    }
+                    _ => None,
+                };
                 let _ = tx.send(ev).await;
+                if let Some(phase) = phase {
+                    faults::reach(phase).await;
+                }
             }
         };
         // `None`: the daemon's drain cut the run. Dropping the call closes
@@ -196,6 +209,7 @@ impl Executor {
                  its files were synced; send the message again once the daemon is back",
             ));
         };
+        faults::reach(Phase::FinalSync).await;
         // The end of a run always syncs, and `result` waits for it (capped
         // by storage.final_sync_timeout_secs): a client that saw `result`
         // may rely on the turn's files being in the store. A failed sync
@@ -307,6 +321,7 @@ impl Executor {
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
+        faults::reach(Phase::Claim).await;
         let mut rec = self
             .orchestrator
             .store()

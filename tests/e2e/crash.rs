@@ -174,3 +174,144 @@ async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly(
         "{events:#?}"
     );
 }
+
+/// `kill -9` of the daemon while a run of `victim` is paused at `phase`
+/// (the test build's fault point, see `src/faults.rs`), then a restart.
+/// The run before it stored `first.txt`; afterwards nothing leaked, that
+/// file is still stored and restored, the interrupted run is marked and
+/// its replay says so, and the conversation carries on.
+async fn crash_at(phase: &str, pool_min: usize) {
+    let _engine = serial::shared().await;
+    let fault = tempfile::NamedTempFile::new().unwrap();
+    let env = vec![(
+        "AGENTBOX_FAULT_PAUSE_AT".to_owned(),
+        fault.path().display().to_string(),
+    )];
+    let (_mock, mut d) = start_with_mock_env(KEY, pool_min, "", env).await;
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "victim",
+        json!({"prompt": "!write first.txt synced-before-the-crash"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(final_error(&parse_sse(&body)), None, "{body}");
+    let first = tokio::task::block_in_place(|| d.container_of(TENANT, "victim")).unwrap();
+    // The claim and the cold start happen only for a conversation that
+    // needs a new container: take its container away.
+    if matches!(phase, "claim" | "container_start") {
+        docker_ok(&["rm", "-f", "-v", &first]);
+    }
+
+    std::fs::write(fault.path(), phase).unwrap();
+    let run = LiveStream::start(
+        &d,
+        TOKEN,
+        "victim",
+        "!write second.txt during-the-crashed-run\n!text done",
+    )
+    .await;
+    assert_eq!(run.status, 200);
+    tokio::task::block_in_place(|| {
+        d.wait_log(180, "Fault point reached; pausing.", &[("phase", phase)])
+    });
+    tokio::task::block_in_place(|| d.kill9());
+    let seen_live = run.end(30).await;
+    std::fs::write(fault.path(), "").unwrap();
+    tokio::task::block_in_place(|| d.restart());
+
+    // Containers: the engine and the state agree once the restart
+    // reconciled, and every container is running.
+    tokio::task::block_in_place(|| {
+        d.wait_status(120, "the pool settled", |s| s["pool"]["warming"] == 0);
+        assert_consistent(&d);
+    });
+    // The state file: the run is closed, and a client that reconnects
+    // learns how it ended.
+    let replayed = replay(&d, "victim").await;
+    let outcome = last_outcome(&d, "victim").await;
+    if phase == "after_result" {
+        assert_eq!(outcome, "completed");
+        assert_eq!(replayed.last().map(|e| e.event.as_str()), Some("result"));
+        assert!(seen_live.iter().any(|e| e.event == "result"));
+    } else {
+        assert_eq!(outcome, "interrupted", "{replayed:#?}");
+        assert_eq!(final_error(&replayed).as_deref(), Some("interrupted"));
+        // What the client saw live is a prefix of the replay.
+        let live_ids: Vec<_> = seen_live.iter().filter_map(|e| e.id.clone()).collect();
+        let replay_ids: Vec<_> = replayed.iter().filter_map(|e| e.id.clone()).collect();
+        assert!(
+            replay_ids.starts_with(&live_ids),
+            "{live_ids:?} / {replay_ids:?}"
+        );
+    }
+    // The object store still has the file synced before the crash.
+    assert!(
+        stored_files(&d, "victim")
+            .await
+            .contains(&"first.txt".to_owned()),
+        "first.txt lost"
+    );
+    // The conversation carries on, on its container or a clean
+    // replacement with the stored files restored.
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "victim",
+        json!({"prompt": "!bash cat /workspace/first.txt"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = parse_sse(&body);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "tool_result"
+                && e.data.to_string().contains("synced-before-the-crash")),
+        "{events:#?}"
+    );
+    assert_eq!(final_error(&events), None, "{events:#?}");
+    // ... and its end-of-run sync kept the file in the store.
+    assert!(
+        stored_files(&d, "victim")
+            .await
+            .contains(&"first.txt".to_owned()),
+        "first.txt lost by the run after the restart"
+    );
+    tokio::task::block_in_place(|| {
+        let now = d.container_of(TENANT, "victim").expect("bound");
+        assert!(d.engine_names().contains(&now));
+        assert_consistent(&d);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_claim() {
+    crash_at("claim", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_container_start() {
+    crash_at("container_start", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_once_the_agent_started() {
+    crash_at("agent_started", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_mid_stream() {
+    crash_at("mid_stream", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_the_final_sync() {
+    crash_at("final_sync", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_the_result() {
+    crash_at("after_result", 1).await;
+}
