@@ -35,6 +35,8 @@ pub(crate) enum ExecuteError {
     Busy,
     #[error("the daemon is shutting down; send the message again once it is back")]
     ShuttingDown,
+    #[error("the state file's disk has {free_mb} MiB free, below state.min_free_mb ({min_mb}); new runs start again once space returns")]
+    StateDiskFull { free_mb: u64, min_mb: u64 },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -85,6 +87,7 @@ impl Executor {
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
+        self.check_state_disk().await?;
         let guard = self
             .orchestrator
             .locks()
@@ -117,6 +120,34 @@ impl Executor {
             .instrument(span),
         );
         Ok(live)
+    }
+
+    /// A run writes the state file all along: it does not start on a disk
+    /// too full to record it, rather than fail half-way.
+    async fn check_state_disk(&self) -> Result<(), ExecuteError> {
+        let state = &self.orchestrator.cfg().state;
+        let min_mb = state.min_free_mb;
+        if min_mb == 0 {
+            return Ok(());
+        }
+        match crate::state::free_bytes(&state.path).await {
+            Ok(free) if free < min_mb * 1024 * 1024 => {
+                let free_mb = free / (1024 * 1024);
+                tracing::warn!(
+                    message = "State disk below state.min_free_mb; refusing new runs.",
+                    free_mb,
+                    min_mb
+                );
+                Err(ExecuteError::StateDiskFull { free_mb, min_mb })
+            }
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Not known to be full: the run goes on, and a failed write
+                // fails it the usual way.
+                tracing::warn!(message = "Cannot read the state disk's free space.", %error);
+                Ok(())
+            }
+        }
     }
 
     async fn run(

@@ -118,6 +118,24 @@ impl Store {
         .await?
     }
 
+    /// One run's record.
+    pub async fn run_record(
+        &self,
+        key: &ConversationKey,
+        run: u64,
+    ) -> Result<Option<RunRecord>, StateError> {
+        let key = run_key(&key.tenant_id, &key.conversation_id, run);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(RUNS)?;
+            let raw = t.get(key.as_str())?;
+            raw.map(|v| serde_json::from_slice(v.value()).map_err(StateError::from))
+                .transpose()
+        })
+        .await?
+    }
+
     /// Events of one run with a sequence number above `after`.
     pub async fn events_after(
         &self,
