@@ -61,6 +61,8 @@ codes! {
         /// The daemon is draining: a new run is refused (503), a run that
         /// outlasts the grace period ends with it.
         ShuttingDown => "shutting_down",
+        /// The state file's disk is below `state.min_free_mb`.
+        StateDiskFull => "state_disk_full",
         // Admin listener answers.
         Unauthenticated => "unauthenticated",
         HostNotAllowed => "host_not_allowed",
@@ -102,7 +104,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRuns => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::ShuttingDown | Self::StateDiskFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::HostNotAllowed | Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::SweepFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::CapacityExhausted

@@ -7,7 +7,9 @@
 use crate::execute::{ConversationKey, ExecuteError, Executor};
 use crate::orchestrator::OrchestratorError;
 use crate::runs::LiveRun;
-use crate::state::{ContainerRecord, ConversationRecord, RunRecord, StateError, StoredEvent};
+use crate::state::{
+    ContainerRecord, ConversationRecord, RunOutcome, RunRecord, StateError, StoredEvent,
+};
 use crate::sync::files::{FileInfo, FilesError, StoredFile};
 use agent_protocol::ExecuteRequest;
 use futures_util::stream::BoxStream;
@@ -156,12 +158,21 @@ impl Conversations {
             return Ok((run, live.subscribe(after).boxed()));
         }
         // The run is over (or the daemon restarted): replay what was recorded.
-        let stored = self
-            .executor
-            .orchestrator()
-            .store()
-            .events_after(key, run, after)
-            .await?;
+        let store = self.executor.orchestrator().store();
+        let mut stored = store.events_after(key, run, after).await?;
+        if stored.is_empty() && after > 0 {
+            // A crash can cut the record's last events (at most one commit
+            // interval) after a live client saw them, and the `interrupted`
+            // ending added at the next start may take the number of one of
+            // them. A cursor at or past the record's end of an interrupted
+            // run gets that ending (again, if the client had it) rather
+            // than nothing.
+            if let Some(rec) = store.run_record(key, run).await? {
+                if rec.events > 0 && after >= rec.events && rec.outcome == RunOutcome::Interrupted {
+                    stored = store.events_after(key, run, rec.events - 1).await?;
+                }
+            }
+        }
         Ok((run, futures_util::stream::iter(stored).boxed()))
     }
 

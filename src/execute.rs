@@ -9,6 +9,7 @@
 use crate::agent_client::{AgentClient, AgentError, Violation};
 use crate::audit::{AuditEvent, ExecutionAudit, Subject};
 use crate::codes::{DestroyReason, ErrorCode};
+use crate::faults::{self, Phase};
 use crate::orchestrator::Orchestrator;
 use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
@@ -34,6 +35,8 @@ pub(crate) enum ExecuteError {
     Busy,
     #[error("the daemon is shutting down; send the message again once it is back")]
     ShuttingDown,
+    #[error("the state file's disk has {free_mb} MiB free, below state.min_free_mb ({min_mb}); new runs start again once space returns")]
+    StateDiskFull { free_mb: u64, min_mb: u64 },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -84,6 +87,7 @@ impl Executor {
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
+        self.check_state_disk().await?;
         let guard = self
             .orchestrator
             .locks()
@@ -117,6 +121,34 @@ impl Executor {
             .instrument(span),
         );
         Ok(live)
+    }
+
+    /// A run writes the state file all along: it does not start on a disk
+    /// too full to record it, rather than fail half-way.
+    async fn check_state_disk(&self) -> Result<(), ExecuteError> {
+        let state = &self.orchestrator.cfg().state;
+        let min_mb = state.min_free_mb;
+        if min_mb == 0 {
+            return Ok(());
+        }
+        match crate::state::free_bytes(&state.path).await {
+            Ok(free) if free < min_mb * 1024 * 1024 => {
+                let free_mb = free / (1024 * 1024);
+                tracing::warn!(
+                    message = "State disk below state.min_free_mb; refusing new runs.",
+                    free_mb,
+                    min_mb
+                );
+                Err(ExecuteError::StateDiskFull { free_mb, min_mb })
+            }
+            Ok(_) => Ok(()),
+            Err(error) => {
+                // Not known to be full: the run goes on, and a failed write
+                // fails it the usual way.
+                tracing::warn!(message = "Cannot read the state disk's free space.", %error);
+                Ok(())
+            }
+        }
     }
 
     async fn run(
@@ -155,6 +187,7 @@ impl Executor {
         // The agent has taken the run: an interrupt sent earlier would find
         // no run to stop.
         let agent_took_it = Notify::new();
+        let mut tool_result_seen = false;
         let relay = async {
             while let Some(ev) = agent_rx.recv().await {
                 if matches!(ev, AgentEvent::Started { .. }) {
@@ -175,7 +208,18 @@ impl Executor {
                     result_event = Some(ev);
                     continue;
                 }
+                let phase = match &ev {
+                    AgentEvent::Started { .. } => Some(Phase::AgentStarted),
+                    AgentEvent::ToolResult { .. } if !tool_result_seen => {
+                        tool_result_seen = true;
+                        Some(Phase::MidStream)
+                    }
+                    _ => None,
+                };
                 let _ = tx.send(ev).await;
+                if let Some(phase) = phase {
+                    faults::reach(phase).await;
+                }
             }
         };
         // `None`: the daemon's drain cut the run. Dropping the call closes
@@ -205,6 +249,7 @@ impl Executor {
                  its files were synced; send the message again once the daemon is back",
             ));
         };
+        faults::reach(Phase::FinalSync).await;
         // The end of a run always syncs, and `result` waits for it (capped
         // by storage.final_sync_timeout_secs): a client that saw `result`
         // may rely on the turn's files being in the store. A failed sync
@@ -316,6 +361,7 @@ impl Executor {
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
         self.orchestrator.touch(&assigned.container).await;
+        faults::reach(Phase::Claim).await;
         let mut rec = self
             .orchestrator
             .store()

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 /// Each layer's name and its modules (the top-level `mod`s of `lib.rs`).
 const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["ids", "codes"]),
-    ("foundation", &["secrets", "locks", "systemd", "tls"]),
+    (
+        "foundation",
+        &["secrets", "locks", "systemd", "tls", "faults"],
+    ),
     ("configuration", &["config"]),
     ("logging", &["telemetry"]),
     ("audit", &["audit"]),

@@ -29,6 +29,7 @@ mod audit;
 mod codes;
 mod conversations;
 mod execute;
+mod faults;
 #[cfg(test)]
 mod layers;
 mod listener;

@@ -399,6 +399,7 @@ impl RunHub {
                 flushed += batch.len();
                 target.clone().append(batch).await;
             }
+            crate::faults::reach(crate::faults::Phase::AfterResult).await;
             if let Err(error) = target.store.end_run(&target.key, run, outcome).await {
                 tracing::warn!(message = "Recording the run's end failed.", %error);
             }

@@ -25,6 +25,8 @@ pub(crate) enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     ShuttingDown(String),
+    #[error("{0}")]
+    StateDiskFull(String),
     /// A `Range` no byte of a file of this length satisfies.
     #[error("the range selects no byte of the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -48,6 +50,7 @@ impl ApiError {
             Self::TooMany(_) => ErrorCode::TooManyRuns,
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::ShuttingDown(_) => ErrorCode::ShuttingDown,
+            Self::StateDiskFull(_) => ErrorCode::StateDiskFull,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
         }
     }
@@ -92,6 +95,7 @@ mod tests {
             (ApiError::TooMany(String::new()), 429),
             (ApiError::Unavailable(String::new()), 503),
             (ApiError::ShuttingDown(String::new()), 503),
+            (ApiError::StateDiskFull(String::new()), 503),
             (ApiError::RangeNotSatisfiable(1), 416),
         ];
         for (e, status) in all {

@@ -58,6 +58,9 @@ pub(super) async fn post_message(
             ConversationError::Execute(e @ ExecuteError::ShuttingDown) => {
                 ApiError::ShuttingDown(e.to_string())
             }
+            ConversationError::Execute(e @ ExecuteError::StateDiskFull { .. }) => {
+                ApiError::StateDiskFull(e.to_string())
+            }
             e => ApiError::Unavailable(e.to_string()),
         })?;
     Ok(super::events::sse(live.run, live.subscribe(0)))

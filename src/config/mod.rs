@@ -124,12 +124,16 @@ impl Default for ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub path: PathBuf,
+    /// New runs are refused (503 `state_disk_full`) while the state
+    /// file's filesystem has less free space than this.
+    pub min_free_mb: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             path: "/var/lib/agentbox/state.redb".into(),
+            min_free_mb: 64,
         }
     }
 }

@@ -61,6 +61,22 @@ pub enum StateError {
     UnknownContainer(String),
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem that
+/// holds the state file `path`.
+pub(crate) async fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    tokio::task::spawn_blocking(move || {
+        let st = nix::sys::statvfs::statvfs(&dir).map_err(std::io::Error::from)?;
+        Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,6 +7,7 @@ use super::{
     StoredEvent,
 };
 use super::{ConversationRecord, CONVERSATIONS};
+use crate::codes::ErrorCode;
 use crate::ids::ConversationKey;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -117,6 +118,24 @@ impl Store {
         .await?
     }
 
+    /// One run's record.
+    pub async fn run_record(
+        &self,
+        key: &ConversationKey,
+        run: u64,
+    ) -> Result<Option<RunRecord>, StateError> {
+        let key = run_key(&key.tenant_id, &key.conversation_id, run);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read()?;
+            let t = txn.open_table(RUNS)?;
+            let raw = t.get(key.as_str())?;
+            raw.map(|v| serde_json::from_slice(v.value()).map_err(StateError::from))
+                .transpose()
+        })
+        .await?
+    }
+
     /// Events of one run with a sequence number above `after`.
     pub async fn events_after(
         &self,
@@ -142,7 +161,11 @@ impl Store {
         .await?
     }
 
-    /// Marks runs left `Running` by a crash as interrupted (at start-up).
+    /// Closes the runs a crash left `Running` (at start-up). A run whose
+    /// record already ends with its `result` only missed its end and gets
+    /// the result's outcome; any other becomes `Interrupted` and its record
+    /// ends with `error` code `interrupted`, so a client that replays it
+    /// learns what happened. Returns how many were interrupted.
     pub async fn interrupt_running_runs(&self) -> Result<usize, StateError> {
         self.write(|txn| {
             let mut stale = Vec::new();
@@ -156,12 +179,43 @@ impl Store {
                     }
                 }
             }
-            for (k, mut r) in stale.iter().cloned() {
-                r.outcome = RunOutcome::Interrupted;
+            let mut interrupted = 0;
+            for (k, mut r) in stale {
+                let last_key = format!("{k}/{:012}", r.events);
+                let last = match r.events {
+                    0 => None,
+                    _ => get_json::<StoredEvent>(txn, EVENTS, &last_key)?,
+                };
                 r.ended_ms = Some(now_ms());
+                match last.filter(|e| e.event == "result") {
+                    Some(result) => {
+                        let failed = serde_json::from_str::<serde_json::Value>(result.data.get())
+                            .is_ok_and(|d| d["is_error"] == true);
+                        r.outcome = if failed {
+                            RunOutcome::Failed
+                        } else {
+                            RunOutcome::Completed
+                        };
+                    }
+                    None => {
+                        r.outcome = RunOutcome::Interrupted;
+                        r.events += 1;
+                        let note = StoredEvent::new(
+                            r.events,
+                            "error",
+                            &serde_json::json!({
+                                "code": ErrorCode::Interrupted.as_str(),
+                                "message": "the daemon stopped before the run ended; \
+                                    files synced before that are kept",
+                            }),
+                        );
+                        put_json(txn, EVENTS, &format!("{k}/{:012}", r.events), &note)?;
+                        interrupted += 1;
+                    }
+                }
                 put_json(txn, RUNS, &k, &r)?;
             }
-            Ok(stale.len())
+            Ok(interrupted)
         })
         .await
     }
@@ -266,5 +320,40 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_crash_interrupts_runs_unless_their_result_was_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let (cut, done) = (
+            ConversationKey::new("t", "cut"),
+            ConversationKey::new("t", "done"),
+        );
+        s.begin_run(&cut).await.unwrap();
+        s.append_events(&cut, 1, vec![ev(1)]).await.unwrap();
+        s.begin_run(&done).await.unwrap();
+        let result = StoredEvent::new(2, "result", &json!({"is_error": false}));
+        s.append_events(&done, 1, vec![ev(1), result])
+            .await
+            .unwrap();
+
+        assert_eq!(s.interrupt_running_runs().await.unwrap(), 1);
+        let cut_run = &s.runs(&cut, 1).await.unwrap()[0];
+        assert_eq!(
+            (cut_run.outcome, cut_run.events),
+            (RunOutcome::Interrupted, 2)
+        );
+        let replay = s.events_after(&cut, 1, 0).await.unwrap();
+        assert_eq!(replay[1].event, "error");
+        assert!(replay[1].data.get().contains("\"code\":\"interrupted\""));
+        let done_run = &s.runs(&done, 1).await.unwrap()[0];
+        assert_eq!(
+            (done_run.outcome, done_run.events),
+            (RunOutcome::Completed, 2)
+        );
+        assert_eq!(s.events_after(&done, 1, 0).await.unwrap().len(), 2);
+        // Once closed, a run is left alone by the next start.
+        assert_eq!(s.interrupt_running_runs().await.unwrap(), 0);
     }
 }

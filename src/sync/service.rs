@@ -219,11 +219,14 @@ impl SyncService {
             }
             return Ok(self.run_sync(conv.clone()));
         }
-        if has_files && rec.restored_generation != 0 && !at.fresh {
-            // The host copy was complete at the end of an earlier
-            // generation and only containers of this conversation wrote it
-            // since: it is the newest state there is. Downloading would
-            // throw away whatever the last push missed.
+        if has_files && rec.restored_generation == rec.generation && !at.fresh {
+            // The host copy of this generation was complete (restored or
+            // kept) before the daemon restarted, and only this
+            // conversation's container wrote it since: it is the newest
+            // state there is. Downloading would throw away whatever the
+            // last push missed. A generation whose restore never finished
+            // (a crash right after the claim) holds a pool container's
+            // files and is downloaded below.
             tracing::info!(message = "Keeping the workspace on the host.",
                 tenant_id = %rec.tenant_id, conversation_id = %rec.conversation_id,
                 generation = rec.generation);

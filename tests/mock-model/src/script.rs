@@ -308,14 +308,19 @@ fn offered_tools(body: &Value) -> HashSet<String> {
 }
 
 /// Index of the message holding the current human prompt: the last user
-/// message with real text and no tool results. Taking the last (not the
-/// first) lets a resumed conversation script each turn separately; within a
-/// single turn it is the same message.
+/// message with real text. Taking the last (not the first) lets a resumed
+/// conversation script each turn separately; within a single turn it is the
+/// same message. A message with tool results holds a prompt only when its
+/// text has a directive: a session resumed after a cut turn carries the
+/// cut turn's tool result and the new prompt in one user message.
 fn prompt_index(messages: &[Value]) -> Option<usize> {
     messages.iter().rposition(|m| {
+        let text = prompt_text(m);
         m.get("role").and_then(Value::as_str) == Some("user")
-            && (!has_tool_result(m) || prompt_follows_interrupt(m))
-            && !prompt_text(m).trim().is_empty()
+            && !text.trim().is_empty()
+            && (!has_tool_result(m)
+                || prompt_follows_interrupt(m)
+                || !parse_directives(&text).is_empty())
     })
 }
 
@@ -432,6 +437,23 @@ fn directory_line(line: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_prompt_merged_with_a_cut_turns_tool_result_is_the_prompt() {
+        let body = json!({
+            "tools": [{"name": "Bash"}, {"name": "Write"}],
+            "messages": [
+                {"role": "user", "content": "!write a.txt x\n!text done"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Write", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                    {"type": "text", "text": "!bash cat a.txt"}
+                ]}
+            ]
+        });
+        let plan = plan(&body).unwrap();
+        assert_eq!(plan.stop_reason, "tool_use", "{plan:?}");
+    }
+
     use super::*;
 
     fn tools() -> HashSet<String> {
