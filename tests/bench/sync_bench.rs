@@ -330,7 +330,7 @@ async fn checkpoints(
     // around is.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let n = node(&t.cfg)?;
-    let key = ConversationKey::new(TENANT, &format!("ckpt{}", uuid::Uuid::new_v4().simple()));
+    let key = ConversationKey::new(TENANT, format!("ckpt{}", uuid::Uuid::new_v4().simple()));
     let mut rec = ConversationRecord::new(TENANT, &key.conversation_id);
     n.assign(&mut rec, 1, &ws).await?;
     n.svc.push_now(&key).await?;
