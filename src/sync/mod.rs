@@ -7,7 +7,8 @@
 //! (confined paths), `manifest` (the stored format and keys), `store` (the
 //! object store behind a trait), `fsx` (no-follow file access), `walk`
 //! (scanning and hashing), `limits` (the size limits: what a push may
-//! store), `push`, `restore`, `scheduler` (debounce and retry), `stats`
+//! store), `track` (which paths changed since the last push), `push`,
+//! `restore`, `scheduler` (debounce and retry), `stats`
 //! (counters and the backlog gauge), `files` (the stored workspace for the
 //! API), `service` (what the execute service calls).
 

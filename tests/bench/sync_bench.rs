@@ -1,18 +1,23 @@
 //! `just bench-sync`: agentbox's workspace sync beside rclone, on the same
 //! targets in one run (moto S3 on loopback, and a local directory):
-//! - incremental: one file changed in a 10,000-file workspace, then a push
-//!   (agentbox) or `rclone sync` (rclone);
+//! - checkpoints: in a workspace of 10,000 and one of 100,000 files (each
+//!   on its own loop-mounted ext4, as the daemon's quota makes them, so
+//!   change tracking is on), one file, ten files, or the 50 files of one
+//!   directory changed, then a push (agentbox) or `rclone sync` (rclone);
 //! - full restore of 1,000 files into an empty directory: agentbox's
 //!   restore or `rclone copy`.
 //!
-//! Prints median and spread (min..max) per figure. Expects moto and rclone
-//! (the recipe makes sure of both). Not a test: it only reports.
-//! `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one target.
+//! Prints median and spread (min..max) per figure. Expects moto, rclone,
+//! root and loop devices (the recipe makes sure of the first two). Not a
+//! test: it only reports. `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one
+//! target; `BENCH_FILES=10000,100000` picks workspace sizes; `BENCH_RUNS`
+//! (default 7) the runs per figure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 use agentbox::config::StorageConfig;
 use agentbox::ids::ConversationKey;
+use agentbox::isolation::quota::{self, Quota};
 use agentbox::state::{ConversationRecord, Store};
 use agentbox::sync::fsx::Owner;
 use agentbox::sync::{Placement, SyncService};
@@ -22,8 +27,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 7;
-const INCR_FILES: usize = 10_000;
+const SIZES: [usize; 2] = [10_000, 100_000];
 const RESTORE_FILES: usize = 1_000;
+/// Files per directory of the generated workspaces.
+const PER_DIR: usize = 50;
 /// rclone gets the same parallelism as agentbox's `transfer_concurrency`.
 const CONCURRENCY: usize = 16;
 const TENANT: &str = "bench";
@@ -114,7 +121,18 @@ async fn bench(root: &Path, endpoint: &str) -> Result<()> {
         },
     ];
 
-    println!("## agentbox sync vs rclone ({RUNS} runs each; median, min..max)\n");
+    let runs: usize = match std::env::var("BENCH_RUNS") {
+        Ok(v) => v.parse().context("BENCH_RUNS")?,
+        Err(_) => RUNS,
+    };
+    let sizes: Vec<usize> = match std::env::var("BENCH_FILES") {
+        Ok(v) => v
+            .split(',')
+            .map(|n| n.trim().parse().context("BENCH_FILES"))
+            .collect::<Result<_>>()?,
+        Err(_) => SIZES.to_vec(),
+    };
+    println!("## agentbox sync vs rclone ({runs} runs each; median, min..max)\n");
     println!("| target | operation | agentbox | rclone | rclone / agentbox |");
     println!("|---|---|---|---|---|");
     // BENCH_ONLY=local (or =S3) runs one target only.
@@ -122,14 +140,23 @@ async fn bench(root: &Path, endpoint: &str) -> Result<()> {
     for t in targets.iter().filter(|t| t.name.starts_with(&only)) {
         let dir = root.join(t.name.split(' ').next().unwrap_or("t"));
         std::fs::create_dir_all(&dir)?;
-        let (a, r) = incremental(t, &dir).await?;
-        row(t.name, "incremental, 1 of 10,000 files changed", &a, &r);
-        let (a, r) = restore(t, &dir).await?;
+        for &files in &sizes {
+            for (change, figures) in checkpoints(t, &dir, files, runs).await? {
+                let op = format!(
+                    "checkpoint, {} of {} files",
+                    change.label(),
+                    thousands(files)
+                );
+                row(t.name, &op, &figures.0, &figures.1);
+            }
+        }
+        let (a, r) = restore(t, &dir, runs).await?;
         row(t.name, "full restore, 1,000 files", &a, &r);
     }
     println!(
         "\nrclone {} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
-         default (size+modtime) and --checksum modes per row.",
+         default (size+modtime) and --checksum modes per row (--checksum alone on S3 \
+         at 100,000 files, where the default mode HEADs every object).",
         rclone_version()
     );
     Ok(())
@@ -179,13 +206,16 @@ impl Node {
     }
 }
 
-/// A workspace of `n` files of about 1 KiB, 50 to a directory.
+/// A workspace of `n` small files (about 200 bytes: a source tree or
+/// `node_modules` is mostly small files), 50 to a directory.
 fn make_workspace(dir: &Path, n: usize) -> Result<()> {
     for i in 0..n {
-        let p = dir.join(format!("d{:03}/f{i:05}.txt", i / 50));
-        std::fs::create_dir_all(p.parent().context("parent")?)?;
+        let p = dir.join(format!("d{:04}/f{i:06}.txt", i / PER_DIR));
+        if i % PER_DIR == 0 {
+            std::fs::create_dir_all(p.parent().context("parent")?)?;
+        }
         let line = format!("file {i} of the benchmark workspace\n");
-        std::fs::write(p, line.repeat(1024 / line.len() + 1))?;
+        std::fs::write(p, line.repeat(200 / line.len() + 1))?;
     }
     Ok(())
 }
@@ -219,48 +249,149 @@ fn rclone_version() -> String {
         .unwrap_or_default()
 }
 
-async fn incremental(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
-    let ws = dir.join("ws10k");
-    std::fs::create_dir_all(&ws)?;
-    make_workspace(&ws, INCR_FILES)?;
+/// What a checkpoint run changes.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    OneFile,
+    TenFiles,
+    OneDir,
+}
+
+impl Change {
+    fn label(self) -> &'static str {
+        match self {
+            Change::OneFile => "1",
+            Change::TenFiles => "10",
+            Change::OneDir => "1 directory (50)",
+        }
+    }
+
+    /// The files run `run` rewrites: each in a directory of its own, or
+    /// every file of one directory; never the same twice in a row.
+    fn files(self, run: usize, total: usize) -> Vec<PathBuf> {
+        let dirs = total / PER_DIR;
+        let spread = |k: usize| {
+            let d = (run * 31 + k * 97 + 7) % dirs;
+            PathBuf::from(format!("d{d:04}/f{:06}.txt", d * PER_DIR + k % PER_DIR))
+        };
+        match self {
+            Change::OneFile => vec![spread(0)],
+            Change::TenFiles => (0..10).map(spread).collect(),
+            Change::OneDir => {
+                let d = (run * 13 + 3) % dirs;
+                (0..PER_DIR)
+                    .map(|k| PathBuf::from(format!("d{d:04}/f{:06}.txt", d * PER_DIR + k)))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// A workspace filesystem of its own, as the daemon's quota makes one;
+/// unmounted (and its image deleted) on drop.
+struct OwnFs(PathBuf);
+
+impl OwnFs {
+    async fn mount(dir: &Path, files: usize) -> Result<OwnFs> {
+        let ws = dir.join(format!("ws{files}"));
+        // One inode per file and directory, at ext4's default of one
+        // inode per 16 KiB: the image is sparse, only what is written
+        // takes disk.
+        let size_mb = (files as u64 * 3 / 2 * 16 / 1024).max(64);
+        let quota = Quota::new(dir, &dir.join("images"), size_mb);
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        quota
+            .ensure(&ws, uid, gid)
+            .await
+            .context("mount a workspace image (needs root and loop devices)")?;
+        Ok(OwnFs(ws))
+    }
+}
+
+impl Drop for OwnFs {
+    fn drop(&mut self) {
+        if let Err(e) = quota::release(&self.0) {
+            eprintln!("release {}: {e}", self.0.display());
+        }
+    }
+}
+
+async fn checkpoints(
+    t: &Target,
+    dir: &Path,
+    files: usize,
+    runs: usize,
+) -> Result<Vec<(Change, (Vec<Duration>, Vec<Duration>))>> {
+    let fs = OwnFs::mount(dir, files).await?;
+    let ws = fs.0.clone();
+    make_workspace(&ws, files)?;
     // Past the stat cache's 2 s racy window, as a workspace that has been
     // around is.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let n = node(&t.cfg)?;
-    let mut rec =
-        ConversationRecord::new(TENANT, &format!("incr{}", uuid::Uuid::new_v4().simple()));
+    let key = ConversationKey::new(TENANT, format!("ckpt{}", uuid::Uuid::new_v4().simple()));
+    let mut rec = ConversationRecord::new(TENANT, &key.conversation_id);
     n.assign(&mut rec, 1, &ws).await?;
-    n.svc
-        .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
-        .await?;
+    n.svc.push_now(&key).await?;
     let ws_s = ws.display().to_string();
-    let remote = format!("{}/incr", t.rclone_base);
+    let remote = format!("{}/ckpt{files}", t.rclone_base);
     rclone(t, &["sync", &ws_s, &remote])?;
-    let (mut ours, mut default, mut checksum) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..RUNS {
-        // Old enough not to be racy for either tool's next comparison.
-        let f = ws.join(format!("d{:03}/f{:05}.txt", run, run * 50));
-        std::fs::write(&f, format!("changed in run {run}\n"))?;
-        let t0 = Instant::now();
-        let r = n
-            .svc
-            .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
-            .await?;
-        ours.push(t0.elapsed());
-        if r.files != 1 {
-            bail!("expected 1 uploaded file, got {r:?}");
+    // On S3 rclone's default mode reads each object's modification time
+    // with a HEAD request: minutes per run at 100,000 files. Its
+    // --checksum mode compares listed ETags and is the faster there.
+    let default_mode = !(t.name.starts_with("S3") && files >= 100_000);
+    let mut out = Vec::new();
+    for change in [Change::OneFile, Change::TenFiles, Change::OneDir] {
+        let (mut ours, mut default, mut checksum) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let paths = change.files(run, files);
+            let rewrite = |what: &str| -> Result<()> {
+                for p in &paths {
+                    let text = format!("{} {what} in run {run} ({change:?})\n", p.display());
+                    std::fs::write(ws.join(p), text)?;
+                }
+                Ok(())
+            };
+            rewrite("changed")?;
+            let t0 = Instant::now();
+            let r = n.svc.push_now(&key).await?;
+            ours.push(t0.elapsed());
+            if r.files != paths.len() as u64 || r.walked {
+                bail!("expected {} uploaded files, tracked: {r:?}", paths.len());
+            }
+            if default_mode {
+                default.push(rclone(t, &["sync", &ws_s, &remote])?);
+            }
+            rewrite("changed again")?;
+            n.svc.push_now(&key).await?;
+            checksum.push(rclone(t, &["sync", "--checksum", &ws_s, &remote])?);
         }
-        default.push(rclone(t, &["sync", &ws_s, &remote])?);
-        std::fs::write(&f, format!("changed again in run {run}\n"))?;
-        n.svc
-            .push_now(&ConversationKey::new(TENANT, &rec.conversation_id))
-            .await?;
-        checksum.push(rclone(t, &["sync", "--checksum", &ws_s, &remote])?);
+        let theirs = if default_mode {
+            best(default, checksum)
+        } else {
+            checksum
+        };
+        out.push((change, (ours, theirs)));
     }
-    Ok((ours, best(default, checksum)))
+    drop(n);
+    drop(fs);
+    Ok(out)
 }
 
-async fn restore(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>)> {
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn restore(t: &Target, dir: &Path, runs: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let ws = dir.join("ws1k");
     std::fs::create_dir_all(&ws)?;
     make_workspace(&ws, RESTORE_FILES)?;
@@ -274,15 +405,15 @@ async fn restore(t: &Target, dir: &Path) -> Result<(Vec<Duration>, Vec<Duration>
     let remote = format!("{}/restore", t.rclone_base);
     rclone(t, &["sync", &ws.display().to_string(), &remote])?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 0..RUNS {
+    for run in 0..runs {
         let target = dir.join(format!("restore-a{run}"));
         std::fs::create_dir_all(&target)?;
         let t0 = Instant::now();
         n.assign(&mut rec, 2 + run as u64, &target).await?;
         ours.push(t0.elapsed());
-        let got = std::fs::read_dir(target.join("d000"))?.count();
-        if got != 50 {
-            bail!("restore incomplete: {got} files in d000");
+        let got = std::fs::read_dir(target.join("d0000"))?.count();
+        if got != PER_DIR {
+            bail!("restore incomplete: {got} files in d0000");
         }
         let target = dir.join(format!("restore-r{run}"));
         theirs.push(rclone(
