@@ -12,6 +12,7 @@ mod probes;
 
 mod admin;
 mod execute;
+mod gvisor;
 mod isolation;
 mod observability;
 mod orchestrator;

@@ -14,8 +14,9 @@
 #   --host-uds=all   the agent serves agent.sock and dials proxy.sock in the
 #                    bind-mounted socket directory; gVisor refuses host Unix
 #                    sockets without it
-#   --oci-seccomp    apply the container's seccomp profile inside the sandbox
-#                    too (gVisor ignores it otherwise)
+# Not --oci-seccomp: with it runsc applies our seccomp profile inside the
+# sandbox as well, and the Claude Code CLI aborts there (runsc 20221219);
+# the host kernel is shielded by gVisor's own filter on its Sentry instead.
 #
 # Knobs: AGENTBOX_DOCKER_CONFIG (default /etc/docker/daemon.json),
 #        AGENTBOX_GVISOR_WAIT   (seconds to wait for the engine to list it, 30).
@@ -23,7 +24,7 @@ set -euo pipefail
 
 CONF=${AGENTBOX_DOCKER_CONFIG:-/etc/docker/daemon.json}
 WAIT=${AGENTBOX_GVISOR_WAIT:-30}
-RUNTIME_ARGS='["--network=none","--host-uds=all","--oci-seccomp"]'
+RUNTIME_ARGS='["--network=none","--host-uds=all"]'
 
 say() { printf 'ensure-gvisor: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
