@@ -6,12 +6,13 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 default: test
 
-# Docker engine running, Claude Code CLI on the host, Chromium for the
+# Docker engine running, gVisor (runsc) registered with it, Claude Code CLI on the host, Chromium for the
 # status-page test, systemd-analyze and cargo-deb for the packaging test,
 # workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
     bash tests/setup/ensure-isolation-tools.sh
+    bash tests/setup/ensure-gvisor.sh
     bash tests/setup/ensure-claude.sh
     bash tests/setup/ensure-chromium.sh
     bash tests/setup/ensure-packaging-tools.sh

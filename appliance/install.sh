@@ -133,6 +133,7 @@ if [[ ! -e $ROOT/etc/agentbox/agentbox.env ]]; then
 fi
 put 0644 "$HERE/debian/agentbox.env" "$SHARE/agentbox.env"
 put 0644 "$HERE/docker-daemon.json" "$SHARE/docker-daemon.json"
+put 0755 "$HERE/register-gvisor.sh" "$SHARE/register-gvisor.sh"
 put 0644 "$SRC/seccomp/workspace.json" "$SHARE/seccomp/workspace.json"
 put 0644 "$SRC/apparmor/workspace-container" /etc/apparmor.d/workspace-container
 for f in "$HERE"/monitoring/*; do
@@ -172,6 +173,10 @@ if [[ $(cat /sys/module/apparmor/parameters/enabled 2>/dev/null) == Y ]] &&
 else
   say "this kernel has no AppArmor: containers confine themselves with Landlock instead"
 fi
+
+say "== gVisor runtime"
+# Registers runsc with the engine when it is installed (a no-op otherwise).
+"$SHARE/register-gvisor.sh" || say "registering runsc failed; the gVisor tier stays unavailable (agentbox doctor)"
 
 say "== workspace image"
 if ((SKIP_IMAGE)); then

@@ -257,7 +257,7 @@ fn gvisor_runtime(
     let oci_seccomp = rt.flag("oci-seccomp");
     if in_use && !oci_seccomp {
         gaps.push(format!(
-            "the runtime {name:?} runs without --oci-seccomp: gVisor containers get no seccomp filter inside the sandbox"
+            "gVisor containers (runtime {name:?}) run our seccomp profile only as far as runsc takes it: without --oci-seccomp not inside the sandbox, where gVisor's own filter shields the host kernel instead"
         ));
     }
     Ok(Some(GvisorRuntime {

@@ -32,8 +32,8 @@ impl Confinement {
 }
 
 pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody {
-    // The seccomp profile goes to runsc too: the runtime's `--oci-seccomp`
-    // (docs/isolation.md) applies it inside gVisor's kernel.
+    // The seccomp profile goes to runsc too, which applies it inside the
+    // sandbox only with `--oci-seccomp` (off by default: docs/isolation.md).
     let mut security_opt = vec![
         "no-new-privileges:true".to_owned(),
         format!("seccomp={}", spec.confinement.seccomp_profile),

@@ -516,6 +516,179 @@ async fn throughput(a: &Args) {
     assert!(errors.is_empty(), "throughput runs failed");
 }
 
+/// One tier's figures for the side-by-side table.
+struct TierFigures {
+    warm_agent: Summary,
+    warm_model: Summary,
+    cold_agent: Summary,
+    tool_turn: Summary,
+    idle_mib: Summary,
+    floor: Summary,
+}
+
+/// `docker run --rm` of a no-op under `runtime`, with the containers' flags.
+fn docker_run_floor(runtime: &str, runs: usize) -> Summary {
+    let image = test_image();
+    let mut floor = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        docker_ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--network",
+            "none",
+            "--read-only",
+            "--tmpfs",
+            "/tmp:rw,nosuid,nodev,size=64m",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--pids-limit",
+            "512",
+            "--memory",
+            "1g",
+            "--user",
+            "1000:1000",
+            "--init",
+            "--entrypoint",
+            "true",
+            &image,
+        ]);
+        floor.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    summarize(floor)
+}
+
+/// A large file tree written and read back by the agent's Bash tool.
+const TOOL_TURN: &str = "!bash mkdir -p tree && for i in $(seq 1 2000); do echo line $i > tree/f$i.txt; done && cat tree/*.txt | wc -l > count.txt && rm -rf tree\n!text done";
+
+async fn tier_figures(a: &Args, tier: &str) -> TierFigures {
+    let runs = a.runs;
+    let pool = 2usize;
+    let env = |warm: usize| {
+        let (runc, gvisor) = if tier == "gvisor" {
+            (0, warm)
+        } else {
+            (warm, 0)
+        };
+        vec![
+            (
+                "AGENTBOX_CONTAINER_ISOLATION_TIER".to_owned(),
+                tier.to_owned(),
+            ),
+            ("AGENTBOX_POOL_MIN_SIZE".to_owned(), runc.to_string()),
+            (
+                "AGENTBOX_POOL_GVISOR_MIN_SIZE".to_owned(),
+                gvisor.to_string(),
+            ),
+        ]
+    };
+    let ready = move |s: &serde_json::Value| {
+        s["pool"]["tiers"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["tier"] == tier && t["ready"] == pool))
+    };
+    let (mock, d) = start_with_mock_env("bench-key", pool, "", env(pool)).await;
+    let s = tokio::task::block_in_place(|| d.wait_status(300, "the tier's pool filled", ready));
+    // Idle memory of the warm containers, as the engine's cgroup counts it.
+    let mut idle = Vec::new();
+    for c in s["containers"].as_array().unwrap() {
+        let usage = docker_ok(&[
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.MemUsage}}",
+            c["name"].as_str().unwrap(),
+        ]);
+        idle.push(mib(usage.split('/').next().unwrap_or("")));
+    }
+    let (mut warm_agent, mut warm_model, mut tool_turn) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        tokio::task::block_in_place(|| d.wait_status(300, "a ready container", ready));
+        let t = timed_run(&d, &format!("w-{i}"), "!text hi")
+            .await
+            .expect("warm run");
+        warm_agent.push(t.agent);
+        warm_model.push(to_first_model_request(&mock, t.sent_at_ms));
+        let t = timed_run(&d, &format!("w-{i}"), TOOL_TURN)
+            .await
+            .expect("tool turn");
+        tool_turn.push(t.total);
+    }
+    drop(d);
+    let (_mock, d) = start_with_mock_env("bench-key", 0, "", env(0)).await;
+    let mut cold_agent = Vec::new();
+    for i in 0..runs {
+        let t = timed_run(&d, &format!("c-{i}"), "!text hi")
+            .await
+            .expect("cold run");
+        cold_agent.push(t.agent);
+    }
+    drop(d);
+    let runtime = if tier == "gvisor" { "runsc" } else { "runc" };
+    TierFigures {
+        warm_agent: summarize(warm_agent),
+        warm_model: summarize(warm_model),
+        cold_agent: summarize(cold_agent),
+        tool_turn: summarize(tool_turn),
+        idle_mib: summarize(idle),
+        floor: docker_run_floor(runtime, runs),
+    }
+}
+
+/// Both isolation tiers side by side: warm claim, cold start, time to the
+/// first model request, a tool-heavy turn and idle memory per container.
+async fn tiers(a: &Args) {
+    tokio::task::block_in_place(gvisor_prerequisites);
+    let runc = tier_figures(a, "runc").await;
+    let gvisor = tier_figures(a, "gvisor").await;
+    println!("\n### Isolation tiers side by side (p50, in brackets p90; ms unless said)\n");
+    println!("| | runc | gVisor (runsc) |\n|---|---:|---:|");
+    let both = |name: &str, r: &Summary, g: &Summary| {
+        println!(
+            "| {name} | {:.1} [{:.1}] | {:.1} [{:.1}] |",
+            r.p50, r.p90, g.p50, g.p90
+        );
+    };
+    both(
+        "warm claim: request -> first byte from the agent",
+        &runc.warm_agent,
+        &gvisor.warm_agent,
+    );
+    both(
+        "warm claim: request -> the CLI's first model request",
+        &runc.warm_model,
+        &gvisor.warm_model,
+    );
+    both(
+        "cold start: request -> first byte from the agent",
+        &runc.cold_agent,
+        &gvisor.cold_agent,
+    );
+    both(
+        "`docker run --rm` of a no-op, same flags",
+        &runc.floor,
+        &gvisor.floor,
+    );
+    both(
+        "tool-heavy turn: 2000 files written, read, removed (whole run)",
+        &runc.tool_turn,
+        &gvisor.tool_turn,
+    );
+    both(
+        "idle warm container, cgroup memory (MiB)",
+        &runc.idle_mib,
+        &gvisor.idle_mib,
+    );
+    println!(
+        "\n({} runs per figure; idle memory over {} warm containers)\n",
+        runc.warm_agent.n, runc.idle_mib.n
+    );
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -545,6 +718,9 @@ fn main() {
         }
         if a.wants("throughput") {
             throughput(&a).await;
+        }
+        if a.wants("tiers") {
+            tiers(&a).await;
         }
     });
     eprintln!("bench: done in {:.1}s", t.elapsed().as_secs_f64());

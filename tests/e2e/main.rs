@@ -13,6 +13,7 @@ mod probes;
 mod admin;
 mod crash;
 mod execute;
+mod gvisor;
 mod isolation;
 mod observability;
 mod orchestrator;

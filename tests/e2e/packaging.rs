@@ -39,6 +39,8 @@ fn engine() {
         for script in [
             "tests/setup/ensure-docker.sh",
             "tests/setup/ensure-isolation-tools.sh",
+            "tests/setup/ensure-gvisor.sh",
+            "appliance/register-gvisor.sh",
             "workspace-base/build-base.sh",
         ] {
             let path = repo_root().join(script);
@@ -441,6 +443,8 @@ fn scripts_are_shellcheck_clean() {
         "appliance/build-deb.sh",
         "tests/setup/ensure-packaging-tools.sh",
         "tests/setup/ensure-isolation-tools.sh",
+        "tests/setup/ensure-gvisor.sh",
+        "appliance/register-gvisor.sh",
         "tests/demo.sh",
         "tests/run.sh",
         ".ci/run",
@@ -543,6 +547,7 @@ fn installer_fills_a_scratch_root_once() {
         ("/etc/apparmor.d/workspace-container", "file", 0o644),
         ("/usr/share/agentbox/agentbox.toml.example", "file", 0o644),
         ("/usr/share/agentbox/docker-daemon.json", "file", 0o644),
+        ("/usr/share/agentbox/register-gvisor.sh", "file", 0o755),
         ("/usr/share/agentbox/seccomp/workspace.json", "file", 0o644),
         (
             "/usr/share/agentbox/workspace-base/build-image.sh",

@@ -4,26 +4,19 @@
 #
 #   tests/setup/ensure-gvisor.sh
 #
-# Registering edits /etc/docker/daemon.json (merged with jq: other keys are
-# kept) and sends SIGHUP to the engine, which reloads its runtimes without a
-# restart; running containers are untouched. The runtime's arguments are the
-# ones appliance/docker-daemon.json ships (see docs/isolation.md):
-#   --network=none   the sandbox's own network stack without devices, only
-#                    loopback (containers run with Docker's `--network none`,
-#                    which runsc otherwise refuses to start in)
-#   --host-uds=all   the agent serves agent.sock and dials proxy.sock in the
-#                    bind-mounted socket directory; gVisor refuses host Unix
-#                    sockets without it
-#   --oci-seccomp    apply the container's seccomp profile inside the sandbox
-#                    too (gVisor ignores it otherwise)
+# Installs runsc and jq when missing, then registers the runtime the way an
+# appliance does (appliance/register-gvisor.sh: /etc/docker/daemon.json
+# merged, dockerd sent SIGHUP, no restart) and waits until the engine lists
+# it with those arguments.
 #
 # Knobs: AGENTBOX_DOCKER_CONFIG (default /etc/docker/daemon.json),
 #        AGENTBOX_GVISOR_WAIT   (seconds to wait for the engine to list it, 30).
 set -euo pipefail
 
-CONF=${AGENTBOX_DOCKER_CONFIG:-/etc/docker/daemon.json}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WAIT=${AGENTBOX_GVISOR_WAIT:-30}
-RUNTIME_ARGS='["--network=none","--host-uds=all","--oci-seccomp"]'
+# Keep in step with appliance/register-gvisor.sh.
+RUNTIME_ARGS='["--network=none","--host-uds=all"]'
 
 say() { printf 'ensure-gvisor: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -43,30 +36,12 @@ if ((${#missing[@]})); then
   { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } ||
     die "apt-get install ${missing[*]} failed"
 fi
-RUNSC=$(command -v runsc || echo /usr/bin/runsc)
 
 docker info >/dev/null 2>&1 || die "no Docker engine answers; run tests/setup/ensure-docker.sh first"
 registered && exit 0
-
-say "registering runsc ($RUNSC) in $CONF"
-mkdir -p "$(dirname "$CONF")"
-[[ -s $CONF ]] || echo '{}' >"$CONF"
-tmp=$(mktemp "$CONF.XXXXXX")
-jq --arg path "$RUNSC" --argjson args "$RUNTIME_ARGS" \
-  '.runtimes = ((.runtimes // {}) + {runsc: {path: $path, runtimeArgs: $args}})' "$CONF" >"$tmp" ||
-  { rm -f "$tmp"; die "$CONF is not valid JSON"; }
-chmod 0644 "$tmp"
-mv "$tmp" "$CONF"
-
-# Every engine reading this file (no --config-file of its own) reloads it.
-signalled=0
-for pid in $(pgrep -x dockerd || true); do
-  if tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- '--config-file'; then continue; fi
-  kill -HUP "$pid" && signalled=$((signalled + 1))
-done
-((signalled)) || die "no dockerd to reload; start it with tests/setup/ensure-docker.sh"
+bash "$HERE/../../appliance/register-gvisor.sh"
 for ((i = 0; i < WAIT * 10; i++)); do
   registered && { say "runsc registered"; exit 0; }
   sleep 0.1
 done
-die "the engine does not list runsc after SIGHUP; see its log and $CONF"
+die "the engine does not list runsc with $RUNTIME_ARGS after SIGHUP; see its log and /etc/docker/daemon.json"

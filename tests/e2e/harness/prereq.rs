@@ -31,6 +31,14 @@ pub fn prerequisites() {
     });
 }
 
+/// gVisor's `runsc` installed and registered with the engine, once per
+/// suite (`tests/setup/ensure-gvisor.sh`), on top of [`prerequisites`].
+pub fn gvisor_prerequisites() {
+    static READY: OnceLock<()> = OnceLock::new();
+    prerequisites();
+    READY.get_or_init(|| run_script("tests/setup/ensure-gvisor.sh", &[]));
+}
+
 /// The workspace image under test: `AGENTBOX_TEST_IMAGE`, else the default
 /// tag that `workspace-base/build-image.sh` builds.
 pub fn test_image() -> String {
