@@ -22,7 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of the test hook that kills this container's proxy task
-/// (only when the daemon runs with `AGENTBOX_TEST_HOOKS=1`).
+/// (only in a build with the `fault-injection` feature, run with
+/// `AGENTBOX_TEST_HOOKS=1`).
 pub const KILL_HOOK_PATH: &str = "/__agentbox/test/kill-proxy-task";
 
 pub(super) async fn handle<S>(proxy: Arc<Gateway>, c: Arc<ContainerProxy>, stream: S)
@@ -117,6 +118,7 @@ where
                         port,
                         path_and_query,
                     } => forward::http(&proxy, &c, req, host, *port, path_and_query).await,
+                    #[cfg(feature = "fault-injection")]
                     _ if proxy.test_hooks && req.uri().path() == KILL_HOOK_PATH => {
                         c.kill_serve_task();
                         let d =

@@ -15,7 +15,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so the expiry tests can move time forward.
+use tokio::time::Instant;
 
 /// How long a failed lookup is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
@@ -34,18 +36,47 @@ struct Entry {
     expires: Instant,
 }
 
+/// Where uncached answers come from: the system resolver, or a fake in
+/// the tests.
+#[async_trait::async_trait]
+trait Lookup: Send + Sync {
+    async fn lookup(&self, name: &str) -> std::io::Result<Vec<IpAddr>>;
+}
+
+struct SystemLookup;
+
+#[async_trait::async_trait]
+impl Lookup for SystemLookup {
+    async fn lookup(&self, name: &str) -> std::io::Result<Vec<IpAddr>> {
+        Ok(tokio::net::lookup_host((name, 0))
+            .await?
+            .map(|a| a.ip())
+            .collect())
+    }
+}
+
 pub(super) struct Resolver {
     overrides: std::sync::RwLock<BTreeMap<String, IpAddr>>,
     ttl: Duration,
     cache: Mutex<HashMap<String, Entry>>,
+    lookup: Box<dyn Lookup>,
 }
 
 impl Resolver {
     pub(super) fn new(overrides: BTreeMap<String, IpAddr>, ttl: Duration) -> Self {
+        Self::with_lookup(overrides, ttl, Box::new(SystemLookup))
+    }
+
+    fn with_lookup(
+        overrides: BTreeMap<String, IpAddr>,
+        ttl: Duration,
+        lookup: Box<dyn Lookup>,
+    ) -> Self {
         Self {
             overrides: std::sync::RwLock::new(overrides),
             ttl,
             cache: Mutex::new(HashMap::new()),
+            lookup,
         }
     }
 
@@ -73,12 +104,12 @@ impl Resolver {
                 return e.answer.clone();
             }
         }
-        let answer = match tokio::net::lookup_host((name, 0)).await {
+        let answer = match self.lookup.lookup(name).await {
             Ok(addrs) => {
                 let mut ips: Vec<IpAddr> = Vec::new();
-                for a in addrs {
-                    if !ips.contains(&a.ip()) {
-                        ips.push(a.ip());
+                for ip in addrs {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
                     }
                 }
                 if ips.is_empty() {
@@ -139,5 +170,65 @@ mod tests {
             r.resolve("no-such-name.invalid").await,
             Err(DnsError::NotFound)
         );
+    }
+
+    /// A lookup that answers `10.0.0.<n>` on its n-th call, or fails.
+    struct Counting {
+        calls: std::sync::Arc<std::sync::atomic::AtomicU8>,
+        fail: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Lookup for Counting {
+        async fn lookup(&self, _name: &str) -> std::io::Result<Vec<IpAddr>> {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if self.fail {
+                return Err(std::io::Error::other("no such name"));
+            }
+            Ok(vec![IpAddr::from([10, 0, 0, n])])
+        }
+    }
+
+    fn counting(
+        ttl_secs: u64,
+        fail: bool,
+    ) -> (Resolver, std::sync::Arc<std::sync::atomic::AtomicU8>) {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let lookup = Box::new(Counting {
+            calls: calls.clone(),
+            fail,
+        });
+        let r = Resolver::with_lookup(BTreeMap::new(), Duration::from_secs(ttl_secs), lookup);
+        (r, calls)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_reused_for_the_ttl_then_asked_again() {
+        let (r, calls) = counting(30, false);
+        let first = r.resolve("example.test").await.unwrap();
+        tokio::time::advance(Duration::from_millis(29_999)).await;
+        assert_eq!(r.resolve("example.test").await.unwrap(), first, "cached");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let second = r.resolve("example.test").await.unwrap();
+        assert_ne!(second, first, "expired at the TTL: asked again");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_remembered_five_seconds_and_a_zero_ttl_caches_nothing() {
+        let (r, calls) = counting(30, true);
+        assert_eq!(r.resolve("gone.test").await, Err(DnsError::NotFound));
+        tokio::time::advance(NEGATIVE_TTL - Duration::from_millis(1)).await;
+        assert_eq!(r.resolve("gone.test").await, Err(DnsError::NotFound));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(r.resolve("gone.test").await, Err(DnsError::NotFound));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        let (r, calls) = counting(0, false);
+        r.resolve("a.test").await.unwrap();
+        r.resolve("a.test").await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

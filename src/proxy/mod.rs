@@ -65,7 +65,8 @@ pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 const AUDIT_FLUSH: Duration = Duration::from_secs(10);
 
 /// Set to `1` in the daemon's environment to enable test-only hooks
-/// ([`KILL_HOOK_PATH`]). Never set in production.
+/// ([`KILL_HOOK_PATH`]). Read only by a build with the `fault-injection`
+/// feature (the test build); other builds have no hook to enable.
 pub const TEST_HOOKS_ENV: &str = "AGENTBOX_TEST_HOOKS";
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,7 @@ pub struct Gateway {
     budget: body::Budget,
     refusal_burst: u32,
     refusals_per_minute: u32,
+    #[cfg(feature = "fault-injection")]
     test_hooks: bool,
 }
 
@@ -126,6 +128,7 @@ impl Gateway {
             ),
             refusal_burst: p.audit_refusal_burst,
             refusals_per_minute: p.audit_refusals_per_minute,
+            #[cfg(feature = "fault-injection")]
             test_hooks: std::env::var(TEST_HOOKS_ENV).is_ok_and(|v| v == "1"),
         })
     }
