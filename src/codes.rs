@@ -76,6 +76,13 @@ codes! {
         AgentFailed => "agent_failed",
         BudgetExceeded => "budget_exceeded",
         AgentProtocolViolation => "agent_protocol_violation",
+        // The model upstream failed the run after the CLI's own retries
+        // (`docs/operations.md`, "What happens when").
+        RateLimited => "rate_limited",
+        Overloaded => "overloaded",
+        UpstreamUnavailable => "upstream_unavailable",
+        UpstreamAuthFailed => "upstream_auth_failed",
+        PromptTooLong => "prompt_too_long",
         // Only in `agent_execution_failed`: how a run without an error
         // event ended.
         NoResult => "no_result",
@@ -111,6 +118,11 @@ impl ErrorCode {
             | Self::AgentFailed
             | Self::BudgetExceeded
             | Self::AgentProtocolViolation
+            | Self::RateLimited
+            | Self::Overloaded
+            | Self::UpstreamUnavailable
+            | Self::UpstreamAuthFailed
+            | Self::PromptTooLong
             | Self::NoResult
             | Self::Aborted
             | Self::Internal => return None,

@@ -20,4 +20,5 @@ mod pentest;
 mod proxy;
 mod skeleton;
 mod sync;
+mod upstream;
 mod userns;
