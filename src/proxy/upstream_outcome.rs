@@ -224,6 +224,10 @@ where
                     let data = data.clone();
                     this.feed(&data);
                 }
+                // A body that knows its end is not polled past it.
+                if this.inner.is_end_stream() {
+                    this.settle(false);
+                }
             }
             Poll::Ready(Some(Err(_))) => this.settle(true),
             Poll::Ready(None) => this.settle(false),
