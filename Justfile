@@ -65,6 +65,11 @@ gc *ARGS:
 bench-proxy *ARGS:
     bash tests/bench/bench-proxy.sh {{ARGS}}
 
+# The model gateway's pooled HTTPS upstream against the TLS mock: first call
+# vs later calls vs a new connection per call (prints figures; see docs/benchmarks.md).
+bench-upstream-tls *ARGS:
+    cargo run --release --quiet --example bench_upstream_tls -- {{ARGS}}
+
 # Fuzz the proxy's request parsing and host matching (needs nightly and cargo-fuzz).
 fuzz-proxy SECS="60":
     cargo +nightly fuzz run proxy_request --fuzz-dir tests/fuzz -- -max_total_time={{SECS}} -max_len=512

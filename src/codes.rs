@@ -84,6 +84,13 @@ codes! {
         /// The daemon stopped (a crash, `kill -9`) before the run ended;
         /// added to the run's record when the daemon starts again.
         Interrupted => "interrupted",
+        // The model upstream failed the run after the CLI's own retries
+        // (`docs/operations.md`, "What happens when").
+        RateLimited => "rate_limited",
+        Overloaded => "overloaded",
+        UpstreamUnavailable => "upstream_unavailable",
+        UpstreamAuthFailed => "upstream_auth_failed",
+        PromptTooLong => "prompt_too_long",
         // Only in `agent_execution_failed`: how a run without an error
         // event ended.
         NoResult => "no_result",
@@ -122,6 +129,11 @@ impl ErrorCode {
             | Self::BudgetExceeded
             | Self::AgentProtocolViolation
             | Self::Interrupted
+            | Self::RateLimited
+            | Self::Overloaded
+            | Self::UpstreamUnavailable
+            | Self::UpstreamAuthFailed
+            | Self::PromptTooLong
             | Self::NoResult
             | Self::Aborted
             | Self::Internal => return None,

@@ -168,6 +168,9 @@ impl Executor {
             exec.options.max_budget_usd,
         )
         .map_err(budget_error)?;
+        // Upstream failures count from this run on.
+        let outcomes = self.orchestrator.gateway().upstream_outcomes().clone();
+        let _ = outcomes.take(&key.tenant_id, &key.conversation_id);
         let (assigned, mut run_sync) = self.assign(key, tx).await?;
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
@@ -273,9 +276,20 @@ impl Executor {
         // A run that went past a spending limit ends with
         // `budget_exceeded` instead of the CLI's `result`.
         let violated = matches!(outcome, Err(AgentError::Protocol(_)));
+        // A CLI that gave up on the model API ends the run with the code
+        // of what the gateway saw fail, instead of its own `result`.
+        let upstream = outcomes.take(&key.tenant_id, &key.conversation_id);
+        let upstream = upstream.filter(|_| {
+            matches!(
+                result_event,
+                Some(AgentEvent::Result { is_error: true, .. })
+            )
+        });
         if violated {
             session_id = None;
-        } else if let Some(ev) = result_event.filter(|_| spent.exceeded.is_none()) {
+        } else if let Some(ev) =
+            result_event.filter(|_| spent.exceeded.is_none() && upstream.is_none())
+        {
             let _ = tx.send(ev).await;
         }
         self.orchestrator.touch(&assigned.container).await;
@@ -289,9 +303,10 @@ impl Executor {
             .await
             .map_err(state_err)?;
         match outcome {
-            Ok(()) => match spent.exceeded {
-                Some(over) => Err(budget_error(over)),
-                None => Ok(()),
+            Ok(()) => match (spent.exceeded, upstream) {
+                (Some(over), _) => Err(budget_error(over)),
+                (None, Some(failed)) => Err(failure(failed.code(), failed.message())),
+                (None, None) => Ok(()),
             },
             Err(AgentError::Protocol(v)) => Err(self.violated(&assigned.container, &v).await),
             Err(e)

@@ -12,6 +12,7 @@ use super::decision::{Decision, Route};
 use super::forward::strip_hop_by_hop;
 use super::refusal::Refusal;
 use super::spend::{MeteredBody, Payer, SpendLedger};
+use super::upstream_outcome::{self, UpstreamFailure, UpstreamOutcomes, WatchedBody, Watcher};
 use super::usage::Scanner;
 use super::{sigv4, ProxyBody, ProxyContext};
 use crate::config::BodyLimits;
@@ -42,6 +43,8 @@ const DROPPED_REQUEST_HEADERS: &[&str] = &[
     "cookie",
 ];
 const ANTHROPIC_KEY_NAME: &str = "anthropic_api_key";
+/// How long a 400 answer's body may take to read for its kind.
+const ERROR_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long an idle upstream connection is kept for the next model call:
 /// longer than the CLI's pause between a tool result and its next call.
 const UPSTREAM_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
@@ -78,6 +81,7 @@ pub struct ModelGateway {
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     limits: BodyLimits,
     spend: Arc<SpendLedger>,
+    outcomes: Arc<UpstreamOutcomes>,
 }
 
 impl ModelGateway {
@@ -122,7 +126,12 @@ impl ModelGateway {
                 .build(https),
             limits,
             spend,
+            outcomes: Arc::default(),
         })
+    }
+
+    pub fn outcomes(&self) -> &Arc<UpstreamOutcomes> {
+        &self.outcomes
     }
 
     /// True when a container has nothing to send a key for.
@@ -191,7 +200,8 @@ impl ModelGateway {
         match self.forward(req, base, share).await {
             Ok((resp, credential)) => {
                 let resp = if billed {
-                    self.metered(resp, ctx)
+                    let watched = self.watched(resp, ctx).await;
+                    self.metered(watched, ctx)
                 } else {
                     resp
                 };
@@ -201,11 +211,52 @@ impl ModelGateway {
                 d.credential = credential;
                 (resp, d)
             }
-            Err(why) => (
-                self.refusal_response(why),
-                Decision::blocked(Route::Gateway, &method, &host, port, why),
-            ),
+            Err(why) => {
+                if billed && why == Refusal::UpstreamFailed {
+                    self.outcomes.record(
+                        &ctx.tenant_id,
+                        &ctx.conversation_id,
+                        UpstreamFailure::Unavailable,
+                    );
+                }
+                (
+                    self.refusal_response(why),
+                    Decision::blocked(Route::Gateway, &method, &host, port, why),
+                )
+            }
         }
+    }
+
+    /// The answer with its failure, if any, noted for the conversation's
+    /// run: an error status at once (a 400's body is read, bounded, for
+    /// its kind), a 200 when its stream ends (an `error` event or a cut).
+    async fn watched(&self, resp: Response<ProxyBody>, ctx: &ProxyContext) -> Response<ProxyBody> {
+        let status = resp.status().as_u16();
+        if status == 200 {
+            let watcher = Watcher {
+                outcomes: self.outcomes.clone(),
+                tenant: ctx.tenant_id.clone(),
+                conversation: ctx.conversation_id.clone(),
+            };
+            return resp.map(|b| WatchedBody::new(b, watcher).boxed());
+        }
+        let (parts, body) = resp.into_parts();
+        let (body, bytes) = if status == 400 {
+            let bytes = upstream_outcome::read_error_body(body, ERROR_BODY_TIME)
+                .await
+                .unwrap_or_default();
+            let full = Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            (full, bytes)
+        } else {
+            (body, Bytes::new())
+        };
+        if let Some(failure) = UpstreamFailure::from_status(status, &bytes) {
+            self.outcomes
+                .record(&ctx.tenant_id, &ctx.conversation_id, failure);
+        }
+        Response::from_parts(parts, body)
     }
 
     /// The answer with its usage read as it streams and billed to the

@@ -24,6 +24,7 @@ mod io;
 mod refusal;
 mod sigv4;
 pub mod spend;
+mod upstream_outcome;
 mod upstream_tls;
 pub mod usage;
 
@@ -39,6 +40,7 @@ pub use gateway::{ModelGateway, ModelGatewayError};
 pub use policy::Policy;
 pub use refusal::Refusal;
 pub use spend::{BudgetKind, Exceeded, RunSpend, Spend, SpendLedger};
+pub use upstream_outcome::{UpstreamFailure, UpstreamOutcomes};
 
 use crate::audit::{AuditEvent, Subject};
 use crate::config::{Config, ConfigError};
@@ -153,6 +155,11 @@ impl Gateway {
     /// The spend tallies the gateway enforces, for the executor.
     pub fn spend(&self) -> &Arc<SpendLedger> {
         self.model.spend()
+    }
+
+    /// How the model upstream failed each conversation's current run.
+    pub fn upstream_outcomes(&self) -> &Arc<UpstreamOutcomes> {
+        self.model.outcomes()
     }
 
     /// The policy for a tenant's request, as the rules stand now.

@@ -23,4 +23,5 @@ mod proxy;
 mod sdk;
 mod skeleton;
 mod sync;
+mod upstream;
 mod userns;

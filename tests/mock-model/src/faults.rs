@@ -41,9 +41,11 @@ pub struct Fault {
     pub stall: Duration,
 }
 
-/// Parses the first well-formed `!fault` line of `prompt`.
+/// Parses the last well-formed `!fault` line of `prompt`: a CLI resuming
+/// after a failed turn sends the failed prompt and the new one as one
+/// message, and the new one comes last.
 pub fn parse(prompt: &str) -> Option<Fault> {
-    prompt.lines().find_map(parse_line)
+    prompt.lines().rev().find_map(parse_line)
 }
 
 fn parse_line(line: &str) -> Option<Fault> {
@@ -155,6 +157,10 @@ mod tests {
         assert!(parse("!fault 418").is_none());
         assert!(parse("!fault 429 bogus=1").is_none());
         assert!(parse("no faults here").is_none());
+        assert_eq!(
+            parse("!fault 429\n!text a\n!fault 529").unwrap().kind,
+            Kind::Overloaded
+        );
     }
 
     #[test]

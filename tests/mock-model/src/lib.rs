@@ -94,8 +94,9 @@ impl MockModel {
         let (task, ca_pem) = if opts.tls {
             let ca = tls::TestCa::generate()?;
             let pem = ca.ca_pem.clone();
+            let handshakes = shared.handshakes.clone();
             let task = tokio::spawn(async move {
-                let _ = tls::serve(listener, app, &ca).await;
+                let _ = tls::serve(listener, app, &ca, handshakes).await;
             });
             (task, Some(pem))
         } else {
@@ -140,6 +141,13 @@ impl MockModel {
     /// The test CA (PEM) a client must trust to reach an HTTPS mock.
     pub fn ca_pem(&self) -> Option<&str> {
         self.ca_pem.as_deref()
+    }
+
+    /// TLS handshakes completed so far: one per client connection.
+    pub fn tls_handshakes(&self) -> u64 {
+        self.shared
+            .handshakes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A file holding [`MockModel::ca_pem`], while the mock lives.

@@ -36,6 +36,8 @@ pub struct Shared {
     pub faults: faults::Counts,
     /// Delay between streamed events, unless the prompt sets `!pace`.
     pub pace: Duration,
+    /// TLS handshakes completed (HTTPS mocks only).
+    pub handshakes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {

@@ -24,7 +24,7 @@ const EVENTS_BEFORE_BREAK: usize = 4;
 
 /// `!pace <ms>` in the prompt: the delay between streamed events.
 pub fn parse_pace(prompt: &str) -> Option<Duration> {
-    prompt.lines().find_map(|line| {
+    prompt.lines().rev().find_map(|line| {
         let ms = line.trim().strip_prefix("!pace ")?.trim().parse().ok()?;
         Some(Duration::from_millis(ms))
     })

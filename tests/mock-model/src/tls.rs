@@ -3,6 +3,7 @@
 //! `localhost` and `127.0.0.1`, and one TLS + HTTP/1.1 connection task per
 //! accepted socket. Clients trust the CA through its PEM.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -65,8 +66,14 @@ impl TestCa {
     }
 }
 
-/// Serves `app` over TLS on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, app: axum::Router, ca: &TestCa) -> anyhow::Result<()> {
+/// Serves `app` over TLS on `listener` until the task is aborted,
+/// counting completed handshakes in `handshakes`.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    ca: &TestCa,
+    handshakes: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     let acceptor = ca.acceptor()?;
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -76,11 +83,13 @@ pub async fn serve(listener: TcpListener, app: axum::Router, ca: &TestCa) -> any
         };
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(app.clone());
+        let handshakes = handshakes.clone();
         tokio::spawn(async move {
             // A client that fails the handshake only loses its connection.
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            handshakes.fetch_add(1, Ordering::Relaxed);
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
