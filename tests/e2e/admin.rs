@@ -98,6 +98,7 @@ async fn status_page_updates_live_in_chromium() {
         .await;
     let row = row.as_str().unwrap_or_default();
     assert!(row.contains("claimed") && row.contains("egress"), "{row}");
+    assert!(row.contains("runc"), "no isolation tier in {row}");
     assert!(row.contains("MiB"), "no memory reading in {row}");
     browser
         .wait_for(
@@ -231,6 +232,8 @@ async fn cli_status_gc_and_doctor_against_a_running_daemon() {
             .and_then(|c| c.iter().find(|c| c["name"] == name).cloned())
             .unwrap_or_else(|| panic!("no {name} check in {report:#}"))
     };
+    // Unused, the gVisor tier passes: runsc registered (the test setup) or absent.
+    assert_eq!(check("gvisor")["level"], "pass", "{report:#}");
     let apparmor_on = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
         .is_ok_and(|s| s.trim() == "Y");
     if apparmor_on {

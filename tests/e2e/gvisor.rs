@@ -60,6 +60,11 @@ async fn the_gvisor_tier_writes_resumes_returns_files_and_recovers() {
         "AGENTBOX_CONTAINER_ISOLATION_TIER".to_owned(),
         "gvisor".to_owned(),
     ));
+    // A small workspace quota, so filling it is cheap.
+    env.push((
+        "AGENTBOX_CONTAINER_DISK_QUOTA_MB".to_owned(),
+        "64".to_owned(),
+    ));
     let (mock, d) = start_with_mock_env(KEY, 0, "", env).await;
     let d_ref = &d;
     tokio::task::block_in_place(|| {
@@ -103,6 +108,20 @@ async fn the_gvisor_tier_writes_resumes_returns_files_and_recovers() {
         (200, "4.4.0"),
         "not gVisor's kernel"
     );
+
+    // The workspace quota holds under gVisor: the host's ext4 image is
+    // what the gofer writes to.
+    let (_, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "gv",
+        json!({"prompt": "!bash dd if=/dev/zero of=fill bs=1M count=200 2>/dev/null; echo $? > dd.txt; rm -f fill\n!text filled"}),
+    )
+    .await;
+    assert_eq!(result_of(&body)["is_error"], false, "{body}");
+    let (status, dd) = stored_file(&d, "gv", "dd.txt").await;
+    assert_eq!(status, 200);
+    assert_ne!(dd.trim(), "0", "a 200 MiB write fit in a 64 MiB workspace");
 
     // The agent relied on gVisor for path confinement, and said so.
     let logs = d.logs();
