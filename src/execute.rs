@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 
