@@ -7,8 +7,10 @@
 //! stream that breaks one ends with [`AgentError::Protocol`].
 
 mod reader;
+mod session;
 
 pub use reader::{LineReader, Violation};
+pub use session::SessionLines;
 
 use crate::config::AgentConfig;
 use agent_protocol::{
@@ -29,11 +31,11 @@ use tokio::sync::mpsc;
 const MAX_SMALL_BODY: usize = 64 * 1024;
 /// How long the agent may take to answer a request's head, or to send a
 /// small body whole. The real agent answers at once.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to answer an interrupt; it answers at once.
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest part of a refusal body quoted in an error (it reaches clients).
-const MAX_QUOTED: usize = 1024;
+pub(super) const MAX_QUOTED: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -61,11 +63,16 @@ impl AgentClient {
     }
 
     /// Sends one request and waits at most `timeout` for the answer's head.
-    async fn send(
+    async fn send<B>(
         &self,
-        req: Request<Full<Bytes>>,
+        req: Request<B>,
         timeout: Duration,
-    ) -> Result<hyper::Response<Incoming>, AgentError> {
+    ) -> Result<hyper::Response<Incoming>, AgentError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let conn = |e: &dyn std::fmt::Display| AgentError::Connection(e.to_string());
         let exchange = async {
             let stream = connect_no_follow(&self.socket)
@@ -247,7 +254,7 @@ impl AgentClient {
 
 /// Reads a small answer whole: at most [`MAX_SMALL_BODY`] bytes within
 /// [`REQUEST_TIMEOUT`].
-async fn read_small(body: Incoming, what: &'static str) -> Result<Bytes, AgentError> {
+pub(super) async fn read_small(body: Incoming, what: &'static str) -> Result<Bytes, AgentError> {
     let collect = Limited::new(body, MAX_SMALL_BODY).collect();
     match tokio::time::timeout(REQUEST_TIMEOUT, collect).await {
         Err(_) => Err(Violation::NoAnswer(REQUEST_TIMEOUT).into()),

@@ -4,6 +4,7 @@
 //! and map its result; only this layer reaches the orchestrator, the state
 //! file and the sync service on their behalf.
 
+use crate::agent_client::SessionLines;
 use crate::execute::{ConversationKey, ExecuteError, Executor};
 use crate::orchestrator::OrchestratorError;
 use crate::runs::LiveRun;
@@ -11,7 +12,7 @@ use crate::state::{
     ContainerRecord, ConversationRecord, RunOutcome, RunRecord, StateError, StoredEvent,
 };
 use crate::sync::files::{FileInfo, FilesError, StoredFile};
-use agent_protocol::ExecuteRequest;
+use agent_protocol::{ExecuteRequest, SessionOptions};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -116,6 +117,28 @@ impl Conversations {
         live.request_interrupt();
         tracing::info!(message = "Run interrupt requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id, run = live.run);
         Ok(live.run)
+    }
+
+    /// Opens an Agent SDK session on the conversation: a run like
+    /// [`Conversations::send`]'s (same run limit, one at a time) whose
+    /// traffic is `lines`.
+    pub(crate) async fn open_session(
+        &self,
+        key: ConversationKey,
+        options: SessionOptions,
+        lines: SessionLines,
+        max_concurrent_runs: Option<usize>,
+    ) -> Result<Arc<LiveRun>, ConversationError> {
+        if let Some(max) = max_concurrent_runs {
+            if self.executor.hub().running_for(&key.tenant_id) >= max {
+                return Err(ConversationError::TooManyRuns {
+                    tenant: key.tenant_id,
+                    max,
+                });
+            }
+        }
+        tracing::info!(message = "Session requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
+        Ok(self.executor.start_session(key, options, lines).await?)
     }
 
     pub(crate) async fn show(

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 mod drain;
+mod session;
 #[cfg(test)]
 pub(crate) mod tests;
 

@@ -4,6 +4,8 @@
 //! - `GET /healthz`: liveness, no auth.
 //! - `POST /v1/conversations/{id}/messages`: run the agent, SSE out.
 //! - `POST /v1/conversations/{id}/interrupt`: stop the running turn.
+//! - `GET /v1/conversations/{id}/session`: an Agent SDK session
+//!   (WebSocket, stream-json both ways).
 //! - `GET /v1/conversations/{id}/events`: the latest run's events, or
 //!   those after `Last-Event-ID`, then live until the run ends.
 //! - `GET /v1/conversations/{id}`: state, container, recent runs.
@@ -23,6 +25,7 @@ mod error;
 mod events;
 mod interrupt;
 mod messages;
+mod session;
 
 pub use auth::token_sha256;
 pub(crate) use auth::{Authenticator, Tenant};
@@ -57,6 +60,7 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/conversations/{id}/interrupt",
             post(interrupt::post_interrupt),
         )
+        .route("/v1/conversations/{id}/session", get(session::get_session))
         .route("/v1/conversations/{id}/events", get(events::get_events))
         .route(
             "/v1/conversations/{id}",

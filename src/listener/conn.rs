@@ -83,7 +83,11 @@ where
         // The clock below is the only head timeout (see the module header);
         // hyper's would need a timer and would also cut idle connections.
         .header_read_timeout(None)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        // An Agent SDK session's WebSocket leaves the listener here: it is
+        // bounded as a run is (one per conversation, the tenant's run
+        // limit, the agent's idle bound), not by this connection's slot.
+        .with_upgrades();
     tokio::pin!(http);
     let mut draining = false;
     loop {

@@ -210,3 +210,221 @@ async fn a_stdio_mcp_server_in_the_workspace_is_called_by_the_model() {
         json!({"a": 2, "b": 40})
     );
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a session on `conversation` as `token` with `options`: the
+/// socket, or the HTTP status and body of the refusal.
+async fn open_session(
+    d: &Daemon,
+    token: &str,
+    conversation: &str,
+    options: Value,
+) -> Result<Ws, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = d
+        .url(&format!("/v1/conversations/{conversation}/session"))
+        .replacen("http://", "ws://", 1);
+    let url = format!("{url}?options={}", urlencode(&options.to_string()));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn send_line(ws: &mut Ws, line: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        line.to_string(),
+    ))
+    .await
+    .unwrap();
+}
+
+fn user_line(prompt: &str) -> Value {
+    json!({"type": "user", "session_id": "", "message": {"role": "user", "content": prompt}, "parent_tool_use_id": null})
+}
+
+/// The CLI's lines until one of `type` `until`, within 120 s.
+async fn lines_until(ws: &mut Ws, until: &str) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut lines = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(msg) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg.unwrap() {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                let done = v["type"] == until;
+                lines.push(v);
+                if done {
+                    return;
+                }
+            }
+        }
+        panic!("the session ended before a {until} line: {lines:#?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {until} line within 120 s"));
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_carries_stream_json_both_ways_through_the_run_machinery() {
+    use futures_util::StreamExt;
+    let _engine = serial::shared().await;
+    let (_mock, d) = start_with_mock(KEY).await;
+    // Options are checked before the upgrade, and refusals name the option.
+    for (options, name) in [
+        (json!({"cli_path": "/bin/sh"}), "options.cli_path"),
+        (json!({"cwd": "/etc"}), "options.cwd"),
+        (
+            json!({"extra_args": {"dangerously-skip-permissions": null}}),
+            "options.extra_args",
+        ),
+        (json!({"no_such_option": 1}), "no_such_option"),
+    ] {
+        let (status, body) = open_session(&d, TOKEN, "sess", options)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(name), "{body}");
+    }
+    assert_eq!(
+        open_session(&d, "wrong", "sess", json!({}))
+            .await
+            .err()
+            .unwrap()
+            .0,
+        401
+    );
+
+    let mut ws = open_session(
+        &d,
+        TOKEN,
+        "sess",
+        json!({"permission_mode": "bypassPermissions"}),
+    )
+    .await
+    .unwrap();
+    // The control protocol reaches the CLI and its answers come back.
+    send_line(
+        &mut ws,
+        json!({"type": "control_request", "request_id": "init-1", "request": {"subtype": "initialize", "hooks": null}}),
+    )
+    .await;
+    let init = lines_until(&mut ws, "control_response").await;
+    assert_eq!(init.last().unwrap()["response"]["request_id"], "init-1");
+    // One live session per conversation; the SSE API waits too.
+    assert_eq!(
+        open_session(&d, TOKEN, "sess", json!({}))
+            .await
+            .err()
+            .unwrap()
+            .0,
+        409
+    );
+    let (status, _) = post_message(&d, Some(TOKEN), "sess", json!({"prompt": "hi"})).await;
+    assert_eq!(status, 409);
+
+    send_line(
+        &mut ws,
+        user_line("!write from-session.txt first turn\n!text one"),
+    )
+    .await;
+    let first = lines_until(&mut ws, "result").await;
+    assert_eq!(first.last().unwrap()["result"], "one", "{first:#?}");
+    send_line(&mut ws, user_line("!text two")).await;
+    let second = lines_until(&mut ws, "result").await;
+    let result = second.last().unwrap();
+    assert_eq!(result["result"], "two");
+    assert_eq!(result["session_id"], first.last().unwrap()["session_id"]);
+
+    // end_input: the CLI's stdin closes, the session ends, the socket closes.
+    send_line(&mut ws, json!({"type": "end_input"})).await;
+    let closed = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(msg) = ws.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(frame)) = msg {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the session closes");
+    assert_eq!(closed.map(|f| u16::from(f.code)), Some(1000));
+
+    // The daemon saw everything: the run's record, the audit trail, the
+    // final sync (the file through the Files API) and the session id.
+    let (status, body) = get_json(&d, TOKEN, "/v1/conversations/sess").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["session_id"], result["session_id"]);
+    let (_, replay) = get_text(&d, TOKEN, "/v1/conversations/sess/events").await;
+    let recorded = parse_sse(&replay);
+    let names: Vec<&str> = recorded.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "result").count(),
+        2,
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"tool_use") && names.contains(&"tool_result"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"stream"),
+        "raw lines are not recorded: {names:?}"
+    );
+    let (status, file) = get_text(&d, TOKEN, "/v1/conversations/sess/files/from-session.txt").await;
+    assert_eq!((status, file.as_str()), (200, "first turn"));
+    let audit = d.audit_events();
+    assert!(audit
+        .iter()
+        .any(|e| e["event"] == "agent_execution_completed" && e["conversation_id"] == "sess"));
+    // Another tenant's "sess" is its own conversation: none of these files.
+    let (status, _) = get_text(
+        &d,
+        OTHER_TOKEN,
+        "/v1/conversations/sess/files/from-session.txt",
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The conversation goes on over SSE, in the same Claude session.
+    let (_, body) = post_message(&d, Some(TOKEN), "sess", json!({"prompt": "!text three"})).await;
+    let next = result_of(&parse_sse(&body));
+    assert_eq!(next["session_id"], result["session_id"]);
+}
+
+async fn get_text(d: &Daemon, token: &str, path: &str) -> (u16, String) {
+    let resp = client()
+        .get(d.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+async fn get_json(d: &Daemon, token: &str, path: &str) -> (u16, Value) {
+    let (status, body) = get_text(d, token, path).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
