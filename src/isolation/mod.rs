@@ -1,7 +1,8 @@
 //! Isolation layers that depend on the host: which seccomp profile, which
 //! path confinement (AppArmor where the host has it and the profile is
 //! loaded, Landlock otherwise), userns-remap id mapping, the workspace
-//! disk quota, and whether the engine can run the gVisor tier. Detected once at start-up; [`IsolationReport`] says what is
+//! disk quota, and whether the engine can run the gVisor tier. Detected
+//! once at start-up; [`IsolationReport`] says what is
 //! active and what the host lacks, for the log, `doctor` and the status page.
 //!
 //! **Invariant:** detection only reads the host; it never loads profiles or
@@ -64,6 +65,10 @@ impl IsolationReport {
         let remap = self
             .userns_remap
             .map_or_else(|| "off".to_owned(), |m| format!("uid+{}", m.uid_base));
+        let gvisor = self.gvisor.as_ref().map_or_else(
+            || "not registered".to_owned(),
+            |g| format!("{} ({}, platform {})", g.name, g.path, g.platform),
+        );
         tracing::info!(
             message = "Isolation layers.",
             seccomp = %self.seccomp,
@@ -72,6 +77,7 @@ impl IsolationReport {
             apparmor_profile_loaded = self.apparmor_profile_loaded,
             userns_remap = %remap,
             disk_quota_mb = self.disk_quota_mb,
+            gvisor = %gvisor,
         );
         for gap in &self.gaps {
             tracing::warn!(message = "Isolation layer missing.", gap = %gap);
