@@ -83,6 +83,8 @@ codes! {
         UpstreamUnavailable => "upstream_unavailable",
         UpstreamAuthFailed => "upstream_auth_failed",
         PromptTooLong => "prompt_too_long",
+        // The run went past `agent.max_run_secs`.
+        RunTimeout => "run_timeout",
         // Only in `agent_execution_failed`: how a run without an error
         // event ended.
         NoResult => "no_result",
@@ -123,6 +125,7 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::UpstreamAuthFailed
             | Self::PromptTooLong
+            | Self::RunTimeout
             | Self::NoResult
             | Self::Aborted
             | Self::Internal => return None,
@@ -155,6 +158,8 @@ codes! {
         ClaimFailed => "claim_failed",
         /// Its agent's stream broke a bound of `[agent]`.
         AgentProtocolViolation => "agent_protocol_violation",
+        /// Its run went past `agent.max_run_secs`.
+        RunTimeout => "run_timeout",
         /// Its conversation was deleted.
         Deleted => "deleted",
     }

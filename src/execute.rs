@@ -157,14 +157,29 @@ impl Executor {
                 let _ = tx.send(ev).await;
             }
         };
+        // The run's time limit covers the agent's whole turn; dropping the
+        // call closes its connection, and the container is replaced below.
+        let mut timed_out = false;
         let (outcome, ()) = tokio::join!(
             async {
-                let r = client.execute(&exec, &agent_tx, &limits).await;
+                let call = client.execute(&exec, &agent_tx, &limits);
+                let r = match tokio::time::timeout(limits.max_run(), call).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        timed_out = true;
+                        Ok(())
+                    }
+                };
                 drop(agent_tx);
                 r
             },
             relay
         );
+        if timed_out {
+            return Err(self
+                .timed_out(&assigned.container, limits.max_run_secs)
+                .await);
+        }
         // The end of a run always syncs, and `result` waits for it (capped
         // by storage.final_sync_timeout_secs): a client that saw `result`
         // may rely on the turn's files being in the store. A failed sync
@@ -269,6 +284,26 @@ impl Executor {
             format!(
                 "the agent's stream broke a bound: {violation}; its container was destroyed, \
                  the next message gets a new one"
+            ),
+        )
+    }
+
+    /// A run past `agent.max_run_secs`: its tool may still be running, so
+    /// the container is replaced rather than reused; what the run changed
+    /// since the last checkpoint is pushed first (the orchestrator's
+    /// removal syncs a claimed container's workspace), and the next
+    /// message restores it into a new one.
+    async fn timed_out(&self, container: &str, secs: u64) -> AgentEvent {
+        tracing::warn!(message = "Run went past its time limit; replacing its container.",
+            container_id = %container, max_run_secs = secs);
+        self.orchestrator
+            .destroy(container, DestroyReason::RunTimeout)
+            .await;
+        failure(
+            ErrorCode::RunTimeout,
+            format!(
+                "the run went past agent.max_run_secs ({secs} s); its container was replaced, \
+                 the next message gets a new one with the workspace from the last sync"
             ),
         )
     }

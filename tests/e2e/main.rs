@@ -13,6 +13,7 @@ mod probes;
 mod admin;
 mod execute;
 mod isolation;
+mod longrun;
 mod observability;
 mod orchestrator;
 mod packaging;
