@@ -91,6 +91,8 @@ codes! {
         UpstreamUnavailable => "upstream_unavailable",
         UpstreamAuthFailed => "upstream_auth_failed",
         PromptTooLong => "prompt_too_long",
+        // The run went past `agent.max_run_secs`.
+        RunTimeout => "run_timeout",
         // Only in `agent_execution_failed`: how a run without an error
         // event ended.
         NoResult => "no_result",
@@ -134,6 +136,7 @@ impl ErrorCode {
             | Self::UpstreamUnavailable
             | Self::UpstreamAuthFailed
             | Self::PromptTooLong
+            | Self::RunTimeout
             | Self::NoResult
             | Self::Aborted
             | Self::Internal => return None,
@@ -166,6 +169,8 @@ codes! {
         ClaimFailed => "claim_failed",
         /// Its agent's stream broke a bound of `[agent]`.
         AgentProtocolViolation => "agent_protocol_violation",
+        /// Its run went past `agent.max_run_secs`.
+        RunTimeout => "run_timeout",
         /// Its conversation was deleted.
         Deleted => "deleted",
     }

@@ -244,6 +244,12 @@ impl Conversations {
         Ok(sync.list_files(key).await?)
     }
 
+    /// How often a quiet SSE stream gets a heartbeat comment.
+    pub(crate) fn sse_heartbeat(&self) -> std::time::Duration {
+        let secs = self.executor.orchestrator().cfg().server.sse_heartbeat_secs;
+        std::time::Duration::from_secs(secs)
+    }
+
     /// One stored file, ready to stream.
     pub(crate) async fn file(
         &self,

@@ -228,11 +228,23 @@ impl Executor {
         };
         // `None`: the daemon's drain cut the run. Dropping the call closes
         // the agent's connection; the next run on the container stops
-        // whatever the CLI still does.
+        // whatever the CLI still does. The run's time limit covers the
+        // agent's whole turn; past it the container is replaced below.
+        let mut timed_out = false;
         let (outcome, ()) = tokio::join!(
             async {
+                let call = tokio::time::timeout(
+                    limits.max_run(),
+                    client.execute(&exec, &agent_tx, &limits),
+                );
                 let r = tokio::select! {
-                    r = client.execute(&exec, &agent_tx, &limits) => Some(r),
+                    r = call => match r {
+                        Ok(r) => Some(r),
+                        Err(_) => {
+                            timed_out = true;
+                            Some(Ok(()))
+                        }
+                    },
                     never = forward_interrupts(live, &agent_took_it, &client) => match never {},
                     () = drain::cut_requested(&mut cut) => None,
                 };
@@ -241,6 +253,11 @@ impl Executor {
             },
             relay
         );
+        if timed_out {
+            return Err(self
+                .timed_out(&assigned.container, limits.max_run_secs)
+                .await);
+        }
         let Some(outcome) = outcome else {
             tracing::warn!(message = "Run cut by the drain; syncing its workspace.");
             if let Err(error) = run_sync.finish().await {
@@ -358,6 +375,26 @@ impl Executor {
             format!(
                 "the agent's stream broke a bound: {violation}; its container was destroyed, \
                  the next message gets a new one"
+            ),
+        )
+    }
+
+    /// A run past `agent.max_run_secs`: its tool may still be running, so
+    /// the container is replaced rather than reused; what the run changed
+    /// since the last checkpoint is pushed first (the orchestrator's
+    /// removal syncs a claimed container's workspace), and the next
+    /// message restores it into a new one.
+    async fn timed_out(&self, container: &str, secs: u64) -> AgentEvent {
+        tracing::warn!(message = "Run went past its time limit; replacing its container.",
+            container_id = %container, max_run_secs = secs);
+        self.orchestrator
+            .destroy(container, DestroyReason::RunTimeout)
+            .await;
+        failure(
+            ErrorCode::RunTimeout,
+            format!(
+                "the run went past agent.max_run_secs ({secs} s); its container was replaced, \
+                 the next message gets a new one with the workspace from the last sync"
             ),
         )
     }

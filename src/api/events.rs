@@ -14,12 +14,12 @@ use futures_util::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::time::Duration;
 
-/// How often an idle stream gets a comment, so proxies keep it open.
-const HEARTBEAT: Duration = Duration::from_secs(15);
-
+/// `heartbeat`: how often an idle stream gets a comment, so clients and
+/// proxies keep it open (`server.sse_heartbeat_secs`).
 pub(super) fn sse(
     run: u64,
     events: impl Stream<Item = StoredEvent> + Send + 'static,
+    heartbeat: Duration,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = events.map(move |ev| {
         // Not part of the event contract: a comment that tells clients
@@ -39,7 +39,7 @@ pub(super) fn sse(
             .event(ev.event)
             .data(ev.data.to_string()))
     });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT))
+    Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat))
 }
 
 /// Parses `{run}-{seq}`.
@@ -77,7 +77,7 @@ pub(super) async fn get_events(
             ConversationError::BadCursor => ApiError::BadRequest(e.to_string()),
             e => ApiError::Unavailable(e.to_string()),
         })?;
-    Ok(sse(run, events))
+    Ok(sse(run, events, state.conversations.sse_heartbeat()))
 }
 
 #[cfg(test)]

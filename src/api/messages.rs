@@ -63,5 +63,6 @@ pub(super) async fn post_message(
             }
             e => ApiError::Unavailable(e.to_string()),
         })?;
-    Ok(super::events::sse(live.run, live.subscribe(0)))
+    let heartbeat = state.conversations.sse_heartbeat();
+    Ok(super::events::sse(live.run, live.subscribe(0), heartbeat))
 }

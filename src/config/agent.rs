@@ -20,6 +20,10 @@ pub struct AgentConfig {
     pub max_stored_bytes_per_run: u64,
     /// Longest silence of the agent within a run (no byte at all).
     pub idle_timeout_secs: u64,
+    /// Longest run, start to end: past it the run ends with `run_timeout`
+    /// and its container is replaced (the workspace comes back from the
+    /// last sync).
+    pub max_run_secs: u64,
 }
 
 impl Default for AgentConfig {
@@ -29,6 +33,7 @@ impl Default for AgentConfig {
             max_events_per_run: 100_000,
             max_stored_bytes_per_run: 32 * MIB,
             idle_timeout_secs: 900,
+            max_run_secs: 3600,
         }
     }
 }
@@ -55,7 +60,14 @@ impl AgentConfig {
         if !(1..=86_400).contains(&self.idle_timeout_secs) {
             return Err(invalid("agent.idle_timeout_secs", "must be 1 to 86400"));
         }
+        if !(1..=604_800).contains(&self.max_run_secs) {
+            return Err(invalid("agent.max_run_secs", "must be 1 to 604800"));
+        }
         Ok(())
+    }
+
+    pub fn max_run(&self) -> Duration {
+        Duration::from_secs(self.max_run_secs)
     }
 
     pub fn idle_timeout(&self) -> Duration {

@@ -99,6 +99,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// The same for the admin listener.
     pub admin_max_connections: usize,
+    /// How often a run's SSE stream gets a comment line while no event
+    /// comes (a tool that runs for minutes), so clients and proxies keep it.
+    pub sse_heartbeat_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +119,7 @@ impl Default for ServerConfig {
             idle_timeout_secs: 60,
             max_connections: 4096,
             admin_max_connections: 64,
+            sse_heartbeat_secs: 15,
         }
     }
 }
@@ -524,6 +528,7 @@ impl Config {
                 300,
             ),
             ("server.idle_timeout_secs", s.idle_timeout_secs, 3600),
+            ("server.sse_heartbeat_secs", s.sse_heartbeat_secs, 300),
             (
                 "server.max_connections",
                 s.max_connections as u64,

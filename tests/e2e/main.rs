@@ -15,6 +15,7 @@ mod crash;
 mod execute;
 mod gvisor;
 mod isolation;
+mod longrun;
 mod observability;
 mod orchestrator;
 mod packaging;
