@@ -244,9 +244,26 @@ impl Manifest {
     /// entries are unchanged: the root's bytes and those of the chunks to
     /// store (name, bytes). Sets `self.chunks`.
     pub fn split(&mut self, base: Option<&Manifest>) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
-        let old: HashMap<&RelPath, &ChunkRef> = base
-            .map(|b| b.chunks.iter().map(|c| (&c.first, c)).collect())
-            .unwrap_or_default();
+        let old = base.map(|b| b.chunks.as_slice()).unwrap_or_default();
+        self.split_with(old, |run| {
+            base.is_some_and(|b| {
+                b.entries
+                    .range(run[0].0.clone()..)
+                    .take(run.len())
+                    .eq(run.iter().copied())
+            })
+        })
+    }
+
+    /// [`Manifest::split`] where `unchanged(run)` says whether a run of
+    /// entries starting where an old chunk of the same length starts is
+    /// that chunk's (so its stored bytes are reused).
+    pub fn split_with(
+        &mut self,
+        old: &[ChunkRef],
+        unchanged: impl Fn(&[(&RelPath, &Entry)]) -> bool,
+    ) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+        let old: HashMap<&RelPath, &ChunkRef> = old.iter().map(|c| (&c.first, c)).collect();
         let mut refs = Vec::new();
         let mut new = Vec::new();
         let mut run: Vec<(&RelPath, &Entry)> = Vec::new();
@@ -255,14 +272,9 @@ impl Manifest {
                 return;
             };
             let count = run.len() as u64;
-            let reused = old.get(first).filter(|c| c.count == count).filter(|_| {
-                base.is_some_and(|b| {
-                    b.entries
-                        .range(first.clone()..)
-                        .take(run.len())
-                        .eq(run.iter().copied())
-                })
-            });
+            let reused = old
+                .get(first)
+                .filter(|c| c.count == count && unchanged(run));
             match reused {
                 Some(c) => refs.push((*c).clone()),
                 None => {

@@ -6,14 +6,14 @@
 use super::fsx::{Found, Kind, Root};
 use super::limits::{screen, ReadBudget, Refused};
 use super::manifest::{
-    blob_key, chunk_key, generation_of_key, manifest_key, Entry, Manifest, Parsed, MANIFESTS_DIR,
+    blob_key, chunk_key, generation_of_key, manifest_key, ChunkRef, Entry, Manifest, Parsed,
+    MANIFESTS_DIR,
 };
 use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
 use super::walk::{hash_file, now_ns, Hash, StatCache};
 use crate::config::SyncConfig;
 use futures_util::{stream, StreamExt, TryStreamExt};
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
@@ -156,11 +156,14 @@ struct Scan {
 /// Pushes the workspace. `base` is the last manifest this process knows
 /// committed (replaced by the stored one when that is newer); `fence` runs
 /// right before the commit and fails the push when this generation is no
-/// longer the conversation's current one. Returns the committed manifest,
-/// or `None` when nothing changed and `base` stays current.
+/// longer the conversation's current one. Returns the manifest now
+/// stored: the committed one, or the base when nothing changed. `base` is
+/// taken, not borrowed: a tracked push patches it in place rather than copy
+/// a manifest of many files; after an error it is gone (the next push
+/// reads the stored one).
 pub async fn push<F>(
     mut job: PushJob<'_>,
-    base: Option<&Manifest>,
+    base: Option<Manifest>,
     cache: &mut StatCache,
     fence: F,
 ) -> Result<(Option<Manifest>, PushReport), PushError>
@@ -168,40 +171,54 @@ where
     F: Future<Output = Result<(), PushError>>,
 {
     let backend = job.backend.clone();
+    let has_base = base.is_some();
     // The store's side (list, maybe fetch the base) and the workspace walk
     // run side by side: both are latency an incremental push waits for.
     let remote = async {
         let stored = stored_generations(backend.as_ref(), job.prefix).await?;
         refuse_newer(&stored, job.generation)?;
-        let base = match (base, stored.last()) {
-            // Borrowed: a manifest of many files is costly to copy.
-            (Some(b), Some(&g)) if b.generation == g => Some(Cow::Borrowed(b)),
-            (_, Some(&g)) => Some(Cow::Owned(
-                load_manifest(backend.as_ref(), job.prefix, g).await?,
-            )),
-            (_, None) => None,
+        let (base, current) = match (base, stored.last()) {
+            (Some(b), Some(&g)) if b.generation == g => (Some(b), true),
+            (_, Some(&g)) => (
+                Some(load_manifest(backend.as_ref(), job.prefix, g).await?),
+                false,
+            ),
+            (_, None) => (None, false),
         };
-        Ok::<_, PushError>((stored, base))
+        Ok::<_, PushError>((stored, base, current))
     };
     let dir = job.dir.to_owned();
     let scan_ns = now_ns();
-    let (stored, base, scan) = match job.changes.take() {
+    let tracked = job.changes.take();
+    let (stored, mut base, scan) = match tracked {
         // Tracking vouches for the changes since `base`: unless the store
         // holds another generation, only they are looked at.
-        Some(changes) if base.is_some() => {
-            let (stored, base) = remote.await?;
-            let scan = match &base {
-                Some(Cow::Borrowed(b)) => {
-                    tracked_scan(&dir, b, changes, cache, &job.limits).await?
+        Some(changes) if has_base => {
+            let (stored, base, current) = remote.await?;
+            match base {
+                Some(b) if current => {
+                    match tracked_scan(&dir, b, changes, cache, &job.limits).await? {
+                        Tracked::Done(scan, patch) => (stored, Base::Patched(patch), scan),
+                        Tracked::Fallback(b) => {
+                            let scan = full_scan(walk(&dir).await?, cache, &job.limits);
+                            (stored, Base::Whole(b), scan)
+                        }
+                    }
                 }
-                _ => None,
-            };
-            (stored, base, scan)
+                other => {
+                    let scan = full_scan(walk(&dir).await?, cache, &job.limits);
+                    (stored, Base::from(other), scan)
+                }
+            }
         }
         _ => {
             let (remote, local) = tokio::join!(remote, walk(&dir));
-            let (stored, base) = remote?;
-            (stored, base, Some(full_scan(local?, cache, &job.limits)))
+            let (stored, base, _) = remote?;
+            (
+                stored,
+                Base::from(base),
+                full_scan(local?, cache, &job.limits),
+            )
         }
     };
     let Scan {
@@ -211,12 +228,18 @@ where
         cached_bytes,
         mut refused,
         walked,
-    } = match scan {
-        Some(scan) => scan,
-        None => full_scan(walk(&dir).await?, cache, &job.limits),
-    };
+    } = scan;
 
-    let known = Known::new(base.as_deref(), to_hash.len());
+    // Blobs the store holds as far as the base says (a tracked push's
+    // entries are the base less what changed: enough to skip most uploads).
+    let known = Known::new(
+        match &base {
+            Base::Whole(b) => Some(&b.entries),
+            Base::Patched(_) => Some(&entries),
+            Base::Nothing => None,
+        },
+        to_hash.len(),
+    );
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let threshold = job.transfer.multipart_threshold;
     let max_file = job.limits.max_file_bytes;
@@ -329,6 +352,9 @@ where
             report.bytes += n;
         }
         cache.remember(&f, &sha, scan_ns);
+        if let Base::Patched(p) = &mut base {
+            p.touched.push(f.path.clone());
+        }
         entries.insert(
             f.path,
             Entry::File {
@@ -343,18 +369,56 @@ where
     report.refused = refused;
     let mut manifest = Manifest::new(job.generation);
     manifest.entries = entries;
-    let diff = base.as_deref().map(|b| Diff::of(b, &manifest));
-    if let (Some(b), Some(d)) = (base.as_deref(), &diff) {
+    let (diff, base_gen, base_chunks) = match &mut base {
+        Base::Whole(b) => (
+            Some(Diff::of(b, &manifest)),
+            Some(b.generation),
+            std::mem::take(&mut b.chunks),
+        ),
+        Base::Patched(p) => (
+            Some(p.diff(&manifest)),
+            Some(p.generation),
+            std::mem::take(&mut p.chunks),
+        ),
+        Base::Nothing => (None, None, Vec::new()),
+    };
+    if let (Some(g), Some(d)) = (base_gen, &diff) {
         report.deleted = d.deleted;
-        if b.generation == job.generation && d.same {
+        if g == job.generation && d.same {
             report.unchanged = true;
-            return Ok((None, report));
+            // Nothing changed: the base, patched or not, is what is stored.
+            manifest.generation = g;
+            manifest.created_ms = match &base {
+                Base::Whole(b) => b.created_ms,
+                Base::Patched(p) => p.created_ms,
+                Base::Nothing => manifest.created_ms,
+            };
+            manifest.chunks = base_chunks;
+            return Ok((Some(manifest), report));
         }
     }
 
     // Chunks first, the root last: the root's PUT is the commit, and
     // every chunk it names is stored by then.
-    let (root_bytes, new_chunks) = manifest.split(base.as_deref());
+    let (root_bytes, new_chunks) = match &base {
+        Base::Whole(b) => manifest.split_with(&base_chunks, |run| {
+            b.entries
+                .range(run[0].0.clone()..)
+                .take(run.len())
+                .eq(run.iter().copied())
+        }),
+        Base::Patched(p) => {
+            let touched = p.sorted_touched();
+            manifest.split_with(&base_chunks, |run| {
+                let (first, last) = (run[0].0, run[run.len() - 1].0);
+                // The first touched path at or after `first`, if any, lies
+                // past `last`.
+                let i = touched.partition_point(|t| *t < first);
+                touched.get(i).is_none_or(|t| *t > last)
+            })
+        }
+        Base::Nothing => manifest.split(None),
+    };
     stream::iter(new_chunks)
         .map(|(sha, bytes)| {
             let backend = backend.clone();
@@ -383,20 +447,19 @@ where
         .filter(|g| **g < job.generation)
         .map(|g| job.prefix.key(&manifest_key(*g)))
         .collect();
-    if let Some(b) = base.as_deref() {
-        let live = manifest.chunk_names();
-        garbage.extend(
-            b.chunk_names()
-                .into_iter()
-                .filter(|c| !live.contains(c))
-                .map(|c| job.prefix.key(&chunk_key(c))),
-        );
-    }
+    let live = manifest.chunk_names();
+    garbage.extend(
+        base_chunks
+            .iter()
+            .map(|c| c.sha256.as_str())
+            .filter(|c| !live.contains(c))
+            .map(|c| job.prefix.key(&chunk_key(c))),
+    );
     if let Some(d) = diff {
         garbage.extend(
             d.unreferenced(&manifest)
                 .into_iter()
-                .map(|s| job.prefix.key(&blob_key(s))),
+                .map(|s| job.prefix.key(&blob_key(&s))),
         );
     }
     let failed = stream::iter(garbage)
@@ -507,18 +570,81 @@ struct Probe {
     below: Option<Vec<Found>>,
 }
 
-/// `base` patched with what is at each changed path now: one `lstat` per
-/// changed path, a walk only below directories that appeared. `None` when
-/// the limits may refuse something (a changed file over
+/// The base a push compares with.
+enum Base {
+    Nothing,
+    Whole(Manifest),
+    /// Moved into the scan's entries and patched there (a tracked push).
+    Patched(Patch),
+}
+
+impl From<Option<Manifest>> for Base {
+    fn from(m: Option<Manifest>) -> Self {
+        m.map_or(Base::Nothing, Base::Whole)
+    }
+}
+
+/// What a tracked push changed in the base it patched.
+struct Patch {
+    generation: u64,
+    created_ms: u64,
+    chunks: Vec<ChunkRef>,
+    /// The base's entries at and below the changed paths, taken out.
+    removed: BTreeMap<RelPath, Entry>,
+    /// Paths the push gave an entry.
+    touched: Vec<RelPath>,
+}
+
+impl Patch {
+    /// Every path whose entry may differ from the base's, sorted.
+    fn sorted_touched(&self) -> Vec<&RelPath> {
+        let mut all: Vec<&RelPath> = self.removed.keys().chain(&self.touched).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// The [`Diff`] of the base and `new`, from the touched paths alone.
+    fn diff(&self, new: &Manifest) -> Diff {
+        let mut d = Diff {
+            deleted: 0,
+            same: self.touched.len() == self.removed.len(),
+            dropped: HashSet::new(),
+        };
+        for (path, old) in &self.removed {
+            let now = new.entries.get(path);
+            if now != Some(old) {
+                d.same = false;
+                if now.is_none() {
+                    d.deleted += 1;
+                }
+                if let Some(sha) = file_sha(old) {
+                    d.dropped.insert(sha.to_owned());
+                }
+            }
+        }
+        d
+    }
+}
+
+/// A tracked scan, or the base back when only a walk can judge.
+enum Tracked {
+    Done(Scan, Patch),
+    Fallback(Manifest),
+}
+
+/// `base` patched in place with what is at each changed path now: one
+/// `lstat` per changed path, a walk only below directories that appeared.
+/// Falls back when the limits may refuse something (a changed file over
 /// `max_file_bytes`, the workspace over its budget): the full scan judges
 /// those, as it alone sees every file.
 async fn tracked_scan(
     dir: &Path,
-    base: &Manifest,
+    base: Manifest,
     changes: HashMap<RelPath, bool>,
     cache: &StatCache,
     limits: &SyncConfig,
-) -> Result<Option<Scan>, PushError> {
+) -> Result<Tracked, PushError> {
     let asks: Vec<(RelPath, bool)> = changes
         .into_iter()
         .map(|(p, appeared)| {
@@ -545,61 +671,99 @@ async fn tracked_scan(
     .and_then(|r| r)
     .map_err(ws_err(dir))?;
 
+    // What goes from the base: each changed path, and everything below one
+    // that is no longer the same directory.
+    let mut doomed: Vec<RelPath> = Vec::new();
+    for p in &probes {
+        let still_dir = matches!(&p.now, Some(f) if f.kind == Kind::Dir);
+        if !still_dir || p.below.is_some() {
+            doomed.extend(below(&base.entries, &p.path).cloned());
+        }
+        if base.entries.contains_key(&p.path) {
+            doomed.push(p.path.clone());
+        }
+    }
+    doomed.sort_unstable();
+    doomed.dedup();
+    let size_of = |e: Option<&Entry>| match e {
+        Some(Entry::File { size, .. }) => *size,
+        _ => 0,
+    };
+    let found = || {
+        probes
+            .iter()
+            .flat_map(|p| p.now.iter().chain(p.below.iter().flatten()))
+            .filter(|f| f.kind == Kind::File)
+    };
+    if found().any(|f| f.size > limits.max_file_bytes) {
+        return Ok(Tracked::Fallback(base));
+    }
+    let total = base
+        .entries
+        .values()
+        .map(|e| size_of(Some(e)))
+        .fold(0u64, u64::saturating_add)
+        .saturating_sub(doomed.iter().map(|p| size_of(base.entries.get(p))).sum())
+        .saturating_add(found().map(|f| f.size).sum());
+    if total > limits.max_workspace_bytes {
+        return Ok(Tracked::Fallback(base));
+    }
+
+    let Manifest {
+        generation,
+        created_ms,
+        mut entries,
+        chunks,
+        ..
+    } = base;
+    let removed: BTreeMap<RelPath, Entry> = doomed
+        .into_iter()
+        .filter_map(|p| entries.remove(&p).map(|e| (p, e)))
+        .collect();
     let mut scan = Scan {
         root,
-        entries: base.entries.clone(),
+        entries: BTreeMap::new(),
         to_hash: Vec::new(),
         cached_bytes: 0,
         refused: Vec::new(),
         walked: false,
     };
-    for p in &probes {
-        let still_dir = matches!(&p.now, Some(f) if f.kind == Kind::Dir);
-        if !still_dir || p.below.is_some() {
-            remove_below(&mut scan.entries, &p.path);
-        }
-        scan.entries.remove(&p.path);
-    }
+    let mut touched = Vec::new();
     for p in probes {
         for f in p.now.into_iter().chain(p.below.into_iter().flatten()) {
-            if f.kind == Kind::File && f.size > limits.max_file_bytes {
-                return Ok(None);
-            }
             if let Some((path, e)) = sort_found(f, cache, &mut scan) {
-                scan.entries.insert(path, e);
+                touched.push(path.clone());
+                entries.insert(path, e);
             }
         }
     }
-    let total: u64 = scan
-        .entries
-        .values()
-        .filter_map(|e| match e {
-            Entry::File { size, .. } => Some(*size),
-            _ => None,
-        })
-        .chain(scan.to_hash.iter().map(|f| f.size))
-        .fold(0u64, u64::saturating_add);
-    if total > limits.max_workspace_bytes {
-        return Ok(None);
-    }
-    // What needs no reading: every file entry that is not to be hashed.
-    scan.cached_bytes = total - scan.to_hash.iter().map(|f| f.size).sum::<u64>();
-    Ok(Some(scan))
+    scan.entries = entries;
+    // What needs no reading: every file but those to hash.
+    scan.cached_bytes = total.saturating_sub(scan.to_hash.iter().map(|f| f.size).sum());
+    let patch = Patch {
+        generation,
+        created_ms,
+        chunks,
+        removed,
+        touched,
+    };
+    Ok(Tracked::Done(scan, patch))
 }
 
-/// Drops every entry below `dir` (`dir/...`), not `dir` itself.
-fn remove_below(entries: &mut BTreeMap<RelPath, Entry>, dir: &RelPath) {
-    let prefix = format!("{dir}/");
-    let doomed: Vec<RelPath> = entries
+/// The paths below `dir` (`dir/...`), not `dir` itself.
+fn below<'a>(
+    entries: &'a BTreeMap<RelPath, Entry>,
+    dir: &'a RelPath,
+) -> impl Iterator<Item = &'a RelPath> + 'a {
+    entries
         .range(dir.clone()..)
         .map(|(p, _)| p)
-        .take_while(|p| p.as_str().starts_with(dir.as_str()))
-        .filter(|p| p.as_str().starts_with(&prefix))
-        .cloned()
-        .collect();
-    for p in doomed {
-        entries.remove(&p);
-    }
+        .take_while(move |p| p.as_str().starts_with(dir.as_str()))
+        .filter(move |p| {
+            p.as_str()
+                .strip_prefix(dir.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
 }
 
 /// How one file of the push ended.
@@ -619,23 +783,23 @@ enum Hashing {
 /// hashed a few files scans the manifest for them; many build a set.
 enum Known<'a> {
     Nothing,
-    Scan(&'a Manifest),
+    Scan(&'a BTreeMap<RelPath, Entry>),
     Set(HashSet<&'a str>),
 }
 
 impl<'a> Known<'a> {
-    fn new(base: Option<&'a Manifest>, lookups: usize) -> Self {
+    fn new(base: Option<&'a BTreeMap<RelPath, Entry>>, lookups: usize) -> Self {
         match base {
             None => Known::Nothing,
             Some(b) if lookups <= 8 => Known::Scan(b),
-            Some(b) => Known::Set(b.blobs()),
+            Some(b) => Known::Set(b.values().filter_map(file_sha).collect()),
         }
     }
 
     fn contains(&self, sha256: &str) -> bool {
         match self {
             Known::Nothing => false,
-            Known::Scan(m) => m.entries.values().any(|e| file_sha(e) == Some(sha256)),
+            Known::Scan(m) => m.values().any(|e| file_sha(e) == Some(sha256)),
             Known::Set(s) => s.contains(sha256),
         }
     }
@@ -650,17 +814,17 @@ fn file_sha(e: &Entry) -> Option<&str> {
 
 /// How a new manifest differs from its base, found in one merge pass over
 /// both (their maps are sorted by path).
-struct Diff<'a> {
+struct Diff {
     /// Paths gone.
     deleted: u64,
     /// Every entry equal.
     same: bool,
     /// Hashes of base files that are gone or changed: maybe unreferenced.
-    dropped: HashSet<&'a str>,
+    dropped: HashSet<String>,
 }
 
-impl<'a> Diff<'a> {
-    fn of(base: &'a Manifest, new: &Manifest) -> Self {
+impl Diff {
+    fn of(base: &Manifest, new: &Manifest) -> Self {
         let mut d = Diff {
             deleted: 0,
             same: base.entries.len() == new.entries.len(),
@@ -678,7 +842,7 @@ impl<'a> Diff<'a> {
                     d.deleted += 1;
                 }
                 if let Some(sha) = file_sha(old) {
-                    d.dropped.insert(sha);
+                    d.dropped.insert(sha.to_owned());
                 }
             }
         }
@@ -689,8 +853,8 @@ impl<'a> Diff<'a> {
     }
 
     /// The dropped hashes no entry of `new` refers to any more.
-    fn unreferenced(self, new: &Manifest) -> Vec<&'a str> {
-        let live = Known::new(Some(new), self.dropped.len());
+    fn unreferenced(self, new: &Manifest) -> Vec<String> {
+        let live = Known::new(Some(&new.entries), self.dropped.len());
         self.dropped
             .into_iter()
             .filter(|s| !live.contains(s))

@@ -601,10 +601,23 @@ impl Inner {
             }
         };
         let changes = match st.tracker.clone() {
-            Some(t) => tokio::task::spawn_blocking(move || t.take())
-                .await
-                .unwrap_or(Changes::Unknown("the tracker's task failed")),
-            None => Changes::Unknown("the workspace is not tracked"),
+            Some(t) => tokio::task::spawn_blocking(move || {
+                let changes = t.take();
+                let alive = !matches!(changes, Changes::Unknown(_)) || t.alive();
+                (changes, alive)
+            })
+            .await
+            .unwrap_or((Changes::Unknown("the tracker's task failed"), true)),
+            None => (Changes::Unknown("the workspace is not tracked"), true),
+        };
+        let changes = match changes {
+            (changes, true) => changes,
+            (changes, false) => {
+                // Its filesystem is gone: free the group (one of the
+                // user's 128); the next run's prepare tracks anew.
+                st.tracker = None;
+                changes
+            }
         };
         let changes = match changes {
             // A file the last push refused may fit now: only a walk sees
@@ -626,8 +639,10 @@ impl Inner {
             limits: self.limits(),
             changes,
         };
-        let pushed = push::push(job, st.base.as_ref(), &mut st.cache, fence).await;
-        let (committed, report) = match pushed {
+        // Taken: a tracked push patches it in place; after an error the
+        // next push reads the stored one.
+        let pushed = push::push(job, st.base.take(), &mut st.cache, fence).await;
+        let (stored, report) = match pushed {
             Ok(r) => r,
             Err(e) => {
                 // What was taken is not in the store: the next push walks.
@@ -637,9 +652,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        if let Some(m) = committed {
-            st.base = Some(m);
-        }
+        st.base = stored;
         Ok(report)
     }
 }

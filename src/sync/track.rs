@@ -132,6 +132,12 @@ impl Tracker {
         }
     }
 
+    /// False once the filesystem mark is gone (unmounted): the group can
+    /// never report again and only holds one of the user's fanotify groups.
+    pub fn alive(&self) -> bool {
+        self.marked()
+    }
+
     /// The next take answers [`Changes::Unknown`] (a push failed after
     /// taking the changes, so they are not in the store).
     pub fn lose(&self, why: &'static str) {
