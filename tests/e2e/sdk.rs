@@ -749,3 +749,94 @@ asyncio.run(main())
     assert!(!got.to_string().contains("never reached"), "{got}");
     assert_eq!(got["after"], "after the interrupt", "{got}");
 }
+
+/// A session that answers one turn, prints `ALIVE`, waits for a line on
+/// stdin and then tries a second turn: how it ended, as the client saw it.
+const LOSE_A_SESSION: &str = r#"
+import sys
+
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    try:
+        async with ClaudeSDKClient(options=opts, transport=transport(sys.argv[1], opts)) as client:
+            await turn(client, "!text alive")
+            print("ALIVE", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            await turn(client, "!text after")
+    except AgentboxConnectionLost as e:
+        out(type="AgentboxConnectionLost", close_code=e.close_code, code=e.code, sdk_error=isinstance(e, CLIConnectionError))
+        return
+    except Exception as e:
+        out(type=type(e).__name__, message=str(e))
+        return
+    out(type=None)
+asyncio.run(main())
+"#;
+
+/// Runs [`LOSE_A_SESSION`] on `conversation`; `between` runs once the
+/// first turn is done. The program's `RESULT` fields.
+async fn lose_a_session(
+    d: &mut Daemon,
+    conversation: &str,
+    between: impl FnOnce(&mut Daemon),
+) -> Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(sdk_python())
+        .arg("-c")
+        .arg(format!("{PRELUDE}\n{LOSE_A_SESSION}"))
+        .arg(conversation)
+        .env("AGENTBOX_URL", d.url(""))
+        .env("AGENTBOX_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start python");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "ALIVE" {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("the program ended before its first turn did: {seen:?}");
+    })
+    .await
+    .expect("the first turn ends within 120 s");
+    between(d);
+    stdin.write_all(b"go\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(result) = line.strip_prefix("RESULT ") {
+                return serde_json::from_str(result).unwrap();
+            }
+        }
+        panic!("no RESULT line");
+    })
+    .await
+    .expect("the program ends within 120 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_session_is_the_clients_connection_lost_error() {
+    let _engine = serial::shared().await;
+    sdk_python();
+    let (_mock, mut d) = start_with_mock(KEY).await;
+    // The container dies under the session: the daemon closes with 1011.
+    let got = lose_a_session(&mut d, "py-lost", |d| {
+        let container = d.container_of(TENANT, "py-lost").expect("a container");
+        docker_ok(&["kill", &container]);
+    })
+    .await;
+    assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
+    assert_eq!(got["close_code"], 1011, "{got}");
+    assert!(got["code"].is_string(), "{got}");
+    assert_eq!(got["sdk_error"], true, "{got}");
+    // The daemon itself goes away: the socket drops without a close frame.
+    let got = lose_a_session(&mut d, "py-drop", |d| d.kill9()).await;
+    assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
+    assert_eq!(got["close_code"], Value::Null, "{got}");
+}

@@ -49,6 +49,8 @@ class AgentboxTransport(Transport):
         self._ws: ClientConnection | None = None
         self._ready = False
         self._input_ended = False
+        # How the session was lost, once it was: writes after it raise it too.
+        self._lost: AgentboxConnectionLost | None = None
         self._write_lock = anyio.Lock()
 
     async def connect(self) -> None:
@@ -74,6 +76,8 @@ class AgentboxTransport(Transport):
 
     async def write(self, data: str) -> None:
         async with self._write_lock:
+            if self._lost is not None:
+                raise self._lost
             if not self._ready or self._ws is None or self._input_ended:
                 raise AgentboxError("the agentbox session is not open for writing")
             try:
@@ -83,7 +87,8 @@ class AgentboxTransport(Transport):
                         await self._ws.send(line)
             except ConnectionClosed as e:
                 self._ready = False
-                raise _lost(e) from e
+                self._lost = _lost(e)
+                raise self._lost from e
 
     async def end_input(self) -> None:
         async with self._write_lock:
@@ -113,14 +118,15 @@ class AgentboxTransport(Transport):
                 if isinstance(parsed, dict):
                     yield parsed
         except ConnectionClosed as e:
-            self._ready = False
-            raise _lost(e) from e
+            self._lost = _lost(e)
+            raise self._lost from e
         finally:
             self._ready = False
         # The iterator ends without an exception only on a normal close.
         rcvd = ws.close_code
         if rcvd not in (None, 1000):
-            raise AgentboxConnectionLost(rcvd, ws.close_reason or "")
+            self._lost = AgentboxConnectionLost(rcvd, ws.close_reason or "")
+            raise self._lost
 
     async def close(self) -> None:
         self._ready = False
@@ -140,7 +146,7 @@ class AgentboxTransport(Transport):
         return self._ready
 
 
-def _lost(e: ConnectionClosed) -> AgentboxError:
+def _lost(e: ConnectionClosed) -> AgentboxConnectionLost:
     frame = e.rcvd
     if frame is not None and frame.code == 1000:
         return AgentboxConnectionLost(1000, "the daemon ended the session")
