@@ -29,7 +29,8 @@ main() {
     say "python3 missing: installing Debian's python3"
     apt-get update -q && apt-get install -y -q --no-install-recommends python3 || die "cannot install python3"
   }
-  if [[ ! -x $PY ]]; then
+  # A venv left half made (no pip) is made again.
+  if [[ ! -x $PY ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
       say "python3-venv missing: installing it from Debian"
       apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv ||
@@ -37,7 +38,7 @@ main() {
     fi
     say "creating the venv $VENV"
     mkdir -p "$(dirname "$VENV")"
-    python3 -m venv "$VENV" || die "python3 -m venv $VENV failed"
+    python3 -m venv --clear "$VENV" || die "python3 -m venv $VENV failed"
   fi
   if [[ $("$PY" -c 'import importlib.metadata as m; print(m.version("claude-agent-sdk"))' 2>/dev/null) != "$SDK_VERSION" ]]; then
     say "installing claude-agent-sdk==$SDK_VERSION (a minute; it bundles a CLI the tests do not use)"
