@@ -150,9 +150,12 @@ def _lost(e: ConnectionClosed) -> AgentboxConnectionLost:
     frame = e.rcvd
     if frame is not None and frame.code == 1000:
         return AgentboxConnectionLost(1000, "the daemon ended the session")
-    if frame is None:
-        return AgentboxConnectionLost(None, "the connection dropped without a close frame")
-    return AgentboxConnectionLost(frame.code, frame.reason)
+    if frame is not None:
+        return AgentboxConnectionLost(frame.code, frame.reason)
+    if e.sent is not None:
+        # This side closed: a line over `max_message_bytes` (1009), a missed ping.
+        return AgentboxConnectionLost(e.sent.code, e.sent.reason)
+    return AgentboxConnectionLost(None, "the connection dropped without a close frame")
 
 
 def session_url(base_url: str, conversation_id: str, options: dict[str, Any]) -> str:
