@@ -589,9 +589,15 @@ async def attempt(conversation, opts, token=TOKEN):
     return {"type": None}
 
 async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    # A second session on a conversation that has one open.
+    async with ClaudeSDKClient(options=opts, transport=transport("py-busy", opts)) as client:
+        await turn(client, "!text busy")
+        conflict = await attempt("py-busy", opts)
     out(auth=await attempt("py-bad", ClaudeAgentOptions(), token="not-a-token"),
         option=await attempt("py-bad", ClaudeAgentOptions(cli_path="/bin/sh")),
-        unknown=await attempt("py-bad", ClaudeAgentOptions(task_budget={"total": 5})))
+        unknown=await attempt("py-bad", ClaudeAgentOptions(task_budget={"total": 5})),
+        conflict=conflict)
 asyncio.run(main())
 "#,
     )
@@ -605,6 +611,8 @@ asyncio.run(main())
     assert_eq!(got["option"]["status"], 400, "{got}");
     assert_eq!(got["option"]["option"], "cli_path", "{got}");
     assert_eq!(got["unknown"]["option"], "task_budget", "{got}");
+    assert_eq!(got["conflict"]["type"], "AgentboxConflictError", "{got}");
+    assert_eq!(got["conflict"]["status"], 409, "{got}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
