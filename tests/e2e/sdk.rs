@@ -428,3 +428,423 @@ async fn get_json(d: &Daemon, token: &str, path: &str) -> (u16, Value) {
     let (status, body) = get_text(d, token, path).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
+
+/// The venv with the pinned `claude-agent-sdk` and `clients/python`, made
+/// or updated by `tests/setup/ensure-python-sdk.sh` once per suite.
+fn sdk_python() -> &'static str {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let script = repo_root().join("tests/setup/ensure-python-sdk.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// What every program below starts with: the daemon's URL and token from
+/// the environment, a transport per conversation, and `out()` for the one
+/// JSON line the test reads.
+const PRELUDE: &str = r#"
+import asyncio, json, os
+from claude_agent_sdk import *
+from agentbox_client import *
+
+URL, TOKEN = os.environ["AGENTBOX_URL"], os.environ["AGENTBOX_TOKEN"]
+
+def transport(conversation, options, token=TOKEN):
+    return AgentboxTransport(URL, token, conversation, options, close_timeout=5)
+
+def out(**fields):
+    print("RESULT " + json.dumps(fields, default=str), flush=True)
+
+def blocks(messages, kind):
+    return [b for m in messages if isinstance(m, (AssistantMessage, UserMessage))
+            and isinstance(m.content, list) for b in m.content if isinstance(b, kind)]
+
+async def turn(client, prompt):
+    await client.query(prompt)
+    return [m async for m in client.receive_response()]
+"#;
+
+/// Runs `program` (after [`PRELUDE`]) with the venv's Python against `d` as
+/// `token`, within 180 s; the fields of its `RESULT` line.
+async fn run_python(d: &Daemon, token: &str, program: &str) -> Value {
+    let python = sdk_python();
+    let child = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(format!("{PRELUDE}\n{program}"))
+        .env("AGENTBOX_URL", d.url(""))
+        .env("AGENTBOX_TOKEN", token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start python");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the Python program ends within 180 s")
+        .expect("python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_runs_its_agent_in_agentbox_through_the_client() {
+    let _engine = serial::shared().await;
+    let python = sdk_python();
+    assert!(!python.is_empty());
+    let (_mock, d) = start_with_mock(KEY).await;
+
+    // query(): one prompt, a Write tool in the container, the session closed.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    kinds, result = [], None
+    async for m in query(prompt="!write from-python.txt written by the SDK\n!text wrote it",
+                         options=opts, transport=transport("py-query", opts)):
+        kinds.append(type(m).__name__)
+        if isinstance(m, ResultMessage):
+            result = m
+    out(kinds=kinds, result=result.result, is_error=result.is_error)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(got["result"], "wrote it", "{got}");
+    assert_eq!(got["is_error"], false, "{got}");
+    let kinds: Vec<&str> = got["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        kinds.contains(&"SystemMessage") && kinds.contains(&"AssistantMessage"),
+        "{kinds:?}"
+    );
+    let (status, file) = get_text(
+        &d,
+        TOKEN,
+        "/v1/conversations/py-query/files/from-python.txt",
+    )
+    .await;
+    assert_eq!((status, file.as_str()), (200, "written by the SDK"));
+
+    // ClaudeSDKClient: two turns in one session; the second remembers the first.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    async with ClaudeSDKClient(options=opts, transport=transport("py-client", opts)) as client:
+        first = (await turn(client, "!text the first answer"))[-1]
+        second = (await turn(client, "!text the second answer\n!recall"))[-1]
+    out(first=first.result, second=second.result,
+        same_session=first.session_id == second.session_id)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(got["first"], "the first answer", "{got}");
+    assert_eq!(
+        got["second"], "the second answer\nrecall: the first answer",
+        "{got}"
+    );
+    assert_eq!(got["same_session"], true, "{got}");
+    let (status, body) = get_json(&d, TOKEN, "/v1/conversations/py-client").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Refusals become the client's exceptions.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+async def attempt(conversation, opts, token=TOKEN):
+    try:
+        async for _ in query(prompt="!text hi", options=opts,
+                             transport=transport(conversation, opts, token)):
+            pass
+    except AgentboxError as e:
+        return {"type": type(e).__name__, "status": getattr(e, "status", None),
+                "option": getattr(e, "option", None), "sdk_error": isinstance(e, CLIConnectionError)}
+    return {"type": None}
+
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    # A second session on a conversation that has one open.
+    async with ClaudeSDKClient(options=opts, transport=transport("py-busy", opts)) as client:
+        await turn(client, "!text busy")
+        conflict = await attempt("py-busy", opts)
+    out(auth=await attempt("py-bad", ClaudeAgentOptions(), token="not-a-token"),
+        option=await attempt("py-bad", ClaudeAgentOptions(cli_path="/bin/sh")),
+        unknown=await attempt("py-bad", ClaudeAgentOptions(task_budget={"total": 5})),
+        conflict=conflict)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(
+        got["auth"],
+        json!({"type": "AgentboxAuthError", "status": 401, "option": null, "sdk_error": true}),
+        "{got}"
+    );
+    assert_eq!(got["option"]["type"], "AgentboxOptionsError", "{got}");
+    assert_eq!(got["option"]["status"], 400, "{got}");
+    assert_eq!(got["option"]["option"], "cli_path", "{got}");
+    assert_eq!(got["unknown"]["option"], "task_budget", "{got}");
+    assert_eq!(got["conflict"]["type"], "AgentboxConflictError", "{got}");
+    assert_eq!(got["conflict"]["status"], 409, "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_callbacks_and_in_process_mcp_tools_run_in_the_callers_process() {
+    let _engine = serial::shared().await;
+    sdk_python();
+    let (mock, d) = start_with_mock(KEY).await;
+
+    // can_use_tool: the caller denies a Bash command; the CLI reports it.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+asked = []
+async def can_use_tool(name, tool_input, context):
+    asked.append([name, tool_input.get("command")])
+    if name == "Bash":
+        return PermissionResultDeny(message="the caller says no")
+    return PermissionResultAllow()
+
+async def main():
+    opts = ClaudeAgentOptions(can_use_tool=can_use_tool, permission_mode="default")
+    async with ClaudeSDKClient(options=opts, transport=transport("py-perm", opts)) as client:
+        messages = await turn(client, "!bash echo ran > bash-ran.txt\n!text after the denial")
+    results = blocks(messages, ToolResultBlock)
+    out(asked=asked, denied=[json.dumps(r.content) for r in results if r.is_error],
+        result=messages[-1].result)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(
+        got["asked"],
+        json!([["Bash", "echo ran > bash-ran.txt"]]),
+        "{got}"
+    );
+    assert!(
+        got["denied"].to_string().contains("the caller says no"),
+        "{got}"
+    );
+    assert_eq!(got["result"], "after the denial", "{got}");
+    assert!(!d.workspace(TENANT, "py-perm").join("bash-ran.txt").exists());
+
+    // A PreToolUse hook runs in the caller and stops a Write.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+seen = []
+async def pre_tool_use(hook_input, tool_use_id, context):
+    seen.append([hook_input["tool_name"], os.path.basename(hook_input["tool_input"]["file_path"])])
+    return {"hookSpecificOutput": {"hookEventName": "PreToolUse",
+            "permissionDecision": "deny", "permissionDecisionReason": "the hook says no"}}
+
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions",
+                              hooks={"PreToolUse": [HookMatcher(matcher="Write", hooks=[pre_tool_use])]})
+    async with ClaudeSDKClient(options=opts, transport=transport("py-hook", opts)) as client:
+        messages = await turn(client, "!write hooked.txt never\n!text hooked")
+    out(seen=seen, results=[json.dumps(r.content) for r in blocks(messages, ToolResultBlock)],
+        result=messages[-1].result)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(got["seen"], json!([["Write", "hooked.txt"]]), "{got}");
+    assert!(
+        got["results"].to_string().contains("the hook says no"),
+        "{got}"
+    );
+    assert_eq!(got["result"], "hooked", "{got}");
+    assert!(!d.workspace(TENANT, "py-hook").join("hooked.txt").exists());
+
+    // An in-process SDK MCP tool, called by the model, runs in Python.
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+calls = []
+@tool("add", "Adds two numbers", {"a": int, "b": int})
+async def add(args):
+    calls.append(args)
+    return {"content": [{"type": "text", "text": "sum=%d pid=%d" % (args["a"] + args["b"], os.getpid())}]}
+
+async def main():
+    server = create_sdk_mcp_server("pycalc", tools=[add])
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions", mcp_servers={"pycalc": server})
+    async with ClaudeSDKClient(options=opts, transport=transport("py-mcp", opts)) as client:
+        messages = await turn(client, '!tool mcp__pycalc__add {"a": 2, "b": 40}\n!text added')
+    out(calls=calls, pid=os.getpid(), uses=[b.name for b in blocks(messages, ToolUseBlock)],
+        results=[json.dumps(r.content) for r in blocks(messages, ToolResultBlock)],
+        result=messages[-1].result)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(got["calls"], json!([{"a": 2, "b": 40}]), "{got}");
+    assert!(
+        got["uses"].to_string().contains("mcp__pycalc__add"),
+        "{got}"
+    );
+    assert_eq!(got["result"], "added", "{got}");
+    // The tool's answer, made in the caller's process, reached the model.
+    let answer = format!("sum=42 pid={}", got["pid"]);
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.body.to_string().contains(&answer)),
+        "the model never saw {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_sdk_interrupt_over_the_session_stops_the_turn() {
+    let _engine = serial::shared().await;
+    sdk_python();
+    let (_mock, d) = start_with_mock(KEY).await;
+    let got = run_python(
+        &d,
+        TOKEN,
+        r#"
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    async with ClaudeSDKClient(options=opts, transport=transport("py-intr", opts)) as client:
+        await client.query("!bash for i in $(seq 60); do sleep 1; done\n!text never reached")
+        stopped, interrupted = [], False
+        async for m in client.receive_response():
+            stopped.append(m)
+            if not interrupted and blocks([m], ToolUseBlock):
+                await client.interrupt()
+                interrupted = True
+        after = (await turn(client, "!text after the interrupt"))[-1]
+    texts = [b.text for b in blocks(stopped, TextBlock)]
+    out(interrupted=interrupted, stopped_error=stopped[-1].is_error,
+        stopped_result=stopped[-1].result, texts=texts, after=after.result)
+asyncio.run(main())
+"#,
+    )
+    .await;
+    assert_eq!(got["interrupted"], true, "{got}");
+    assert_eq!(got["stopped_error"], true, "{got}");
+    assert!(!got.to_string().contains("never reached"), "{got}");
+    assert_eq!(got["after"], "after the interrupt", "{got}");
+}
+
+/// A session that answers one turn, prints `ALIVE`, waits for a line on
+/// stdin and then tries a second turn: how it ended, as the client saw it.
+const LOSE_A_SESSION: &str = r#"
+import sys
+
+async def main():
+    opts = ClaudeAgentOptions(permission_mode="bypassPermissions")
+    try:
+        async with ClaudeSDKClient(options=opts, transport=transport(sys.argv[1], opts)) as client:
+            await turn(client, "!text alive")
+            print("ALIVE", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+            await turn(client, "!text after")
+    except AgentboxConnectionLost as e:
+        out(type="AgentboxConnectionLost", close_code=e.close_code, code=e.code, sdk_error=isinstance(e, CLIConnectionError))
+        return
+    except Exception as e:
+        out(type=type(e).__name__, message=str(e))
+        return
+    out(type=None)
+asyncio.run(main())
+"#;
+
+/// Runs [`LOSE_A_SESSION`] on `conversation`; `between` runs once the
+/// first turn is done. The program's `RESULT` fields.
+async fn lose_a_session(
+    d: &mut Daemon,
+    conversation: &str,
+    between: impl FnOnce(&mut Daemon),
+) -> Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut child = tokio::process::Command::new(sdk_python())
+        .arg("-c")
+        .arg(format!("{PRELUDE}\n{LOSE_A_SESSION}"))
+        .arg(conversation)
+        .env("AGENTBOX_URL", d.url(""))
+        .env("AGENTBOX_TOKEN", TOKEN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start python");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "ALIVE" {
+                return;
+            }
+            seen.push(line);
+        }
+        panic!("the program ended before its first turn did: {seen:?}");
+    })
+    .await
+    .expect("the first turn ends within 120 s");
+    between(d);
+    stdin.write_all(b"go\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(result) = line.strip_prefix("RESULT ") {
+                return serde_json::from_str(result).unwrap();
+            }
+        }
+        panic!("no RESULT line");
+    })
+    .await
+    .expect("the program ends within 120 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_session_is_the_clients_connection_lost_error() {
+    let _engine = serial::shared().await;
+    sdk_python();
+    let (_mock, mut d) = start_with_mock(KEY).await;
+    // The container dies under the session: the daemon closes with 1011.
+    let got = lose_a_session(&mut d, "py-lost", |d| {
+        let container = d.container_of(TENANT, "py-lost").expect("a container");
+        docker_ok(&["kill", &container]);
+    })
+    .await;
+    assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
+    assert_eq!(got["close_code"], 1011, "{got}");
+    assert!(got["code"].is_string(), "{got}");
+    assert_eq!(got["sdk_error"], true, "{got}");
+    // The daemon itself goes away: the socket drops without a close frame.
+    let got = lose_a_session(&mut d, "py-drop", |d| d.kill9()).await;
+    assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
+    assert_eq!(got["close_code"], Value::Null, "{got}");
+}

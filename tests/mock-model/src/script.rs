@@ -35,6 +35,9 @@ pub enum Directive {
     /// `!tool <name> <json object>`: a call of any tool the request offers,
     /// such as an MCP server's `mcp__<server>__<tool>`, with that input.
     Tool { name: String, input: Value },
+    /// `!recall`: the final answer ends with `recall: <the previous turn's
+    /// answer>`, which the model knows only if the session remembers it.
+    Recall,
 }
 
 /// One content block of the answer, before ids are assigned.
@@ -97,6 +100,7 @@ fn parse_line(line: &str) -> Option<Directive> {
                 input,
             })
         }
+        "!recall" if rest.is_empty() => Some(Directive::Recall),
         "!sleep" => rest
             .parse()
             .ok()
@@ -128,7 +132,36 @@ pub fn plan(body: &Value) -> Result<Plan, BadRequest> {
     let prompt = prompt_text(&messages[prompt_at]);
     let done = count_tool_results(&messages[prompt_at + 1..]);
     let cwd = working_directory(body);
-    Ok(plan_turn(&prompt, done, &tools, cwd.as_deref()))
+    let mut plan = plan_turn(&prompt, done, &tools, cwd.as_deref());
+    if plan.stop_reason == "end_turn" && parse_directives(&prompt).contains(&Directive::Recall) {
+        let recall = format!("recall: {}", last_answer(&messages[..prompt_at]));
+        match plan.blocks.first_mut() {
+            Some(Block::Text(t)) if t == "Done." => *t = recall,
+            Some(Block::Text(t)) => *t = format!("{t}\n{recall}"),
+            _ => plan.blocks.push(Block::Text(recall)),
+        }
+    }
+    Ok(plan)
+}
+
+/// The text of the last assistant message in `messages` (`none` if there is
+/// none): what the model answered on the previous turn.
+fn last_answer(messages: &[Value]) -> String {
+    let Some(message) = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+    else {
+        return "none".into();
+    };
+    if let Some(text) = message.get("content").and_then(Value::as_str) {
+        return text.to_string();
+    }
+    content_blocks(message)
+        .filter(|b| block_type(b) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The prompt of a scripted request (one that offers tools), for the
@@ -638,5 +671,26 @@ mod tests {
     #[test]
     fn rejects_missing_messages() {
         assert!(plan(&json!({"model": "m"})).is_err());
+    }
+
+    #[test]
+    fn recall_quotes_the_previous_answer() {
+        let body = json!({
+            "tools": [{"name": "Write"}],
+            "messages": [
+                {"role": "user", "content": "!text one"},
+                {"role": "assistant", "content": [{"type": "text", "text": "one"}]},
+                {"role": "user", "content": "!text two\n!recall"}
+            ]
+        });
+        assert_eq!(
+            plan(&body).unwrap().blocks,
+            vec![Block::Text("two\nrecall: one".into())]
+        );
+        let first = json!({"tools": [{"name": "Write"}], "messages": [{"role": "user", "content": "!recall"}]});
+        assert_eq!(
+            plan(&first).unwrap().blocks,
+            vec![Block::Text("recall: none".into())]
+        );
     }
 }
