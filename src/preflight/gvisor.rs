@@ -60,11 +60,13 @@ pub(crate) fn check(
     );
     let fix_args = "add the missing arguments to the runtime's runtimeArgs in /etc/docker/daemon.json and send dockerd SIGHUP";
     if installed.is_none() {
-        return Check::fail(
-            NAME,
-            format!("{detail}; but {} does not exist", rt.path),
-            INSTALL,
-        );
+        // The engine's host may not be this one (a mounted socket), so an
+        // unused tier only warns.
+        let detail = format!("{detail}; but {} does not exist on this host", rt.path);
+        return match in_use {
+            true => Check::fail(NAME, detail, INSTALL),
+            false => Check::warn(NAME, detail, INSTALL),
+        };
     }
     if !rt.gvisor_host_uds() {
         let detail =
@@ -107,6 +109,7 @@ mod tests {
         assert_eq!(check(false, "runsc", None, bin).level, Level::Warn);
         assert_eq!(check(false, "runsc", None, None).level, Level::Pass);
         assert_eq!(check(true, "runsc", Some(&full), None).level, Level::Fail);
+        assert_eq!(check(false, "runsc", Some(&full), None).level, Level::Warn);
         let c = check(true, "runsc", Some(&rt(&["--network=none"])), bin);
         assert_eq!(c.level, Level::Fail);
         assert!(c.detail.contains("--host-uds=all"), "{c:?}");
