@@ -191,24 +191,7 @@ impl AgentOptions {
             }
         }
         for (name, server) in self.mcp_servers.iter().flatten() {
-            let kind = server
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("stdio");
-            let needs = match kind {
-                "stdio" => "command",
-                "http" | "sse" => "url",
-                other => {
-                    return Err(format!(
-                        "options.mcp_servers.{name}.type must be stdio, http or sse, not {other:?}"
-                    ))
-                }
-            };
-            if !server.get(needs).is_some_and(Value::is_string) {
-                return Err(format!(
-                    "options.mcp_servers.{name}.{needs} is required (a string)"
-                ));
-            }
+            mcp_server_ok(name, server, false)?;
         }
         Ok(())
     }
@@ -357,6 +340,36 @@ impl AgentEvent {
         line.push('\n');
         line
     }
+}
+
+/// Checks one `mcp_servers` entry: its `type` (stdio when absent) and the
+/// field that type needs. `sdk` servers live in the caller's process and
+/// exist only over a session ([`session`]).
+pub(crate) fn mcp_server_ok(name: &str, server: &Value, sdk_allowed: bool) -> Result<(), String> {
+    let kind = server
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("stdio");
+    let needs = match kind {
+        "stdio" => "command",
+        "http" | "sse" => "url",
+        "sdk" if sdk_allowed => "name",
+        other => {
+            let kinds = match sdk_allowed {
+                true => "stdio, http, sse or sdk",
+                false => "stdio, http or sse",
+            };
+            return Err(format!(
+                "options.mcp_servers.{name}.type must be {kinds}, not {other:?}"
+            ));
+        }
+    };
+    if !server.get(needs).is_some_and(Value::is_string) {
+        return Err(format!(
+            "options.mcp_servers.{name}.{needs} is required (a string)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

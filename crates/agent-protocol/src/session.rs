@@ -318,25 +318,7 @@ fn mcp_servers_ok(servers: &Map<String, Value>) -> Result<(), String> {
                 "options.mcp_servers: {name:?} is not a server name ([A-Za-z0-9_-]+)"
             ));
         }
-        let kind = server
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("stdio");
-        let needs = match kind {
-            "stdio" => "command",
-            "http" | "sse" => "url",
-            "sdk" => "name",
-            other => {
-                return Err(format!(
-                    "options.mcp_servers.{name}.type must be stdio, http, sse or sdk, not {other:?}"
-                ))
-            }
-        };
-        if !server.get(needs).is_some_and(Value::is_string) {
-            return Err(format!(
-                "options.mcp_servers.{name}.{needs} is required (a string)"
-            ));
-        }
+        crate::mcp_server_ok(name, server, true)?;
     }
     Ok(())
 }
