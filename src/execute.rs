@@ -310,16 +310,8 @@ impl Executor {
         {
             let _ = tx.send(ev).await;
         }
-        self.orchestrator.touch(&assigned.container).await;
-        store
-            .update_conversation(key, move |rec| {
-                if session_id.is_some() {
-                    rec.session_id = session_id;
-                }
-                rec.last_activity_ms = now_ms();
-            })
-            .await
-            .map_err(state_err)?;
+        self.keep_session(key, &assigned.container, session_id)
+            .await?;
         match outcome {
             Ok(()) => match (spent.exceeded, upstream) {
                 (Some(over), _) => Err(budget_error(over)),
@@ -384,6 +376,29 @@ impl Executor {
     /// since the last checkpoint is pushed first (the orchestrator's
     /// removal syncs a claimed container's workspace), and the next
     /// message restores it into a new one.
+    /// After a run or session: the container was just used, and the
+    /// conversation keeps the Claude session id the agent reported (an
+    /// unknown one keeps the previous).
+    async fn keep_session(
+        &self,
+        key: &ConversationKey,
+        container: &str,
+        session_id: Option<String>,
+    ) -> Result<(), AgentEvent> {
+        self.orchestrator.touch(container).await;
+        self.orchestrator
+            .store()
+            .update_conversation(key, move |rec| {
+                if session_id.is_some() {
+                    rec.session_id = session_id;
+                }
+                rec.last_activity_ms = now_ms();
+            })
+            .await
+            .map(drop)
+            .map_err(|e| failure(ErrorCode::StateError, e.to_string()))
+    }
+
     async fn timed_out(&self, container: &str, secs: u64) -> AgentEvent {
         tracing::warn!(message = "Run went past its time limit; replacing its container.",
             container_id = %container, max_run_secs = secs);

@@ -9,7 +9,7 @@ use crate::agent_client::{AgentClient, AgentError, SessionLines};
 use crate::audit::ExecutionAudit;
 use crate::codes::ErrorCode;
 use crate::runs::LiveRun;
-use crate::state::{now_ms, StateError};
+use crate::state::StateError;
 use agent_protocol::{AgentEvent, AgentOptions, SessionOptions, SessionStart};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -116,16 +116,8 @@ impl Executor {
         if matches!(outcome, Err(AgentError::Protocol(_))) {
             session_id = None;
         }
-        self.orchestrator.touch(&assigned.container).await;
-        store
-            .update_conversation(key, move |rec| {
-                if session_id.is_some() {
-                    rec.session_id = session_id;
-                }
-                rec.last_activity_ms = now_ms();
-            })
-            .await
-            .map_err(state_err)?;
+        self.keep_session(key, &assigned.container, session_id)
+            .await?;
         match outcome {
             Ok(()) => match spent.exceeded {
                 Some(over) => Err(budget_error(over)),
