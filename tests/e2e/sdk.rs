@@ -848,3 +848,53 @@ async fn a_lost_session_is_the_clients_connection_lost_error() {
     assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
     assert_eq!(got["close_code"], Value::Null, "{got}");
 }
+
+/// A client that drops mid-turn (docs/api.md): the turn runs to its end,
+/// is recorded and synced though nobody reads it, and a new session
+/// resumes the same Claude session once the conversation is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_drops_mid_turn_leaves_a_finished_recorded_turn() {
+    let _engine = serial::shared().await;
+    let (_mock, d) = start_with_mock(KEY).await;
+    let options = json!({"permission_mode": "bypassPermissions"});
+    let mut ws = open_session(&d, TOKEN, "drop", options.clone())
+        .await
+        .unwrap();
+    send_line(
+        &mut ws,
+        user_line("!bash sleep 2\n!write after-drop.txt written after the drop\n!text finished"),
+    )
+    .await;
+    // The model asked for the Bash tool: the turn is under way. Then the
+    // client goes away without a close frame.
+    lines_until(&mut ws, "assistant").await;
+    drop(ws);
+
+    // The replay follows the run to its end: the turn finished.
+    let (status, replay) = get_text(&d, TOKEN, "/v1/conversations/drop/events").await;
+    assert_eq!(status, 200, "{replay}");
+    let events = parse_sse(&replay);
+    let result = result_of(&events);
+    assert_eq!(result["result"], "finished", "{result}");
+    // `result` waits for the final sync: the file is in the store.
+    let (status, file) = get_text(&d, TOKEN, "/v1/conversations/drop/files/after-drop.txt").await;
+    assert_eq!((status, file.as_str()), (200, "written after the drop"));
+
+    // The conversation is free once the CLI has exited; the next session
+    // continues the same Claude session.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut ws = loop {
+        match open_session(&d, TOKEN, "drop", options.clone()).await {
+            Ok(ws) => break ws,
+            Err((409, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("the next session: {e:?}"),
+        }
+    };
+    send_line(&mut ws, user_line("!text again")).await;
+    let next = lines_until(&mut ws, "result").await;
+    let next = next.last().unwrap();
+    assert_eq!(next["result"], "again");
+    assert_eq!(next["session_id"], result["session_id"], "{next}");
+}
