@@ -31,11 +31,11 @@ use tokio::sync::mpsc;
 const MAX_SMALL_BODY: usize = 64 * 1024;
 /// How long the agent may take to answer a request's head, or to send a
 /// small body whole. The real agent answers at once.
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent may take to answer an interrupt; it answers at once.
 const INTERRUPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest part of a refusal body quoted in an error (it reaches clients).
-pub(super) const MAX_QUOTED: usize = 1024;
+const MAX_QUOTED: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -152,6 +152,33 @@ impl AgentClient {
         }
     }
 
+    /// Sends a request whose answer is a stream (a run's events, a
+    /// session's lines) and returns that stream's body. An agent that does
+    /// not answer in time broke the protocol; a refusal is quoted, bounded.
+    async fn open_stream<B>(&self, req: Request<B>) -> Result<Incoming, AgentError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let resp = match self.send(req, REQUEST_TIMEOUT).await {
+            Err(AgentError::NoAnswer(d)) => return Err(Violation::NoAnswer(d).into()),
+            r => r?,
+        };
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = read_small(resp.into_body(), "refusal").await?;
+            return Err(AgentError::Refused {
+                status,
+                body: String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(MAX_QUOTED)
+                    .collect(),
+            });
+        }
+        Ok(resp.into_body())
+    }
+
     /// Asks the agent to stop the turn of the run in progress. `Ok(true)`
     /// when it took the interrupt, `Ok(false)` when it has no run (the
     /// run just ended). Only the status is read, within
@@ -188,22 +215,7 @@ impl AgentClient {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| AgentError::Connection(e.to_string()))?;
-        let resp = match self.send(req, REQUEST_TIMEOUT).await {
-            Err(AgentError::NoAnswer(d)) => return Err(Violation::NoAnswer(d).into()),
-            r => r?,
-        };
-        if resp.status() != StatusCode::OK {
-            let status = resp.status();
-            let body = read_small(resp.into_body(), "refusal").await?;
-            return Err(AgentError::Refused {
-                status,
-                body: String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(MAX_QUOTED)
-                    .collect(),
-            });
-        }
-        let mut body = resp.into_body();
+        let mut body = self.open_stream(req).await?;
         let mut reader = LineReader::new(limits.max_line_bytes, limits.max_events_per_run);
         let idle = limits.idle_timeout();
         let mut ended = false;
@@ -254,7 +266,7 @@ impl AgentClient {
 
 /// Reads a small answer whole: at most [`MAX_SMALL_BODY`] bytes within
 /// [`REQUEST_TIMEOUT`].
-pub(super) async fn read_small(body: Incoming, what: &'static str) -> Result<Bytes, AgentError> {
+async fn read_small(body: Incoming, what: &'static str) -> Result<Bytes, AgentError> {
     let collect = Limited::new(body, MAX_SMALL_BODY).collect();
     match tokio::time::timeout(REQUEST_TIMEOUT, collect).await {
         Err(_) => Err(Violation::NoAnswer(REQUEST_TIMEOUT).into()),

@@ -3,13 +3,13 @@
 //! agent's events come down the answer, within the same bounds as a run's
 //! (`[agent]`: line length, events, idle time).
 
-use super::{read_small, AgentClient, AgentError, Violation, MAX_QUOTED, REQUEST_TIMEOUT};
+use super::{AgentClient, AgentError};
 use crate::config::AgentConfig;
 use agent_protocol::{AgentEvent, SessionStart, SESSION_PATH};
 use bytes::Bytes;
 use http_body_util::channel::Channel;
 use http_body_util::BodyExt;
-use hyper::{Request, StatusCode};
+use hyper::Request;
 use std::convert::Infallible;
 use tokio::sync::mpsc;
 
@@ -57,22 +57,7 @@ impl AgentClient {
         };
         let outbound = lines.outbound;
         let read = async {
-            let resp = match self.send(req, REQUEST_TIMEOUT).await {
-                Err(AgentError::NoAnswer(d)) => return Err(Violation::NoAnswer(d).into()),
-                r => r?,
-            };
-            if resp.status() != StatusCode::OK {
-                let status = resp.status();
-                let body = read_small(resp.into_body(), "refusal").await?;
-                return Err(AgentError::Refused {
-                    status,
-                    body: String::from_utf8_lossy(&body)
-                        .chars()
-                        .take(MAX_QUOTED)
-                        .collect(),
-                });
-            }
-            let mut body = resp.into_body();
+            let mut body = self.open_stream(req).await?;
             let mut reader =
                 super::LineReader::new(limits.max_line_bytes, limits.max_events_per_run);
             let idle = limits.idle_timeout();
