@@ -87,21 +87,7 @@ impl Executor {
         key: ConversationKey,
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
-        let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
-        self.check_state_disk().await?;
-        let guard = self
-            .orchestrator
-            .locks()
-            .try_lock(&key)
-            .ok_or(ExecuteError::Busy)?;
-        let store = self.orchestrator.store().clone();
-        let run = store.begin_run(&key).await?;
-        // The recorder never waits on the disk, so a short queue keeps up;
-        // it bounds what is in flight, where events are parsed values.
-        let (tx, rx) = mpsc::channel(16);
-        let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
-        let live = self.hub.record(store, &key, run, max_stored, rx);
-        drop(admitted);
+        let (guard, live, tx) = self.begin(&key).await?;
         let this = self.clone();
         let interrupts = live.clone();
         // Every line and audit event of the run carries these ids.
@@ -122,6 +108,39 @@ impl Executor {
             .instrument(span),
         );
         Ok(live)
+    }
+
+    /// How every run and session begins: admitted (not while the daemon
+    /// drains, not on a state disk too full to record it), the
+    /// conversation's lock taken, a new run recorded. Its events go to the
+    /// returned sender.
+    async fn begin(
+        &self,
+        key: &ConversationKey,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<()>,
+            Arc<LiveRun>,
+            mpsc::Sender<AgentEvent>,
+        ),
+        ExecuteError,
+    > {
+        let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
+        self.check_state_disk().await?;
+        let guard = self
+            .orchestrator
+            .locks()
+            .try_lock(key)
+            .ok_or(ExecuteError::Busy)?;
+        let store = self.orchestrator.store().clone();
+        let run = store.begin_run(key).await?;
+        // The recorder never waits on the disk, so a short queue keeps up;
+        // it bounds what is in flight, where events are parsed values.
+        let (tx, rx) = mpsc::channel(16);
+        let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
+        let live = self.hub.record(store, key, run, max_stored, rx);
+        drop(admitted);
+        Ok((guard, live, tx))
     }
 
     /// A run writes the state file all along: it does not start on a disk

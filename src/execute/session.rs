@@ -25,16 +25,7 @@ impl Executor {
         options: SessionOptions,
         lines: SessionLines,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
-        let guard = self
-            .orchestrator
-            .locks()
-            .try_lock(&key)
-            .ok_or(ExecuteError::Busy)?;
-        let store = self.orchestrator.store().clone();
-        let run = store.begin_run(&key).await?;
-        let (tx, rx) = mpsc::channel(16);
-        let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
-        let live = self.hub.record(store, &key, run, max_stored, rx);
+        let (guard, live, tx) = self.begin(&key).await?;
         let this = self.clone();
         let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
