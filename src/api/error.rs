@@ -80,6 +80,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How a refused run or session start answers, the same on the SSE and
+/// the session endpoint.
+impl From<crate::conversations::ConversationError> for ApiError {
+    fn from(e: crate::conversations::ConversationError) -> Self {
+        use crate::conversations::ConversationError;
+        use crate::execute::ExecuteError;
+        match e {
+            ConversationError::TooManyRuns { .. } => ApiError::TooMany(e.to_string()),
+            ConversationError::Execute(e @ ExecuteError::Busy) => ApiError::Conflict(e.to_string()),
+            ConversationError::Execute(e @ ExecuteError::ShuttingDown) => {
+                ApiError::ShuttingDown(e.to_string())
+            }
+            ConversationError::Execute(e @ ExecuteError::StateDiskFull { .. }) => {
+                ApiError::StateDiskFull(e.to_string())
+            }
+            e => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,7 @@
 
 use super::error::ApiError;
 use super::{AppState, Tenant};
-use crate::conversations::ConversationError;
-use crate::execute::{ConversationKey, ExecuteError};
+use crate::execute::ConversationKey;
 use crate::ids::is_valid_id;
 use agent_protocol::{AgentOptions, ExecuteRequest};
 use axum::extract::{Path, State};
@@ -52,17 +51,7 @@ pub(super) async fn post_message(
         .conversations
         .send(key, exec, tenant.max_concurrent_runs)
         .await
-        .map_err(|e| match e {
-            ConversationError::TooManyRuns { .. } => ApiError::TooMany(e.to_string()),
-            ConversationError::Execute(e @ ExecuteError::Busy) => ApiError::Conflict(e.to_string()),
-            ConversationError::Execute(e @ ExecuteError::ShuttingDown) => {
-                ApiError::ShuttingDown(e.to_string())
-            }
-            ConversationError::Execute(e @ ExecuteError::StateDiskFull { .. }) => {
-                ApiError::StateDiskFull(e.to_string())
-            }
-            e => ApiError::Unavailable(e.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     let heartbeat = state.conversations.sse_heartbeat();
     Ok(super::events::sse(live.run, live.subscribe(0), heartbeat))
 }

@@ -11,8 +11,7 @@
 use super::error::ApiError;
 use super::{AppState, Tenant};
 use crate::agent_client::SessionLines;
-use crate::conversations::ConversationError;
-use crate::execute::{ConversationKey, ExecuteError};
+use crate::execute::ConversationKey;
 use crate::ids::is_valid_id;
 use crate::runs::LiveRun;
 use agent_protocol::SessionOptions;
@@ -74,11 +73,7 @@ pub(super) async fn get_session(
             tenant.max_concurrent_runs,
         )
         .await
-        .map_err(|e| match e {
-            ConversationError::TooManyRuns { .. } => ApiError::TooMany(e.to_string()),
-            ConversationError::Execute(e @ ExecuteError::Busy) => ApiError::Conflict(e.to_string()),
-            e => ApiError::Unavailable(e.to_string()),
-        })?;
+        .map_err(ApiError::from)?;
     Ok(ws
         .max_message_size(MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| pump(socket, in_tx, out_rx, live)))
