@@ -216,7 +216,7 @@ type Ws =
 
 /// Opens a session on `conversation` as `token` with `options`: the
 /// socket, or the HTTP status and body of the refusal.
-async fn open_session(
+pub(crate) async fn open_session(
     d: &Daemon,
     token: &str,
     conversation: &str,
