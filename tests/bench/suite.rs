@@ -15,19 +15,32 @@
 //!   docker-init, each found by its executable, and the host memory per
 //!   idle warm container; how many would fit in this host's available memory.
 //! - `throughput`: concurrent multi-turn conversations with tool use.
+//! - `tiers`: runc and gVisor side by side.
+//! - `burst`: many conversations at once on a small pool, beside a cold
+//!   start measured alone in the same run.
+//! - `claims`: as many runs at once as the pool holds warm containers.
+//! - `streaming`: the delay from a model's streamed event to the client's
+//!   `text_delta`, beside the CLI read directly on the host.
+//!
+//! Every run also writes its raw results (samples, command, commit, load)
+//! as JSON; see `record.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
 #[path = "../e2e/harness/mod.rs"]
 mod harness;
+mod record;
 
 use harness::*;
+use record::{header, note, row, summarize, table, Summary};
 use serde_json::json;
 use std::time::Instant;
 
 struct Args {
     smoke: bool,
     runs: usize,
+    /// Where the raw results go (`--out FILE`).
+    out: Option<String>,
     scenarios: Vec<String>,
 }
 
@@ -35,6 +48,7 @@ fn args() -> Args {
     let mut a = Args {
         smoke: false,
         runs: 15,
+        out: None,
         scenarios: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -42,6 +56,7 @@ fn args() -> Args {
         match arg.as_str() {
             "--smoke" => a.smoke = true,
             "--runs" => a.runs = it.next().and_then(|n| n.parse().ok()).unwrap_or(a.runs),
+            "--out" => a.out = it.next(),
             // Passed by `cargo bench` / `cargo test`; nothing to do.
             "--bench" | "--test" | "--nocapture" => {}
             s if !s.starts_with('-') => a.scenarios.push(s.to_owned()),
@@ -67,42 +82,6 @@ impl Args {
             full
         }
     }
-}
-
-/// Median and spread of a sample.
-struct Summary {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    min: f64,
-    max: f64,
-}
-
-fn summarize(mut v: Vec<f64>) -> Summary {
-    assert!(!v.is_empty(), "empty sample");
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    Summary {
-        n: v.len(),
-        p50: pick(0.5),
-        p90: pick(0.9),
-        p99: pick(0.99),
-        min: v[0],
-        max: v[v.len() - 1],
-    }
-}
-
-fn header() {
-    println!("| measure | n | p50 | p90 | p99 | min | max |");
-    println!("|---|---|---|---|---|---|---|");
-}
-
-fn row(name: &str, s: &Summary) {
-    println!(
-        "| {name} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-        s.n, s.p50, s.p90, s.p99, s.min, s.max
-    );
 }
 
 fn now_ms() -> u64 {
@@ -241,8 +220,7 @@ async fn claim(a: &Args) {
         ]);
         floor.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("\n### Claim latency (ms)\n");
-    header();
+    table("Claim latency (ms)");
     for (label, agent, _, _) in &rows {
         row(
             &format!("{label}: request -> first byte from the agent"),
@@ -262,10 +240,10 @@ async fn claim(a: &Args) {
     for (label, _, _, event) in &rows {
         row(&format!("{label}: request -> first SSE event"), event);
     }
-    println!(
-        "\nwarm p50 is {:.1}x faster than cold p50 (first byte from the agent)\n",
+    note(&format!(
+        "warm p50 is {:.1}x faster than cold p50 (first byte from the agent)",
         rows[1].1.p50 / rows[0].1.p50
-    );
+    ));
 }
 
 async fn restart(a: &Args) {
@@ -291,6 +269,9 @@ async fn restart(a: &Args) {
         whole.push(t.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(d.engine_names().len(), n, "containers leaked or lost");
     }
+    record::set_table(&format!(
+        "Restart after `kill -9` with {n} live containers (ms)"
+    ));
     println!("\n### Restart after `kill -9` with {n} live containers (ms)\n");
     println!("(filling the pool of {n} took {fill_s:.1} s)\n");
     header();
@@ -441,8 +422,7 @@ async fn density(a: &Args) {
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN);
     let per = summarize(host);
-    println!("\n### Density: {n} idle warm containers (MiB)\n");
-    header();
+    table(&format!("Density: {n} idle warm containers (MiB)"));
     row("workspace-agent idle RSS", &summarize(agent));
     row("pre-started CLI (`claude`) idle RSS", &summarize(cli));
     row(
@@ -451,11 +431,11 @@ async fn density(a: &Args) {
     );
     row("docker-init (PID 1) RSS", &summarize(init));
     row("host memory per idle warm container (cgroup usage)", &per);
-    println!(
-        "\nMemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm containers\n",
+    note(&format!(
+        "MemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm containers",
         per.p50,
         available_mib / per.p50
-    );
+    ));
 }
 
 async fn throughput(a: &Args) {
@@ -497,15 +477,14 @@ async fn throughput(a: &Args) {
         }
     }
     let wall = started.elapsed().as_secs_f64();
-    println!(
-        "\n### Throughput: {conversations} concurrent conversations x {turns} turns with tools\n"
-    );
-    println!(
-        "errors: {} of {} runs; wall time {wall:.1} s\n",
+    table(&format!(
+        "Throughput: {conversations} concurrent conversations x {turns} turns with tools"
+    ));
+    note(&format!(
+        "errors: {} of {} runs; wall time {wall:.1} s",
         errors.len(),
         conversations * turns
-    );
-    header();
+    ));
     if !first.is_empty() {
         row("time to first event (ms)", &summarize(first));
         row("run time (ms)", &summarize(total));
@@ -645,9 +624,12 @@ async fn tiers(a: &Args) {
     tokio::task::block_in_place(gvisor_prerequisites);
     let runc = tier_figures(a, "runc").await;
     let gvisor = tier_figures(a, "gvisor").await;
+    record::set_table("Isolation tiers side by side");
     println!("\n### Isolation tiers side by side (p50, in brackets p90; ms unless said)\n");
     println!("| | runc | gVisor (runsc) |\n|---|---:|---:|");
     let both = |name: &str, r: &Summary, g: &Summary| {
+        record::record(&format!("runc: {name}"), r);
+        record::record(&format!("gvisor: {name}"), g);
         println!(
             "| {name} | {:.1} [{:.1}] | {:.1} [{:.1}] |",
             r.p50, r.p90, g.p50, g.p90
@@ -689,6 +671,224 @@ async fn tiers(a: &Args) {
     );
 }
 
+/// A cold start measured alone, then `n` conversations at once on a pool
+/// of `pool`: the burst's tail against the single cold start of the same
+/// run (issue target: p99 at most 3x).
+async fn burst(a: &Args) {
+    let (n, pool) = (a.size(20, 3), a.size(4, 1));
+    let mut single = Vec::new();
+    {
+        let (_mock, d) = start_with_mock_opts("bench-key", 0, "").await;
+        for i in 0..a.size(5, 1) {
+            let t = timed_run(&d, &format!("single-{i}"), "!text hi")
+                .await
+                .expect("single cold run");
+            single.push(t.first_event);
+        }
+    }
+    let env = vec![(
+        "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+        (n + pool + 4).to_string(),
+    )];
+    let (_mock, d) = start_with_mock_env("bench-key", pool, "", env).await;
+    tokio::task::block_in_place(|| {
+        d.wait_status(300, "the pool filled", |s| {
+            s["pool"]["ready"] == pool as u64
+        })
+    });
+    let d = std::sync::Arc::new(d);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|c| {
+            let d = d.clone();
+            tokio::spawn(async move { timed_run(&d, &format!("burst-{c}"), "!text hi").await })
+        })
+        .collect();
+    let (mut agent, mut first) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let t = task.await.expect("burst task").expect("burst run");
+        agent.push(t.agent);
+        first.push(t.first_event);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let cold = d.status()["pool"]["cold_starts_total"]
+        .as_u64()
+        .unwrap_or(0);
+    let single = summarize(single);
+    let first = summarize(first);
+    table(&format!(
+        "Burst: {n} conversations at once on a pool of {pool} (ms)"
+    ));
+    row(
+        "single cold start, alone: request -> first SSE event",
+        &single,
+    );
+    row(
+        "burst: request -> first byte from the agent",
+        &summarize(agent),
+    );
+    row("burst: request -> first SSE event", &first);
+    note(&format!(
+        "burst p99 / single cold start p50 = {:.1}x (target at most 3x); {cold} cold starts; wall time {wall:.1} s",
+        first.p99 / single.p50
+    ));
+}
+
+/// `n` runs at once on a pool of `n` warm containers: claim to the first
+/// byte from the agent (issue target: p99 at most 100 ms).
+async fn claims(a: &Args) {
+    let n = a.size(50, 2);
+    let env = vec![("AGENTBOX_POOL_MAX_SIZE".to_owned(), (n + 8).to_string())];
+    let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
+    tokio::task::block_in_place(|| {
+        d.wait_status(900, "the pool filled", |s| {
+            s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
+        })
+    });
+    let d = std::sync::Arc::new(d);
+    let tasks: Vec<_> = (0..n)
+        .map(|c| {
+            let d = d.clone();
+            tokio::spawn(async move { timed_run(&d, &format!("claim-{c}"), "!text hi").await })
+        })
+        .collect();
+    let (mut agent, mut first) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let t = task.await.expect("claim task").expect("claim run");
+        agent.push(t.agent);
+        first.push(t.first_event);
+    }
+    let cold = d.status()["pool"]["cold_starts_total"]
+        .as_u64()
+        .unwrap_or(0);
+    table(&format!("{n} claims at once on a pool of {n} (ms)"));
+    row("request -> first byte from the agent", &summarize(agent));
+    row("request -> first SSE event", &summarize(first));
+    note(&format!("{cold} of {n} runs started cold"));
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// For each arrival, the time since the mock last handed out an event
+/// before it, in ms: how long the chain took to bring the token over.
+fn delays_ms(arrivals_us: &[u64], sent_us: &[u64]) -> Vec<f64> {
+    let mut sent = sent_us.to_vec();
+    sent.sort_unstable();
+    arrivals_us
+        .iter()
+        .filter_map(|&at| {
+            let i = sent.partition_point(|&s| s <= at);
+            let before = *sent.get(i.checked_sub(1)?)?;
+            Some((at - before) as f64 / 1000.0)
+        })
+        .collect()
+}
+
+/// The streamed answer's prompt: three text blocks of three pieces each,
+/// `pace` ms between the model's events, so each piece is its own event.
+const STREAMED: &str =
+    "!pace 40\n!text alpha beta gamma delta\n!text epsilon zeta eta\n!text theta iota kappa";
+
+/// A run through the daemon: the arrival of each `text_delta` event.
+async fn text_delta_arrivals(d: &Daemon, conversation: &str) -> Vec<u64> {
+    let mut resp = crate::harness::client()
+        .post(d.url(&format!("/v1/conversations/{conversation}/messages")))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "prompt": STREAMED }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let (mut buf, mut arrivals) = (String::new(), Vec::new());
+    while let Some(chunk) = resp.chunk().await.expect("stream") {
+        let at = now_us();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if block.lines().any(|l| l == "event: text_delta") {
+                arrivals.push(at);
+            }
+        }
+    }
+    arrivals
+}
+
+/// The same answer read straight from the CLI on this host (no container,
+/// agent, daemon or proxy): the arrival of each partial text delta line.
+async fn cli_delta_arrivals(mock: &mock_model::MockModel, home: &std::path::Path) -> Vec<u64> {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new("claude");
+    cmd.args([
+        "-p",
+        STREAMED,
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ])
+    .env("HOME", home)
+    .env("ANTHROPIC_BASE_URL", mock.url())
+    .env("ANTHROPIC_API_KEY", "bench-key")
+    .stdout(std::process::Stdio::piped())
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
+    if let Some(ca) = mock.ca_file() {
+        cmd.env("NODE_EXTRA_CA_CERTS", ca);
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("claude on the host (tests/setup/ensure-claude.sh)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut arrivals = Vec::new();
+    while let Some(line) = lines.next_line().await.expect("cli stdout") {
+        let at = now_us();
+        if line.contains("\"text_delta\"") {
+            arrivals.push(at);
+        }
+    }
+    let status = child.wait().await.expect("cli exit");
+    assert!(status.success(), "host CLI failed: {status}");
+    arrivals
+}
+
+/// The delay the whole chain (CLI stdout, agent, bridge, daemon, SSE, and
+/// the proxy on the way in) adds between a model's streamed event and the
+/// client's `text_delta`, beside the CLI read directly on the host.
+async fn streaming(a: &Args) {
+    let (mock, d) = start_with_mock_opts("bench-key", 1, "").await;
+    let home = tempfile::tempdir().expect("home for the host CLI");
+    let (mut via, mut direct) = (Vec::new(), Vec::new());
+    for i in 0..a.runs {
+        tokio::task::block_in_place(|| {
+            d.wait_status(120, "a ready container", |s| s["pool"]["ready"] == 1)
+        });
+        let arrivals = text_delta_arrivals(&d, &format!("stream-{i}")).await;
+        via.extend(delays_ms(&arrivals, &mock.sent_event_times_us()));
+        let arrivals = cli_delta_arrivals(&mock, home.path()).await;
+        direct.extend(delays_ms(&arrivals, &mock.sent_event_times_us()));
+    }
+    let (via, direct) = (summarize(via), summarize(direct));
+    table("Streaming: model event -> text delta at the reader (ms)");
+    row(
+        "through agentbox: model event -> client's SSE `text_delta`",
+        &via,
+    );
+    row(
+        "the CLI alone on the host: model event -> its stdout line",
+        &direct,
+    );
+    note(&format!(
+        "agentbox adds {:.2} ms at p50 and {:.2} ms at p99 over the CLI alone (target p50 under 1 ms)",
+        via.p50 - direct.p50,
+        via.p99 - direct.p99
+    ));
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -696,6 +896,7 @@ fn main() {
         .build()
         .expect("runtime");
     let t = Instant::now();
+    let recorded = record::start();
     println!(
         "bench on {} cores, kernel {}, {}",
         std::thread::available_parallelism()
@@ -722,6 +923,16 @@ fn main() {
         if a.wants("tiers") {
             tiers(&a).await;
         }
+        if a.wants("burst") {
+            burst(&a).await;
+        }
+        if a.wants("claims") {
+            claims(&a).await;
+        }
+        if a.wants("streaming") {
+            streaming(&a).await;
+        }
     });
+    record::save("suite", recorded, a.out.as_deref());
     eprintln!("bench: done in {:.1}s", t.elapsed().as_secs_f64());
 }

@@ -164,6 +164,16 @@ impl MockModel {
             .clone()
     }
 
+    /// When each streamed answer event was handed to the server, in Unix
+    /// microseconds, in order.
+    pub fn sent_event_times_us(&self) -> Vec<u64> {
+        self.shared
+            .sent_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Everything received so far, in order (except `GET /_mock/requests`).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.snapshot()

@@ -38,6 +38,9 @@ pub struct Shared {
     pub pace: Duration,
     /// TLS handshakes completed (HTTPS mocks only).
     pub handshakes: Arc<std::sync::atomic::AtomicU64>,
+    /// When each answer event was handed to the server, in Unix
+    /// microseconds: the start of the streaming-overhead measure.
+    pub sent_us: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Shared {
@@ -183,7 +186,7 @@ async fn messages(shared: &Shared, body: &Value) -> Response {
         .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("request-id", shared.ids.next("req"))
-        .body(stream::body(events, pace, ending))
+        .body(stream::body(events, pace, ending, shared.sent_us.clone()))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 

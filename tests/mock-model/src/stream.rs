@@ -2,6 +2,7 @@
 //! apart (the real API streams tokens over seconds), ending normally, with
 //! an SSE `error` event, or with the connection cut.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -34,10 +35,30 @@ pub fn parse_pace(prompt: &str) -> Option<Duration> {
 #[error("mock-model cut the stream")]
 struct Cut;
 
-/// The body for `events`, sent `pace` apart.
-pub fn body(mut events: Vec<String>, pace: Duration, ending: Ending) -> Body {
+/// Unix microseconds now.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The body for `events`, sent `pace` apart; each event's hand-over time
+/// is pushed to `sent`.
+pub fn body(
+    mut events: Vec<String>,
+    pace: Duration,
+    ending: Ending,
+    sent: Arc<Mutex<Vec<u64>>>,
+) -> Body {
+    let mark = move || {
+        sent.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(now_us())
+    };
     // Unpaced and whole: one body with a length, as simple clients expect.
     if ending == Ending::Complete && pace.is_zero() {
+        mark();
         return Body::from(events.concat());
     }
     if ending != Ending::Complete {
@@ -49,22 +70,26 @@ pub fn body(mut events: Vec<String>, pace: Duration, ending: Ending) -> Body {
     }
     let cut = ending == Ending::Cut;
     let state = (events.into_iter(), true);
-    let stream = futures_util::stream::unfold(state, move |(mut rest, first)| async move {
-        let next = match rest.next() {
-            Some(event) => Ok(Bytes::from(event)),
-            None if cut => {
-                // Pending once, so the server flushes what was sent before
-                // the cut: the client sees part of an answer, then the end.
-                tokio::task::yield_now().await;
-                Err(Cut)
+    let stream = futures_util::stream::unfold(state, move |(mut rest, first)| {
+        let mark = mark.clone();
+        async move {
+            let next = match rest.next() {
+                Some(event) => Ok(Bytes::from(event)),
+                None if cut => {
+                    // Pending once, so the server flushes what was sent before
+                    // the cut: the client sees part of an answer, then the end.
+                    tokio::task::yield_now().await;
+                    Err(Cut)
+                }
+                None => return None,
+            };
+            // The first event goes at once; the pace is between events.
+            if !first && !pace.is_zero() {
+                tokio::time::sleep(pace).await;
             }
-            None => return None,
-        };
-        // The first event goes at once; the pace is between events.
-        if !first && !pace.is_zero() {
-            tokio::time::sleep(pace).await;
+            mark();
+            Some((next, (rest, false)))
         }
-        Some((next, (rest, false)))
     });
     Body::from_stream(stream)
 }
