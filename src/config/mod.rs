@@ -213,6 +213,11 @@ pub struct PoolConfig {
     pub max_size: usize,
     /// Containers created at the same time while refilling.
     pub refill_parallelism: usize,
+    /// Most container starts (pool refills and cold starts together) in
+    /// flight at once; more wait their turn in arrival order. Starting more
+    /// than the host's cores can take at once only slows every one of them
+    /// (each start loads a CLI). Default: the host's CPU count.
+    pub max_parallel_starts: usize,
 }
 
 impl Default for PoolConfig {
@@ -222,6 +227,7 @@ impl Default for PoolConfig {
             gvisor_min_size: 0,
             max_size: 32,
             refill_parallelism: 2,
+            max_parallel_starts: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -460,6 +466,9 @@ impl Config {
         }
         if p.refill_parallelism == 0 {
             return Err(invalid("pool.refill_parallelism", "must be at least 1"));
+        }
+        if p.max_parallel_starts == 0 {
+            return Err(invalid("pool.max_parallel_starts", "must be at least 1"));
         }
         for (key, v) in [
             ("gc.idle_ttl_secs", self.gc.idle_ttl_secs),

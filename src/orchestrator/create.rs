@@ -16,10 +16,24 @@ use std::path::Path;
 use std::time::Duration;
 
 impl Orchestrator {
-    /// Creates and starts `name`. A pool container (`binding` None) ends
-    /// `Ready`; a cold one stays `Warming` for the caller to claim. On any
-    /// failure the container is destroyed again.
+    /// Creates and starts `name` once a start slot is free (see
+    /// [`Orchestrator::create_in_slot`]).
     pub(super) async fn create(
+        &self,
+        name: &str,
+        binding: Option<&Binding>,
+        tier: IsolationTier,
+    ) -> Result<(), OrchestratorError> {
+        // Never closed; a closed semaphore would only mean no limit.
+        let _slot = self.starts.acquire().await.ok();
+        self.create_in_slot(name, binding, tier).await
+    }
+
+    /// Creates and starts `name`; the caller holds a start slot. A pool
+    /// container (`binding` None) ends `Ready`; a cold one stays `Warming`
+    /// for the caller to claim. On any failure the container is destroyed
+    /// again.
+    pub(super) async fn create_in_slot(
         &self,
         name: &str,
         binding: Option<&Binding>,
@@ -106,6 +120,7 @@ impl Orchestrator {
         agent.log_confinement(name).await;
         if binding.is_none() {
             self.store.transition(name, ContainerState::Ready).await?;
+            self.ready.notify_waiters();
         }
         crate::audit::emit(&AuditEvent::ContainerCreated {
             subject: super::subject(name, binding),

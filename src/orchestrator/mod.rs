@@ -34,7 +34,7 @@ use crate::workers::{WorkerBoard, WorkerSet, WorkerStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
@@ -171,6 +171,13 @@ pub(crate) struct Orchestrator {
     locks: RunLocks,
     workers: WorkerBoard,
     refill: Notify,
+    /// Container starts in flight (`pool.max_parallel_starts`); a fair
+    /// semaphore, so runs that wait are served in arrival order.
+    starts: tokio::sync::Semaphore,
+    /// Woken when a pool container turns ready, for runs waiting on one.
+    ready: Notify,
+    /// Runs waiting for a container; the refill gives way to them.
+    waiting_runs: AtomicUsize,
     counters: Counters,
     isolation: Isolation,
     /// Workspace sync, so a container's last changes are pushed before
@@ -199,6 +206,9 @@ impl Orchestrator {
         isolation: Isolation,
     ) -> Arc<Self> {
         Arc::new(Self {
+            starts: tokio::sync::Semaphore::new(cfg.pool.max_parallel_starts),
+            ready: Notify::new(),
+            waiting_runs: AtomicUsize::new(0),
             isolation,
             cfg: RwLock::new(Arc::new(cfg)),
             runtime,
@@ -267,8 +277,9 @@ impl Orchestrator {
             || old.server.admin_listen != new.server.admin_listen
             || old.state.path != new.state.path
             || old.server.instance != new.server.instance
+            || old.pool.max_parallel_starts != new.pool.max_parallel_starts
         {
-            tracing::warn!(message = "Changes to server.* and state.* apply only after a restart.");
+            tracing::warn!(message = "Changes to server.*, state.* and pool.max_parallel_starts apply only after a restart.");
         }
         tracing::info!(message = "Configuration reloaded.", pool_min = new.pool.min_size,
             pool_max = new.pool.max_size, image = %new.container.image);
@@ -331,27 +342,53 @@ impl Orchestrator {
             .is_ok()
     }
 
+    /// A warm container of the tenant's tier, else a cold start once a
+    /// start slot is free. While it waits for the slot, a pool container
+    /// that turns ready is taken instead: whichever comes first.
     async fn claim_or_start(&self, binding: &Binding) -> Result<Assigned, OrchestratorError> {
         let cfg = self.cfg();
         // The tenant's tier now: a claim never takes another tier's container.
         let tier = cfg.tier_for(&binding.tenant_id);
-        if let Some(claim) = self
-            .store
-            .claim(None, &cfg.container.image, tier, binding)
-            .await?
-        {
-            self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
-            self.refill.notify_one();
-            let name = claim.container.name;
-            self.bind_proxy(&name, binding)?;
-            crate::audit::emit(&AuditEvent::PoolClaimed {
-                subject: subject(&name, Some(binding)),
-                warm: true,
-                tier,
-            });
-            return Ok(self.assigned(&name, true));
+        // Counted from the first failed claim until a start slot is taken.
+        let mut waiting = None;
+        // Pinned across the loop, so the run keeps its place in line.
+        let slot = self.starts.acquire();
+        tokio::pin!(slot);
+        loop {
+            // Enabled before the claim, so a container that turns ready
+            // between a failed claim and the wait still wakes this run.
+            let turned_ready = self.ready.notified();
+            tokio::pin!(turned_ready);
+            turned_ready.as_mut().enable();
+            if let Some(claim) = self
+                .store
+                .claim(None, &cfg.container.image, tier, binding)
+                .await?
+            {
+                self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
+                self.refill.notify_one();
+                let name = claim.container.name;
+                self.bind_proxy(&name, binding)?;
+                crate::audit::emit(&AuditEvent::PoolClaimed {
+                    subject: subject(&name, Some(binding)),
+                    warm: true,
+                    tier,
+                });
+                return Ok(self.assigned(&name, true));
+            }
+            waiting.get_or_insert_with(|| Waiting::new(&self.waiting_runs));
+            tokio::select! {
+                // A ready container first: a claim is cheaper than a start.
+                biased;
+                () = &mut turned_ready => {}
+                permit = &mut slot => {
+                    // Never closed; a closed semaphore would only mean no limit.
+                    let _permit = permit.ok();
+                    drop(waiting.take());
+                    return self.cold_start(binding, tier).await;
+                }
+            }
         }
-        self.cold_start(binding, tier).await
     }
 
     async fn cold_start(
@@ -374,7 +411,7 @@ impl Orchestrator {
         tracing::warn!(message = "Pool empty; cold start.", tenant_id = %binding.tenant_id,
             conversation_id = %binding.conversation_id, tier = tier.as_str());
         let name = new_container_name();
-        self.create(&name, Some(binding), tier).await?;
+        self.create_in_slot(&name, Some(binding), tier).await?;
         match self
             .store
             .claim(Some(&name), &cfg.container.image, tier, binding)
@@ -553,6 +590,22 @@ impl Orchestrator {
 
     pub(crate) fn socket_dir(&self, name: &str) -> PathBuf {
         self.cfg().container.socket_root.join(name)
+    }
+}
+
+/// Counts a run as waiting for a container while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -117,23 +117,34 @@ impl Orchestrator {
             self.destroy(name, *reason).await;
         }
         let mut failures = Vec::new();
-        let mut left = plan.create;
+        let (mut left, mut created) = (plan.create, 0);
         while left > 0 {
+            // Runs waiting for a container go first: a start for one of
+            // them serves a user now; the pool can fill after the burst
+            // (each cold start asks for a refill when it is done).
+            if self.waiting_runs.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                break;
+            }
             let batch = left.min(cfg.pool.refill_parallelism);
             let results = futures_util::future::join_all(
                 (0..batch).map(|_| async { self.create(&new_container_name(), None, tier).await }),
             )
             .await;
-            failures.extend(results.into_iter().filter_map(Result::err));
+            for result in results {
+                match result {
+                    Ok(()) => created += 1,
+                    Err(e) => failures.push(e),
+                }
+            }
             left -= batch;
             if !failures.is_empty() {
                 break;
             }
         }
-        if plan.create > 0 || !plan.destroy.is_empty() {
+        if created > 0 || !plan.destroy.is_empty() {
             tracing::info!(
                 message = "Pool refilled.",
-                created = plan.create - failures.len().min(plan.create),
+                created,
                 removed = plan.destroy.len(),
                 target = cfg.pool_min(tier),
                 tier = tier.as_str()

@@ -303,3 +303,126 @@ async fn a_crashed_container_s_workspace_is_pushed_before_removal() {
     let files = core.sync.list_files(&key("c")).await.unwrap();
     assert!(files.iter().any(|f| f.path == "notes.txt"), "{files:?}");
 }
+
+/// Waits (bounded) until `cond` holds, yielding to the other tasks.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_are_bounded_and_served_in_arrival_order() {
+    let core = core(|c| c.pool.max_parallel_starts = 1);
+    let gate = core.runtime.gate_starts();
+    let mut runs = Vec::new();
+    for (i, conversation) in ["first", "second", "third"].into_iter().enumerate() {
+        let orchestrator = core.orchestrator.clone();
+        runs.push(tokio::spawn(async move {
+            orchestrator.acquire(&key(conversation)).await
+        }));
+        // The next run arrives once this one is in line.
+        until("the run in line", || {
+            core.runtime.starting().0 == 1
+                && core
+                    .orchestrator
+                    .waiting_runs
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == i
+        })
+        .await;
+    }
+    let mut order = Vec::new();
+    for run in runs {
+        gate.add_permits(1);
+        let assigned = run.await.unwrap().unwrap();
+        let labels = core.runtime.labels(&assigned.container);
+        order.push(labels[LABEL_CONVERSATION].clone());
+    }
+    assert_eq!(order, ["first", "second", "third"]);
+    assert_eq!(core.runtime.starting(), (0, 1), "one start at a time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_run_takes_the_pool_container_that_turns_ready() {
+    let core = core(|c| {
+        c.pool.min_size = 1;
+        c.pool.max_parallel_starts = 1;
+    });
+    let gate = core.runtime.gate_starts();
+    let refill = {
+        let orchestrator = core.orchestrator.clone();
+        tokio::spawn(async move { orchestrator.refill_once().await })
+    };
+    until("the pool container starting", || {
+        core.runtime.starting().0 == 1
+    })
+    .await;
+    let run = {
+        let orchestrator = core.orchestrator.clone();
+        tokio::spawn(async move { orchestrator.acquire(&key("c")).await })
+    };
+    until("the run waiting", || {
+        core.orchestrator
+            .waiting_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    gate.add_permits(1);
+    refill.await.unwrap().unwrap();
+    let assigned = run.await.unwrap().unwrap();
+    let status = core.orchestrator.status().await.unwrap();
+    assert_eq!(
+        (status.pool.warm_claims_total, status.pool.cold_starts_total),
+        (1, 0),
+        "the run took the container that turned ready instead of starting one"
+    );
+    assert_eq!(core.runtime.created(), 1);
+    assert!(assigned.fresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refill_gives_way_to_waiting_runs() {
+    let core = core(|c| {
+        c.pool.min_size = 2;
+        c.pool.max_parallel_starts = 1;
+        c.pool.refill_parallelism = 1;
+    });
+    let gate = core.runtime.gate_starts();
+    // A run holds the only start slot.
+    let first = {
+        let orchestrator = core.orchestrator.clone();
+        tokio::spawn(async move { orchestrator.acquire(&key("first")).await })
+    };
+    until("the cold start", || core.runtime.starting().0 == 1).await;
+    // A second run waits; a refill pass now creates nothing.
+    let second = {
+        let orchestrator = core.orchestrator.clone();
+        tokio::spawn(async move { orchestrator.acquire(&key("second")).await })
+    };
+    until("the second run waiting", || {
+        core.orchestrator
+            .waiting_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    core.orchestrator.refill_once().await.unwrap();
+    gate.add_permits(2);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(
+        core.runtime.created(),
+        2,
+        "no pool container before the runs"
+    );
+    // With nobody waiting, the pool fills.
+    gate.add_permits(2);
+    core.orchestrator.refill_once().await.unwrap();
+    assert_eq!(core.runtime.created(), 4);
+}

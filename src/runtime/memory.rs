@@ -101,6 +101,9 @@ struct Engine {
     silent_starts: usize,
     created: usize,
     next_id: u64,
+    /// Starts in `create_and_start` now, and the most at once so far.
+    starting: usize,
+    most_starting: usize,
 }
 
 impl Engine {
@@ -133,6 +136,8 @@ impl Engine {
 pub(crate) struct MemoryRuntime {
     engine: Arc<Mutex<Engine>>,
     script: Arc<Mutex<Script>>,
+    /// When set, each start waits for a permit of it (see [`Self::gate_starts`]).
+    gate: Arc<Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl Default for MemoryRuntime {
@@ -142,6 +147,7 @@ impl Default for MemoryRuntime {
             script: Arc::new(Mutex::new(Arc::new(|_: &ExecuteRequest| {
                 Reply::Stream(ok_run("session-1"))
             }))),
+            gate: Arc::default(),
         }
     }
 }
@@ -149,6 +155,20 @@ impl Default for MemoryRuntime {
 impl MemoryRuntime {
     fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on each start waits until the test adds a permit to the
+    /// returned semaphore (one permit lets one start through).
+    pub(crate) fn gate_starts(&self) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate.clone());
+        gate
+    }
+
+    /// Starts in flight now, and the most that were at once.
+    pub(crate) fn starting(&self) -> (usize, usize) {
+        let engine = self.engine();
+        (engine.starting, engine.most_starting)
     }
 
     /// The next call of `op` fails with `error` (queued: one per call).
@@ -224,9 +244,9 @@ impl MemoryRuntime {
     }
 }
 
-#[async_trait]
-impl ContainerRuntime for MemoryRuntime {
-    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+impl MemoryRuntime {
+    /// The start itself, once the gate let it through.
+    async fn start_now(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let silent = {
             let mut engine = self.engine();
             engine.fault(Op::Create)?;
@@ -272,6 +292,26 @@ impl ContainerRuntime for MemoryRuntime {
             },
         );
         Ok(id)
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for MemoryRuntime {
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        {
+            let mut engine = self.engine();
+            engine.starting += 1;
+            engine.most_starting = engine.most_starting.max(engine.starting);
+        }
+        let gate = self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(gate) = gate {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
+        let result = self.start_now(spec).await;
+        self.engine().starting -= 1;
+        result
     }
 
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError> {
