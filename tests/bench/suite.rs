@@ -671,6 +671,24 @@ async fn tiers(a: &Args) {
     );
 }
 
+/// `n` one-turn runs sent at once, on conversations `{prefix}-{i}`: each
+/// run's time to the agent's first byte and to the first SSE event.
+async fn simultaneous(d: &std::sync::Arc<Daemon>, prefix: &str, n: usize) -> (Vec<f64>, Vec<f64>) {
+    let tasks: Vec<_> = (0..n)
+        .map(|c| {
+            let (d, conversation) = (d.clone(), format!("{prefix}-{c}"));
+            tokio::spawn(async move { timed_run(&d, &conversation, "!text hi").await })
+        })
+        .collect();
+    let (mut agent, mut first) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let t = task.await.expect("run task").expect("run");
+        agent.push(t.agent);
+        first.push(t.first_event);
+    }
+    (agent, first)
+}
+
 /// A cold start measured alone, then `n` conversations at once on a pool
 /// of `pool`: the burst's tail against the single cold start of the same
 /// run (issue target: p99 at most 3x).
@@ -698,18 +716,7 @@ async fn burst(a: &Args) {
     });
     let d = std::sync::Arc::new(d);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..n)
-        .map(|c| {
-            let d = d.clone();
-            tokio::spawn(async move { timed_run(&d, &format!("burst-{c}"), "!text hi").await })
-        })
-        .collect();
-    let (mut agent, mut first) = (Vec::new(), Vec::new());
-    for task in tasks {
-        let t = task.await.expect("burst task").expect("burst run");
-        agent.push(t.agent);
-        first.push(t.first_event);
-    }
+    let (agent, first) = simultaneous(&d, "burst", n).await;
     let wall = started.elapsed().as_secs_f64();
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
@@ -746,18 +753,7 @@ async fn claims(a: &Args) {
         })
     });
     let d = std::sync::Arc::new(d);
-    let tasks: Vec<_> = (0..n)
-        .map(|c| {
-            let d = d.clone();
-            tokio::spawn(async move { timed_run(&d, &format!("claim-{c}"), "!text hi").await })
-        })
-        .collect();
-    let (mut agent, mut first) = (Vec::new(), Vec::new());
-    for task in tasks {
-        let t = task.await.expect("claim task").expect("claim run");
-        agent.push(t.agent);
-        first.push(t.first_event);
-    }
+    let (agent, first) = simultaneous(&d, "claim", n).await;
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
         .unwrap_or(0);
