@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 mod drain;
 mod session;
+mod steps;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -87,7 +88,9 @@ impl Executor {
         key: ConversationKey,
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
+        let mut steps = steps::RunSteps::start();
         let (guard, live, tx) = self.begin(&key).await?;
+        steps.mark("admit");
         let this = self.clone();
         let interrupts = live.clone();
         // Every line and audit event of the run carries these ids.
@@ -96,7 +99,9 @@ impl Executor {
             async move {
                 let _guard = guard;
                 let mut audit = ExecutionAudit::start(&key, &exec.options);
-                let outcome = this.run(&key, exec, &tx, &mut audit, &interrupts).await;
+                let outcome = this
+                    .run(&key, exec, &tx, &mut audit, &interrupts, &mut steps)
+                    .await;
                 // Audited before the stream ends, so a client that saw the
                 // end can find the record.
                 audit.finish(outcome.as_ref().err());
@@ -178,6 +183,7 @@ impl Executor {
         tx: &mpsc::Sender<AgentEvent>,
         audit: &mut ExecutionAudit,
         live: &LiveRun,
+        steps: &mut steps::RunSteps,
     ) -> Result<(), AgentEvent> {
         let state_err = |e: StateError| failure(ErrorCode::StateError, e.to_string());
         // The gateway counts the run's spend from here; a tenant whose day
@@ -188,10 +194,11 @@ impl Executor {
             exec.options.max_budget_usd,
         )
         .map_err(budget_error)?;
+        steps.mark("meter");
         // Upstream failures count from this run on.
         let outcomes = self.orchestrator.gateway().upstream_outcomes().clone();
         let _ = outcomes.take(&key.tenant_id, &key.conversation_id);
-        let (assigned, mut run_sync) = self.assign(key, tx).await?;
+        let (assigned, mut run_sync) = self.assign(key, tx, steps).await?;
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
@@ -200,6 +207,7 @@ impl Executor {
             .await
             .map_err(state_err)?
             .and_then(|c| c.session_id);
+        steps.mark("session_lookup");
 
         let limits = self.orchestrator.cfg().agent.clone();
         let (agent_tx, mut agent_rx) = mpsc::channel(16);
@@ -215,6 +223,7 @@ impl Executor {
             while let Some(ev) = agent_rx.recv().await {
                 if matches!(ev, AgentEvent::Started { .. }) {
                     agent_took_it.notify_one();
+                    steps.reached_agent("agent");
                 }
                 audit.observe(&ev);
                 if let AgentEvent::Session { session_id: s }
@@ -353,7 +362,9 @@ impl Executor {
                 );
                 audit.observe(&lost);
                 let _ = tx.send(lost).await;
-                self.assign(key, tx).await.map(|_| ())
+                self.assign(key, tx, &mut steps::RunSteps::start())
+                    .await
+                    .map(|_| ())
             }
             Err(e) => Err(match spent.exceeded {
                 Some(over) => budget_error(over),
@@ -441,13 +452,16 @@ impl Executor {
         &self,
         key: &ConversationKey,
         tx: &mpsc::Sender<AgentEvent>,
+        steps: &mut steps::RunSteps,
     ) -> Result<(crate::orchestrator::Assigned, RunSync), AgentEvent> {
         let assigned = self
             .orchestrator
             .acquire(key)
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
+        steps.mark("acquire");
         self.orchestrator.touch(&assigned.container).await;
+        steps.mark("touch");
         faults::reach(Phase::Claim).await;
         let mut rec = self
             .orchestrator
@@ -466,6 +480,7 @@ impl Executor {
             .prepare(&mut rec, place)
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
+        steps.mark("restore");
         if assigned.recovered {
             let _ = tx.send(AgentEvent::container_recovered()).await;
         }

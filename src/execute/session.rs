@@ -59,7 +59,9 @@ impl Executor {
             options.max_budget_usd,
         )
         .map_err(budget_error)?;
-        let (assigned, mut run_sync) = self.assign(key, tx).await?;
+        let (assigned, mut run_sync) = self
+            .assign(key, tx, &mut super::steps::RunSteps::start())
+            .await?;
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();

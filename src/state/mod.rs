@@ -42,6 +42,8 @@ pub enum StateError {
     Storage(#[from] redb::StorageError),
     #[error("state database: {0}")]
     Commit(#[from] redb::CommitError),
+    #[error("state database: {0}")]
+    Durability(#[from] redb::SetDurabilityError),
     /// A blocking database task panicked or was cancelled.
     #[error("state database: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -162,10 +164,30 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
     {
+        self.write_with(redb::Durability::Immediate, f).await
+    }
+
+    /// A write that skips the disk flush: visible at once, made durable by
+    /// the next ordinary [`Store::write`]; a crash before that loses it.
+    /// Only for data whose loss is harmless (activity stamps).
+    async fn write_lazy<T, F>(&self, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
+    {
+        self.write_with(redb::Durability::None, f).await
+    }
+
+    async fn write_with<T, F>(&self, durability: redb::Durability, f: F) -> Result<T, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
+    {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
             let out = f(&txn)?;
             txn.commit()?;
             crate::metrics::state_transaction(crate::metrics::TxKind::Write, started.elapsed());
@@ -364,9 +386,13 @@ impl Store {
     }
 
     /// Records agent activity on a container.
+    /// Stamps the container's last activity. Not flushed to disk on its
+    /// own (it is on the warm path of every run): a crash may lose the
+    /// latest stamps, which only moves the idle sweep of those containers
+    /// earlier by the time since the last durable write.
     pub async fn touch_container(&self, name: &str) -> Result<(), StateError> {
         let name = name.to_owned();
-        self.write(move |txn| {
+        self.write_lazy(move |txn| {
             if let Some(mut rec) = get_json::<ContainerRecord>(txn, CONTAINERS, &name)? {
                 rec.last_activity_ms = now_ms();
                 put_json(txn, CONTAINERS, &name, &rec)?;

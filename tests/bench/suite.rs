@@ -161,6 +161,7 @@ fn to_first_model_request(mock: &mock_model::MockModel, sent_at_ms: u64) -> f64 
 async fn claim(a: &Args) {
     let runs = a.runs;
     let mut rows = Vec::new();
+    let mut warm_steps = None;
     for (label, pool) in [("warm pool", 2), ("empty pool", 0)] {
         let (mock, d) = start_with_mock_opts("bench-key", pool, "").await;
         let (mut agent, mut model, mut event) = (Vec::new(), Vec::new(), Vec::new());
@@ -185,6 +186,8 @@ async fn claim(a: &Args) {
                 0,
                 "a warm run started cold"
             );
+            let cli: Vec<f64> = model.iter().zip(&agent).map(|(m, a)| m - a).collect();
+            warm_steps = Some((run_steps(&d), cli));
         }
         println!(
             "{label}: {fresh_cli} of {runs} runs started a fresh CLI (no pre-started one fitted)"
@@ -244,6 +247,52 @@ async fn claim(a: &Args) {
         "warm p50 is {:.1}x faster than cold p50 (first byte from the agent)",
         rows[1].1.p50 / rows[0].1.p50
     ));
+    if let Some((steps, cli)) = warm_steps {
+        table("The warm path step by step (ms)");
+        for (name, samples) in steps {
+            row(&format!("daemon: {name}"), &summarize(samples));
+        }
+        row(
+            "the agent took the run -> the CLI's first model request",
+            &summarize(cli),
+        );
+    }
+}
+
+/// The daemon's `Run reached the agent.` lines: each step's samples, in
+/// the order the daemon logs them (see `src/execute/steps.rs`), and the
+/// whole from the run's start.
+fn run_steps(d: &Daemon) -> Vec<(String, Vec<f64>)> {
+    let mut steps: Vec<(String, Vec<f64>)> = Vec::new();
+    for line in d.logs() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if f["message"] != "Run reached the agent." {
+            continue;
+        }
+        let total = (
+            "total (run start -> agent)".to_owned(),
+            f["total_ms"].as_f64(),
+        );
+        let pairs = f["steps"]
+            .as_str()
+            .unwrap_or_default()
+            .split(' ')
+            .filter_map(|p| {
+                let (name, ms) = p.split_once('=')?;
+                Some((name.to_owned(), ms.parse::<f64>().ok()))
+            });
+        for (name, ms) in pairs.chain(std::iter::once(total)) {
+            let Some(ms) = ms else { continue };
+            match steps.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(ms),
+                None => steps.push((name, vec![ms])),
+            }
+        }
+    }
+    steps
 }
 
 async fn restart(a: &Args) {
