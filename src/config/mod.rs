@@ -218,6 +218,14 @@ pub struct PoolConfig {
     /// than the host's cores can take at once only slows every one of them
     /// (each start loads a CLI). Default: the host's CPU count.
     pub max_parallel_starts: usize,
+    /// After a burst of claims the pool keeps up to this many ready
+    /// containers per tier (as many as were claimed in the last
+    /// `burst_window_secs`), so the next burst finds them warm; never less
+    /// than the tier's configured size.
+    pub burst_max_size: usize,
+    /// How long claims count towards the burst size; a pool that saw no
+    /// claim for this long is back to its configured size.
+    pub burst_window_secs: u64,
 }
 
 impl Default for PoolConfig {
@@ -228,6 +236,8 @@ impl Default for PoolConfig {
             max_size: 32,
             refill_parallelism: 2,
             max_parallel_starts: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            burst_max_size: 8,
+            burst_window_secs: 120,
         }
     }
 }

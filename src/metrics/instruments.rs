@@ -106,7 +106,7 @@ impl Instruments {
         let this = Self {
             pool_target: m
                 .u64_gauge("agentbox_pool_target_containers")
-                .with_description("Ready containers the pool keeps warm, by tier (pool.min_size, pool.gvisor_min_size).")
+                .with_description("Ready containers the pool keeps warm now, by tier (the configured size, raised after a burst up to pool.burst_max_size).")
                 .build(),
             pool_max: m
                 .u64_gauge("agentbox_pool_max_containers")

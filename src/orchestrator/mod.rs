@@ -9,6 +9,7 @@
 //! carry nothing conversation- or tenant-specific until claimed.
 
 mod create;
+mod demand;
 mod gc;
 mod pool;
 mod reconcile;
@@ -178,6 +179,8 @@ pub(crate) struct Orchestrator {
     ready: Notify,
     /// Runs waiting for a container; the refill gives way to them.
     waiting_runs: AtomicUsize,
+    /// Recent claims per tier, which raise the pool's target after a burst.
+    demand: demand::Demand,
     counters: Counters,
     isolation: Isolation,
     /// Workspace sync, so a container's last changes are pushed before
@@ -209,6 +212,7 @@ impl Orchestrator {
             starts: tokio::sync::Semaphore::new(cfg.pool.max_parallel_starts),
             ready: Notify::new(),
             waiting_runs: AtomicUsize::new(0),
+            demand: demand::Demand::default(),
             isolation,
             cfg: RwLock::new(Arc::new(cfg)),
             runtime,
@@ -349,6 +353,7 @@ impl Orchestrator {
         let cfg = self.cfg();
         // The tenant's tier now: a claim never takes another tier's container.
         let tier = cfg.tier_for(&binding.tenant_id);
+        self.demand.record(tier, std::time::Instant::now());
         // Counted from the first failed claim until a start slot is taken.
         let mut waiting = None;
         // Pinned across the loop, so the run keeps its place in line.
@@ -553,7 +558,7 @@ impl Orchestrator {
                 };
                 TierStatus {
                     tier,
-                    target: cfg.pool_min(tier),
+                    target: self.pool_target(&cfg, tier),
                     ready: n(ContainerState::Ready, true),
                     warming: n(ContainerState::Warming, true),
                     claimed: n(ContainerState::Claimed, false),
@@ -565,7 +570,10 @@ impl Orchestrator {
                 image: cfg.container.image.clone(),
                 default_tier: cfg.container.isolation_tier,
                 tiers,
-                target: cfg.pool.min_size + cfg.pool.gvisor_min_size,
+                target: IsolationTier::ALL
+                    .iter()
+                    .map(|&t| self.pool_target(&cfg, t))
+                    .sum(),
                 max_size: cfg.pool.max_size,
                 ready: count(ContainerState::Ready),
                 warming: count(ContainerState::Warming),
@@ -584,6 +592,14 @@ impl Orchestrator {
 
     /// Every container's workspace: `{workspace_root}/{container}`, filled
     /// from the object store when a conversation claims it.
+    /// The ready containers to keep for `tier` now: its configured size,
+    /// raised after a burst of claims (see `demand.rs`).
+    pub(crate) fn pool_target(&self, cfg: &Config, tier: IsolationTier) -> usize {
+        let window = std::time::Duration::from_secs(cfg.pool.burst_window_secs);
+        let recent = self.demand.recent(tier, std::time::Instant::now(), window);
+        demand::target(cfg.pool_min(tier), recent, cfg.pool.burst_max_size)
+    }
+
     pub(crate) fn workspace_dir(&self, name: &str) -> PathBuf {
         self.cfg().container.workspace_root.join(name)
     }

@@ -1,5 +1,6 @@
 //! The pool worker: keeps each isolation tier's ready containers of the
-//! configured image (`pool.min_size` runc, `pool.gvisor_min_size` gVisor),
+//! configured image (`pool.min_size` runc, `pool.gvisor_min_size` gVisor,
+//! raised for a while after a burst of claims, see `demand.rs`),
 //! rolls ready containers of an older image, trims a pool that shrank, and
 //! never goes past `pool.max_size` containers of all tiers together.
 
@@ -110,7 +111,7 @@ impl Orchestrator {
             &records,
             &cfg.container.image,
             tier,
-            cfg.pool_min(tier),
+            self.pool_target(&cfg, tier),
             cfg.pool.max_size,
         );
         for (name, reason) in &plan.destroy {
@@ -146,7 +147,7 @@ impl Orchestrator {
                 message = "Pool refilled.",
                 created,
                 removed = plan.destroy.len(),
-                target = cfg.pool_min(tier),
+                target = self.pool_target(&cfg, tier),
                 tier = tier.as_str()
             );
         }

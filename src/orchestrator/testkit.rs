@@ -22,7 +22,8 @@ pub(crate) struct Core {
     _dir: tempfile::TempDir,
 }
 
-/// A configuration whose directories are inside `dir`, with an empty pool.
+/// A configuration whose directories are inside `dir`, with an empty pool
+/// that does not grow after bursts.
 pub(crate) fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
     cfg.state.path = dir.join("state.redb");
@@ -32,6 +33,8 @@ pub(crate) fn config(dir: &std::path::Path) -> Config {
     cfg.server.instance = "unit".to_owned();
     cfg.pool.min_size = 0;
     cfg.pool.max_size = 4;
+    // A fixed pool size: tests count ready containers.
+    cfg.pool.burst_max_size = 0;
     cfg
 }
 

@@ -426,3 +426,21 @@ async fn the_refill_gives_way_to_waiting_runs() {
     core.orchestrator.refill_once().await.unwrap();
     assert_eq!(core.runtime.created(), 4);
 }
+
+#[tokio::test]
+async fn after_a_burst_the_pool_keeps_more_containers_warm() {
+    let core = core(|c| {
+        c.pool.min_size = 1;
+        c.pool.max_size = 10;
+        c.pool.burst_max_size = 3;
+    });
+    core.orchestrator.refill_once().await.unwrap();
+    assert_eq!(core.runtime.created(), 1);
+    for conversation in ["a", "b", "c", "d", "e"] {
+        core.orchestrator.acquire(&key(conversation)).await.unwrap();
+    }
+    // Five claims in the window; the burst size caps the target at three.
+    core.orchestrator.refill_once().await.unwrap();
+    let status = core.orchestrator.status().await.unwrap();
+    assert_eq!((status.pool.target, status.pool.ready), (3, 3));
+}

@@ -91,6 +91,7 @@ image = "{image}"
 
 [pool]
 min_size = {pool_min}
+burst_max_size = 0
 
 [telemetry]
 audit_path = "{root}/audit.log"
