@@ -307,3 +307,53 @@ async fn destroy_all_removes_containers_sockets_and_records() {
     d.restart();
     assert_eq!(d.status()["containers"], json!([]));
 }
+
+/// A burst larger than the pool, with one start at a time
+/// (`pool.max_parallel_starts = 1`): every run is served, the pool grows to
+/// the burst size afterwards and falls back once the burst window passed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_is_served_and_the_pool_follows_demand() {
+    let _engine = serial::shared().await;
+    let env = vec![
+        (
+            "AGENTBOX_POOL_MAX_PARALLEL_STARTS".to_owned(),
+            "1".to_owned(),
+        ),
+        ("AGENTBOX_POOL_BURST_MAX_SIZE".to_owned(), "3".to_owned()),
+        (
+            "AGENTBOX_POOL_BURST_WINDOW_SECS".to_owned(),
+            "20".to_owned(),
+        ),
+    ];
+    let (_mock, d) = start_with_mock_env(KEY, 1, "", env).await;
+    d.wait_status(120, "pool at 1", |s| s["pool"]["ready"] == 1);
+    let runs: Vec<_> = (0..4)
+        .map(|i| {
+            let url = d.url(&format!("/v1/conversations/burst-{i}/messages"));
+            tokio::spawn(async move {
+                let resp = crate::harness::client()
+                    .post(url)
+                    .bearer_auth(TOKEN)
+                    .json(&json!({"prompt": format!("!write b{i}.txt burst")}))
+                    .send()
+                    .await
+                    .unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        })
+        .collect();
+    for run in runs {
+        let (status, body) = run.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        run_ok(&body);
+    }
+    // Four claims in the window: the pool grows to the burst size (3)...
+    let s = d.wait_status(180, "the pool grown to 3", |s| {
+        s["pool"]["ready"] == 3 && s["pool"]["warming"] == 0
+    });
+    assert_eq!(s["pool"]["target"], 3, "{s:#}");
+    // ...and falls back to its size once no claim came for the window.
+    let s = d.wait_status(120, "the pool back to 1", |s| s["pool"]["ready"] == 1);
+    assert_eq!(s["pool"]["target"], 1, "{s:#}");
+    assert_consistent(&d);
+}
