@@ -22,6 +22,7 @@ mod packaging;
 mod pentest;
 mod proxy;
 mod sdk;
+mod sdk_mcp;
 mod skeleton;
 mod sync;
 mod upstream;
