@@ -23,6 +23,7 @@ mod pentest;
 mod proxy;
 mod sdk;
 mod sdk_mcp;
+mod sdk_ts;
 mod skeleton;
 mod sync;
 mod upstream;

@@ -1,0 +1,199 @@
+//! The Agent SDK for TypeScript (`@anthropic-ai/claude-agent-sdk` from
+//! npm) runs its agent in agentbox through `clients/typescript`: the SDK's
+//! `spawnClaudeCodeProcess` answered by the session WebSocket, driven by
+//! node with the real SDK, the real image and the real CLI.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KEY: &str = "sk-sdk-ts-test";
+
+/// The directory with the pinned SDK and the client, made or updated by
+/// `tests/setup/ensure-node-sdk.sh` once per suite.
+fn node_sdk() -> &'static str {
+    static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = repo_root().join("tests/setup/ensure-node-sdk.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// What every program below starts with: `run()` gives one query's
+/// messages on a conversation through the client, `out()` the one JSON
+/// line the test reads.
+const PRELUDE: &str = r#"
+import { query, createSdkMcpServer, tool } from '@anthropic-ai/claude-agent-sdk';
+import { agentboxOptions } from 'agentbox-client';
+import { z } from 'zod';
+
+const BASE = process.env.AGENTBOX_URL, TOKEN = process.env.AGENTBOX_TOKEN;
+const out = (fields) => console.log('RESULT ' + JSON.stringify(fields));
+
+async function run(conversationId, prompt, options = {}, token = TOKEN) {
+  const remote = agentboxOptions({ baseUrl: BASE, token, conversationId, closeTimeoutMs: 5000 });
+  const messages = [];
+  for await (const m of query({ prompt, options: { ...options, ...remote } })) messages.push(m);
+  return messages;
+}
+
+async function error(conversationId, prompt, options = {}, token = TOKEN) {
+  try {
+    await run(conversationId, prompt, options, token);
+  } catch (e) {
+    return e.message;
+  }
+  return null;
+}
+
+const blocks = (messages, type) => messages
+  .filter((m) => (m.type === 'assistant' || m.type === 'user') && Array.isArray(m.message.content))
+  .flatMap((m) => m.message.content.filter((b) => b.type === type));
+"#;
+
+/// Runs `program` (after [`PRELUDE`]) with node against `d`, within 180 s;
+/// the fields of its `RESULT` line.
+async fn run_node(d: &Daemon, program: &str) -> Value {
+    let child = tokio::process::Command::new("node")
+        .args(["--input-type=module", "-e"])
+        .arg(format!("{PRELUDE}\n{program}"))
+        // Bare imports resolve from the working directory's node_modules.
+        .current_dir(node_sdk())
+        .env("AGENTBOX_URL", d.url(""))
+        .env("AGENTBOX_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node");
+    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+        .await
+        .expect("the node program ends within 180 s")
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "node failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_sdk_runs_its_agent_in_agentbox_through_the_client() {
+    let _engine = serial::shared().await;
+    node_sdk();
+    let (mock, d) = start_with_mock(KEY).await;
+
+    // query(): a Write in the container, and an in-process SDK MCP tool
+    // that runs in the node process.
+    let got = run_node(
+        &d,
+        r#"
+const calls = [];
+const add = tool('add', 'Adds two numbers', { a: z.number(), b: z.number() }, async (args) => {
+  calls.push(args);
+  return { content: [{ type: 'text', text: `sum=${args.a + args.b} pid=${process.pid}` }] };
+});
+const messages = await run('ts-query',
+  '!write from-node.txt written by the TypeScript SDK\n!tool mcp__nodecalc__add {"a": 2, "b": 40}\n!text done',
+  { permissionMode: 'bypassPermissions',
+    mcpServers: { nodecalc: createSdkMcpServer({ name: 'nodecalc', tools: [add] }) } });
+const result = messages.at(-1);
+out({ result: result.result, is_error: result.is_error, calls, pid: process.pid,
+      uses: blocks(messages, 'tool_use').map((b) => b.name) });
+"#,
+    )
+    .await;
+    assert_eq!(got["result"], "done", "{got}");
+    assert_eq!(got["is_error"], false, "{got}");
+    assert_eq!(got["calls"], json!([{"a": 2, "b": 40}]), "{got}");
+    assert!(
+        got["uses"].to_string().contains("mcp__nodecalc__add"),
+        "{got}"
+    );
+    let answer = format!("sum=42 pid={}", got["pid"]);
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.body.to_string().contains(&answer)),
+        "the model never saw {answer:?}"
+    );
+    let resp = client()
+        .get(d.url("/v1/conversations/ts-query/files/from-node.txt"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "written by the TypeScript SDK");
+
+    // canUseTool runs in the caller and denies a Bash command.
+    let got = run_node(
+        &d,
+        r#"
+const asked = [];
+const canUseTool = async (name, input) => {
+  asked.push([name, input.command]);
+  return name === 'Bash' ? { behavior: 'deny', message: 'node says no' }
+                         : { behavior: 'allow', updatedInput: input };
+};
+const messages = await run('ts-perm', '!bash echo ran > bash-ran.txt\n!text after the denial',
+  { canUseTool, permissionMode: 'default' });
+out({ asked, denied: JSON.stringify(blocks(messages, 'tool_result').filter((b) => b.is_error)),
+      result: messages.at(-1).result });
+"#,
+    )
+    .await;
+    assert_eq!(
+        got["asked"],
+        json!([["Bash", "echo ran > bash-ran.txt"]]),
+        "{got}"
+    );
+    assert!(got["denied"].to_string().contains("node says no"), "{got}");
+    assert_eq!(got["result"], "after the denial", "{got}");
+    assert!(!d.workspace(TENANT, "ts-perm").join("bash-ran.txt").exists());
+
+    // Refusals, each as the SDK's error with the client's message: the
+    // daemon's (a bad token, a directory outside /workspace) and the
+    // client's (a flag no session takes, MCP servers the SDK would send
+    // in its initialize request).
+    let got = run_node(
+        &d,
+        r#"
+out({
+  auth: await error('ts-bad', '!text hi', {}, 'not-a-token'),
+  option: await error('ts-bad', '!text hi', { additionalDirectories: ['/etc'] }),
+  flag: await error('ts-bad', '!text hi', { extraArgs: { 'dangerously-skip-permissions': null } }),
+  initialize: await error('ts-bad', '!text hi',
+    { mcpServers: { web: { type: 'http', url: 'http://mcp.test/mcp' } } }),
+});
+"#,
+    )
+    .await;
+    let auth = got["auth"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(auth.contains("401"), "{got}");
+    let option = got["option"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(
+        option.contains("400") && option.contains("add_dirs"),
+        "{got}"
+    );
+    let flag = got["flag"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(flag.contains("dangerously-skip-permissions"), "{got}");
+    let initialize = got["initialize"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{got}"));
+    assert!(initialize.contains("mcpServersDelivery"), "{got}");
+}
