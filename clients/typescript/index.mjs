@@ -94,8 +94,10 @@ class AgentboxProcess extends EventEmitter {
       this.heldBytes = 0;
     });
     this.ws.on('message', (data, isBinary) => {
-      if (!isBinary) this.stdout.write(`${data.toString('utf8')}\n`);
+      // Stop reading the socket while the SDK has not read the lines yet.
+      if (!isBinary && !this.stdout.write(`${data.toString('utf8')}\n`)) this.ws.pause();
     });
+    this.stdout.on('drain', () => this.ws.resume());
     this.ws.on('unexpected-response', (req, res) => {
       // A refusal before the upgrade: its body (bounded) says why.
       let body = '';
