@@ -167,13 +167,21 @@ out({ asked, denied: JSON.stringify(blocks(messages, 'tool_result').filter((b) =
     assert!(!d.workspace(TENANT, "ts-perm").join("bash-ran.txt").exists());
 
     // Refusals, each as the SDK's error with the client's message: the
-    // daemon's (a bad token, a directory outside /workspace) and the
-    // client's (a flag no session takes, MCP servers the SDK would send
-    // in its initialize request).
+    // daemon's (a second session, a bad token, a directory outside
+    // /workspace) and the client's (a flag no session takes, MCP servers
+    // the SDK would send in its initialize request).
     let got = run_node(
         &d,
         r#"
+// A second session while the first is open: 409.
+const busy = query({ prompt: '!bash sleep 2\n!text busy done', options: { permissionMode: 'bypassPermissions',
+  ...agentboxOptions({ baseUrl: BASE, token: TOKEN, conversationId: 'ts-busy' }) } })[Symbol.asyncIterator]();
+await busy.next();
+const conflict = await error('ts-busy', '!text hi');
+let last;
+for (let r = await busy.next(); !r.done; r = await busy.next()) last = r.value;
 out({
+  conflict, busy: last.result,
   auth: await error('ts-bad', '!text hi', {}, 'not-a-token'),
   option: await error('ts-bad', '!text hi', { additionalDirectories: ['/etc'] }),
   flag: await error('ts-bad', '!text hi', { extraArgs: { 'dangerously-skip-permissions': null } }),
@@ -183,6 +191,9 @@ out({
 "#,
     )
     .await;
+    let conflict = got["conflict"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(conflict.contains("409"), "{got}");
+    assert_eq!(got["busy"], "busy done", "{got}");
     let auth = got["auth"].as_str().unwrap_or_else(|| panic!("{got}"));
     assert!(auth.contains("401"), "{got}");
     let option = got["option"].as_str().unwrap_or_else(|| panic!("{got}"));
