@@ -208,3 +208,61 @@ out({
         .unwrap_or_else(|| panic!("{got}"));
     assert!(initialize.contains("mcpServersDelivery"), "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_hooks_and_interrupts_run_over_the_session() {
+    let _engine = serial::shared().await;
+    node_sdk();
+    let (_mock, d) = start_with_mock(KEY).await;
+    let got = run_node(
+        &d,
+        r#"
+// A PreToolUse hook in the caller stops a Write.
+const seen = [];
+const preToolUse = async (input) => {
+  seen.push([input.tool_name, input.tool_input.file_path.split('/').pop()]);
+  return { hookSpecificOutput: { hookEventName: 'PreToolUse', permissionDecision: 'deny',
+                                 permissionDecisionReason: 'the hook says no' } };
+};
+const hooked = await run('ts-hook', '!write hooked.txt never\n!text hooked',
+  { permissionMode: 'bypassPermissions', hooks: { PreToolUse: [{ matcher: 'Write', hooks: [preToolUse] }] } });
+
+// interrupt() stops a minute-long Bash command; the input stays open
+// until the turn is over.
+let release;
+const released = new Promise((resolve) => { release = resolve; });
+async function* prompts() {
+  yield { type: 'user', session_id: '', parent_tool_use_id: null,
+          message: { role: 'user', content: '!bash for i in $(seq 60); do sleep 1; done\n!text never reached' } };
+  await released;
+}
+const q = query({ prompt: prompts(), options: { permissionMode: 'bypassPermissions',
+  ...agentboxOptions({ baseUrl: BASE, token: TOKEN, conversationId: 'ts-intr' }) } });
+const stopped = [];
+let interrupted = false;
+for await (const m of q) {
+  stopped.push(m);
+  if (!interrupted && blocks([m], 'tool_use').length > 0) {
+    await q.interrupt();
+    interrupted = true;
+  }
+  if (m.type === 'result') break;
+}
+release();
+out({ seen, hook_results: JSON.stringify(blocks(hooked, 'tool_result')), hooked: hooked.at(-1).result,
+      interrupted, stopped_error: stopped.at(-1).is_error,
+      texts: blocks(stopped, 'text').map((b) => b.text) });
+"#,
+    )
+    .await;
+    assert_eq!(got["seen"], json!([["Write", "hooked.txt"]]), "{got}");
+    assert!(
+        got["hook_results"].to_string().contains("the hook says no"),
+        "{got}"
+    );
+    assert_eq!(got["hooked"], "hooked", "{got}");
+    assert!(!d.workspace(TENANT, "ts-hook").join("hooked.txt").exists());
+    assert_eq!(got["interrupted"], true, "{got}");
+    assert_eq!(got["stopped_error"], true, "{got}");
+    assert!(!got.to_string().contains("never reached"), "{got}");
+}
