@@ -266,3 +266,71 @@ out({ seen, hook_results: JSON.stringify(blocks(hooked, 'tool_result')), hooked:
     assert_eq!(got["stopped_error"], true, "{got}");
     assert!(!got.to_string().contains("never reached"), "{got}");
 }
+
+/// A session that answers one turn, prints `ALIVE` and keeps its input
+/// open: how it ended, as the client saw it.
+const LOSE_A_SESSION: &str = r#"
+async function* prompts() {
+  yield { type: 'user', session_id: '', parent_tool_use_id: null,
+          message: { role: 'user', content: '!text alive' } };
+  await new Promise(() => {});
+}
+const q = query({ prompt: prompts(), options: { permissionMode: 'bypassPermissions',
+  ...agentboxOptions({ baseUrl: BASE, token: TOKEN, conversationId: 'ts-lost' }) } });
+try {
+  for await (const m of q) {
+    if (m.type === 'result') console.log('ALIVE');
+  }
+  out({ error: null });
+} catch (e) {
+  out({ error: e.message });
+}
+process.exit(0);
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_typescript_session_fails_the_query_with_the_daemons_reason() {
+    use tokio::io::AsyncBufReadExt;
+    let _engine = serial::shared().await;
+    node_sdk();
+    let (_mock, d) = start_with_mock(KEY).await;
+    let mut child = tokio::process::Command::new("node")
+        .args(["--input-type=module", "-e"])
+        .arg(format!("{PRELUDE}\n{LOSE_A_SESSION}"))
+        .current_dir(node_sdk())
+        .env("AGENTBOX_URL", d.url(""))
+        .env("AGENTBOX_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line == "ALIVE" {
+                return;
+            }
+        }
+        panic!("the program ended before its first turn did");
+    })
+    .await
+    .expect("the first turn ends within 120 s");
+    // The container dies under the open session.
+    let container = d.container_of(TENANT, "ts-lost").expect("a container");
+    docker_ok(&["kill", &container]);
+    let got: Value = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(result) = line.strip_prefix("RESULT ") {
+                return serde_json::from_str(result).unwrap();
+            }
+        }
+        panic!("no RESULT line");
+    })
+    .await
+    .expect("the program ends within 120 s");
+    let error = got["error"].as_str().unwrap_or_else(|| panic!("{got}"));
+    assert!(
+        error.contains("agentbox session lost (close 1011)"),
+        "{got}"
+    );
+}
