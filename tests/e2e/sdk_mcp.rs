@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use crate::sdk::{run_python, sdk_python};
+use crate::sdk_ts::run_node;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,6 +216,49 @@ asyncio.run(main())
     assert_eq!(refused["reason"], "domain_not_allowed", "{refused}");
     assert_eq!(refused["conversation_id"], "py-web", "{refused}");
     assert_eq!(refused["tenant_id"], TENANT, "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_sdk_reaches_an_http_mcp_server_named_in_argv() {
+    let _engine = serial::shared().await;
+    let web = WebServers::start().await;
+    let extra = format!(
+        r#"
+[proxy]
+allowed_domains = ["mcp.test"]
+allowed_ports = [{http}]
+allow_private_cidrs = ["127.0.0.0/8"]
+
+[proxy.resolve]
+"mcp.test" = "127.0.0.1"
+"#,
+        http = web.http,
+    );
+    let (_mock, d) = start_with_mock_opts(KEY, 1, &extra).await;
+    // With mcpServersDelivery 'argv' the SDK puts the server in
+    // --mcp-config, which the client carries as the session's mcp_servers.
+    let program = format!(
+        r#"
+const messages = await run('ts-web', '!tool mcp__web__add {{"a": 5, "b": 6}}\n!text added', {{
+  permissionMode: 'bypassPermissions', mcpServersDelivery: 'argv',
+  mcpServers: {{ web: {{ type: 'http', url: 'http://mcp.test:{http}/mcp' }} }} }});
+const init = messages.find((m) => m.type === 'system' && m.subtype === 'init');
+out({{ servers: Object.fromEntries(init.mcp_servers.map((s) => [s.name, s.status])),
+       results: JSON.stringify(blocks(messages, 'tool_result')), result: messages.at(-1).result }});
+"#,
+        http = web.http,
+    );
+    let got = run_node(&d, &program).await;
+    assert_eq!(got["servers"]["web"], "connected", "{got}");
+    assert!(
+        got["results"].to_string().contains("sum=11 over http"),
+        "{got}"
+    );
+    assert_eq!(got["result"], "added", "{got}");
+    assert_eq!(
+        web.calls(),
+        vec![json!({"transport": "http", "a": 5, "b": 6})]
+    );
 }
 
 /// The audit events once `done` holds for them, within 30 s.

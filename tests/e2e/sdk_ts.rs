@@ -11,7 +11,7 @@ const KEY: &str = "sk-sdk-ts-test";
 
 /// The directory with the pinned SDK and the client, made or updated by
 /// `tests/setup/ensure-node-sdk.sh` once per suite.
-fn node_sdk() -> &'static str {
+pub(crate) fn node_sdk() -> &'static str {
     static DIR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let script = repo_root().join("tests/setup/ensure-node-sdk.sh");
@@ -59,7 +59,7 @@ const blocks = (messages, type) => messages
 
 /// Runs `program` (after [`PRELUDE`]) with node against `d`, within 180 s;
 /// the fields of its `RESULT` line.
-async fn run_node(d: &Daemon, program: &str) -> Value {
+pub(crate) async fn run_node(d: &Daemon, program: &str) -> Value {
     let child = tokio::process::Command::new("node")
         .args(["--input-type=module", "-e"])
         .arg(format!("{PRELUDE}\n{program}"))
