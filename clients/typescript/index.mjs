@@ -12,6 +12,7 @@ export * from './errors.mjs';
 export { optionsFromArgs } from './options.mjs';
 
 const END_INPUT = '{"type":"end_input"}';
+const PING_INTERVAL_MS = 20_000;
 
 /**
  * A `spawnClaudeCodeProcess` for `query()`'s options that runs the agent in
@@ -92,6 +93,19 @@ class AgentboxProcess extends EventEmitter {
     this.ws.on('open', () => {
       for (const line of this.held.splice(0)) this.ws.send(line);
       this.heldBytes = 0;
+      // Pings keep idle middleboxes from cutting the socket while the CLI
+      // thinks; a daemon that has not answered the last one by the next
+      // is gone (the socket is dropped: a lost session).
+      let answered = true;
+      this.ws.on('pong', () => {
+        answered = true;
+      });
+      this.pinger = setInterval(() => {
+        if (!answered) return this.ws.terminate();
+        answered = false;
+        this.ws.ping();
+      }, PING_INTERVAL_MS);
+      this.pinger.unref();
     });
     this.ws.on('message', (data, isBinary) => {
       // Stop reading the socket while the SDK has not read the lines yet.
@@ -179,6 +193,7 @@ class AgentboxProcess extends EventEmitter {
   finish(code, signal) {
     if (this.done) return;
     this.done = true;
+    clearInterval(this.pinger);
     this.exitCode = code;
     this.stdout.end();
     if (this.ws && this.ws.readyState !== WebSocket.CLOSED) this.ws.terminate();
