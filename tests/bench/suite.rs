@@ -24,6 +24,8 @@
 //!
 //! Every run also writes its raw results (samples, command, commit, load)
 //! as JSON; see `record.rs`.
+//! - `session`: the session endpoint (the Agent SDK's path) beside the SSE
+//!   API on a warm pool: time to the first message and to the `result`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
@@ -328,6 +330,116 @@ async fn restart(a: &Args) {
     row(
         "restart -> pool whole again (all adopted)",
         &summarize(whole),
+    );
+}
+
+/// What one turn over the session endpoint took, in milliseconds from the
+/// upgrade request.
+struct SessionTiming {
+    /// The CLI's first line.
+    first_message: f64,
+    /// The turn's `result` line.
+    result: f64,
+}
+
+/// Opens a session on `conversation`, sends `prompt` as its one user
+/// message, reads to the `result`, then ends the session and waits for
+/// the daemon's close (each within 120 s).
+async fn timed_session(
+    d: &Daemon,
+    conversation: &str,
+    prompt: &str,
+) -> Result<SessionTiming, String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let bound = std::time::Duration::from_secs(120);
+    let started = Instant::now();
+    let mut ws = open_session(d, TOKEN, conversation, json!({}))
+        .await
+        .map_err(|(status, body)| format!("upgrade refused: {status} {body}"))?;
+    send_line(&mut ws, user_line(prompt)).await;
+    let mut first_message = None;
+    let result = tokio::time::timeout(bound, async {
+        while let Some(msg) = ws.next().await {
+            let Message::Text(text) = msg.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            first_message.get_or_insert(elapsed);
+            let line: serde_json::Value =
+                serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
+            if line["type"] == "result" {
+                return match line["is_error"] == false {
+                    true => Ok(elapsed),
+                    false => Err(format!("turn failed: {line}")),
+                };
+            }
+        }
+        Err("the session closed before its result".to_owned())
+    })
+    .await
+    .map_err(|_| "no result within 120 s".to_owned())??;
+    send_line(&mut ws, json!({"type": "end_input"})).await;
+    tokio::time::timeout(bound, async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the session did not close within 120 s".to_owned())?;
+    Ok(SessionTiming {
+        first_message: first_message.ok_or("no message")?,
+        result,
+    })
+}
+
+/// The session endpoint beside the SSE API, each turn on a warm
+/// container: a new conversation per turn, the pool refilled in between.
+async fn session(a: &Args) {
+    let runs = a.runs;
+    let pool = 2;
+    let (_mock, d) = start_with_mock_opts("bench-key", pool, "").await;
+    let (mut sse_first, mut sse_result) = (Vec::new(), Vec::new());
+    let (mut ws_first, mut ws_result) = (Vec::new(), Vec::new());
+    let warm = |d: &Daemon| {
+        tokio::task::block_in_place(|| {
+            d.wait_status(120, "a ready container", |s| s["pool"]["ready"] == pool)
+        });
+    };
+    for i in 0..runs {
+        warm(&d);
+        let t = timed_run(&d, &format!("sse-{i}"), "!text hi")
+            .await
+            .expect("SSE run");
+        sse_first.push(t.first_event);
+        sse_result.push(t.total);
+        warm(&d);
+        let t = timed_session(&d, &format!("ws-{i}"), "!text hi")
+            .await
+            .expect("session");
+        ws_first.push(t.first_message);
+        ws_result.push(t.result);
+    }
+    assert_eq!(
+        d.status()["pool"]["cold_starts_total"],
+        0,
+        "a warm run started cold"
+    );
+    table("Session endpoint vs SSE API, warm container (ms)");
+    row("SSE: request -> first event", &summarize(sse_first));
+    row(
+        "session: upgrade request -> first message",
+        &summarize(ws_first),
+    );
+    row(
+        "SSE: request -> end of stream (after `result`)",
+        &summarize(sse_result),
+    );
+    row(
+        "session: upgrade request -> `result` line",
+        &summarize(ws_result),
     );
 }
 
@@ -1000,6 +1112,9 @@ fn main() {
         }
         if a.wants("streaming") {
             streaming(&a).await;
+        }
+        if a.wants("session") {
+            session(&a).await;
         }
     });
     record::save("suite", recorded, a.out.as_deref());

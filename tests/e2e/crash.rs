@@ -115,7 +115,7 @@ async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly(
         assert_eq!(v["error"]["code"], "shutting_down", "{v:#}");
     }
     // A session is a run too: refused the same way, before the upgrade.
-    match crate::sdk::open_session(&d, TOKEN, "newcomer", json!({})).await {
+    match crate::harness::session::open_session(&d, TOKEN, "newcomer", json!({})).await {
         Ok(_) => panic!("a session opened while the daemon drains"),
         Err((status, body)) => {
             assert_eq!(status, 503, "{body}");

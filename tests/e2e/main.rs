@@ -22,6 +22,8 @@ mod packaging;
 mod pentest;
 mod proxy;
 mod sdk;
+mod sdk_mcp;
+mod sdk_ts;
 mod skeleton;
 mod sync;
 mod upstream;

@@ -211,81 +211,6 @@ async fn a_stdio_mcp_server_in_the_workspace_is_called_by_the_model() {
     );
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Opens a session on `conversation` as `token` with `options`: the
-/// socket, or the HTTP status and body of the refusal.
-pub(crate) async fn open_session(
-    d: &Daemon,
-    token: &str,
-    conversation: &str,
-    options: Value,
-) -> Result<Ws, (u16, String)> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = d
-        .url(&format!("/v1/conversations/{conversation}/session"))
-        .replacen("http://", "ws://", 1);
-    let url = format!("{url}?options={}", urlencode(&options.to_string()));
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
-            resp.status().as_u16(),
-            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
-        )),
-        Err(e) => panic!("connect: {e}"),
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-async fn send_line(ws: &mut Ws, line: Value) {
-    use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::text(
-        line.to_string(),
-    ))
-    .await
-    .unwrap();
-}
-
-fn user_line(prompt: &str) -> Value {
-    json!({"type": "user", "session_id": "", "message": {"role": "user", "content": prompt}, "parent_tool_use_id": null})
-}
-
-/// The CLI's lines until one of `type` `until`, within 120 s.
-async fn lines_until(ws: &mut Ws, until: &str) -> Vec<Value> {
-    use futures_util::StreamExt;
-    let mut lines = Vec::new();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(msg) = ws.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg.unwrap() {
-                let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                let done = v["type"] == until;
-                lines.push(v);
-                if done {
-                    return;
-                }
-            }
-        }
-        panic!("the session ended before a {until} line: {lines:#?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {until} line within 120 s"));
-    lines
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_carries_stream_json_both_ways_through_the_run_machinery() {
     use futures_util::StreamExt;
@@ -431,7 +356,7 @@ async fn get_json(d: &Daemon, token: &str, path: &str) -> (u16, Value) {
 
 /// The venv with the pinned `claude-agent-sdk` and `clients/python`, made
 /// or updated by `tests/setup/ensure-python-sdk.sh` once per suite.
-fn sdk_python() -> &'static str {
+pub(crate) fn sdk_python() -> &'static str {
     static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PYTHON.get_or_init(|| {
         let script = repo_root().join("tests/setup/ensure-python-sdk.sh");
@@ -472,7 +397,7 @@ async def turn(client, prompt):
 
 /// Runs `program` (after [`PRELUDE`]) with the venv's Python against `d` as
 /// `token`, within 180 s; the fields of its `RESULT` line.
-async fn run_python(d: &Daemon, token: &str, program: &str) -> Value {
+pub(crate) async fn run_python(d: &Daemon, token: &str, program: &str) -> Value {
     let python = sdk_python();
     let child = tokio::process::Command::new(python)
         .arg("-c")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Make sure a Python venv holds the pinned Claude Agent SDK and this
-# repository's client (clients/python); create or update it if not.
+# Make sure a Python venv holds the pinned Claude Agent SDK, the `mcp`
+# package the e2e tests' HTTP/SSE MCP servers use (the SDK depends on it;
+# pinned so its API holds), and this repository's client (clients/python);
+# create or update it if not.
 #
 #   tests/setup/ensure-python-sdk.sh     # idempotent: prints the venv's python on stdout
 #
@@ -11,6 +13,7 @@
 set -euo pipefail
 
 SDK_VERSION=0.2.184
+MCP_VERSION=2.3.0
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CLIENT="$ROOT/clients/python"
 VENV=${AGENTBOX_SDK_VENV:-$HOME/.cache/agentbox/sdk-venv}
@@ -45,6 +48,11 @@ main() {
     "$PY" -m pip install -q --disable-pip-version-check --no-cache-dir "claude-agent-sdk==$SDK_VERSION" ||
       die "pip install claude-agent-sdk==$SDK_VERSION failed"
   fi
+  if [[ $("$PY" -c 'import importlib.metadata as m; print(m.version("mcp"))' 2>/dev/null) != "$MCP_VERSION" ]]; then
+    say "installing mcp==$MCP_VERSION"
+    "$PY" -m pip install -q --disable-pip-version-check --no-cache-dir "mcp==$MCP_VERSION" ||
+      die "pip install mcp==$MCP_VERSION failed"
+  fi
   local want have
   want=$(client_hash)
   have=$(cat "$VENV/.agentbox-client-hash" 2>/dev/null || true)
@@ -55,7 +63,7 @@ main() {
       die "pip install $CLIENT failed"
     echo "$want" >"$VENV/.agentbox-client-hash"
   fi
-  say "ready: $PY (claude-agent-sdk $SDK_VERSION, agentbox-client)"
+  say "ready: $PY (claude-agent-sdk $SDK_VERSION, mcp $MCP_VERSION, agentbox-client)"
   echo "$PY"
 }
 

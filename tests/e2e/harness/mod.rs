@@ -1,8 +1,9 @@
 //! The end-to-end harness, one module per concern: prerequisites
 //! (`prereq`), the Docker CLI (`engine`), the daemon's lifecycle
-//! (`daemon`), the tenant API (`http`) and its SSE streams (`sse`), markers to wait on
-//! (`live`: a stream as it arrives, the daemon's log, its signals), the
-//! host (`host`), cgroup files (`cgroup`), the moto S3 server (`moto`) and
+//! (`daemon`), the tenant API (`http`) and its SSE streams (`sse`), the
+//! session endpoint's WebSocket (`session`), markers to wait on (`live`:
+//! a stream as it arrives, the daemon's log, its signals), the host
+//! (`host`), cgroup files (`cgroup`), the moto S3 server (`moto`) and
 //! which tests may overlap (`serial`). Everything is re-exported here, so
 //! a test module needs one `use crate::harness::*`.
 
@@ -19,6 +20,7 @@ pub mod live;
 pub mod moto;
 pub mod prereq;
 pub mod serial;
+pub mod session;
 pub mod sse;
 
 pub use daemon::*;
@@ -27,4 +29,5 @@ pub use host::*;
 pub use http::*;
 pub use live::*;
 pub use prereq::*;
+pub use session::*;
 pub use sse::*;
