@@ -226,6 +226,11 @@ pub struct PoolConfig {
     /// How long claims count towards the burst size; a pool that saw no
     /// claim for this long is back to its configured size.
     pub burst_window_secs: u64,
+    /// Ready containers per tier whose agent keeps a pre-started CLI (about
+    /// 150 MiB each); the rest start theirs with the first message. Claims
+    /// take a pre-started one first. Unset: all (with
+    /// `container.prestart_cli`).
+    pub prestarted_max: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -238,6 +243,7 @@ impl Default for PoolConfig {
             max_parallel_starts: std::thread::available_parallelism().map_or(2, |n| n.get()),
             burst_max_size: 8,
             burst_window_secs: 120,
+            prestarted_max: None,
         }
     }
 }

@@ -16,17 +16,18 @@ use std::path::Path;
 use std::time::Duration;
 
 impl Orchestrator {
-    /// Creates and starts `name` once a start slot is free (see
-    /// [`Orchestrator::create_in_slot`]).
+    /// Creates and starts pool container `name` once a start slot is free
+    /// (see [`Orchestrator::create_in_slot`]); its agent pre-starts a CLI
+    /// when `prestart` (and `container.prestart_cli`) says so.
     pub(super) async fn create(
         &self,
         name: &str,
-        binding: Option<&Binding>,
         tier: IsolationTier,
+        prestart: bool,
     ) -> Result<(), OrchestratorError> {
         // Never closed; a closed semaphore would only mean no limit.
         let _slot = self.starts.acquire().await.ok();
-        self.create_in_slot(name, binding, tier).await
+        self.create_in_slot(name, None, tier, prestart).await
     }
 
     /// Creates and starts `name`; the caller holds a start slot. A pool
@@ -38,12 +39,16 @@ impl Orchestrator {
         name: &str,
         binding: Option<&Binding>,
         tier: IsolationTier,
+        prestart: bool,
     ) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let c = &cfg.container;
-        let record = ContainerRecord::warming(name, &c.image, binding.is_some()).with_tier(tier);
+        let prestart = prestart && c.prestart_cli;
+        let record = ContainerRecord::warming(name, &c.image, binding.is_some())
+            .with_tier(tier)
+            .with_prestarted(prestart);
         self.store.insert_container(&record).await?;
-        let result = self.create_inner(name, binding, tier).await;
+        let result = self.create_inner(name, binding, tier, prestart).await;
         if let Err(e) = &result {
             tracing::warn!(message = "Container creation failed.", container_id = %name, error = %e);
             self.destroy(name, crate::codes::DestroyReason::CreateFailed)
@@ -57,6 +62,7 @@ impl Orchestrator {
         name: &str,
         binding: Option<&Binding>,
         tier: IsolationTier,
+        prestart: bool,
     ) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let c = &cfg.container;
@@ -72,7 +78,7 @@ impl Orchestrator {
         prepare_dir(&socket_dir, uid, gid)?;
         let mut env = container_env(&cfg);
         env.push(("HOME".to_owned(), CONTAINER_HOME.to_owned()));
-        let prestart = if c.prestart_cli { "1" } else { "0" };
+        let prestart = if prestart { "1" } else { "0" };
         env.push(("AGENTBOX_PRESTART_CLI".to_owned(), prestart.to_owned()));
         let mut labels = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),

@@ -416,7 +416,10 @@ impl Orchestrator {
         tracing::warn!(message = "Pool empty; cold start.", tenant_id = %binding.tenant_id,
             conversation_id = %binding.conversation_id, tier = tier.as_str());
         let name = new_container_name();
-        self.create_in_slot(&name, Some(binding), tier).await?;
+        // A cold start pre-starts its CLI: it starts while the workspace
+        // is restored, before the run needs it.
+        self.create_in_slot(&name, Some(binding), tier, true)
+            .await?;
         match self
             .store
             .claim(Some(&name), &cfg.container.image, tier, binding)

@@ -23,20 +23,24 @@ pub(super) struct Plan {
     pub destroy: Vec<(String, DestroyReason)>,
     /// How many containers to create.
     pub create: usize,
+    /// How many of those get a pre-started CLI (the first ones).
+    pub prestart: usize,
 }
 
 /// Pure: decides one tier's pool from the records alone, so it is
 /// unit-tested. Containers of other tiers count only towards `max`.
+/// `prestarted_max` bounds the kept containers with a pre-started CLI.
 pub(super) fn plan(
     records: &[ContainerRecord],
     image: &str,
     tier: IsolationTier,
     min: usize,
     max: usize,
+    prestarted_max: Option<usize>,
 ) -> Plan {
     let mut plan = Plan::default();
     let mut ready: Vec<&ContainerRecord> = Vec::new();
-    let mut warming = 0;
+    let mut warming: Vec<&ContainerRecord> = Vec::new();
     for r in records.iter().filter(|r| !r.cold && r.tier == tier) {
         match r.state {
             ContainerState::Ready if r.image != image => {
@@ -44,13 +48,13 @@ pub(super) fn plan(
                     .push((r.name.clone(), DestroyReason::ImageRoll));
             }
             ContainerState::Ready => ready.push(r),
-            ContainerState::Warming if r.image == image => warming += 1,
+            ContainerState::Warming if r.image == image => warming.push(r),
             _ => {}
         }
     }
     // Shrink: drop the newest first; the oldest are claimed first anyway.
     ready.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
-    let excess = (ready.len() + warming).saturating_sub(min);
+    let excess = (ready.len() + warming.len()).saturating_sub(min);
     for r in ready.iter().take(excess) {
         plan.destroy
             .push((r.name.clone(), DestroyReason::PoolShrink));
@@ -60,8 +64,13 @@ pub(super) fn plan(
         .filter(|r| r.state != ContainerState::Destroying)
         .count()
         .saturating_sub(plan.destroy.len());
-    let pool = (ready.len() + warming).saturating_sub(excess);
+    let kept = || ready.iter().skip(excess).chain(&warming);
+    let pool = kept().count();
     plan.create = min.saturating_sub(pool).min(max.saturating_sub(live));
+    let prestarted = kept().filter(|r| r.prestarted).count();
+    plan.prestart = prestarted_max.map_or(plan.create, |m| {
+        m.saturating_sub(prestarted).min(plan.create)
+    });
     plan
 }
 
@@ -113,6 +122,7 @@ impl Orchestrator {
             tier,
             self.pool_target(&cfg, tier),
             cfg.pool.max_size,
+            cfg.pool.prestarted_max,
         );
         for (name, reason) in &plan.destroy {
             self.destroy(name, *reason).await;
@@ -127,9 +137,10 @@ impl Orchestrator {
                 break;
             }
             let batch = left.min(cfg.pool.refill_parallelism);
-            let results = futures_util::future::join_all(
-                (0..batch).map(|_| async { self.create(&new_container_name(), None, tier).await }),
-            )
+            let results = futures_util::future::join_all((0..batch).map(|i| {
+                let prestart = created + failures.len() + i < plan.prestart;
+                async move { self.create(&new_container_name(), tier, prestart).await }
+            }))
             .await;
             for result in results {
                 match result {
@@ -173,12 +184,29 @@ mod tests {
     fn fills_up_to_min() {
         let recs = vec![rec("a", ContainerState::Ready, "i", 1)];
         assert_eq!(
-            plan(&recs, "i", IsolationTier::Runc, 3, 10),
+            plan(&recs, "i", IsolationTier::Runc, 3, 10, None),
             Plan {
                 destroy: vec![],
-                create: 2
+                create: 2,
+                prestart: 2
             }
         );
+    }
+
+    #[test]
+    fn only_the_first_containers_get_a_prestarted_cli() {
+        let mut bare = rec("b", ContainerState::Ready, "i", 2);
+        bare.prestarted = false;
+        let recs = vec![rec("a", ContainerState::Ready, "i", 1), bare];
+        // One pre-started kept of at most two: one of the three new ones.
+        let p = plan(&recs, "i", IsolationTier::Runc, 5, 10, Some(2));
+        assert_eq!((p.create, p.prestart), (3, 1));
+        // Unset: every new one.
+        let p = plan(&recs, "i", IsolationTier::Runc, 5, 10, None);
+        assert_eq!((p.create, p.prestart), (3, 3));
+        // Already enough: none.
+        let p = plan(&recs, "i", IsolationTier::Runc, 5, 10, Some(1));
+        assert_eq!((p.create, p.prestart), (3, 0));
     }
 
     #[test]
@@ -187,7 +215,7 @@ mod tests {
             rec("a", ContainerState::Warming, "i", 1),
             rec("b", ContainerState::Claimed, "i", 1),
         ];
-        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10, None).create, 1);
     }
 
     #[test]
@@ -195,7 +223,7 @@ mod tests {
         let recs: Vec<_> = (0..9)
             .map(|n| rec(&n.to_string(), ContainerState::Claimed, "i", 1))
             .collect();
-        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 4, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 4, 10, None).create, 1);
     }
 
     #[test]
@@ -204,7 +232,7 @@ mod tests {
             rec("old", ContainerState::Ready, "v1", 1),
             rec("claimed-old", ContainerState::Claimed, "v1", 1),
         ];
-        let p = plan(&recs, "v2", IsolationTier::Runc, 1, 10);
+        let p = plan(&recs, "v2", IsolationTier::Runc, 1, 10, None);
         assert_eq!(
             p.destroy,
             vec![("old".to_owned(), DestroyReason::ImageRoll)]
@@ -221,13 +249,19 @@ mod tests {
             gv("g2", ContainerState::Claimed),
         ];
         // The gVisor containers fill nothing of the runc pool, and back.
-        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10).create, 1);
-        assert_eq!(plan(&recs, "i", IsolationTier::Gvisor, 2, 10).create, 1);
+        assert_eq!(plan(&recs, "i", IsolationTier::Runc, 2, 10, None).create, 1);
+        assert_eq!(
+            plan(&recs, "i", IsolationTier::Gvisor, 2, 10, None).create,
+            1
+        );
         // A shrunk gVisor pool removes only gVisor containers.
-        let p = plan(&recs, "i", IsolationTier::Gvisor, 0, 10);
+        let p = plan(&recs, "i", IsolationTier::Gvisor, 0, 10, None);
         assert_eq!(p.destroy, vec![("g".to_owned(), DestroyReason::PoolShrink)]);
         // Every tier counts towards max.
-        assert_eq!(plan(&recs, "i", IsolationTier::Gvisor, 5, 4).create, 1);
+        assert_eq!(
+            plan(&recs, "i", IsolationTier::Gvisor, 5, 4, None).create,
+            1
+        );
     }
 
     #[test]
@@ -237,7 +271,7 @@ mod tests {
             rec("b", ContainerState::Ready, "i", 3),
             rec("c", ContainerState::Ready, "i", 2),
         ];
-        let p = plan(&recs, "i", IsolationTier::Runc, 1, 10);
+        let p = plan(&recs, "i", IsolationTier::Runc, 1, 10, None);
         assert_eq!(
             p.destroy,
             vec![

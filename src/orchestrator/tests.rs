@@ -444,3 +444,25 @@ async fn after_a_burst_the_pool_keeps_more_containers_warm() {
     let status = core.orchestrator.status().await.unwrap();
     assert_eq!((status.pool.target, status.pool.ready), (3, 3));
 }
+
+#[tokio::test]
+async fn only_part_of_the_pool_keeps_a_prestarted_cli() {
+    let core = core(|c| {
+        c.pool.min_size = 3;
+        c.pool.prestarted_max = Some(1);
+    });
+    core.orchestrator.refill_once().await.unwrap();
+    let records = core.store.containers().await.unwrap();
+    let prestarted: Vec<_> = records.iter().filter(|r| r.prestarted).collect();
+    assert_eq!((records.len(), prestarted.len()), (3, 1));
+    let first = core.orchestrator.acquire(&key("c")).await.unwrap();
+    assert_eq!(first.container, prestarted[0].name);
+    // The refill replaces the pre-started one with a pre-started one.
+    core.orchestrator.refill_once().await.unwrap();
+    let records = core.store.containers().await.unwrap();
+    let ready_prestarted = records
+        .iter()
+        .filter(|r| r.state == ContainerState::Ready && r.prestarted)
+        .count();
+    assert_eq!(ready_prestarted, 1);
+}

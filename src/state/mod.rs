@@ -343,10 +343,13 @@ impl Store {
                     for row in t.iter()? {
                         let (_, v) = row?;
                         let c: ContainerRecord = serde_json::from_slice(v.value())?;
+                        // A pre-started CLI first (it answers sooner), then
+                        // the oldest.
+                        let rank = |r: &ContainerRecord| (!r.prestarted, r.created_ms);
                         if c.state == ContainerState::Ready
                             && c.image == image
                             && c.tier == tier
-                            && best.as_ref().is_none_or(|b| c.created_ms < b.created_ms)
+                            && best.as_ref().is_none_or(|b| rank(&c) < rank(b))
                         {
                             best = Some(c);
                         }
@@ -385,7 +388,6 @@ impl Store {
         .await
     }
 
-    /// Records agent activity on a container.
     /// Stamps the container's last activity. Not flushed to disk on its
     /// own (it is on the warm path of every run): a crash may lose the
     /// latest stamps, which only moves the idle sweep of those containers
@@ -459,6 +461,21 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn claim_prefers_a_prestarted_cli_over_age() {
+        let (_d, s) = store();
+        let mut old = ContainerRecord::warming("old", "img", false).with_prestarted(false);
+        old.created_ms -= 60_000;
+        let new = ContainerRecord::warming("new", "img", false);
+        for r in [old, new] {
+            s.insert_container(&r).await.unwrap();
+            s.transition(&r.name, ContainerState::Ready).await.unwrap();
+        }
+        let key = ConversationKey::new("t", "conv");
+        let claim = s.claim(None, "img", IsolationTier::Runc, &key).await;
+        assert_eq!(claim.unwrap().unwrap().container.name, "new");
     }
 
     #[tokio::test]

@@ -123,6 +123,14 @@ pub struct ContainerRecord {
     /// Its isolation tier; records from before tiers existed were runc.
     #[serde(default)]
     pub tier: IsolationTier,
+    /// Whether its agent pre-started a CLI (`pool.prestarted_max`); records
+    /// from before the setting followed `container.prestart_cli`, on by default.
+    #[serde(default = "yes")]
+    pub prestarted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl ContainerRecord {
@@ -137,12 +145,18 @@ impl ContainerRecord {
             binding: None,
             cold,
             tier: IsolationTier::Runc,
+            prestarted: true,
         }
     }
 
     /// The same record on another isolation tier.
     pub fn with_tier(mut self, tier: IsolationTier) -> Self {
         self.tier = tier;
+        self
+    }
+
+    pub fn with_prestarted(mut self, prestarted: bool) -> Self {
+        self.prestarted = prestarted;
         self
     }
 }
