@@ -519,7 +519,8 @@ fn only<'a>(
     }
 }
 
-/// The idle memory of one warm container, in MiB.
+/// The idle memory of one warm container, in MiB; `cli` is zero for a
+/// container without a pre-started CLI.
 struct IdleMemory {
     agent: f64,
     cli: f64,
@@ -527,7 +528,7 @@ struct IdleMemory {
     init: f64,
 }
 
-fn idle_memory(container: &str) -> Result<IdleMemory, String> {
+fn idle_memory(container: &str, prestarted: bool) -> Result<IdleMemory, String> {
     let procs = container_procs(container);
     let init = only(&procs, "docker-init as PID 1", |p| {
         p.pid == 1 && p.runs("docker-init")
@@ -535,21 +536,44 @@ fn idle_memory(container: &str) -> Result<IdleMemory, String> {
     let agent = only(&procs, "workspace-agent under docker-init", |p| {
         p.ppid == init.pid && p.runs("workspace-agent")
     })?;
-    let cli = only(&procs, "pre-started CLI (`claude`) under the agent", |p| {
-        p.ppid == agent.pid && p.runs("claude")
-    })?;
+    let is_cli = |p: &Proc| p.ppid == agent.pid && p.runs("claude");
     let mib = |kib: u64| kib as f64 / 1024.0;
+    let (cli, cli_anon) = if prestarted {
+        let cli = only(&procs, "pre-started CLI (`claude`) under the agent", is_cli)?;
+        (mib(cli.rss_kib), mib(cli.rss_anon_kib))
+    } else if procs.iter().any(is_cli) {
+        return Err(format!("a CLI runs though none should: {procs:?}"));
+    } else {
+        (0.0, 0.0)
+    };
     Ok(IdleMemory {
         agent: mib(agent.rss_kib),
-        cli: mib(cli.rss_kib),
-        cli_anon: mib(cli.rss_anon_kib),
+        cli,
+        cli_anon,
         init: mib(init.rss_kib),
     })
 }
 
-async fn density(a: &Args) {
-    let n = a.size(10, 2);
-    let (_mock, d) = start_with_mock_opts("bench-key", n, "").await;
+/// One pool's figures for the density table.
+struct PoolMemory {
+    agent: Summary,
+    cli: Summary,
+    cli_anon: Summary,
+    init: Summary,
+    /// cgroup usage without the page cache, as `docker stats` shows it.
+    host: Summary,
+    page_cache: Summary,
+    /// A warm claim: request -> the CLI's first model request.
+    first_model: Summary,
+}
+
+/// `n` idle warm containers, with or without a pre-started CLI each.
+async fn pool_memory(a: &Args, n: usize, prestarted: bool) -> PoolMemory {
+    let env = vec![(
+        "AGENTBOX_POOL_PRESTARTED_MAX".to_owned(),
+        if prestarted { n } else { 0 }.to_string(),
+    )];
+    let (mock, d) = start_with_mock_env("bench-key", n, "", env).await;
     let s = tokio::task::block_in_place(|| {
         d.wait_status(300, "the pool filled", |s| s["pool"]["ready"] == n as u64)
     });
@@ -561,19 +585,53 @@ async fn density(a: &Args) {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_owned())
         .collect();
-    let (mut agent, mut cli, mut cli_anon, mut init, mut host) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut agent, mut cli, mut cli_anon, mut init, mut host, mut cache) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for name in &names {
         // A process not found fails the bench: a figure from the wrong
         // process is worse than none.
-        let m = idle_memory(name).unwrap_or_else(|e| panic!("density: container {name}: {e}"));
+        let m = idle_memory(name, prestarted)
+            .unwrap_or_else(|e| panic!("density: container {name}: {e}"));
         agent.push(m.agent);
         cli.push(m.cli);
         cli_anon.push(m.cli_anon);
         init.push(m.init);
         let usage = docker_ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", name]);
         host.push(mib(usage.split('/').next().unwrap_or("")));
+        let stat = cgroup::read(name, "memory", "memory.stat");
+        let bytes = cgroup::keyed(&stat, "total_cache")
+            .or_else(|| cgroup::keyed(&stat, "file"))
+            .unwrap_or(0);
+        cache.push(bytes as f64 / 1048576.0);
     }
+    let mut first_model = Vec::new();
+    for i in 0..a.size(5, 1).min(n) {
+        let t = timed_run(&d, &format!("density-{i}"), "!text hi")
+            .await
+            .expect("run");
+        first_model.push(to_first_model_request(&mock, t.sent_at_ms));
+    }
+    PoolMemory {
+        agent: summarize(agent),
+        cli: summarize(cli),
+        cli_anon: summarize(cli_anon),
+        init: summarize(init),
+        host: summarize(host),
+        page_cache: summarize(cache),
+        first_model: summarize(first_model),
+    }
+}
+
+async fn density(a: &Args) {
+    let n = a.size(10, 2);
+    let with = pool_memory(a, n, true).await;
+    let without = pool_memory(a, n, false).await;
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let available_mib = meminfo
         .lines()
@@ -582,20 +640,46 @@ async fn density(a: &Args) {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN);
-    let per = summarize(host);
     table(&format!("Density: {n} idle warm containers (MiB)"));
-    row("workspace-agent idle RSS", &summarize(agent));
-    row("pre-started CLI (`claude`) idle RSS", &summarize(cli));
+    row("workspace-agent idle RSS", &with.agent);
+    row("pre-started CLI (`claude`) idle RSS", &with.cli);
     row(
         "pre-started CLI, anonymous part of its RSS (RssAnon)",
-        &summarize(cli_anon),
+        &with.cli_anon,
     );
-    row("docker-init (PID 1) RSS", &summarize(init));
-    row("host memory per idle warm container (cgroup usage)", &per);
+    row("docker-init (PID 1) RSS", &with.init);
+    row(
+        "host memory per idle warm container (cgroup usage)",
+        &with.host,
+    );
+    row("page cache charged to the container", &with.page_cache);
+    row(
+        "without a pre-started CLI: host memory per container",
+        &without.host,
+    );
+    row(
+        "without a pre-started CLI: page cache charged",
+        &without.page_cache,
+    );
+    row(
+        "without a pre-started CLI: workspace-agent idle RSS",
+        &without.agent,
+    );
+    table("Pre-started CLI or not: a warm claim (ms)");
+    row(
+        "pre-started: request -> the CLI's first model request",
+        &with.first_model,
+    );
+    row(
+        "not pre-started: request -> the CLI's first model request",
+        &without.first_model,
+    );
     note(&format!(
-        "MemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm containers",
-        per.p50,
-        available_mib / per.p50
+        "MemAvailable {available_mib:.0} MiB / {:.1} MiB per idle container = about {:.0} warm \
+         containers with a pre-started CLI, {:.0} without",
+        with.host.p50,
+        available_mib / with.host.p50,
+        available_mib / without.host.p50
     ));
 }
 
