@@ -22,6 +22,10 @@
 //! - `streaming`: the delay from a model's streamed event to the client's
 //!   `text_delta`, beside the CLI read directly on the host.
 //!
+//! - `limit`: conversations running at once (paced tool-calling agents)
+//!   against a new warm run's time to the first event, in steps until it
+//!   passes 2 s.
+//!
 //! Every run also writes its raw results (samples, command, commit, load)
 //! as JSON; see `record.rs`.
 //! - `session`: the session endpoint (the Agent SDK's path) beside the SSE
@@ -1154,6 +1158,66 @@ async fn streaming(a: &Args) {
     ));
 }
 
+/// How many conversations running at once (each an agent making paced
+/// tool-calling turns) the host carries before a new warm run's time to
+/// the first event passes 2 s: steps of `k` running, three warm runs
+/// measured at each, until one step's median passes 2 s.
+async fn limit(a: &Args) {
+    let steps: Vec<usize> = if a.smoke {
+        vec![1]
+    } else {
+        vec![5, 10, 20, 40, 60]
+    };
+    // About 20 model turns of ten events 100 ms apart, each with a tool.
+    let busy = format!("!pace 100\n{}", "!bash true\n".repeat(20));
+    let mut rows = Vec::new();
+    for &k in &steps {
+        let measured = 3;
+        let env = vec![
+            (
+                "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+                (k + measured + 4).to_string(),
+            ),
+            ("AGENTBOX_AGENT_MAX_RUN_SECS".to_owned(), "600".to_owned()),
+        ];
+        let (_mock, d) = start_with_mock_env("bench-key", k + measured, "", env).await;
+        tokio::task::block_in_place(|| {
+            d.wait_status(900, "the pool filled", |s| {
+                s["pool"]["ready"] == (k + measured) as u64 && s["pool"]["warming"] == 0
+            })
+        });
+        let mut running = Vec::new();
+        for i in 0..k {
+            running.push(LiveStream::start(&d, TOKEN, &format!("busy-{i}"), &busy).await);
+        }
+        for live in &mut running {
+            live.wait_for(300, "the running agent's first tool", |e| {
+                e.event == "tool_use"
+            })
+            .await;
+        }
+        let mut first = Vec::new();
+        for i in 0..measured {
+            let t = timed_run(&d, &format!("probe-{i}"), "!text hi")
+                .await
+                .expect("probe run");
+            first.push(t.first_event);
+        }
+        let first = summarize(first);
+        let p50 = first.p50;
+        println!("limit: {k} running -> first event p50 {p50:.0} ms");
+        rows.push((k, first));
+        drop(running);
+        if p50 > 2000.0 {
+            break;
+        }
+    }
+    table("Conversations running at once vs a new run's time to the first event (ms)");
+    for (k, first) in &rows {
+        row(&format!("{k} running: request -> first SSE event"), first);
+    }
+}
+
 fn main() {
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1199,6 +1263,9 @@ fn main() {
         }
         if a.wants("session") {
             session(&a).await;
+        }
+        if a.wants("limit") {
+            limit(&a).await;
         }
     });
     record::save("suite", recorded, a.out.as_deref());
