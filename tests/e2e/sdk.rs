@@ -398,34 +398,12 @@ async def turn(client, prompt):
 /// Runs `program` (after [`PRELUDE`]) with the venv's Python against `d` as
 /// `token`, within 180 s; the fields of its `RESULT` line.
 pub(crate) async fn run_python(d: &Daemon, token: &str, program: &str) -> Value {
-    let python = sdk_python();
-    let child = tokio::process::Command::new(python)
-        .arg("-c")
+    let mut cmd = tokio::process::Command::new(sdk_python());
+    cmd.arg("-c")
         .arg(format!("{PRELUDE}\n{program}"))
         .env("AGENTBOX_URL", d.url(""))
-        .env("AGENTBOX_TOKEN", token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start python");
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("the Python program ends within 180 s")
-        .expect("python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
-    serde_json::from_str(line).unwrap()
+        .env("AGENTBOX_TOKEN", token);
+    crate::harness::session::program_result(cmd, "python").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

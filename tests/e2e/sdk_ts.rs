@@ -60,35 +60,14 @@ const blocks = (messages, type) => messages
 /// Runs `program` (after [`PRELUDE`]) with node against `d`, within 180 s;
 /// the fields of its `RESULT` line.
 pub(crate) async fn run_node(d: &Daemon, program: &str) -> Value {
-    let child = tokio::process::Command::new("node")
-        .args(["--input-type=module", "-e"])
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args(["--input-type=module", "-e"])
         .arg(format!("{PRELUDE}\n{program}"))
         // Bare imports resolve from the working directory's node_modules.
         .current_dir(node_sdk())
         .env("AGENTBOX_URL", d.url(""))
-        .env("AGENTBOX_TOKEN", TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("the node program ends within 180 s")
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "node failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
-    serde_json::from_str(line).unwrap()
+        .env("AGENTBOX_TOKEN", TOKEN);
+    crate::harness::session::program_result(cmd, "node").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -79,3 +79,35 @@ pub async fn lines_until(ws: &mut Ws, until: &str) -> Vec<Value> {
     .unwrap_or_else(|_| panic!("no {until} line within 120 s"));
     lines
 }
+
+/// Runs an SDK client program (Python or node) to its end, within 180 s:
+/// the JSON of the last `RESULT ` line it printed. `what` names it in
+/// failures.
+pub async fn program_result(mut cmd: tokio::process::Command, what: &str) -> Value {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        child.wait_with_output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the {what} program ends within 180 s"))
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line:\n{stdout}\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
