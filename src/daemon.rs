@@ -161,6 +161,9 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     let state = AppState {
         auth,
         conversations: Conversations::new(executor.clone()),
+        // Validated to be a plain name (it is on container labels too).
+        host: axum::http::HeaderValue::from_str(&cfg.server.instance)
+            .unwrap_or_else(|_| axum::http::HeaderValue::from_static("agentbox")),
     };
     let addr = cfg.server.listen;
     let api_listener =

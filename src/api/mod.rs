@@ -14,6 +14,8 @@
 //! - `GET /v1/conversations/{id}/files`: the stored workspace's files.
 //! - `GET /v1/conversations/{id}/files/{path}`: one stored file.
 //!
+//! Every answer names the host that gave it (`x-agentbox-host`).
+//!
 //! Every `/v1` route authenticates the bearer token
 //! (`auth::require_tenant`) before its body is read. Every request gets a
 //! request id (`x-request-id` echoed or generated) carried by the tracing
@@ -48,7 +50,14 @@ pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub(crate) struct AppState {
     pub auth: Arc<Authenticator>,
     pub conversations: Conversations,
+    /// This host's name (`server.instance`), sent on every answer as
+    /// [`HOST_HEADER`].
+    pub host: HeaderValue,
 }
+
+/// Names the host that served a request, for clients and load balancers
+/// in front of several hosts (`docs/scale-out.md`).
+pub(crate) const HOST_HEADER: &str = "x-agentbox-host";
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -85,7 +94,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(too_large_as_json))
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(state.host.clone(), served_by))
         .with_state(state)
+}
+
+async fn served_by(
+    axum::extract::State(host): axum::extract::State<HeaderValue>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(HOST_HEADER, host);
+    resp
 }
 
 async fn request_id(req: Request, next: Next) -> Response {
