@@ -94,7 +94,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(too_large_as_json))
         .layer(middleware::from_fn(request_id))
-        .layer(middleware::from_fn_with_state(state.host.clone(), served_by))
+        .layer(middleware::from_fn_with_state(
+            state.host.clone(),
+            served_by,
+        ))
         .with_state(state)
 }
 

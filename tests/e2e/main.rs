@@ -21,6 +21,7 @@ mod orchestrator;
 mod packaging;
 mod pentest;
 mod proxy;
+mod scaleout;
 mod sdk;
 mod sdk_mcp;
 mod sdk_ts;

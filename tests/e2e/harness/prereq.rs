@@ -45,3 +45,9 @@ pub fn test_image() -> String {
     std::env::var("AGENTBOX_TEST_IMAGE")
         .unwrap_or_else(|_| agentbox::config::DEFAULT_IMAGE.to_owned())
 }
+
+/// HAProxy installed (`tests/setup/ensure-haproxy.sh`), once per suite.
+pub fn haproxy_prerequisites() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| run_script("tests/setup/ensure-haproxy.sh", &[]));
+}
