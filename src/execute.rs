@@ -38,6 +38,8 @@ pub(crate) enum ExecuteError {
     ShuttingDown,
     #[error("the state file's disk has {free_mb} MiB free, below state.min_free_mb ({min_mb}); new runs start again once space returns")]
     StateDiskFull { free_mb: u64, min_mb: u64 },
+    #[error("the Docker engine does not answer; runs start again once it is back")]
+    EngineUnavailable,
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -111,7 +113,8 @@ impl Executor {
     }
 
     /// How every run and session begins: admitted (not while the daemon
-    /// drains, not on a state disk too full to record it), the
+    /// drains, not on a state disk too full to record it, not while the
+    /// engine is down), the
     /// conversation's lock taken, a new run recorded. Its events go to the
     /// returned sender.
     async fn begin(
@@ -127,6 +130,11 @@ impl Executor {
     > {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
         self.check_state_disk().await?;
+        // A pool container died with the engine: none is handed out until
+        // the engine watch has reconciled with the engine again.
+        if !self.orchestrator.engine_up() {
+            return Err(ExecuteError::EngineUnavailable);
+        }
         let guard = self
             .orchestrator
             .locks()
