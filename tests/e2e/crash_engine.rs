@@ -10,52 +10,50 @@ use std::process::Command;
 
 const KEY: &str = "sk-engine-restart";
 
-/// The test's own engine: started on creation, started again on drop if
-/// the test stopped it, so a failed assertion never leaves it down.
-struct RestartEngine {
-    host: String,
-    stopped: bool,
+fn restart_script(arg: &str) -> String {
+    let script = repo_root().join("tests/setup/ensure-restart-docker.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(arg)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run ensure-restart-docker.sh");
+    assert!(out.status.success(), "{} {arg} failed", script.display());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-impl RestartEngine {
-    fn script(arg: &str) -> String {
-        let script = repo_root().join("tests/setup/ensure-restart-docker.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(arg)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run ensure-restart-docker.sh");
-        assert!(out.status.success(), "{} {arg} failed", script.display());
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+/// Builds the image in the host's engine (while `DOCKER_HOST` still names
+/// it), then starts the test's engine with the image copied in; returns
+/// its `DOCKER_HOST`.
+fn start_the_engine() -> String {
+    prerequisites();
+    restart_script(&test_image())
+}
+
+/// Stops the test's engine (SIGTERM to its dockerd, returns once it has
+/// exited) and starts it again when told, or on drop: declared after the
+/// daemon, it drops first, so a failed assertion never leaves the engine
+/// down, nor the daemon's clean-up without an engine.
+#[derive(Default)]
+struct Outage {
+    on: bool,
+}
+
+impl Outage {
+    fn begin(&mut self) {
+        self.on = true;
+        restart_script("stop");
     }
 
-    /// Builds the image in the host's engine (while `DOCKER_HOST` still
-    /// names it), then starts the test's engine with the image copied in.
-    fn start() -> RestartEngine {
-        prerequisites();
-        let host = Self::script(&test_image());
-        RestartEngine {
-            host,
-            stopped: false,
-        }
-    }
-
-    /// SIGTERM to its dockerd; returns once the process has exited.
-    fn stop(&mut self) {
-        self.stopped = true;
-        Self::script("stop");
-    }
-
-    fn start_again(&mut self) {
-        Self::script(&test_image());
-        self.stopped = false;
+    fn end(&mut self) {
+        restart_script(&test_image());
+        self.on = false;
     }
 }
 
-impl Drop for RestartEngine {
+impl Drop for Outage {
     fn drop(&mut self) {
-        if self.stopped {
+        if self.on {
             let _ = Command::new("bash")
                 .arg(repo_root().join("tests/setup/ensure-restart-docker.sh"))
                 .arg(test_image())
@@ -97,13 +95,11 @@ fn engine_up(s: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restart() {
     let _engine = serial::exclusive().await;
-    let mut engine = tokio::task::spawn_blocking(RestartEngine::start)
-        .await
-        .unwrap();
-    // Declared after the engine: the host's engine is named again before
-    // the guard restarts this one; the daemon and mock go first.
-    let _host = DockerHost::set(&engine.host);
+    let host = tokio::task::spawn_blocking(start_the_engine).await.unwrap();
+    // Dropped last: the daemon cleans up on this engine first.
+    let _host = DockerHost::set(&host);
     let (_mock, d) = start_with_mock_env(KEY, 1, "", Vec::new()).await;
+    let mut outage = Outage::default();
     let conv = "through-the-restart";
 
     let (status, body) = post_message(
@@ -132,7 +128,7 @@ async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restar
     })
     .await;
 
-    tokio::task::block_in_place(|| engine.stop());
+    tokio::task::block_in_place(|| outage.begin());
     // The client learns that the container went with the engine, and that
     // no new one could be had.
     let seen = run.end(120).await;
@@ -175,7 +171,7 @@ async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restar
 
     // The engine comes back: the same daemon process admits runs again
     // once it has reconciled, and the pool refills.
-    tokio::task::block_in_place(|| engine.start_again());
+    tokio::task::block_in_place(|| outage.end());
     let s = tokio::task::block_in_place(|| {
         d.wait_status(60, "the engine seen up", |s| {
             engine_up(s) && s["health"]["docker"]["level"] == "pass"
