@@ -114,9 +114,8 @@ impl Executor {
 
     /// How every run and session begins: admitted (not while the daemon
     /// drains, not on a state disk too full to record it, not while the
-    /// engine is down), the
-    /// conversation's lock taken, a new run recorded. Its events go to the
-    /// returned sender.
+    /// engine is down), the conversation's lock taken, a new run recorded.
+    /// Its events go to the returned sender.
     async fn begin(
         &self,
         key: &ConversationKey,

@@ -1,7 +1,6 @@
 //! Named moments of a run (and of the pool's creations) at which a test
-//! build of the daemon can pause,
-//! so an end-to-end test can `kill -9` it at exactly that moment instead of
-//! after a guessed sleep.
+//! build of the daemon can pause, so an end-to-end test can `kill -9` it
+//! at exactly that moment instead of after a guessed sleep.
 //!
 //! Compiled in only with the `fault-injection` cargo feature, which only
 //! the test build turns on (`Cargo.toml`); in every other build
