@@ -2,7 +2,8 @@
 //! knows when it is gone. While it is down new runs are refused (503
 //! `runtime_unavailable`) rather than handed a pool container that died
 //! with the engine. When it answers again, a reconcile removes what the
-//! outage stopped and the pool refills; only then are runs admitted again.
+//! outage stopped; only then are runs admitted again and the pool refills
+//! (its worker does not try while the engine is down).
 
 use super::Orchestrator;
 use crate::audit::{AuditEvent, Subject};
