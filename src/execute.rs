@@ -128,12 +128,7 @@ impl Executor {
         ExecuteError,
     > {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
-        self.check_state_disk().await?;
-        // A pool container died with the engine: none is handed out until
-        // the engine watch has reconciled with the engine again.
-        if !self.orchestrator.engine_up() {
-            return Err(ExecuteError::EngineUnavailable);
-        }
+        self.admissible().await?;
         let guard = self
             .orchestrator
             .locks()
@@ -148,6 +143,24 @@ impl Executor {
         let live = self.hub.record(store, key, run, max_stored, rx);
         drop(admitted);
         Ok((guard, live, tx))
+    }
+
+    /// Whether a new run would be admitted now (the readiness probe): the
+    /// checks of [`Self::begin`], taking nothing.
+    pub(crate) async fn ready(&self) -> Result<(), ExecuteError> {
+        let _admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
+        self.admissible().await
+    }
+
+    /// What an admitted run still needs: room on the state disk, and an
+    /// engine the watch sees up (a pool container died with the engine:
+    /// none is handed out until the watch has reconciled with it again).
+    async fn admissible(&self) -> Result<(), ExecuteError> {
+        self.check_state_disk().await?;
+        if !self.orchestrator.engine_up() {
+            return Err(ExecuteError::EngineUnavailable);
+        }
+        Ok(())
     }
 
     /// A run writes the state file all along: it does not start on a disk

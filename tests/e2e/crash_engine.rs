@@ -88,6 +88,14 @@ fn error_codes(events: &[SseEvent]) -> Vec<String> {
         .collect()
 }
 
+/// `GET /readyz`: the status and the error code, if any.
+async fn readiness(d: &Daemon) -> (u16, Option<String>) {
+    let resp = client().get(d.url("/readyz")).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().map(str::to_owned))
+}
+
 fn engine_up(s: &Value) -> bool {
     s["engine"]["up"] == true
 }
@@ -112,6 +120,7 @@ async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restar
     assert_eq!(status, 200);
     assert_eq!(final_error(&parse_sse(&body)), None, "{body}");
     let first = tokio::task::block_in_place(|| d.container_of(TENANT, conv)).unwrap();
+    assert_eq!(readiness(&d).await, (200, None));
 
     // A run in flight: the model's answer streams at a slow pace, then a
     // tool call that waits for a file nobody writes.
@@ -150,6 +159,10 @@ async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restar
     let scrape = metrics(&d).await;
     assert_eq!(sample(&scrape, "agentbox_engine_up"), Some(0.0));
     assert_eq!(sample(&scrape, "agentbox_engine_outages_total"), Some(1.0));
+    assert_eq!(
+        readiness(&d).await,
+        (503, Some("runtime_unavailable".to_owned()))
+    );
     for conversation in [conv, "newcomer"] {
         let resp = client()
             .post(d.url(&format!("/v1/conversations/{conversation}/messages")))
@@ -179,6 +192,7 @@ async fn an_engine_restart_with_a_run_in_flight_recovers_without_a_daemon_restar
     });
     assert_eq!(s["engine"]["outages_total"], 1, "{s:#}");
     assert!(s["engine"]["down_since_ms"].is_null(), "{s:#}");
+    assert_eq!(readiness(&d).await, (200, None));
     let scrape = metrics(&d).await;
     assert_eq!(sample(&scrape, "agentbox_engine_up"), Some(1.0));
     assert_eq!(sample(&scrape, "agentbox_engine_outages_total"), Some(1.0));
