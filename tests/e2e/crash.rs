@@ -102,14 +102,7 @@ async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly(
     d.signal_term();
     tokio::task::block_in_place(|| d.wait_log(30, "Draining: new runs are refused.", &[]));
     // The readiness probe says so too, so a load balancer looks elsewhere.
-    let ready = crate::harness::client()
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    let v: Value = ready.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "shutting_down", "{v:#}");
+    assert_eq!(readiness(&d).await, (503, Some("shutting_down".to_owned())));
     // New runs are refused with a clear code while the others go on.
     for conversation in ["newcomer", "finishing"] {
         let resp = crate::harness::client()
@@ -478,23 +471,14 @@ async fn a_full_state_disk_answers_503_corrupts_nothing_and_recovers_when_space_
     }
     assert_eq!(last_outcome(&d, "steady").await, "completed");
     assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited");
-    let ready = crate::harness::client()
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    let v: Value = ready.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "state_disk_full", "{v:#}");
+    assert_eq!(
+        readiness(&d).await,
+        (503, Some("state_disk_full".to_owned()))
+    );
 
     // Space returns: the next message works without a restart.
     disk.free();
-    let ready = crate::harness::client()
-        .get(d.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(readiness(&d).await, (200, None));
     let (status, body) = post_message(
         &d,
         Some(TOKEN),

@@ -54,6 +54,8 @@ impl Outage {
 impl Drop for Outage {
     fn drop(&mut self) {
         if self.on {
+            // Not `restart_script`: a failed assertion while unwinding
+            // would abort the whole test binary.
             let _ = Command::new("bash")
                 .arg(repo_root().join("tests/setup/ensure-restart-docker.sh"))
                 .arg(test_image())
@@ -86,14 +88,6 @@ fn error_codes(events: &[SseEvent]) -> Vec<String> {
         .filter(|e| e.event == "error")
         .filter_map(|e| e.data["code"].as_str().map(str::to_owned))
         .collect()
-}
-
-/// `GET /readyz`: the status and the error code, if any.
-async fn readiness(d: &Daemon) -> (u16, Option<String>) {
-    let resp = client().get(d.url("/readyz")).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    (status, body["error"]["code"].as_str().map(str::to_owned))
 }
 
 fn engine_up(s: &Value) -> bool {
