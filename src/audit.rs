@@ -124,6 +124,20 @@ pub(crate) enum AuditEvent {
         subject: Subject,
         cause: String,
     },
+    /// The Docker engine stopped answering; new runs are refused until it
+    /// is back (`engine_recovered`).
+    EngineUnavailable {
+        #[serde(flatten)]
+        subject: Subject,
+        error: String,
+    },
+    /// The engine answers again and the state was reconciled with it; runs
+    /// are admitted again.
+    EngineRecovered {
+        #[serde(flatten)]
+        subject: Subject,
+        down_ms: u64,
+    },
     /// A workspace restore from the object store into the container's
     /// workspace.
     FileSyncToContainer {
@@ -274,6 +288,8 @@ impl AuditEvent {
             Self::ProxyRequestBlocked { .. } => "proxy_request_blocked",
             Self::ProxyRequestsCoalesced { .. } => "proxy_requests_coalesced",
             Self::ProxyTaskRestarted { .. } => "proxy_task_restarted",
+            Self::EngineUnavailable { .. } => "engine_unavailable",
+            Self::EngineRecovered { .. } => "engine_recovered",
             Self::FileSyncToContainer { .. } => "file_sync_to_container",
             Self::FileSyncFromContainer { .. } => "file_sync_from_container",
             Self::FileSyncRefused { .. } => "file_sync_refused",
@@ -296,6 +312,8 @@ impl AuditEvent {
             | Self::ProxyRequestBlocked { subject, .. }
             | Self::ProxyRequestsCoalesced { subject, .. }
             | Self::ProxyTaskRestarted { subject, .. }
+            | Self::EngineUnavailable { subject, .. }
+            | Self::EngineRecovered { subject, .. }
             | Self::FileSyncToContainer { subject, .. }
             | Self::FileSyncFromContainer { subject, .. }
             | Self::FileSyncRefused { subject, .. }
@@ -413,6 +431,14 @@ mod tests {
                 subject: s.clone(),
                 limit: "max_line_bytes".into(),
                 detail: "d".into(),
+            },
+            AuditEvent::EngineUnavailable {
+                subject: s.clone(),
+                error: "e".into(),
+            },
+            AuditEvent::EngineRecovered {
+                subject: s.clone(),
+                down_ms: 1,
             },
         ] {
             let v = serde_json::to_value(&ev).unwrap();

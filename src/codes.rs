@@ -113,14 +113,16 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRuns => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable | Self::ShuttingDown | Self::StateDiskFull => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            // `runtime_unavailable` also ends a run whose container the
+            // engine could not give; as an answer it refuses a new run.
+            Self::Unavailable
+            | Self::ShuttingDown
+            | Self::StateDiskFull
+            | Self::RuntimeUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::HostNotAllowed | Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::SweepFailed => StatusCode::INTERNAL_SERVER_ERROR,
             Self::CapacityExhausted
             | Self::ContainerStartFailed
-            | Self::RuntimeUnavailable
             | Self::WorkspaceFailed
             | Self::WorkspaceRestoreFailed
             | Self::WorkspaceSyncFailed

@@ -82,6 +82,11 @@ impl Conversations {
         Self { executor }
     }
 
+    /// Whether a new run would start now (`GET /readyz`).
+    pub(crate) async fn ready(&self) -> Result<(), ConversationError> {
+        Ok(self.executor.ready().await?)
+    }
+
     /// Starts a run unless the tenant already has `max_concurrent_runs`
     /// going: a soft limit, checked when the request arrives, enough to
     /// keep one tenant from taking every container.

@@ -39,6 +39,8 @@ pub(crate) enum ExecuteError {
     ShuttingDown,
     #[error("the state file's disk has {free_mb} MiB free, below state.min_free_mb ({min_mb}); new runs start again once space returns")]
     StateDiskFull { free_mb: u64, min_mb: u64 },
+    #[error("the Docker engine does not answer; runs start again once it is back")]
+    EngineUnavailable,
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -116,9 +118,9 @@ impl Executor {
     }
 
     /// How every run and session begins: admitted (not while the daemon
-    /// drains, not on a state disk too full to record it), the
-    /// conversation's lock taken, a new run recorded. Its events go to the
-    /// returned sender.
+    /// drains, not on a state disk too full to record it, not while the
+    /// engine is down), the conversation's lock taken, a new run recorded.
+    /// Its events go to the returned sender.
     async fn begin(
         &self,
         key: &ConversationKey,
@@ -131,7 +133,7 @@ impl Executor {
         ExecuteError,
     > {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
-        self.check_state_disk().await?;
+        self.admissible().await?;
         let guard = self
             .orchestrator
             .locks()
@@ -146,6 +148,24 @@ impl Executor {
         let live = self.hub.record(store, key, run, max_stored, rx);
         drop(admitted);
         Ok((guard, live, tx))
+    }
+
+    /// Whether a new run would be admitted now (the readiness probe): the
+    /// checks of [`Self::begin`], taking nothing.
+    pub(crate) async fn ready(&self) -> Result<(), ExecuteError> {
+        let _admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
+        self.admissible().await
+    }
+
+    /// What an admitted run still needs: room on the state disk, and an
+    /// engine the watch sees up (a pool container died with the engine:
+    /// none is handed out until the watch has reconciled with it again).
+    async fn admissible(&self) -> Result<(), ExecuteError> {
+        self.check_state_disk().await?;
+        if !self.orchestrator.engine_up() {
+            return Err(ExecuteError::EngineUnavailable);
+        }
+        Ok(())
     }
 
     /// A run writes the state file all along: it does not start on a disk

@@ -1,6 +1,6 @@
-//! Named moments of a run at which a test build of the daemon can pause,
-//! so an end-to-end test can `kill -9` it at exactly that moment instead of
-//! after a guessed sleep.
+//! Named moments of a run (and of the pool's creations) at which a test
+//! build of the daemon can pause, so an end-to-end test can `kill -9` it
+//! at exactly that moment instead of after a guessed sleep.
 //!
 //! Compiled in only with the `fault-injection` cargo feature, which only
 //! the test build turns on (`Cargo.toml`); in every other build
@@ -9,7 +9,7 @@
 //! a run that reaches it logs `Fault point reached; pausing.` with the
 //! phase and waits forever.
 
-/// The moments of a run, in order.
+/// The moments of a run, in order, then the pool's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// The conversation holds a container (claimed from the pool or kept),
@@ -26,6 +26,8 @@ pub(crate) enum Phase {
     FinalSync,
     /// Every event (`result` included) is recorded; the run's end is not.
     AfterResult,
+    /// A pool container is recorded and started, its agent not ready yet.
+    PoolStart,
 }
 
 // Only the feature's `reach` reads the spelling.
@@ -39,6 +41,7 @@ impl Phase {
             Self::MidStream => "mid_stream",
             Self::FinalSync => "final_sync",
             Self::AfterResult => "after_result",
+            Self::PoolStart => "pool_start",
         }
     }
 }

@@ -13,7 +13,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("vocabulary", &["ids", "codes"]),
     (
         "foundation",
-        &["secrets", "locks", "systemd", "tls", "faults"],
+        &[
+            "secrets",
+            "locks",
+            "systemd",
+            "tls",
+            "upstream_tls",
+            "faults",
+        ],
     ),
     ("configuration", &["config"]),
     ("logging", &["telemetry"]),

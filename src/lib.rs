@@ -42,6 +42,7 @@ mod runtime;
 mod secrets;
 mod systemd;
 mod tls;
+mod upstream_tls;
 mod workers;
 
 pub use api::token_sha256;

@@ -8,7 +8,7 @@ use super::recent::{self, LastRun, RecentEvent};
 use super::stats::StatsView;
 use super::Admin;
 use crate::ids::ConversationKey;
-use crate::orchestrator::{OrchestratorError, PoolStatus};
+use crate::orchestrator::{EngineStatus, OrchestratorError, PoolStatus};
 use crate::state::{conversation_key, now_ms, ContainerRecord};
 use crate::workers::WorkerStatus;
 use serde::Serialize;
@@ -29,6 +29,8 @@ pub(crate) struct StatusView {
     pub workers: BTreeMap<&'static str, WorkerStatus>,
     pub events: Vec<RecentEvent>,
     pub health: Health,
+    /// Whether the engine answers; while it does not, runs are refused.
+    pub engine: EngineStatus,
     /// Each configured tenant's model spend today (UTC), as the gateway
     /// counts it, with its daily limits.
     pub spend: Vec<TenantSpendView>,
@@ -127,6 +129,7 @@ pub(crate) async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError
         workers: status.workers,
         events: recent::events(EVENTS_SHOWN),
         health,
+        engine: status.engine,
         spend: spend_view(o),
     })
 }

@@ -27,6 +27,8 @@ pub(crate) enum ApiError {
     ShuttingDown(String),
     #[error("{0}")]
     StateDiskFull(String),
+    #[error("{0}")]
+    EngineUnavailable(String),
     /// A `Range` no byte of a file of this length satisfies.
     #[error("the range selects no byte of the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -51,6 +53,7 @@ impl ApiError {
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::ShuttingDown(_) => ErrorCode::ShuttingDown,
             Self::StateDiskFull(_) => ErrorCode::StateDiskFull,
+            Self::EngineUnavailable(_) => ErrorCode::RuntimeUnavailable,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
         }
     }
@@ -95,6 +98,9 @@ impl From<crate::conversations::ConversationError> for ApiError {
             ConversationError::Execute(e @ ExecuteError::StateDiskFull { .. }) => {
                 ApiError::StateDiskFull(e.to_string())
             }
+            ConversationError::Execute(e @ ExecuteError::EngineUnavailable) => {
+                ApiError::EngineUnavailable(e.to_string())
+            }
             e => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -116,6 +122,7 @@ mod tests {
             (ApiError::Unavailable(String::new()), 503),
             (ApiError::ShuttingDown(String::new()), 503),
             (ApiError::StateDiskFull(String::new()), 503),
+            (ApiError::EngineUnavailable(String::new()), 503),
             (ApiError::RangeNotSatisfiable(1), 416),
         ];
         for (e, status) in all {

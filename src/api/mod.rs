@@ -2,6 +2,7 @@
 //!
 //! Routes:
 //! - `GET /healthz`: liveness, no auth.
+//! - `GET /readyz`: readiness, no auth: whether a new run would start.
 //! - `POST /v1/conversations/{id}/messages`: run the agent, SSE out.
 //! - `POST /v1/conversations/{id}/interrupt`: stop the running turn.
 //! - `GET /v1/conversations/{id}/session`: an Agent SDK session
@@ -90,6 +91,7 @@ pub(crate) fn router(state: AppState) -> Router {
             auth::require_tenant,
         ))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(too_large_as_json))
@@ -109,6 +111,16 @@ async fn served_by(
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(HOST_HEADER, host);
     resp
+}
+
+/// 200 while a new run would start; else the 503 a run would get
+/// (`shutting_down`, `state_disk_full`, `runtime_unavailable`), so a load
+/// balancer sends conversations elsewhere. No auth: it names no tenant.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, ApiError> {
+    state.conversations.ready().await?;
+    Ok("ready\n")
 }
 
 async fn request_id(req: Request, next: Next) -> Response {

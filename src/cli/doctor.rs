@@ -76,7 +76,13 @@ async fn checks(
     out.push(storage::object_store(&cfg.storage.url));
     out.push(storage::state_file(&cfg.state.path, daemon.as_deref()));
     let model_url = cfg.model.anthropic_base_url.as_str();
-    out.push(clock::skew(Some(clock_url.unwrap_or(model_url))).await);
+    out.push(
+        clock::skew(
+            Some(clock_url.unwrap_or(model_url)),
+            &cfg.model.extra_ca_file,
+        )
+        .await,
+    );
     out
 }
 

@@ -44,6 +44,10 @@ pub struct ModelConfig {
     pub extra_ca_file: String,
     /// Retries the CLI makes on a failed model call (the CLI's default is 10).
     pub max_retries: u32,
+    /// Longest wait for the upstream's answer to begin (its status line
+    /// and headers); past it the gateway answers 504 and the run's failure
+    /// is `upstream_unavailable`.
+    pub first_byte_timeout_secs: u64,
     /// Largest request body the gateway accepts; the default is the
     /// Messages API's own limit.
     pub max_request_body_mb: u64,
@@ -103,6 +107,7 @@ impl Default for ModelConfig {
             aws_profile: String::new(),
             extra_ca_file: String::new(),
             max_retries: 10,
+            first_byte_timeout_secs: 600,
             max_request_body_mb: 32,
             allowed_calls: DEFAULT_ANTHROPIC_CALLS
                 .iter()
@@ -147,6 +152,12 @@ impl ModelConfig {
         }
         if !self.extra_ca_file.is_empty() && !self.extra_ca_file.starts_with('/') {
             return Err(invalid("model.extra_ca_file", "must be an absolute path"));
+        }
+        if self.first_byte_timeout_secs == 0 || self.first_byte_timeout_secs > 3600 {
+            return Err(invalid(
+                "model.first_byte_timeout_secs",
+                "must be in 1..=3600",
+            ));
         }
         if self.max_request_body_mb == 0 || self.max_request_body_mb > 1024 {
             return Err(invalid("model.max_request_body_mb", "must be in 1..=1024"));

@@ -273,3 +273,42 @@ async fn a_drain_refuses_new_runs_and_cuts_the_running_one_after_a_final_sync() 
     let runs = core.store.runs(&key("c"), 1).await.unwrap();
     assert_eq!(runs[0].outcome, crate::state::RunOutcome::Interrupted);
 }
+
+#[tokio::test]
+async fn runs_are_refused_while_the_engine_is_down_and_admitted_once_it_is_reconciled() {
+    let core = core(|_| {});
+    let o = &core.orchestrator;
+    let ex = executor(&core);
+    // A conversation's container, stopped by the outage.
+    let first = o.acquire(&key("c")).await.unwrap();
+    core.runtime
+        .fail_next(Op::Ping, RuntimeError::Unreachable("socket gone".into()));
+    o.check_engine().await;
+    assert!(!o.engine_up());
+    let status = o.status().await.unwrap();
+    assert!(!status.engine.up);
+    assert!(status.engine.down_since_ms.is_some());
+    assert_eq!(status.engine.outages_total, 1);
+    assert!(matches!(
+        ex.start_run(key("c"), prompt("hi")).await,
+        Err(ExecuteError::EngineUnavailable)
+    ));
+    assert!(core.runtime.kill(&first.container));
+
+    // Back, but the reconcile fails: still refused.
+    core.runtime
+        .fail_next(Op::List, RuntimeError::Unreachable("still starting".into()));
+    o.check_engine().await;
+    assert!(!o.engine_up());
+    // Back and reconciled: the stopped container is gone, runs start on a
+    // new one.
+    o.check_engine().await;
+    assert!(o.engine_up());
+    let status = o.status().await.unwrap();
+    assert!(status.engine.up && status.engine.down_since_ms.is_none());
+    assert_eq!(status.engine.outages_total, 1);
+    assert_eq!(destroy_reason(&first.container).as_deref(), Some("crashed"));
+    let live = ex.start_run(key("c"), prompt("hi")).await.unwrap();
+    let events = finish(&core, "c", live).await;
+    assert!(error_codes(&events).is_empty(), "{events:?}");
+}

@@ -62,6 +62,9 @@ fn observe_event(event: &AuditEvent) {
             });
         }
         AuditEvent::ProxyTaskRestarted { .. } => {}
+        AuditEvent::EngineUnavailable { .. } => with(|i| i.engine_outages.add(1, &[])),
+        // The gauge is set by the engine watch itself.
+        AuditEvent::EngineRecovered { .. } => {}
         AuditEvent::FileSyncToContainer { sync, .. }
         | AuditEvent::FileSyncFromContainer { sync, .. } => {
             let direction = match event {

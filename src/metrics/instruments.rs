@@ -42,6 +42,8 @@ pub(super) struct Instruments {
     pub containers_recovered: Counter<u64>,
     pub containers_reclaimed: Counter<u64>,
     pub container_start: Histogram<f64>,
+    pub engine_up: Gauge<u64>,
+    pub engine_outages: Counter<u64>,
 
     pub executions_started: Counter<u64>,
     pub executions_completed: Counter<u64>,
@@ -155,6 +157,15 @@ impl Instruments {
                 "agentbox_container_start_duration_seconds",
                 "Time from create request to the agent answering.",
                 &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0],
+            ),
+            engine_up: m
+                .u64_gauge("agentbox_engine_up")
+                .with_description("1 while the Docker engine answers (and was reconciled with after an outage), else 0; runs are refused at 0.")
+                .build(),
+            engine_outages: counter(
+                &m,
+                "agentbox_engine_outages",
+                "Times the Docker engine stopped answering.",
             ),
             executions_started: counter(
                 &m,
@@ -309,9 +320,11 @@ impl Instruments {
             &self.executions_started,
             &self.executions_completed,
             &self.audit_write_failures,
+            &self.engine_outages,
         ] {
             c.add(0, &[]);
         }
+        self.engine_up.record(1, &[]);
         // Every destroy reason's series exists from the start.
         for reason in DestroyReason::ALL {
             let label = self.destroy_reasons.get(reason.as_str());

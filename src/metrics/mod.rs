@@ -102,6 +102,11 @@ pub(crate) fn observe_pool(g: &PoolGauges) {
     });
 }
 
+/// Whether the Docker engine answers (the engine watch).
+pub(crate) fn set_engine_up(up: bool) {
+    with(|i| i.engine_up.record(u64::from(up), &[]));
+}
+
 /// A container came up: from the create request to its agent answering.
 pub(crate) fn container_started(elapsed: Duration) {
     with(|i| i.container_start.record(elapsed.as_secs_f64(), &[]));

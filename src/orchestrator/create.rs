@@ -113,9 +113,11 @@ impl Orchestrator {
             .map_err(OrchestratorError::Proxy)?;
         let started = std::time::Instant::now();
         self.runtime.create_and_start(&spec).await?;
-        if binding.is_some() {
-            crate::faults::reach(crate::faults::Phase::ContainerStart).await;
-        }
+        crate::faults::reach(match binding {
+            Some(_) => crate::faults::Phase::ContainerStart,
+            None => crate::faults::Phase::PoolStart,
+        })
+        .await;
         let timeout = Duration::from_secs(c.start_timeout_secs);
         let agent = AgentClient::new(&socket_dir);
         agent

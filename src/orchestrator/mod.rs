@@ -10,6 +10,7 @@
 
 mod create;
 mod demand;
+mod engine_watch;
 mod gc;
 mod pool;
 mod reconcile;
@@ -19,6 +20,7 @@ pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use engine_watch::EngineStatus;
 pub(crate) use teardown::destroy_all;
 
 use crate::agent_client::AgentClient;
@@ -109,6 +111,8 @@ pub(crate) struct Status {
     pub workers: BTreeMap<&'static str, WorkerStatus>,
     /// Which isolation layers protect the containers on this host.
     pub isolation: IsolationReport,
+    /// Whether the engine answers (the engine watch).
+    pub engine: EngineStatus,
 }
 
 impl Status {
@@ -182,6 +186,7 @@ pub(crate) struct Orchestrator {
     /// Recent claims per tier, which raise the pool's target after a burst.
     demand: demand::Demand,
     counters: Counters,
+    engine: engine_watch::EngineHealth,
     isolation: Isolation,
     /// Workspace sync, so a container's last changes are pushed before
     /// its workspace is removed.
@@ -223,6 +228,7 @@ impl Orchestrator {
             workers: WorkerBoard::default(),
             refill: Notify::new(),
             counters: Counters::default(),
+            engine: engine_watch::EngineHealth::default(),
             sync: std::sync::OnceLock::new(),
         })
     }
@@ -270,6 +276,10 @@ impl Orchestrator {
         workers.spawn(pool::WORKER, |shutdown| this.refill_loop(shutdown));
         let this = self.clone();
         workers.spawn(gc::WORKER, |shutdown| this.gc_loop(shutdown));
+        let this = self.clone();
+        workers.spawn(engine_watch::WORKER, |shutdown| {
+            this.engine_watch_loop(shutdown)
+        });
         Ok(())
     }
 
@@ -590,6 +600,7 @@ impl Orchestrator {
             containers,
             workers: self.workers.snapshot(),
             isolation: self.isolation.report.clone(),
+            engine: self.engine.status(),
         })
     }
 

@@ -87,6 +87,12 @@ impl Orchestrator {
                 _ = tokio::time::sleep(TICK) => {}
                 () = shutdown.requested() => return,
             }
+            // Nothing to create on an engine that is down; the engine watch
+            // wakes this loop once it is back, and the pool refills at once.
+            if !self.engine_up() {
+                backoff = Duration::ZERO;
+                continue;
+            }
             if !backoff.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

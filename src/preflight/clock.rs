@@ -1,6 +1,8 @@
 //! Clock skew. SigV4 signatures are refused by AWS when the signer's clock
 //! is more than five minutes off, so the host clock is compared with the
-//! `Date` header of an HTTPS endpoint the operator configured.
+//! `Date` header of an HTTPS endpoint the operator configured, trusted as
+//! the gateway trusts the upstream (system roots plus
+//! `model.extra_ca_file`).
 
 use super::Check;
 use bytes::Bytes;
@@ -17,8 +19,9 @@ const FAIL_SKEW: Duration = Duration::from_secs(300);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Compares the host clock with `url`'s `Date` header; without an HTTPS
-/// endpoint it warns that the clock cannot be checked.
-pub(crate) async fn skew(url: Option<&str>) -> Check {
+/// endpoint it warns that the clock cannot be checked. `extra_ca_file` is
+/// `model.extra_ca_file` (empty: the system roots alone).
+pub(crate) async fn skew(url: Option<&str>, extra_ca_file: &str) -> Check {
     let Some(url) = url.filter(|u| u.starts_with("https://")) else {
         return Check::warn(
             NAME,
@@ -27,7 +30,18 @@ pub(crate) async fn skew(url: Option<&str>) -> Check {
              (systemd-timesyncd or chrony) running",
         );
     };
-    match fetch_date(url).await {
+    // A file the daemon would refuse to start with fails here too.
+    let tls = match crate::upstream_tls::client_config(extra_ca_file) {
+        Ok(tls) => tls,
+        Err(e) => {
+            return Check::fail(
+                NAME,
+                format!("cannot be checked: {e}"),
+                "fix model.extra_ca_file: the daemon does not start with it either",
+            )
+        }
+    };
+    match fetch_date(url, tls).await {
         Ok(date) => assess(url, &date, SystemTime::now()),
         Err(e) => Check::warn(
             NAME,
@@ -37,10 +51,9 @@ pub(crate) async fn skew(url: Option<&str>) -> Check {
     }
 }
 
-async fn fetch_date(url: &str) -> Result<String, String> {
+async fn fetch_date(url: &str, tls: rustls::ClientConfig) -> Result<String, String> {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| e.to_string())?
+        .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .build();
@@ -109,8 +122,27 @@ mod tests {
 
     #[tokio::test]
     async fn plain_http_cannot_be_checked() {
-        let c = skew(Some("http://127.0.0.1:1")).await;
+        let c = skew(Some("http://127.0.0.1:1"), "").await;
         assert_eq!(c.level, Level::Warn);
         assert!(c.detail.contains("cannot be checked"));
+    }
+
+    /// An upstream whose certificate only `model.extra_ca_file` vouches
+    /// for (the mock model's test CA): checked with the file, not without.
+    #[tokio::test]
+    async fn the_upstream_is_trusted_through_model_extra_ca_file() {
+        let mock = mock_model::MockModel::start_tls("127.0.0.1:0")
+            .await
+            .unwrap();
+        let url = mock.url();
+        let ca = mock.ca_file().unwrap().to_str().unwrap().to_owned();
+        let without = skew(Some(&url), "").await;
+        assert_eq!(without.level, Level::Warn, "{without:?}");
+        assert!(without.detail.contains("did not answer"), "{without:?}");
+        let with = skew(Some(&url), &ca).await;
+        assert_eq!(with.level, Level::Pass, "{with:?}");
+        let bad = skew(Some(&url), "/nonexistent/ca.pem").await;
+        assert_eq!(bad.level, Level::Fail, "{bad:?}");
+        assert!(bad.detail.contains("/nonexistent/ca.pem"), "{bad:?}");
     }
 }

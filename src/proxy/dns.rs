@@ -231,4 +231,40 @@ mod tests {
         r.resolve("a.test").await.unwrap();
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
+
+    /// Figures, not a check (`just bench-dns`): what a cached answer costs
+    /// against a lookup through the system resolver, for `localhost`
+    /// (`/etc/hosts`: the cheapest miss there is) and for a name the
+    /// host's DNS answers (`AGENTBOX_BENCH_DNS_NAME`, default `deb.debian.org`).
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "benchmark: prints figures (just bench-dns)"]
+    async fn cache_hit_and_miss_figures() {
+        let name = std::env::var("AGENTBOX_BENCH_DNS_NAME").unwrap_or("deb.debian.org".to_owned());
+        println!("| lookup | name | calls | p50 µs | p90 µs | p99 µs | over 1 s |");
+        println!("|---|---|---|---|---|---|---|");
+        for host in ["localhost", name.as_str()] {
+            for (kind, ttl, calls) in [("miss", 0, 200), ("hit", 30, 20_000)] {
+                let r = Resolver::new(BTreeMap::new(), Duration::from_secs(ttl));
+                if let Err(e) = r.resolve(host).await {
+                    println!("| {kind} | {host} | - | does not resolve ({e}) | | | |");
+                    continue;
+                }
+                let mut took = Vec::with_capacity(calls);
+                for _ in 0..calls {
+                    let t0 = std::time::Instant::now();
+                    r.resolve(host).await.unwrap();
+                    took.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
+                took.sort_by(f64::total_cmp);
+                let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+                let slow = took.iter().filter(|&&us| us > 1e6).count();
+                println!(
+                    "| {kind} | {host} | {calls} | {:.2} | {:.2} | {:.2} | {slow} |",
+                    at(0.5),
+                    at(0.9),
+                    at(0.99)
+                );
+            }
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub enum ModelGatewayError {
     #[error("model gateway URL {0:?} is not usable")]
     Url(String),
     #[error(transparent)]
-    Tls(#[from] super::upstream_tls::UpstreamTlsError),
+    Tls(#[from] crate::upstream_tls::UpstreamTlsError),
 }
 
 enum Upstream {
@@ -80,6 +80,8 @@ pub struct ModelGateway {
     calls: CallPolicy,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
     limits: BodyLimits,
+    /// `model.first_byte_timeout_secs`.
+    first_byte: std::time::Duration,
     spend: Arc<SpendLedger>,
     outcomes: Arc<UpstreamOutcomes>,
 }
@@ -110,7 +112,7 @@ impl ModelGateway {
                 creds: Box::new(CredentialChain::new(aws_env, &model.aws_profile)),
             },
         };
-        let tls = super::upstream_tls::client_config(&model.extra_ca_file)?;
+        let tls = crate::upstream_tls::client_config(&model.extra_ca_file)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -125,6 +127,7 @@ impl ModelGateway {
                 .pool_idle_timeout(UPSTREAM_IDLE)
                 .build(https),
             limits,
+            first_byte: std::time::Duration::from_secs(model.first_byte_timeout_secs),
             spend,
             outcomes: Arc::default(),
         })
@@ -212,7 +215,7 @@ impl ModelGateway {
                 (resp, d)
             }
             Err(why) => {
-                if billed && why == Refusal::UpstreamFailed {
+                if billed && matches!(why, Refusal::UpstreamFailed | Refusal::UpstreamTimeout) {
                     self.outcomes.record(
                         &ctx.tenant_id,
                         &ctx.conversation_id,
@@ -396,7 +399,16 @@ impl ModelGateway {
                 (req, Some(format!("aws_sigv4:{}", c.source)))
             }
         };
-        let resp = self.client.request(req).await.map_err(|error| {
+        // The CLI's own request timeout is 10 minutes; this bound is the
+        // daemon's, so a stalled upstream ends with a code it chose.
+        let answered = tokio::time::timeout(self.first_byte, self.client.request(req))
+            .await
+            .map_err(|_| {
+                tracing::warn!(message = "Model gateway upstream sent no answer in time.",
+                    upstream = %authority, timeout_secs = self.first_byte.as_secs());
+                Refusal::UpstreamTimeout
+            })?;
+        let resp = answered.map_err(|error| {
             // A body that broke its bounds fails the upstream request; say
             // why, not that the upstream failed.
             if let Some(why) = verdict.get() {

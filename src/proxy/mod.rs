@@ -25,7 +25,6 @@ mod refusal;
 mod sigv4;
 pub mod spend;
 mod upstream_outcome;
-mod upstream_tls;
 pub mod usage;
 
 // The pure policy lives in its own crate (fuzzed there); these keep its

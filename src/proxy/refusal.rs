@@ -54,6 +54,8 @@ pub enum Refusal {
     BufferBudgetExhausted,
     #[error("model API unreachable")]
     UpstreamFailed,
+    #[error("the model API sent no answer within model.first_byte_timeout_secs")]
+    UpstreamTimeout,
     #[error("model credentials unavailable")]
     CredentialsUnavailable,
     /// 403, not 429: the CLI retries a 429, and spending more will not
@@ -87,6 +89,7 @@ impl Refusal {
             Self::BodyTimeout => "body_timeout",
             Self::BufferBudgetExhausted => "buffer_budget_exhausted",
             Self::UpstreamFailed => "upstream_failed",
+            Self::UpstreamTimeout => "upstream_timeout",
             Self::CredentialsUnavailable => "credentials_unavailable",
             Self::BudgetExceeded(_) => "budget_exceeded",
         }
@@ -102,6 +105,7 @@ impl Refusal {
             Self::GatewayBusy => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DnsFailed | Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ConnectionLimit | Self::CredentialsUnavailable | Self::BufferBudgetExhausted => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

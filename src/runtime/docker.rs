@@ -60,8 +60,19 @@ fn runtimes(
         .collect()
 }
 
+/// The engine's own refusals are `Engine`; an engine that cannot be
+/// reached at all (socket gone, connection refused or cut, no answer) is
+/// `Unreachable`, so a run says `runtime_unavailable`, not that its
+/// container failed.
 fn engine(e: BollardError) -> RuntimeError {
-    RuntimeError::Engine(e.into())
+    match e {
+        BollardError::HyperLegacyError { .. }
+        | BollardError::HyperResponseError { .. }
+        | BollardError::IOError { .. }
+        | BollardError::RequestTimeoutError
+        | BollardError::SocketNotFoundError(_) => RuntimeError::Unreachable(e.into()),
+        e => RuntimeError::Engine(e.into()),
+    }
 }
 
 fn is_not_found(e: &BollardError) -> bool {
@@ -209,11 +220,39 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(|e| RuntimeError::Unreachable(e.into()))
+    }
+
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         match self.docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(engine(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_out_of_reach_is_told_from_its_refusals() {
+        let gone = engine(BollardError::SocketNotFoundError("/run/docker.sock".into()));
+        assert!(matches!(gone, RuntimeError::Unreachable(_)), "{gone:?}");
+        let cut = engine(BollardError::IOError {
+            err: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert!(matches!(cut, RuntimeError::Unreachable(_)), "{cut:?}");
+        let refused = engine(BollardError::DockerResponseServerError {
+            status_code: 500,
+            message: "no space left on device".into(),
+        });
+        assert!(matches!(refused, RuntimeError::Engine(_)), "{refused:?}");
     }
 }

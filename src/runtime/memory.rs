@@ -35,6 +35,7 @@ pub(crate) enum Op {
     IsRunning,
     Remove,
     List,
+    Ping,
 }
 
 /// One thing the fake agent does while answering `/execute`.
@@ -367,6 +368,10 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn image_present(&self, _image: &str) -> Result<bool, RuntimeError> {
         Ok(true)
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.engine().fault(Op::Ping)
     }
 }
 

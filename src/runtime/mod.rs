@@ -196,4 +196,7 @@ pub(crate) trait ContainerRuntime: Send + Sync {
     async fn engine_info(&self) -> Result<EngineInfo, RuntimeError>;
     /// Whether the engine has this image locally.
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Whether the engine answers at all (`/_ping`): the cheapest call,
+    /// for the engine watch.
+    async fn ping(&self) -> Result<(), RuntimeError>;
 }

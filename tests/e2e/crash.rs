@@ -101,6 +101,8 @@ async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly(
 
     d.signal_term();
     tokio::task::block_in_place(|| d.wait_log(30, "Draining: new runs are refused.", &[]));
+    // The readiness probe says so too, so a load balancer looks elsewhere.
+    assert_eq!(readiness(&d).await, (503, Some("shutting_down".to_owned())));
     // New runs are refused with a clear code while the others go on.
     for conversation in ["newcomer", "finishing"] {
         let resp = crate::harness::client()
@@ -184,12 +186,26 @@ async fn sigterm_with_runs_in_flight_refuses_new_runs_and_ends_the_rest_cleanly(
     );
 }
 
+/// Which container a conversation has after a daemon crash.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Keeps {
+    /// The one it had before the crashed run: containers outlive the
+    /// daemon, and the restart adopts them.
+    ItsOwn,
+    /// The pool container its crashed run had claimed, adopted likewise.
+    TheClaimed,
+    /// A new one: the crash came while its container was being created,
+    /// and the restart removed that half-made container.
+    ANewOne,
+}
+
 /// `kill -9` of the daemon while a run of `victim` is paused at `phase`
 /// (the test build's fault point, see `src/faults.rs`), then a restart.
 /// The run before it stored `first.txt`; afterwards nothing leaked, that
 /// file is still stored and restored, the interrupted run is marked and
-/// its replay says so, and the conversation carries on.
-async fn crash_at(phase: &str, pool_min: usize) {
+/// its replay says so, and the conversation carries on, on the container
+/// `keeps` says.
+async fn crash_at(phase: &str, pool_min: usize, keeps: Keeps) {
     let _engine = serial::shared().await;
     let fault = tempfile::NamedTempFile::new().unwrap();
     let env = vec![(
@@ -225,6 +241,8 @@ async fn crash_at(phase: &str, pool_min: usize) {
     tokio::task::block_in_place(|| {
         d.wait_log(180, "Fault point reached; pausing.", &[("phase", phase)])
     });
+    // The container the conversation is bound to at the crash, if any yet.
+    let at_crash = tokio::task::block_in_place(|| d.container_of(TENANT, "victim"));
     tokio::task::block_in_place(|| d.kill9());
     let seen_live = run.end(30).await;
     std::fs::write(fault.path(), "").unwrap();
@@ -311,37 +329,60 @@ async fn crash_at(phase: &str, pool_min: usize) {
         let now = d.container_of(TENANT, "victim").expect("bound");
         assert!(d.engine_names().contains(&now));
         assert_consistent(&d);
+        match keeps {
+            Keeps::ItsOwn => {
+                assert_eq!(at_crash.as_deref(), Some(first.as_str()));
+                assert_eq!(now, first, "the conversation lost its container");
+            }
+            Keeps::TheClaimed => {
+                let claimed = at_crash.expect("the run had claimed a container");
+                assert_ne!(claimed, first);
+                assert_eq!(now, claimed, "the claimed container was not kept");
+            }
+            Keeps::ANewOne => {
+                assert_ne!(now, first);
+                assert_ne!(
+                    Some(&now),
+                    at_crash.as_ref(),
+                    "a half-made container was kept"
+                );
+                assert!(!d
+                    .engine_names()
+                    .iter()
+                    .any(|n| Some(n) == at_crash.as_ref()));
+            }
+        }
     });
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_claim() {
-    crash_at("claim", 1).await;
+    crash_at("claim", 1, Keeps::TheClaimed).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_container_start() {
-    crash_at("container_start", 0).await;
+    crash_at("container_start", 0, Keeps::ANewOne).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_once_the_agent_started() {
-    crash_at("agent_started", 1).await;
+    crash_at("agent_started", 1, Keeps::ItsOwn).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_mid_stream() {
-    crash_at("mid_stream", 1).await;
+    crash_at("mid_stream", 1, Keeps::ItsOwn).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_the_final_sync() {
-    crash_at("final_sync", 1).await;
+    crash_at("final_sync", 1, Keeps::ItsOwn).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_after_the_result() {
-    crash_at("after_result", 1).await;
+    crash_at("after_result", 1, Keeps::ItsOwn).await;
 }
 
 /// A tmpfs of its own for a daemon's state file, unmounted when dropped.
@@ -439,9 +480,14 @@ async fn a_full_state_disk_answers_503_corrupts_nothing_and_recovers_when_space_
     }
     assert_eq!(last_outcome(&d, "steady").await, "completed");
     assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited");
+    assert_eq!(
+        readiness(&d).await,
+        (503, Some("state_disk_full".to_owned()))
+    );
 
     // Space returns: the next message works without a restart.
     disk.free();
+    assert_eq!(readiness(&d).await, (200, None));
     let (status, body) = post_message(
         &d,
         Some(TOKEN),

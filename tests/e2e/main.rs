@@ -12,6 +12,7 @@ mod probes;
 
 mod admin;
 mod crash;
+mod crash_engine;
 mod execute;
 mod gvisor;
 mod isolation;

@@ -138,101 +138,76 @@ async fn sighup_resizes_the_pool_and_rolls_the_image() {
     let _ = docker(&["rmi", &roll]);
 }
 
+/// `kill -9` while the pool fills: each new pool container pauses at the
+/// test build's `pool_start` fault point (started, its agent not waited
+/// for), the test waits for that log line, kills the daemon and adds an
+/// orphan. The restart removes both the half-made containers and the
+/// orphan, and refills the pool. A crash during a run is covered phase by
+/// phase, claim included, by the `crash::kill_9_*` tests.
 #[tokio::test(flavor = "multi_thread")]
-async fn kill_9_at_any_point_leaves_nothing_leaked() {
+async fn kill_9_while_the_pool_fills_leaves_nothing_leaked() {
     let _engine = serial::shared().await;
-    let (_mock, mut d) = start_with_mock_opts(KEY, 2, "").await;
-
-    // 1. During prewarm: the pool is still being created.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    d.kill9();
-    // An orphan: ours by its labels, unknown to the state.
-    let orphan = format!("agentbox-orphan-{}", std::process::id());
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &orphan,
-        "--network",
-        "none",
-        "--label",
-        "agentbox.managed=true",
-        "--label",
-        &format!("agentbox.instance={}", d.instance),
-        "--entrypoint",
-        "sleep",
-        &test_image(),
-        "300",
-    ]);
-    d.restart();
-    d.wait_status(120, "pool back at 2", |s| s["pool"]["ready"] == 2);
-    assert_consistent(&d);
-    assert!(!d.engine_names().contains(&orphan), "the orphan survived");
-
-    // 2. During a run.
-    let (_, body) = post_message(
+    let fault = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(fault.path(), "pool_start").unwrap();
+    let env = vec![(
+        "AGENTBOX_FAULT_PAUSE_AT".to_owned(),
+        fault.path().display().to_string(),
+    )];
+    let (_mock, mut d) = start_with_mock_env(KEY, 2, "", env).await;
+    tokio::task::block_in_place(|| {
+        d.wait_log(
+            120,
+            "Fault point reached; pausing.",
+            &[("phase", "pool_start")],
+        );
+        let half_made = d.engine_names();
+        assert!(
+            !half_made.is_empty(),
+            "the paused creation has no container"
+        );
+        d.kill9();
+        // An orphan: ours by its labels, unknown to the state.
+        let orphan = format!("agentbox-orphan-{}", std::process::id());
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &orphan,
+            "--network",
+            "none",
+            "--label",
+            "agentbox.managed=true",
+            "--label",
+            &format!("agentbox.instance={}", d.instance),
+            "--entrypoint",
+            "sleep",
+            &test_image(),
+            "300",
+        ]);
+        std::fs::write(fault.path(), "").unwrap();
+        d.restart();
+        d.wait_status(120, "pool back at 2", |s| {
+            s["pool"]["ready"] == 2 && s["pool"]["warming"] == 0
+        });
+        assert_consistent(&d);
+        let now = d.engine_names();
+        assert!(!now.contains(&orphan), "the orphan survived");
+        assert!(
+            half_made.is_disjoint(&now),
+            "a half-made pool container survived: {half_made:?}"
+        );
+    });
+    // The pool works: a conversation runs on it.
+    let (status, body) = post_message(
         &d,
         Some(TOKEN),
-        "survivor",
-        json!({"prompt": "!write first.txt 1"}),
+        "after-the-crash",
+        json!({"prompt": "!write again.txt ok"}),
     )
     .await;
+    assert_eq!(status, 200);
     run_ok(&body);
-    let url = d.url("/v1/conversations/survivor/messages");
-    let slow = tokio::spawn(async move {
-        let _ = crate::harness::client()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&json!({"prompt": "!sleep 3000\n!write late.txt 2"}))
-            .send()
-            .await
-            .map(|r| async { r.text().await });
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    d.kill9();
-    let _ = slow.await;
-    d.restart();
-    d.wait_status(120, "pool back at 2", |s| {
-        s["pool"]["ready"] == 2 && s["pool"]["warming"] == 0
-    });
-    assert_consistent(&d);
-
-    // 3. During a claim: kill right after the request goes out.
-    let url = d.url("/v1/conversations/claiming/messages");
-    let racing = tokio::spawn(async move {
-        let _ = crate::harness::client()
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&json!({"prompt": "!write c.txt 3"}))
-            .send()
-            .await;
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    d.kill9();
-    let _ = racing.await;
-    d.restart();
-    d.wait_status(120, "pool back at 2", |s| {
-        s["pool"]["ready"] == 2 && s["pool"]["warming"] == 0
-    });
-    assert_consistent(&d);
-
-    // Every conversation works again: on its old container or a new one.
-    for conv in ["survivor", "claiming"] {
-        let (status, body) = tokio::time::timeout(
-            std::time::Duration::from_secs(120),
-            post_message(
-                &d,
-                Some(TOKEN),
-                conv,
-                json!({"prompt": "!write again.txt ok"}),
-            ),
-        )
-        .await
-        .expect("next message in time");
-        assert_eq!(status, 200);
-        run_ok(&body);
-    }
-    assert_consistent(&d);
+    tokio::task::block_in_place(|| assert_consistent(&d));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -175,3 +175,79 @@ async fn a_conversation_reuses_its_upstream_tls_connection() {
         "{handshakes} TLS handshakes for {total} model calls: the upstream is not pooled"
     );
 }
+
+/// An upstream that takes the request and sends nothing back (the mock's
+/// `stall`, two minutes: longer than anything else in this test waits).
+/// The gateway's own bound, `model.first_byte_timeout_secs` (set to 2 s
+/// here; 600 s by default), answers the CLI 504 for each call; the CLI
+/// retries, then gives up, and the client gets `upstream_unavailable`
+/// rather than a stream that hangs until a run limit. The conversation
+/// keeps its container and files.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_first_byte_ends_the_run_at_the_gateways_bound() {
+    let _engine = serial::shared().await;
+    let env = vec![
+        ("AGENTBOX_MODEL_MAX_RETRIES".to_owned(), "1".to_owned()),
+        (
+            "AGENTBOX_MODEL_FIRST_BYTE_TIMEOUT_SECS".to_owned(),
+            "2".to_owned(),
+        ),
+    ];
+    let (mock, d) = start_with_mock_env(KEY, 1, "", env).await;
+    let (status, body) = post_message(
+        &d,
+        Some(TOKEN),
+        "stalled",
+        json!({"prompt": "!write before.txt kept"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let container = d.container_of(TENANT, "stalled").unwrap();
+
+    // Only the first two calls stall: the CLI's first try and its retry.
+    let prompt = "!fault stall ms=120000 times=2\n!text stalled-marker";
+    let (status, body) =
+        post_message(&d, Some(TOKEN), "stalled", json!({ "prompt": prompt })).await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    let last = events.last().expect("events");
+    assert_eq!(last.event, "error", "{events:#?}\n{}", gateway_log(&d));
+    assert_eq!(last.data["code"], "upstream_unavailable", "{events:#?}");
+    assert!(!events.iter().any(|e| e.event == "result"), "{events:#?}");
+    // Each stalled call was cut by the gateway's bound, and audited so.
+    let calls = scripted_calls(&mock, "stalled-marker");
+    assert_eq!(calls, 2, "the CLI's try and its one retry");
+    let timeouts = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "proxy_request_blocked" && e["reason"] == "upstream_timeout")
+        .count();
+    assert_eq!(timeouts, calls, "one upstream_timeout per stalled call");
+    let failed = d
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "agent_execution_failed")
+        .map(|e| e["code"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(failed, ["upstream_unavailable"]);
+
+    // Nothing else was harmed: the conversation keeps its container and
+    // files, and the gateway serves the next run. (Another conversation:
+    // a CLI resuming after a failed turn sends the failed prompt again,
+    // which the mock would stall again.)
+    assert_eq!(d.container_of(TENANT, "stalled"), Some(container));
+    let kept = std::fs::read_to_string(d.workspace(TENANT, "stalled").join("before.txt"));
+    assert!(
+        kept.is_ok_and(|k| k.contains("kept")),
+        "the workspace lost before.txt"
+    );
+    let (status, body) =
+        post_message(&d, Some(TOKEN), "after", json!({"prompt": "!text fine"})).await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    assert_eq!(
+        events.last().map(|e| e.event.as_str()),
+        Some("result"),
+        "{events:#?}"
+    );
+}

@@ -26,27 +26,6 @@ fn remapped_engine() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// `DOCKER_HOST` in this process's environment while it lives; the
-/// previous value (usually none) comes back on drop.
-struct DockerHost(Option<std::ffi::OsString>);
-
-impl DockerHost {
-    fn set(host: &str) -> DockerHost {
-        let previous = std::env::var_os("DOCKER_HOST");
-        std::env::set_var("DOCKER_HOST", host);
-        DockerHost(previous)
-    }
-}
-
-impl Drop for DockerHost {
-    fn drop(&mut self) {
-        match self.0.take() {
-            Some(previous) => std::env::set_var("DOCKER_HOST", previous),
-            None => std::env::remove_var("DOCKER_HOST"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn remapped_engine_runs_the_flow_and_isolation_holds() {
     let _engine = serial::exclusive().await;

@@ -38,6 +38,20 @@ pub async fn post_message(
     resp
 }
 
+/// `GET /readyz`: its status and, on a refusal, the error code.
+pub async fn readiness(daemon: &Daemon) -> (u16, Option<String>) {
+    let resp = tokio::time::timeout(
+        Duration::from_secs(30),
+        client().get(daemon.url("/readyz")).send(),
+    )
+    .await
+    .expect("readyz in time")
+    .expect("readyz");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().map(str::to_owned))
+}
+
 /// Starts a run in the background and returns its whole SSE body when it
 /// ends (for tests that act while a run is in progress).
 pub fn spawn_run(

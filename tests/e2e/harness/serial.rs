@@ -1,10 +1,10 @@
 //! Which end-to-end tests may overlap. The one test binary runs every
 //! area's tests in parallel threads against the same host engine. Most
 //! tolerate each other (each daemon has its own instance label, directory
-//! and ports), but two change what the others would see: the second,
-//! userns-remapped engine (its `DOCKER_HOST` set in this process's
-//! environment) and the full penetration test (host-wide load, memory and
-//! timing bounds). Those hold the engine alone; every other test that
+//! and ports), but some change what the others would see: the tests on a
+//! second engine (the userns-remapped one, the one the restart test
+//! stops), whose `DOCKER_HOST` is set in this process's environment, and
+//! the full penetration test (host-wide load, memory and timing bounds). Those hold the engine alone; every other test that
 //! touches the engine holds it shared. A fair lock: a waiting exclusive
 //! test lets no new shared one start, so it is not starved.
 

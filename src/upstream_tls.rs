@@ -1,7 +1,8 @@
-//! TLS for the gateway's upstream: the system roots, plus the CAs of
+//! TLS towards the model upstream: the system roots, plus the CAs of
 //! `model.extra_ca_file` (a TLS-inspecting proxy or a private gateway)
 //! when one is set. The extra file adds trust; it never replaces the
-//! system roots.
+//! system roots. The gateway and `doctor`'s clock check use the same
+//! trust, so doctor reaches the upstream the daemon reaches.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -24,7 +25,7 @@ pub enum UpstreamTlsError {
 }
 
 /// The client configuration the gateway's connector uses.
-pub(super) fn client_config(extra_ca_file: &str) -> Result<ClientConfig, UpstreamTlsError> {
+pub(crate) fn client_config(extra_ca_file: &str) -> Result<ClientConfig, UpstreamTlsError> {
     let mut roots = RootCertStore::empty();
     // A malformed system certificate is skipped, as hyper-rustls does.
     let native = rustls_native_certs::load_native_certs();
