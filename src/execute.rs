@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+mod carried_session;
 mod drain;
 mod session;
 mod steps;
@@ -222,11 +223,12 @@ impl Executor {
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
-        exec.resume_session_id = store
+        let kept = store
             .conversation(key)
             .await
             .map_err(state_err)?
             .and_then(|c| c.session_id);
+        exec.resume_session_id = self.session_to_resume(kept, &assigned).await;
         steps.mark("session_lookup");
 
         let limits = self.orchestrator.cfg().agent.clone();
@@ -462,6 +464,28 @@ impl Executor {
                  the next message gets a new one with the workspace from the last sync"
             ),
         )
+    }
+
+    /// The CLI session a run continues: the one this host's state keeps,
+    /// else, in a container new to the conversation, the newest one its
+    /// restored workspace carries (see `carried_session.rs`).
+    async fn session_to_resume(
+        &self,
+        kept: Option<String>,
+        assigned: &crate::orchestrator::Assigned,
+    ) -> Option<String> {
+        if kept.is_some() || !assigned.fresh {
+            return kept;
+        }
+        let workspace = assigned.workspace_dir.clone();
+        let carried = tokio::task::spawn_blocking(move || carried_session::newest(&workspace))
+            .await
+            .ok()
+            .flatten();
+        if let Some(id) = &carried {
+            tracing::info!(message = "Resuming the session the workspace carries.", session_id = %id);
+        }
+        carried
     }
 
     /// The conversation's container with its workspace ready (restored

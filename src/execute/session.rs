@@ -65,13 +65,14 @@ impl Executor {
         tracing::Span::current().record("container_id", assigned.container.as_str());
         audit.set_container(&assigned.container);
         let store = self.orchestrator.store();
+        let kept = store
+            .conversation(key)
+            .await
+            .map_err(state_err)?
+            .and_then(|c| c.session_id);
         let start = SessionStart {
             options,
-            resume_session_id: store
-                .conversation(key)
-                .await
-                .map_err(state_err)?
-                .and_then(|c| c.session_id),
+            resume_session_id: self.session_to_resume(kept, &assigned).await,
         };
         let limits = self.orchestrator.cfg().agent.clone();
         let (agent_tx, mut agent_rx) = mpsc::channel(16);

@@ -117,9 +117,9 @@ async fn until_served_by(lb: &Balancer, conversation: &str, host: &str, secs: u6
 
 /// Conversations stick to one host across turns and spread over both; a
 /// drained host's conversations move to the other, which restores their
-/// files from the shared bucket.
+/// files from the shared bucket and resumes their CLI session.
 #[tokio::test(flavor = "multi_thread")]
-async fn conversations_stick_to_a_host_and_move_with_their_files_when_it_drains() {
+async fn conversations_stick_to_a_host_and_move_with_files_and_memory_when_it_drains() {
     let _engine = serial::shared().await;
     let endpoint = moto::endpoint();
     let bucket = moto::bucket(&endpoint).await;
@@ -163,7 +163,12 @@ async fn conversations_stick_to_a_host_and_move_with_their_files_when_it_drains(
     for id in on_b.iter().copied().chain(std::iter::once(&on_a)) {
         let (first, body) = lb.message(id, &format!("!write note.txt from-{id}")).await;
         assert!(body.contains("event: result"), "{body}");
-        let (second, body) = lb.message(id, "!bash cat /workspace/note.txt").await;
+        let (second, body) = lb
+            .message(
+                id,
+                &format!("!bash cat /workspace/note.txt\n!text second-{id}"),
+            )
+            .await;
         assert_eq!(first, second, "{id} changed hosts between turns");
         assert_eq!(first, placed[id.as_str()]);
         assert!(body.contains(&format!("from-{id}")), "{body}");
@@ -176,11 +181,18 @@ async fn conversations_stick_to_a_host_and_move_with_their_files_when_it_drains(
         until_served_by(&lb, id, &a.instance, 60).await;
     }
     for id in &on_b {
-        let (host, body) = lb.message(id, "!bash cat /workspace/note.txt").await;
+        let (host, body) = lb
+            .message(id, "!bash cat /workspace/note.txt\n!recall")
+            .await;
         assert_eq!(host, a.instance);
         assert!(
             body.contains(&format!("from-{id}")),
             "{id}'s file did not follow it to the other host: {body}"
+        );
+        // The model sees the turns B served: the session came along.
+        assert!(
+            body.contains(&format!("recall: second-{id}")),
+            "{id}'s earlier turns did not follow it: {body}"
         );
     }
     // A's own conversation never moved.
