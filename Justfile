@@ -43,7 +43,7 @@ pentest-report: setup
 
 # The penetration test on the gVisor tier (results-gvisor.json beside the
 # runc run's), then the report rendered with its gVisor column. Not part of
-# `test`: it takes longer than the runc run (about 5 min here against 2.5)
+# `test`: it takes far longer than the runc run (576 s against 234 s here at load 9)
 # and does not pass in full yet (docs/isolation.md).
 pentest-gvisor: setup
     AGENTBOX_PENTEST_TIER=gvisor cargo test --test e2e pentest::every_attack
