@@ -11,6 +11,26 @@ use std::sync::Arc;
 const LOG_MAX_SIZE: &str = "10m";
 const LOG_MAX_FILES: &str = "2";
 
+/// Host tasks the gVisor tier's host pids limit allows per sandboxed
+/// process. runsc's ptrace platform backs every process in the sandbox
+/// with stub processes and tracer threads in the container's host pids
+/// cgroup (runsc 20221219: an idle container holds 82 host tasks, 100
+/// sleeping processes 976). At the runc limit about 20 processes used it
+/// all up, and the Sentry, unable to start a thread, ended the whole
+/// sandbox (exit status 2) in the middle of an ordinary tool call.
+pub(crate) const GVISOR_HOST_TASKS_PER_PROCESS: i64 = 10;
+
+/// The host pids cgroup limit of a container: `pids_limit` for runc; for
+/// gVisor, whose sandbox has no process limit of its own, the same count
+/// scaled to the host tasks each process costs there.
+pub(crate) fn host_pids_limit(pids_limit: i64, gvisor: bool) -> i64 {
+    if gvisor {
+        pids_limit.saturating_mul(GVISOR_HOST_TASKS_PER_PROCESS)
+    } else {
+        pids_limit
+    }
+}
+
 /// The kernel-side confinement of one container: its seccomp profile and
 /// which layer confines its paths.
 #[derive(Clone, Debug)]
@@ -64,7 +84,10 @@ pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody 
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(spec.memory_bytes),
         nano_cpus: Some(spec.nano_cpus),
-        pids_limit: Some(spec.pids_limit),
+        pids_limit: Some(host_pids_limit(
+            spec.pids_limit,
+            spec.gvisor_runtime.is_some(),
+        )),
         // Docker's bind syntax takes no nosuid/nodev; no-new-privileges
         // already makes setuid files on the workspace give nothing, and the
         // quota filesystem under it is mounted nosuid,nodev on the host.
@@ -188,6 +211,8 @@ mod tests {
         assert!(opts.contains(&"no-new-privileges:true".to_owned()));
         assert!(!opts.iter().any(|o| o.starts_with("apparmor=")), "{opts:?}");
         assert!(body.env.unwrap().contains(&"AGENTBOX_L2=gvisor".to_owned()));
+        // The host limit leaves room for the Sentry's own tasks.
+        assert_eq!(hc.pids_limit, Some(256 * GVISOR_HOST_TASKS_PER_PROCESS));
         assert_eq!(
             hardened_create_body(&spec()).host_config.unwrap().runtime,
             None
