@@ -62,6 +62,7 @@ pub(super) struct Instruments {
     pub sync_duration: Histogram<f64>,
     pub sync_backlog: Gauge<i64>,
     pub sync_scans: Counter<u64>,
+    pub sync_tracked: Gauge<i64>,
 
     pub state_transaction: Histogram<f64>,
     pub audit_events: Counter<u64>,
@@ -242,6 +243,10 @@ impl Instruments {
                 "agentbox_sync_scans",
                 "How pushes looked at workspaces: tracked (changed paths only) or walked.",
             ),
+            sync_tracked: m
+                .i64_gauge("agentbox_sync_tracked_workspaces")
+                .with_description("Workspaces whose changes are tracked (fanotify groups held).")
+                .build(),
             state_transaction: seconds(
                 &m,
                 "agentbox_state_transaction_duration_seconds",
@@ -360,6 +365,7 @@ impl Instruments {
             }
         }
         self.sync_backlog.record(0, &[]);
+        self.sync_tracked.record(0, &[]);
         for kind in ["tracked", "walked"] {
             self.sync_scans.add(0, &[kv("kind", kind)]);
         }

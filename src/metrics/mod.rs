@@ -179,6 +179,11 @@ pub(crate) fn sync_scan(walked: bool) {
     with(|i| i.sync_scans.add(1, &[kv("kind", kind)]));
 }
 
+/// Workspaces whose changes are tracked (fanotify groups held).
+pub(crate) fn set_sync_tracked(n: i64) {
+    with(|i| i.sync_tracked.record(n, &[]));
+}
+
 /// Conversations whose workspace changes are not yet in the object store.
 pub(crate) fn set_sync_backlog(n: i64) {
     with(|i| i.sync_backlog.record(n, &[]));
@@ -203,6 +208,7 @@ mod tests {
             "agentbox_sync_runs_total{direction=\"from_container\",outcome=\"failed\"} ",
             "agentbox_sync_backlog_conversations ",
             "agentbox_sync_scans_total{kind=\"walked\"} ",
+            "agentbox_sync_tracked_workspaces ",
             "agentbox_executions_in_flight ",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");

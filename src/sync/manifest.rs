@@ -15,9 +15,11 @@
 //!   what earlier builds wrote) are still read.
 
 use super::paths::{check_link_target, PathError, RelPath};
+use super::tally::Tally;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 
 /// The format this build writes: a root listing chunks.
 pub const FORMAT: u32 = 2;
@@ -77,6 +79,10 @@ pub struct Manifest {
     /// entries did not change.
     #[serde(skip)]
     pub chunks: Vec<ChunkRef>,
+    /// Bytes and blob references of `entries`, when a push counted them:
+    /// the next tracked push updates them by what changed.
+    #[serde(skip)]
+    pub tally: Option<Tally>,
 }
 
 /// One stored chunk, as the root lists it.
@@ -145,6 +151,7 @@ impl Manifest {
             created_ms: crate::state::now_ms(),
             entries: BTreeMap::new(),
             chunks: Vec::new(),
+            tally: None,
         }
     }
 
@@ -237,6 +244,7 @@ impl Manifest {
             // Already sorted: chunks are disjoint and in order.
             entries: all.into_iter().collect(),
             chunks: root.chunks,
+            tally: None,
         })
     }
 
@@ -278,30 +286,98 @@ impl Manifest {
             match reused {
                 Some(c) => refs.push((*c).clone()),
                 None => {
-                    let chunk = ChunkOut {
-                        entries: run.iter().copied().collect(),
-                    };
-                    // Serialising plain data into memory cannot fail.
-                    let bytes = serde_json::to_vec(&chunk).unwrap_or_default();
-                    let sha256 = hex::encode(Sha256::digest(&bytes));
-                    refs.push(ChunkRef {
-                        sha256: sha256.clone(),
-                        first: first.clone(),
-                        count,
-                    });
-                    new.push((sha256, bytes));
+                    let (r, bytes) = seal(run);
+                    new.push((r.sha256.clone(), bytes));
+                    refs.push(r);
                 }
             }
             run.clear();
         };
         for (path, entry) in &self.entries {
             run.push((path, entry));
-            if run.len() >= CHUNK_MAX || fnv1a(path.as_str().as_bytes()) % CHUNK_AVG == 0 {
+            if ends_chunk(path, run.len()) {
                 flush(&mut run);
             }
         }
         flush(&mut run);
         self.chunks = refs;
+        (self.root_bytes(), new)
+    }
+
+    /// [`Manifest::split`] for a manifest that differs from the one `old`
+    /// describes only at `touched` (sorted and deduplicated: every path
+    /// added, removed or changed). Cuts again only from the chunk holding
+    /// a touched path up to the first cut that falls where an old chunk
+    /// starts: from there both cut alike until the next touched path, so
+    /// the old chunks are kept. The cost follows the change (a few
+    /// hundred paths around each), not the workspace, and the chunks are
+    /// the ones a full split would give.
+    pub fn split_around(
+        &mut self,
+        old: &[ChunkRef],
+        touched: &[&RelPath],
+    ) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+        if old.is_empty() {
+            return self.split_with(&[], |_| false);
+        }
+        let mut refs: Vec<ChunkRef> = Vec::with_capacity(old.len() + 1);
+        let mut new = Vec::new();
+        // Old chunks before `kept` are dealt with; touched paths before
+        // `next` are inside chunks cut again.
+        let (mut kept, mut next) = (0, 0);
+        'regions: while let Some(t) = touched.get(next) {
+            let at = old
+                .partition_point(|c| c.first <= **t)
+                .saturating_sub(1)
+                .max(kept);
+            refs.extend_from_slice(&old[kept..at]);
+            // Paths before the first old chunk belong to the first cut.
+            let from = match at {
+                0 => Bound::Unbounded,
+                _ => Bound::Included(&old[at].first),
+            };
+            let mut run: Vec<(&RelPath, &Entry)> = Vec::new();
+            let mut rest = self
+                .entries
+                .range::<RelPath, _>((from, Bound::Unbounded))
+                .peekable();
+            while let Some((path, entry)) = rest.next() {
+                run.push((path, entry));
+                if !ends_chunk(path, run.len()) {
+                    continue;
+                }
+                let (r, bytes) = seal(&run);
+                run.clear();
+                new.push((r.sha256.clone(), bytes));
+                refs.push(r);
+                let Some(&(k, _)) = rest.peek() else {
+                    break;
+                };
+                while touched.get(next).is_some_and(|t| *t < k) {
+                    next += 1;
+                }
+                let s = old.partition_point(|c| c.first < *k);
+                if old.get(s).is_some_and(|c| c.first == *k) {
+                    kept = s;
+                    continue 'regions;
+                }
+            }
+            if !run.is_empty() {
+                let (r, bytes) = seal(&run);
+                new.push((r.sha256.clone(), bytes));
+                refs.push(r);
+            }
+            // Cut to the end: no old chunk is left to keep.
+            kept = old.len();
+            break;
+        }
+        refs.extend_from_slice(&old[kept..]);
+        self.chunks = refs;
+        (self.root_bytes(), new)
+    }
+
+    /// The format 2 root listing `self.chunks`.
+    fn root_bytes(&self) -> Vec<u8> {
         let root = RootV2 {
             format: FORMAT,
             generation: self.generation,
@@ -309,7 +385,7 @@ impl Manifest {
             chunks: self.chunks.clone(),
         };
         // Serialising plain data into memory cannot fail.
-        (serde_json::to_vec(&root).unwrap_or_default(), new)
+        serde_json::to_vec(&root).unwrap_or_default()
     }
 
     /// The manifest in format 1, as earlier builds stored it (tests of
@@ -362,6 +438,28 @@ fn check_entries(entries: &BTreeMap<RelPath, Entry>) -> Result<(), ManifestError
         }
     }
     Ok(())
+}
+
+/// Whether a chunk ends after `path`, the `len`th path of its run: by the
+/// path's hash, so boundaries stay put when other paths come and go.
+fn ends_chunk(path: &RelPath, len: usize) -> bool {
+    len >= CHUNK_MAX || fnv1a(path.as_str().as_bytes()) % CHUNK_AVG == 0
+}
+
+/// A run of entries (never empty) as a stored chunk: its reference and its
+/// bytes.
+fn seal(run: &[(&RelPath, &Entry)]) -> (ChunkRef, Vec<u8>) {
+    let chunk = ChunkOut {
+        entries: run.iter().copied().collect(),
+    };
+    // Serialising plain data into memory cannot fail.
+    let bytes = serde_json::to_vec(&chunk).unwrap_or_default();
+    let r = ChunkRef {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        first: run[0].0.clone(),
+        count: run.len() as u64,
+    };
+    (r, bytes)
 }
 
 /// FNV-1a, 64 bits: a stable, cheap hash of a path for chunk boundaries
@@ -541,5 +639,122 @@ mod tests {
             manifest_key(9) < manifest_key(10),
             "keys sort by generation"
         );
+    }
+
+    /// `n` paths under `dir` whose hash cuts a chunk (`cuts`) or not.
+    fn cutting(dir: &str, cuts: bool, n: usize) -> Vec<RelPath> {
+        (0..)
+            .map(|i| rp(&format!("{dir}/p{i}")))
+            .filter(|p| (fnv1a(p.as_str().as_bytes()) % CHUNK_AVG == 0) == cuts)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn cutting_around_the_change_gives_the_chunks_of_a_full_split() {
+        let mut m = Manifest::new(1);
+        for i in 0..20_000 {
+            m.entries
+                .insert(rp(&format!("d{}/f{i}", i % 97)), file("ab"));
+        }
+        // No path here ends a chunk by its hash: cut by count.
+        for p in cutting("long", false, CHUNK_MAX * 2 + 100) {
+            m.entries.insert(p, file("cd"));
+        }
+        m.split(None);
+        let mut seed = 7u64;
+        let mut pick = |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % n
+        };
+        for round in 0..60 {
+            let mut next = m.clone();
+            next.generation += 1;
+            let mut touched: Vec<RelPath> = Vec::new();
+            let keys: Vec<RelPath> = next.entries.keys().cloned().collect();
+            for _ in 0..1 + round % 3 {
+                let key = keys[pick(keys.len())].clone();
+                let p = match round % 8 {
+                    // Changed in place.
+                    0 => {
+                        next.entries.insert(key.clone(), file("ef"));
+                        key
+                    }
+                    // Gone: where it ended a chunk, two chunks merge.
+                    1 => {
+                        let k = keys
+                            .iter()
+                            .skip(pick(keys.len()))
+                            .find(|k| ends_chunk(k, 1))
+                            .unwrap_or(&key)
+                            .clone();
+                        next.entries.remove(&k);
+                        k
+                    }
+                    // New, ending a chunk: one splits.
+                    2 => {
+                        let p = cutting(&format!("d{}/n{round}", pick(97)), true, 1).remove(0);
+                        next.entries.insert(p.clone(), file("ef"));
+                        p
+                    }
+                    // Before the first path and after the last.
+                    3 => {
+                        let p = rp(&format!("0first{round}"));
+                        next.entries.insert(p.clone(), file("ef"));
+                        p
+                    }
+                    4 => {
+                        let p = rp(&format!("zlast{round}"));
+                        next.entries.insert(p.clone(), file("ef"));
+                        p
+                    }
+                    // Inside the run cut by count: every later cut moves.
+                    5 => {
+                        let p = cutting(&format!("long/m{round}"), false, 1).remove(0);
+                        next.entries.insert(p.clone(), file("ef"));
+                        p
+                    }
+                    6 => {
+                        let first = next.entries.keys().next().unwrap().clone();
+                        next.entries.remove(&first);
+                        first
+                    }
+                    _ => {
+                        next.entries.remove(&key);
+                        key
+                    }
+                };
+                touched.push(p);
+            }
+            touched.sort();
+            touched.dedup();
+            let t: Vec<&RelPath> = touched.iter().collect();
+            let (root, new) = next.split_around(&m.chunks, &t);
+            let mut full = next.clone();
+            let (full_root, _) = full.split(None);
+            assert_eq!(next.chunks, full.chunks, "round {round}");
+            assert_eq!(root, full_root);
+            let written: HashSet<&str> = new.iter().map(|(n, _)| n.as_str()).collect();
+            let old = m.chunk_names();
+            assert!(
+                next.chunks
+                    .iter()
+                    .all(|c| old.contains(c.sha256.as_str()) || written.contains(c.sha256.as_str())),
+                "round {round}: a chunk is neither stored nor written"
+            );
+            assert!(
+                new.len() <= 3 * t.len() + 3,
+                "round {round}: {} chunks cut for {} paths",
+                new.len(),
+                t.len()
+            );
+            m = next;
+        }
+        // Nothing touched: every chunk kept, none written.
+        let before = m.chunks.clone();
+        let (_, new) = m.split_around(&before, &[]);
+        assert!(new.is_empty() && m.chunks == before);
     }
 }

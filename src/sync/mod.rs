@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod tally;
 pub mod track;
 pub mod walk;
 

@@ -11,6 +11,7 @@ use super::manifest::{
 };
 use super::paths::{check_link_target, RelPath};
 use super::store::{ObjectBackend, StoreError};
+use super::tally::Tally;
 use super::walk::{hash_file, now_ns, Hash, StatCache};
 use crate::config::SyncConfig;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -230,16 +231,18 @@ where
         walked,
     } = scan;
 
-    // Blobs the store holds as far as the base says (a tracked push's
-    // entries are the base less what changed: enough to skip most uploads).
-    let known = Known::new(
-        match &base {
-            Base::Whole(b) => Some(&b.entries),
-            Base::Patched(_) => Some(&entries),
-            Base::Nothing => None,
-        },
-        to_hash.len(),
-    );
+    // Blobs the store holds as far as the base says: every blob the base
+    // refers to (counted once after a walk, then kept up to date).
+    if let Base::Whole(b) = &mut base {
+        if b.tally.is_none() {
+            b.tally = Some(Tally::of(b.entries.values()));
+        }
+    }
+    let known: Option<&Tally> = match &base {
+        Base::Whole(b) => b.tally.as_ref(),
+        Base::Patched(p) => Some(&p.tally),
+        Base::Nothing => None,
+    };
     let sent: Arc<Mutex<HashSet<String>>> = Arc::default();
     let threshold = job.transfer.multipart_threshold;
     let max_file = job.limits.max_file_bytes;
@@ -252,7 +255,6 @@ where
         .map(|f| {
             let root = root.clone();
             let backend = backend.clone();
-            let known = &known;
             let sent = sent.clone();
             let budget = budget.clone();
             let prefix = job.prefix;
@@ -290,7 +292,7 @@ where
                         })
                     }
                 };
-                let new = !known.contains(&h.sha256)
+                let new = !known.is_some_and(|k| k.holds(&h.sha256))
                     && sent
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -369,6 +371,22 @@ where
     report.refused = refused;
     let mut manifest = Manifest::new(job.generation);
     manifest.entries = entries;
+    manifest.tally = Some(match &mut base {
+        // The base's counts less what was taken out, plus what is there now.
+        Base::Patched(p) => {
+            let mut t = std::mem::take(&mut p.tally);
+            for e in p.removed.values() {
+                t.remove(e);
+            }
+            for path in p.sorted_touched() {
+                if let Some(e) = manifest.entries.get(path) {
+                    t.add(e);
+                }
+            }
+            t
+        }
+        _ => Tally::of(manifest.entries.values()),
+    });
     let (diff, base_gen, base_chunks) = match &mut base {
         Base::Whole(b) => (
             Some(Diff::of(b, &manifest)),
@@ -407,16 +425,7 @@ where
                 .take(run.len())
                 .eq(run.iter().copied())
         }),
-        Base::Patched(p) => {
-            let touched = p.sorted_touched();
-            manifest.split_with(&base_chunks, |run| {
-                let (first, last) = (run[0].0, run[run.len() - 1].0);
-                // The first touched path at or after `first`, if any, lies
-                // past `last`.
-                let i = touched.partition_point(|t| *t < first);
-                touched.get(i).is_none_or(|t| *t > last)
-            })
-        }
+        Base::Patched(p) => manifest.split_around(&base_chunks, &p.sorted_touched()),
         Base::Nothing => manifest.split(None),
     };
     stream::iter(new_chunks)
@@ -457,7 +466,7 @@ where
     );
     if let Some(d) = diff {
         garbage.extend(
-            d.unreferenced(&manifest)
+            d.unreferenced(manifest.tally.as_ref())
                 .into_iter()
                 .map(|s| job.prefix.key(&blob_key(&s))),
         );
@@ -593,6 +602,8 @@ struct Patch {
     removed: BTreeMap<RelPath, Entry>,
     /// Paths the push gave an entry.
     touched: Vec<RelPath>,
+    /// The base's counts, before what was taken out.
+    tally: Tally,
 }
 
 impl Patch {
@@ -640,7 +651,7 @@ enum Tracked {
 /// those, as it alone sees every file.
 async fn tracked_scan(
     dir: &Path,
-    base: Manifest,
+    mut base: Manifest,
     changes: HashMap<RelPath, bool>,
     cache: &StatCache,
     limits: &SyncConfig,
@@ -698,14 +709,17 @@ async fn tracked_scan(
     if found().any(|f| f.size > limits.max_file_bytes) {
         return Ok(Tracked::Fallback(base));
     }
-    let total = base
-        .entries
-        .values()
-        .map(|e| size_of(Some(e)))
-        .fold(0u64, u64::saturating_add)
+    // Counted once after a walk, then updated by each push's change.
+    let tally = match base.tally.take() {
+        Some(t) => t,
+        None => Tally::of(base.entries.values()),
+    };
+    let total = tally
+        .bytes()
         .saturating_sub(doomed.iter().map(|p| size_of(base.entries.get(p))).sum())
         .saturating_add(found().map(|f| f.size).sum());
     if total > limits.max_workspace_bytes {
+        base.tally = Some(tally);
         return Ok(Tracked::Fallback(base));
     }
 
@@ -746,6 +760,7 @@ async fn tracked_scan(
         chunks,
         removed,
         touched,
+        tally,
     };
     Ok(Tracked::Done(scan, patch))
 }
@@ -777,32 +792,6 @@ enum Hashing {
     },
     /// Over a limit once read (it grew after the walk).
     Refused(Refused),
-}
-
-/// Blobs the store holds, as far as the base manifest says. A push that
-/// hashed a few files scans the manifest for them; many build a set.
-enum Known<'a> {
-    Nothing,
-    Scan(&'a BTreeMap<RelPath, Entry>),
-    Set(HashSet<&'a str>),
-}
-
-impl<'a> Known<'a> {
-    fn new(base: Option<&'a BTreeMap<RelPath, Entry>>, lookups: usize) -> Self {
-        match base {
-            None => Known::Nothing,
-            Some(b) if lookups <= 8 => Known::Scan(b),
-            Some(b) => Known::Set(b.values().filter_map(file_sha).collect()),
-        }
-    }
-
-    fn contains(&self, sha256: &str) -> bool {
-        match self {
-            Known::Nothing => false,
-            Known::Scan(m) => m.values().any(|e| file_sha(e) == Some(sha256)),
-            Known::Set(s) => s.contains(sha256),
-        }
-    }
 }
 
 fn file_sha(e: &Entry) -> Option<&str> {
@@ -852,12 +841,12 @@ impl Diff {
         d
     }
 
-    /// The dropped hashes no entry of `new` refers to any more.
-    fn unreferenced(self, new: &Manifest) -> Vec<String> {
-        let live = Known::new(Some(&new.entries), self.dropped.len());
+    /// The dropped hashes no entry of the new manifest (counted in
+    /// `live`) refers to any more.
+    fn unreferenced(self, live: Option<&Tally>) -> Vec<String> {
         self.dropped
             .into_iter()
-            .filter(|s| !live.contains(s))
+            .filter(|s| !live.is_some_and(|t| t.holds(s)))
             .collect()
     }
 }
@@ -902,8 +891,11 @@ mod tests {
         let d = Diff::of(&base, &new);
         assert!(!d.same);
         assert_eq!(d.deleted, 1);
-        assert_eq!(d.unreferenced(&new), vec!["2".repeat(64).as_str()]);
-        // Many dropped hashes take the set path; same answer.
+        assert_eq!(
+            d.unreferenced(Some(&Tally::of(new.entries.values()))),
+            vec!["2".repeat(64).as_str()]
+        );
+        // Many dropped hashes.
         let many: Vec<(String, String)> = (0..20)
             .map(|i| (format!("f{i}"), format!("{:x}", i % 16)))
             .collect();
@@ -911,6 +903,243 @@ mod tests {
         let big = m(&refs);
         let d = Diff::of(&big, &m(&[("x", "0")]));
         assert_eq!(d.deleted, 20);
-        assert_eq!(d.unreferenced(&m(&[("x", "0")])).len(), 15);
+        let x = m(&[("x", "0")]);
+        assert_eq!(
+            d.unreferenced(Some(&Tally::of(x.entries.values()))).len(),
+            15
+        );
+    }
+
+    /// A workspace in a temporary directory pushed to an in-memory store,
+    /// by walks or with the changes a tracker would report.
+    struct Ws {
+        dir: tempfile::TempDir,
+        backend: Arc<dyn ObjectBackend>,
+        prefix: ConvPrefix,
+        cache: StatCache,
+        base: Option<Manifest>,
+        limits: SyncConfig,
+    }
+
+    impl Ws {
+        fn new() -> Ws {
+            Ws {
+                dir: tempfile::tempdir().unwrap(),
+                backend: Arc::new(super::super::store::ObjectStoreBackend::in_memory()),
+                prefix: ConvPrefix("t/c".into()),
+                cache: StatCache::default(),
+                base: None,
+                limits: SyncConfig::default(),
+            }
+        }
+
+        fn write(&self, path: &str, bytes: usize, fill: u8) {
+            let p = self.dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, vec![fill; bytes]).unwrap();
+        }
+
+        async fn push(&mut self, changes: Option<&[(&str, bool)]>) -> PushReport {
+            let job = PushJob {
+                backend: self.backend.clone(),
+                prefix: &self.prefix,
+                dir: self.dir.path(),
+                generation: 1,
+                transfer: Transfer {
+                    concurrency: 4,
+                    multipart_threshold: 1 << 20,
+                },
+                limits: self.limits,
+                changes: changes.map(|c| {
+                    c.iter()
+                        .map(|(p, appeared)| (RelPath::parse(p).unwrap(), *appeared))
+                        .collect()
+                }),
+            };
+            let (m, r) = push(job, self.base.take(), &mut self.cache, async {
+                Ok::<(), PushError>(())
+            })
+            .await
+            .unwrap();
+            self.base = m;
+            r
+        }
+
+        /// What is stored equals what a walk finds now, and the kept
+        /// bookkeeping equals a recount: the tally, the chunks of a full
+        /// split, and no blob the manifest does not name.
+        async fn check(&self) {
+            let fresh = Ws::new();
+            let walked = {
+                let job = PushJob {
+                    backend: fresh.backend.clone(),
+                    prefix: &fresh.prefix,
+                    dir: self.dir.path(),
+                    generation: 1,
+                    transfer: Transfer {
+                        concurrency: 4,
+                        multipart_threshold: 1 << 20,
+                    },
+                    limits: self.limits,
+                    changes: None,
+                };
+                let mut cache = StatCache::default();
+                push(job, None, &mut cache, async { Ok::<(), PushError>(()) })
+                    .await
+                    .unwrap()
+                    .0
+                    .unwrap()
+            };
+            let kept = self.base.as_ref().unwrap();
+            let stored = latest_manifest(self.backend.as_ref(), &self.prefix)
+                .await
+                .unwrap()
+                .unwrap();
+            let differ = |a: &Manifest| {
+                let mut d: Vec<String> = a
+                    .entries
+                    .iter()
+                    .filter(|(p, e)| walked.entries.get(*p) != Some(*e))
+                    .map(|(p, e)| format!("{p}: {e:?} / {:?}", walked.entries.get(p)))
+                    .collect();
+                d.extend(
+                    walked
+                        .entries
+                        .keys()
+                        .filter(|p| !a.entries.contains_key(*p))
+                        .map(|p| format!("{p} missing")),
+                );
+                d.truncate(5);
+                d
+            };
+            assert!(
+                stored.same_content(&walked),
+                "stored differs from a walk: {:?}",
+                differ(&stored)
+            );
+            assert!(
+                kept.same_content(&walked),
+                "kept differs from a walk: {:?}",
+                differ(kept)
+            );
+            assert_eq!(kept.tally, Some(Tally::of(walked.entries.values())));
+            let mut full = kept.clone();
+            full.split(None);
+            assert_eq!(kept.chunks, full.chunks, "chunks differ from a full split");
+            let mut blobs: Vec<String> = self
+                .backend
+                .list(&self.prefix.key("blobs"))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|k| k.rsplit('/').next().unwrap().to_owned())
+                .collect();
+            blobs.sort();
+            let mut named: Vec<String> = kept.blobs().into_iter().map(str::to_owned).collect();
+            named.sort();
+            assert_eq!(blobs, named, "stored blobs are exactly the named ones");
+        }
+    }
+
+    #[tokio::test]
+    async fn tracked_pushes_keep_their_bookkeeping_exact() {
+        let mut ws = Ws::new();
+        for i in 0..3000 {
+            ws.write(&format!("d{}/f{i}", i % 40), 10 + i % 7, (i % 251) as u8);
+        }
+        let r = ws.push(None).await;
+        assert!(r.walked);
+        ws.check().await;
+
+        // One file changed: one upload, no walk.
+        ws.write("d3/f3", 500, 1);
+        let r = ws.push(Some(&[("d3/f3", false)])).await;
+        assert!(!r.walked && r.files == 1, "{r:?}");
+        ws.check().await;
+
+        // Same content as a file stored already: nothing to upload.
+        ws.write("d4/f4", 500, 1);
+        let r = ws.push(Some(&[("d4/f4", false)])).await;
+        assert!(!r.walked && r.files == 0, "{r:?}");
+        ws.check().await;
+
+        // Deleted: its blob goes (nothing else names it)...
+        std::fs::remove_file(ws.dir.path().join("d5/f5")).unwrap();
+        let r = ws.push(Some(&[("d5/f5", false)])).await;
+        assert_eq!(r.deleted, 1);
+        ws.check().await;
+        // ... but not one another entry still names.
+        std::fs::remove_file(ws.dir.path().join("d3/f3")).unwrap();
+        ws.push(Some(&[("d3/f3", false)])).await;
+        ws.check().await;
+
+        // A directory renamed: everything below moves.
+        std::fs::rename(ws.dir.path().join("d7"), ws.dir.path().join("e7")).unwrap();
+        let r = ws.push(Some(&[("d7", false), ("e7", true)])).await;
+        assert!(!r.walked && r.files == 0, "{r:?}");
+        ws.check().await;
+
+        // Paths added and removed around chunk boundaries, so chunks
+        // split and merge: the kept chunks still equal a full split.
+        for round in 0..30 {
+            let mut changes = Vec::new();
+            for k in 0..(1 + round % 4) {
+                // Not in `d7`, gone: it would appear again.
+                let d = match (round * 7 + k) % 40 {
+                    7 => 8,
+                    d => d,
+                };
+                let p = format!("d{d}/n{round}_{k}");
+                ws.write(&p, 20, round as u8);
+                changes.push(p);
+            }
+            let gone = format!("d{}/f{}", round % 40, round * 40 + round % 40 + 40);
+            if std::fs::remove_file(ws.dir.path().join(&gone)).is_ok() {
+                changes.push(gone);
+            }
+            let asks: Vec<(&str, bool)> = changes.iter().map(|p| (p.as_str(), false)).collect();
+            let r = ws.push(Some(&asks)).await;
+            assert!(!r.walked, "{r:?}");
+            ws.check().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_growing_past_the_workspace_limit_is_judged_by_a_walk() {
+        let mut ws = Ws::new();
+        ws.limits.max_workspace_bytes = 10_000;
+        for i in 0..20 {
+            ws.write(&format!("f{i:02}"), 300, i as u8);
+        }
+        ws.push(None).await;
+        assert_eq!(
+            ws.base.as_ref().unwrap().tally.as_ref().unwrap().bytes(),
+            6_000
+        );
+
+        // Within the limit: the delta path keeps the total.
+        ws.write("f00", 3_000, 0);
+        let r = ws.push(Some(&[("f00", false)])).await;
+        assert!(!r.walked && r.refused.is_empty(), "{r:?}");
+        assert_eq!(
+            ws.base.as_ref().unwrap().tally.as_ref().unwrap().bytes(),
+            8_700
+        );
+
+        // Past it: the push walks and leaves files out, by the same rule
+        // as any walk.
+        ws.write("f01", 3_000, 1);
+        let r = ws.push(Some(&[("f01", false)])).await;
+        assert!(r.walked && !r.refused.is_empty(), "{r:?}");
+        let kept = ws.base.as_ref().unwrap();
+        let bytes = kept.tally.as_ref().unwrap().bytes();
+        assert!(bytes <= 10_000, "{bytes} bytes stored");
+        assert_eq!(kept.tally, Some(Tally::of(kept.entries.values())));
+
+        // Back under it once the file shrinks.
+        ws.write("f01", 10, 1);
+        let r = ws.push(None).await;
+        assert!(r.refused.is_empty(), "{r:?}");
+        ws.check().await;
     }
 }

@@ -83,6 +83,11 @@ struct Conv {
     prefix: ConvPrefix,
     state: tokio::sync::Mutex<ConvState>,
     schedule: Schedule,
+    /// What changed in the workspace since the last push; `None` when it
+    /// cannot be tracked (every push walks it). Outside `state` so that
+    /// [`SyncService::forget`] frees the fanotify group even while a push
+    /// holds the state.
+    tracker: Mutex<Option<Arc<Tracker>>>,
 }
 
 #[derive(Default)]
@@ -98,9 +103,6 @@ struct ConvState {
     /// Files the last push refused (path -> size), so a file left out
     /// push after push is audited once, not at every checkpoint.
     refused: HashMap<RelPath, u64>,
-    /// What changed in `dir` since the last push; `None` when the
-    /// workspace cannot be tracked (every push walks it).
-    tracker: Option<Arc<Tracker>>,
 }
 
 /// Files a `file_sync_refused` audit event or a `sync_skipped` SSE event
@@ -214,8 +216,8 @@ impl SyncService {
 
         let trusted = rec.restored_generation == rec.generation && st.restored;
         if trusted && has_files {
-            if st.tracker.is_none() {
-                track(&mut st, &rec.conversation_id).await;
+            if conv.tracker().is_none() {
+                track(&conv, &st.dir).await;
             }
             return Ok(self.run_sync(conv.clone()));
         }
@@ -231,7 +233,7 @@ impl SyncService {
                 tenant_id = %rec.tenant_id, conversation_id = %rec.conversation_id,
                 generation = rec.generation);
             self.mark_restored(&mut st, rec).await?;
-            track(&mut st, &rec.conversation_id).await;
+            track(&conv, &st.dir).await;
             drop(st);
             self.inner.schedule(&conv);
             return Ok(self.run_sync(conv));
@@ -284,7 +286,7 @@ impl SyncService {
                 self.mark_restored(&mut st, rec).await?;
                 // Started after the restore wrote its files: only what
                 // runs from now on is tracked.
-                track(&mut st, &rec.conversation_id).await;
+                track(&conv, &st.dir).await;
                 Ok(self.run_sync(conv.clone()))
             }
             Err(e) => {
@@ -326,13 +328,19 @@ impl SyncService {
     }
 
     /// Drops what this process keeps for a conversation (last manifest,
-    /// stat cache) unless it still has changes to push; for the sweeper,
-    /// once a conversation's container is gone. Returns whether it did.
-    /// The next run restores or keeps the host copy as usual; its first
-    /// push hashes the workspace again.
+    /// stat cache) unless it still has changes to push, and in any case
+    /// its change tracking (the fanotify group, one of the user's 128):
+    /// for container removal (the sweeper, a delete) and purges, once the
+    /// workspace is going. Returns whether it dropped everything. The next
+    /// run restores or keeps the host copy as usual; its first push walks
+    /// and hashes the workspace again.
     pub fn forget(&self, key: &ConversationKey) -> bool {
         let mut convs = self.inner.convs.lock().unwrap_or_else(|e| e.into_inner());
         let id = format!("{}/{}", key.tenant_id, key.conversation_id);
+        if let Some(c) = convs.get(&id) {
+            // A push after this walks: only speed is lost.
+            c.set_tracker(None);
+        }
         let idle = convs.get(&id).is_some_and(|c| {
             !c.schedule.is_pending() && Arc::strong_count(c) == 1 && c.state.try_lock().is_ok()
         });
@@ -352,6 +360,17 @@ impl SyncService {
 }
 
 impl Conv {
+    fn tracker(&self) -> Option<Arc<Tracker>> {
+        self.tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_tracker(&self, t: Option<Arc<Tracker>>) {
+        *self.tracker.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
     fn subject(&self, container: &str) -> Subject {
         Subject {
             tenant_id: self.tenant_id.clone(),
@@ -363,9 +382,10 @@ impl Conv {
 
 /// (Re)starts change tracking on the conversation's workspace. Failing to
 /// costs only speed: every push walks.
-async fn track(st: &mut ConvState, conversation_id: &str) {
-    let dir = st.dir.clone();
-    st.tracker = match tokio::task::spawn_blocking(move || Tracker::start(&dir)).await {
+async fn track(conv: &Conv, dir: &Path) {
+    let conversation_id = &conv.conversation_id;
+    let dir = dir.to_owned();
+    let tracker = match tokio::task::spawn_blocking(move || Tracker::start(&dir)).await {
         Ok(Ok(Some(t))) => Some(Arc::new(t)),
         Ok(Ok(None)) => {
             tracing::debug!(
@@ -381,6 +401,7 @@ async fn track(st: &mut ConvState, conversation_id: &str) {
         }
         Err(_) => None,
     };
+    conv.set_tracker(tracker);
 }
 
 fn skipped_files<'a>(refused: impl IntoIterator<Item = &'a Refused>) -> Vec<SkippedFile> {
@@ -441,6 +462,7 @@ impl Inner {
                     prefix: ConvPrefix(format!("{tenant}/{conversation}")),
                     state: tokio::sync::Mutex::new(ConvState::default()),
                     schedule: Schedule::default(),
+                    tracker: Mutex::new(None),
                 })
             })
             .clone()
@@ -600,7 +622,8 @@ impl Inner {
                 }),
             }
         };
-        let changes = match st.tracker.clone() {
+        let tracker = conv.tracker();
+        let changes = match tracker.clone() {
             Some(t) => tokio::task::spawn_blocking(move || {
                 let changes = t.take();
                 let alive = !matches!(changes, Changes::Unknown(_)) || t.alive();
@@ -615,7 +638,7 @@ impl Inner {
             (changes, false) => {
                 // Its filesystem is gone: free the group (one of the
                 // user's 128); the next run's prepare tracks anew.
-                st.tracker = None;
+                conv.set_tracker(None);
                 changes
             }
         };
@@ -646,7 +669,7 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 // What was taken is not in the store: the next push walks.
-                if let Some(t) = &st.tracker {
+                if let Some(t) = &tracker {
                     t.lose("a push failed");
                 }
                 return Err(e);

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Paths one push may take from tracking; past this a walk is cheaper
@@ -70,6 +71,15 @@ struct Pending {
     lost: Option<&'static str>,
 }
 
+/// fanotify groups this process holds: one per tracked workspace, each one
+/// of the user's 128 (`agentbox_sync_tracked_workspaces`).
+static GROUPS: AtomicI64 = AtomicI64::new(0);
+
+fn count_group(n: i64) {
+    let now = GROUPS.fetch_add(n, Relaxed) + n;
+    crate::metrics::set_sync_tracked(now);
+}
+
 fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
@@ -107,6 +117,7 @@ impl Tracker {
             None::<&Path>,
         )
         .map_err(errno)?;
+        count_group(1);
         Ok(Some(Tracker {
             fan,
             dir: dir.to_owned(),
@@ -217,6 +228,12 @@ impl Tracker {
             t.lines()
                 .any(|l| l.starts_with("fanotify ") && l.contains(&want))
         })
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        count_group(-1);
     }
 }
 

@@ -1322,6 +1322,19 @@ async fn daemon_tracks_changes_by_bash_and_a_background_process_between_tool_res
     // process's files reached the store without a walk.
     assert_eq!(metric(&daemon, walked).await, 1.0);
     assert!(metric(&daemon, "agentbox_sync_scans_total{kind=\"tracked\"}").await >= 1.0);
+
+    // The conversation holds one fanotify group (one of the user's 128),
+    // freed with its container.
+    let groups = "agentbox_sync_tracked_workspaces";
+    assert_eq!(metric(&daemon, groups).await, 1.0);
+    let del = crate::harness::client()
+        .delete(daemon.url(&format!("/v1/conversations/{conv}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("DELETE the conversation");
+    assert_eq!(del.status(), 204);
+    assert_eq!(metric(&daemon, groups).await, 0.0, "the group is freed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
