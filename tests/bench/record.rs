@@ -123,16 +123,22 @@ pub struct Context {
     load_after: String,
 }
 
-/// Captured when the run starts; finished by [`save`].
+/// Captured when the run starts (the tree it was built from, as near as
+/// can be told); finished by [`save`].
 pub struct Started {
     started_unix: u64,
     load_before: String,
+    commit: String,
+    dirty: bool,
 }
 
 pub fn start() -> Started {
     Started {
         started_unix: unix_now(),
         load_before: loadavg(),
+        commit: git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned()),
+        dirty: git(&["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty()),
     }
 }
 
@@ -174,9 +180,8 @@ pub fn save(name: &str, started: Started, out: Option<&str>) {
         .map_or(0, |kib| kib / 1024);
     let context = Context {
         command: std::env::args().collect(),
-        commit: git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_owned()),
-        dirty: git(&["status", "--porcelain", "--untracked-files=no"])
-            .is_some_and(|s| !s.is_empty()),
+        commit: started.commit,
+        dirty: started.dirty,
         started_unix: started.started_unix,
         finished_unix: unix_now(),
         build: if cfg!(debug_assertions) {
