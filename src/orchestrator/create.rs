@@ -125,11 +125,6 @@ impl Orchestrator {
             .await
             .map_err(|e| OrchestratorError::NotReady(e.to_string()))?;
         crate::metrics::container_started(started.elapsed());
-        // The agent has bound its socket: from now on the directory is the
-        // host's, so nothing in the container can remove or replace the
-        // two sockets (runc's Landlock rules forbid it too; gVisor has no
-        // Landlock, and an `rm -rf /` there cut the container off).
-        seal_dir(&socket_dir)?;
         agent.log_confinement(name).await;
         if binding.is_none() {
             self.store.transition(name, ContainerState::Ready).await?;
@@ -142,17 +137,6 @@ impl Orchestrator {
         });
         Ok(())
     }
-}
-
-/// Hands `dir` to root: the container user keeps only the right to pass
-/// through it (to connect to the sockets inside), not to change it.
-fn seal_dir(dir: &Path) -> Result<(), OrchestratorError> {
-    let wrap = |source| OrchestratorError::Prepare {
-        path: dir.to_owned(),
-        source,
-    };
-    std::os::unix::fs::chown(dir, Some(0), Some(0)).map_err(wrap)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(wrap)
 }
 
 /// Creates `dir` owned by the container user, private to it.
