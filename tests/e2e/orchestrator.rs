@@ -330,5 +330,19 @@ async fn a_burst_is_served_and_the_pool_follows_demand() {
     // ...and falls back to its size once no claim came for the window.
     let s = d.wait_status(120, "the pool back to 1", |s| s["pool"]["ready"] == 1);
     assert_eq!(s["pool"]["target"], 1, "{s:#}");
+    // The shrunk containers leave the engine too (their removal may still
+    // be under way): four claimed and one ready remain.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (engine, state) = (d.engine_names(), d.state_names());
+        if engine == state && engine.len() == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "engine {engine:?} and state {state:?} never settled at 5 containers"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert_consistent(&d);
 }
