@@ -758,3 +758,62 @@ mod tests {
         assert!(new.is_empty() && m.chunks == before);
     }
 }
+
+/// The manifest side of [`Tally`]: counting entries (only files count),
+/// kept here so the tally knows nothing of manifests.
+impl Tally {
+    /// Counts every entry (one pass; what a walk's push pays anyway).
+    pub fn of<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Tally {
+        let mut t = Tally::default();
+        for e in entries {
+            t.add(e);
+        }
+        t
+    }
+
+    pub fn add(&mut self, e: &Entry) {
+        if let Entry::File { size, sha256, .. } = e {
+            self.count_file(*size, sha256);
+        }
+    }
+
+    /// Takes back an entry [`Tally::add`] counted.
+    pub fn remove(&mut self, e: &Entry) {
+        if let Entry::File { size, sha256, .. } = e {
+            self.uncount_file(*size, sha256);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+    use crate::sync::tally::Tally;
+
+    fn file(size: u64, sha: char) -> Entry {
+        Entry::File {
+            mode: 0o644,
+            size,
+            mtime_ns: 0,
+            sha256: sha.to_string().repeat(64),
+        }
+    }
+
+    #[test]
+    fn counts_follow_adds_and_removes() {
+        let (a, b) = (file(10, 'a'), file(5, 'b'));
+        let mut t = Tally::of([&a, &a, &b, &Entry::Dir { mode: 0o755 }]);
+        assert_eq!(t.bytes(), 25);
+        assert!(t.holds(&"a".repeat(64)) && t.holds(&"b".repeat(64)));
+        t.remove(&a);
+        assert!(
+            t.holds(&"a".repeat(64)),
+            "a second entry still refers to it"
+        );
+        t.remove(&a);
+        assert!(!t.holds(&"a".repeat(64)));
+        assert_eq!(t.bytes(), 5);
+        assert_eq!(t, Tally::of([&b]));
+        assert!(!t.holds("not hex"));
+    }
+}

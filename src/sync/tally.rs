@@ -3,7 +3,6 @@
 //! the workspace limit) and how many entries refer to each blob (whether
 //! the store holds a content, and whether a push may delete one).
 
-use super::manifest::Entry;
 use std::collections::hash_map;
 use std::collections::HashMap;
 
@@ -16,39 +15,26 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts every entry (one pass; what a walk's push pays anyway).
-    pub fn of<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Tally {
-        let mut t = Tally::default();
-        for e in entries {
-            t.add(e);
-        }
-        t
-    }
-
     /// Bytes of the files counted.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub fn add(&mut self, e: &Entry) {
-        if let Entry::File { size, sha256, .. } = e {
-            self.bytes = self.bytes.saturating_add(*size);
-            if let Some(k) = key(sha256) {
-                *self.refs.entry(k).or_default() += 1;
-            }
+    /// Counts a file of `size` bytes with content `sha256`.
+    pub fn count_file(&mut self, size: u64, sha256: &str) {
+        self.bytes = self.bytes.saturating_add(size);
+        if let Some(k) = key(sha256) {
+            *self.refs.entry(k).or_default() += 1;
         }
     }
 
-    /// Takes back an entry [`Tally::add`] counted.
-    pub fn remove(&mut self, e: &Entry) {
-        if let Entry::File { size, sha256, .. } = e {
-            self.bytes = self.bytes.saturating_sub(*size);
-            if let Some(hash_map::Entry::Occupied(mut o)) = key(sha256).map(|k| self.refs.entry(k))
-            {
-                *o.get_mut() -= 1;
-                if *o.get() == 0 {
-                    o.remove();
-                }
+    /// Takes back a file [`Tally::count_file`] counted.
+    pub fn uncount_file(&mut self, size: u64, sha256: &str) {
+        self.bytes = self.bytes.saturating_sub(size);
+        if let Some(hash_map::Entry::Occupied(mut o)) = key(sha256).map(|k| self.refs.entry(k)) {
+            *o.get_mut() -= 1;
+            if *o.get() == 0 {
+                o.remove();
             }
         }
     }
@@ -64,36 +50,4 @@ impl Tally {
 fn key(sha256: &str) -> Option<[u8; 32]> {
     let mut k = [0u8; 32];
     hex::decode_to_slice(sha256, &mut k).ok().map(|()| k)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(size: u64, sha: char) -> Entry {
-        Entry::File {
-            mode: 0o644,
-            size,
-            mtime_ns: 0,
-            sha256: sha.to_string().repeat(64),
-        }
-    }
-
-    #[test]
-    fn counts_follow_adds_and_removes() {
-        let (a, b) = (file(10, 'a'), file(5, 'b'));
-        let mut t = Tally::of([&a, &a, &b, &Entry::Dir { mode: 0o755 }]);
-        assert_eq!(t.bytes(), 25);
-        assert!(t.holds(&"a".repeat(64)) && t.holds(&"b".repeat(64)));
-        t.remove(&a);
-        assert!(
-            t.holds(&"a".repeat(64)),
-            "a second entry still refers to it"
-        );
-        t.remove(&a);
-        assert!(!t.holds(&"a".repeat(64)));
-        assert_eq!(t.bytes(), 5);
-        assert_eq!(t, Tally::of([&b]));
-        assert!(!t.holds("not hex"));
-    }
 }

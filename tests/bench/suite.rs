@@ -200,35 +200,7 @@ async fn claim(a: &Args) {
         );
         rows.push((label, summarize(agent), summarize(model), summarize(event)));
     }
-    let mut floor = Vec::new();
-    let image = test_image();
-    for _ in 0..runs {
-        let t = Instant::now();
-        docker_ok(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--read-only",
-            "--tmpfs",
-            "/tmp:rw,nosuid,nodev,size=64m",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--pids-limit",
-            "512",
-            "--memory",
-            "1g",
-            "--user",
-            "1000:1000",
-            "--init",
-            "--entrypoint",
-            "true",
-            &image,
-        ]);
-        floor.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
+    let floor = docker_run_floor("runc", runs);
     table("Claim latency (ms)");
     for (label, agent, _, _) in &rows {
         row(
@@ -238,7 +210,7 @@ async fn claim(a: &Args) {
     }
     row(
         "`docker run --rm`, same image and flags (floor of a cold start)",
-        &summarize(floor),
+        &floor,
     );
     for (label, _, model, _) in &rows {
         row(
