@@ -152,12 +152,25 @@ impl Leases {
         tenant: &str,
         conversation: &str,
     ) -> Result<Option<(Lease, Version)>, StoreError> {
+        Ok(self
+            .read_raw(tenant, conversation)
+            .await?
+            .and_then(|(l, v)| l.map(|l| (l, v))))
+    }
+
+    /// The lease object and its version; `None` inside for one that does
+    /// not parse (a taker replaces it at that version).
+    async fn read_raw(
+        &self,
+        tenant: &str,
+        conversation: &str,
+    ) -> Result<Option<(Option<Lease>, Version)>, StoreError> {
         let key = lease_key(tenant, conversation);
         Ok(self
             .backend
             .get_versioned(&key)
             .await?
-            .and_then(|(b, v)| serde_json::from_slice::<Lease>(&b).ok().map(|l| (l, v))))
+            .map(|(b, v)| (serde_json::from_slice::<Lease>(&b).ok(), v)))
     }
 
     /// Writes `body` at `key` if the lease is still at `cond`.
@@ -217,10 +230,15 @@ impl Leases {
         let mut first_seen: Option<u64> = None;
         loop {
             let now = now_ms();
-            let current = self.read(tenant, conversation).await?;
+            let current = self.read_raw(tenant, conversation).await?;
             let (cond, previous) = match current {
                 None => (Condition::Absent, None),
-                Some((lease, v)) => {
+                Some((None, v)) => {
+                    tracing::warn!(message = "Replacing a lease that does not parse.",
+                        tenant_id = %tenant, conversation_id = %conversation);
+                    (Condition::Unchanged(v), None)
+                }
+                Some((Some(lease), v)) => {
                     if lease.holder != self.instance && lease.live(now) {
                         let renewed = first_seen.is_some_and(|e| lease.expires_ms > e);
                         if renewed || tokio::time::Instant::now() >= deadline {
@@ -544,6 +562,19 @@ mod tests {
         assert!(!s.truncated);
         assert!(a.survey(&["t".to_owned()], 1).await.unwrap().truncated);
         drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_does_not_parse_is_replaced() {
+        let backend: Arc<dyn ObjectBackend> = Arc::new(ObjectStoreBackend::in_memory());
+        backend
+            .put(&lease_key("t", "c"), Bytes::from_static(b"{not json"))
+            .await
+            .unwrap();
+        let a = Leases::new(backend, "host-a", Duration::from_secs(3));
+        let t = a.acquire("t", "c", 1).await.unwrap();
+        assert!(t.lost.is_none());
+        assert_eq!(a.read("t", "c").await.unwrap().unwrap().0.holder, "host-a");
     }
 
     #[tokio::test]

@@ -3,9 +3,13 @@
 //! (`appliance/haproxy/haproxy.cfg`).
 
 use crate::harness::*;
+use agentbox::config::StorageConfig;
+use agentbox::sync::lease::{Lease, Leases};
+use agentbox::sync::store::{ObjectBackend, ObjectStoreBackend};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "sk-scaleout-test";
@@ -126,31 +130,37 @@ async fn post_message(base: &str, conversation: &str, prompt: &str) -> reqwest::
         .unwrap()
 }
 
-/// The shared bucket as the test reads it (moto answers unsigned reads).
+/// The shared bucket as the test reads it, through the daemon's own
+/// store code with moto's credentials.
 struct Bucket {
-    endpoint: String,
-    name: String,
+    backend: Arc<dyn ObjectBackend>,
+    leases: Arc<Leases>,
 }
 
 impl Bucket {
+    fn open(endpoint: &str, name: &str) -> Bucket {
+        let cfg = StorageConfig {
+            url: format!("s3://{name}/{PREFIX}"),
+            endpoint: endpoint.to_owned(),
+            allow_http: true,
+            path_style: true,
+            region: moto::REGION.to_owned(),
+            ..Default::default()
+        };
+        let backend: Arc<dyn ObjectBackend> = Arc::new(ObjectStoreBackend::open(&cfg).unwrap());
+        // A reader only: it never takes a lease.
+        let leases = Leases::new(backend.clone(), "e2e-reader", Duration::from_secs(3));
+        Bucket { backend, leases }
+    }
+
     /// The generations stored for a conversation, oldest first.
     async fn generations(&self, conversation: &str) -> Vec<u64> {
-        // Ids and the prefix are plain path characters: no escaping needed.
-        let body = client()
-            .get(format!(
-                "{}/{}?list-type=2&prefix={PREFIX}/{TENANT}/{conversation}/manifests/",
-                self.endpoint, self.name
-            ))
-            .send()
+        let mut gens: Vec<u64> = self
+            .backend
+            .list(&format!("{TENANT}/{conversation}/manifests"))
             .await
             .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let mut gens: Vec<u64> = body
-            .split("<Key>")
-            .skip(1)
-            .filter_map(|k| k.split("</Key>").next())
+            .iter()
             .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json")?.parse().ok())
             .collect();
         gens.sort_unstable();
@@ -158,19 +168,12 @@ impl Bucket {
     }
 
     /// A conversation's lease, if one was ever taken.
-    async fn lease(&self, conversation: &str) -> Option<Value> {
-        let resp = client()
-            .get(format!(
-                "{}/{}/{PREFIX}/{TENANT}/{conversation}/lease.json",
-                self.endpoint, self.name
-            ))
-            .send()
+    async fn lease(&self, conversation: &str) -> Option<Lease> {
+        self.leases
+            .read(TENANT, conversation)
             .await
-            .unwrap();
-        if !resp.status().is_success() {
-            return None;
-        }
-        resp.json().await.ok()
+            .unwrap()
+            .map(|(l, _)| l)
     }
 }
 
@@ -232,11 +235,9 @@ where
 async fn conversations_survive_their_host_and_never_run_on_two() {
     let _engine = serial::shared().await;
     let endpoint = moto::endpoint();
-    let bucket = Bucket {
-        name: moto::bucket(&endpoint).await,
-        endpoint: endpoint.clone(),
-    };
-    let env = moto::daemon_env(&endpoint, &bucket.name, PREFIX);
+    let bucket_name = moto::bucket(&endpoint).await;
+    let bucket = Bucket::open(&endpoint, &bucket_name);
+    let env = moto::daemon_env(&endpoint, &bucket_name, PREFIX);
     let (_mock_a, mut a) = start_with_mock_env(KEY, 2, SCALEOUT, env.clone()).await;
     let (_mock_b, mut b) = start_with_mock_env(KEY, 2, SCALEOUT, env).await;
     let mut lb = Balancer::start(&[&a, &b]);
@@ -299,7 +300,13 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
             .collect()
     });
     assert_eq!(stale.len(), on_a.len(), "{stale:?}");
-    let resp = lb.post(&victim, "!bash sleep 60\n!text never").await;
+    // (The CLI refuses a standalone long `sleep`: this waits the same.)
+    let resp = lb
+        .post(
+            &victim,
+            "!bash timeout 90 tail -f /dev/null; echo slow\n!text never",
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let mut cut = LiveStream::follow(resp);
     cut.wait_for(120, "the victim's tool call", |e| e.event == "tool_use")
@@ -387,30 +394,42 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // (The victim's container may go first for another reason: its agent
-    // was cut mid-run. Gone unpushed either way: see the generations.)
-    let audit = a.audit_events();
-    for (id, container) in stale.iter().filter(|(id, _)| **id != victim) {
+    // Each audited as moved (its event follows the engine's removal, so
+    // waited for). The victim's container may go first for another
+    // reason (its agent was cut mid-run): gone unpushed either way, as
+    // the generations below show.
+    let audited = |audit: &[Value], id: &str, container: &str| {
+        audit
+            .iter()
+            .any(|e| e["event"] == "conversation_moved_away" && e["conversation_id"] == id)
+            && audit.iter().any(|e| {
+                e["event"] == "container_destroyed"
+                    && e["container_id"] == container
+                    && e["reason"] == "moved"
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let audit = a.audit_events();
+        let missing: Vec<_> = stale
+            .iter()
+            .filter(|(id, c)| **id != victim && !audited(&audit, id, c))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            audit
-                .iter()
-                .any(|e| e["event"] == "conversation_moved_away"
-                    && e["conversation_id"] == id.as_str()),
-            "no conversation_moved_away for {id}"
+            Instant::now() < deadline,
+            "not audited as moved: {missing:?}"
         );
-        assert!(
-            audit.iter().any(|e| e["event"] == "container_destroyed"
-                && e["container_id"] == container.as_str()
-                && e["reason"] == "moved"),
-            "{container} not destroyed as moved"
-        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // A wrote none of them: the bucket has the same generations, and their
     // leases were last held by B.
     for (id, gens) in &moved_gens {
         assert_eq!(&bucket.generations(id).await, gens, "{id} was written");
         let lease = bucket.lease(id).await.expect("a lease");
-        assert_eq!(lease["holder"], b.instance.as_str(), "{id}: {lease}");
+        assert_eq!(lease.holder, b.instance, "{id}: {lease:?}");
     }
     // The restarted A listens on a new port: a balancer in front of both again.
     drop(lb);
