@@ -230,7 +230,9 @@ where
 /// killed mid-stream loses only that stream, and the other host serves
 /// every one of its conversations next, with files and memory; the killed
 /// host comes back, drops its stale containers unpushed and serves new
-/// conversations; a drained host's conversations move the same way.
+/// conversations; a host at its container cap has the balancer run a new
+/// conversation elsewhere; a drained host's conversations move the same
+/// way.
 #[tokio::test(flavor = "multi_thread")]
 async fn conversations_survive_their_host_and_never_run_on_two() {
     let _engine = serial::shared().await;
@@ -434,7 +436,7 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
     // The restarted A listens on a new port: a balancer in front of both again.
     drop(lb);
     lb = Balancer::start(&[&a, &b]);
-    let fresh: Vec<String> = (0..12).map(|i| format!("back-{i}")).collect();
+    let fresh: Vec<String> = (0..16).map(|i| format!("back-{i}")).collect();
     let back = placement(&lb, &fresh, 2).await;
     let new_on_a: Vec<String> = back
         .iter()
@@ -447,6 +449,37 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
         assert_eq!(host, a.instance);
         assert!(body.contains("event: result"), "{body}");
     }
+
+    // A at its container cap: a new conversation routed to it is refused
+    // with 503 at_capacity before anything starts, and the balancer runs
+    // it on B instead.
+    let overflow = back
+        .iter()
+        .filter(|(_, h)| **h == a.instance)
+        .map(|(id, _)| id.clone())
+        .nth(2)
+        .expect("a third new conversation routed to A");
+    let claimed = tokio::task::block_in_place(|| a.status())["pool"]["claimed"]
+        .as_u64()
+        .unwrap();
+    let capped = format!("min_size = 0\nmax_size = {claimed}");
+    a.reload(|c| c.replace("min_size = 2", &capped));
+    tokio::task::block_in_place(|| {
+        a.wait_status(60, "A's pool emptied at its cap", |st| {
+            st["pool"]["ready"] == 0 && st["pool"]["warming"] == 0
+        })
+    });
+    let (host, body) = lb.message(&overflow, "!text overflow").await;
+    assert_eq!(host, b.instance, "{overflow} not sent on to B");
+    assert!(body.contains("event: result"), "{body}");
+    tokio::task::block_in_place(|| {
+        a.wait_log(
+            30,
+            "At the container cap; refusing a new conversation.",
+            &[],
+        )
+    });
+    a.reload(|c| c.replace(&capped, "min_size = 2"));
 
     // Drain B (SIGTERM): its conversations move to A with their files and
     // memory.
