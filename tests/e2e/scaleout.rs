@@ -278,7 +278,14 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
     // A forced double delivery: while B runs one of its conversations, a
     // message sent straight to A (past the balancer) is refused, naming B.
     let twice = &on_b[0];
-    let mut running = LiveStream::start(&b, TOKEN, twice, "!bash sleep 8\n!text slow").await;
+    // (A tool that takes 8 s; the CLI refuses a long standalone `sleep`.)
+    let mut running = LiveStream::start(
+        &b,
+        TOKEN,
+        twice,
+        "!bash timeout 8 tail -f /dev/null; echo slow\n!text slow",
+    )
+    .await;
     assert_eq!(running.status, 200);
     running
         .wait_for(120, "the slow run's tool call", |e| e.event == "tool_use")
@@ -302,7 +309,6 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
             .collect()
     });
     assert_eq!(stale.len(), on_a.len(), "{stale:?}");
-    // (The CLI refuses a standalone long `sleep`: this waits the same.)
     let resp = lb
         .post(
             &victim,
