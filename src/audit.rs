@@ -82,6 +82,30 @@ pub(crate) enum AuditEvent {
         previous_container_id: String,
         reason: String,
     },
+    /// This host took a conversation's lease that another host (or this
+    /// one before a restart) never released: that holder's run was lost
+    /// with it (`host_lost`).
+    ConversationTakenOver {
+        #[serde(flatten)]
+        subject: Subject,
+        previous_host: String,
+        /// The lost run, in the previous host's numbering.
+        lost_run: u64,
+    },
+    /// A conversation this host had a container for moved to another
+    /// host while this one was away: the container is removed unpushed
+    /// (`container_destroyed`, reason `moved`).
+    ConversationMovedAway {
+        #[serde(flatten)]
+        subject: Subject,
+        /// The generation this host's copy belongs to.
+        own_generation: u64,
+        /// The newest generation in the bucket.
+        stored_generation: u64,
+        /// The host whose live lease it saw, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
+    },
     /// A container was bound to a conversation.
     PoolClaimed {
         #[serde(flatten)]
@@ -283,6 +307,8 @@ impl AuditEvent {
             Self::ContainerDestroyed { .. } => "container_destroyed",
             Self::ContainerCrashed { .. } => "container_crashed",
             Self::ContainerRecovered { .. } => "container_recovered",
+            Self::ConversationTakenOver { .. } => "conversation_taken_over",
+            Self::ConversationMovedAway { .. } => "conversation_moved_away",
             Self::PoolClaimed { .. } => "pool_claimed",
             Self::ProxyRequestAllowed { .. } => "proxy_request_allowed",
             Self::ProxyRequestBlocked { .. } => "proxy_request_blocked",
@@ -307,6 +333,8 @@ impl AuditEvent {
             | Self::ContainerDestroyed { subject, .. }
             | Self::ContainerCrashed { subject, .. }
             | Self::ContainerRecovered { subject, .. }
+            | Self::ConversationTakenOver { subject, .. }
+            | Self::ConversationMovedAway { subject, .. }
             | Self::PoolClaimed { subject, .. }
             | Self::ProxyRequestAllowed { subject, .. }
             | Self::ProxyRequestBlocked { subject, .. }

@@ -63,6 +63,12 @@ codes! {
         ShuttingDown => "shutting_down",
         /// The state file's disk is below `state.min_free_mb`.
         StateDiskFull => "state_disk_full",
+        /// Another host runs the conversation now (its lease in the bucket
+        /// is live): a load balancer sent the message to the wrong host.
+        ConversationHeldElsewhere => "conversation_held_elsewhere",
+        /// Every container slot of this host is taken: a balancer tries
+        /// another host.
+        AtCapacity => "at_capacity",
         // Admin listener answers.
         Unauthenticated => "unauthenticated",
         HostNotAllowed => "host_not_allowed",
@@ -78,6 +84,11 @@ codes! {
         ProxyFailed => "proxy_failed",
         StateError => "state_error",
         ContainerLost => "container_lost",
+        /// The host running the run died (a crash, `kill -9`, a lost
+        /// machine): the client's stream ended without `result` or
+        /// `error`. Said by the clients in `clients/`, and by the host that
+        /// takes the conversation over in its audit log.
+        HostLost => "host_lost",
         AgentFailed => "agent_failed",
         BudgetExceeded => "budget_exceeded",
         AgentProtocolViolation => "agent_protocol_violation",
@@ -109,7 +120,7 @@ impl ErrorCode {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthorized | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::Conflict => StatusCode::CONFLICT,
+            Self::Conflict | Self::ConversationHeldElsewhere => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRuns => StatusCode::TOO_MANY_REQUESTS,
@@ -118,6 +129,7 @@ impl ErrorCode {
             Self::Unavailable
             | Self::ShuttingDown
             | Self::StateDiskFull
+            | Self::AtCapacity
             | Self::RuntimeUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::HostNotAllowed | Self::CrossOrigin => StatusCode::FORBIDDEN,
             Self::SweepFailed => StatusCode::INTERNAL_SERVER_ERROR,
@@ -129,6 +141,7 @@ impl ErrorCode {
             | Self::ProxyFailed
             | Self::StateError
             | Self::ContainerLost
+            | Self::HostLost
             | Self::AgentFailed
             | Self::BudgetExceeded
             | Self::AgentProtocolViolation
@@ -175,6 +188,9 @@ codes! {
         RunTimeout => "run_timeout",
         /// Its conversation was deleted.
         Deleted => "deleted",
+        /// Its conversation moved to another host while this one was away
+        /// (the bucket holds a newer generation): removed unpushed.
+        Moved => "moved",
     }
 }
 

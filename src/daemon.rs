@@ -158,6 +158,21 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         notifier.clone(),
     )?;
     let executor = Executor::new(orchestrator.clone(), sync);
+    // A host back after its conversations moved to another drops their
+    // containers unpushed (docs/scale-out.md); runs meanwhile do the same
+    // check on their conversation's first message.
+    tokio::spawn({
+        let executor = executor.clone();
+        async move {
+            let dropped = executor.drop_moved_containers().await;
+            if dropped > 0 {
+                tracing::info!(
+                    message = "Dropped the containers of conversations that moved.",
+                    dropped
+                );
+            }
+        }
+    });
     let state = AppState {
         auth,
         conversations: Conversations::new(executor.clone()),
@@ -175,7 +190,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         source,
     })?;
     let admin_local = admin_listener.local_addr().map_err(DaemonError::Serve)?;
-    let admin_app = admin::router(&cfg, orchestrator.clone(), runtime);
+    let admin_app = admin::router(&cfg, orchestrator.clone(), runtime, executor.leases());
     // The admin listener serves until the process ends: the operator keeps
     // the status page while the API drains.
     let (admin_stop_tx, admin_stop) = watch::channel(false);

@@ -14,14 +14,17 @@ use crate::orchestrator::Orchestrator;
 use crate::proxy::{Exceeded, RunSpend, SpendLedger};
 use crate::runs::{LiveRun, RunHub};
 use crate::state::{now_ms, StateError};
+use crate::sync::lease::{LeaseHold, Leases};
 use crate::sync::{Placement, RunSync, SyncService};
 use agent_protocol::{AgentEvent, ExecuteRequest};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
+mod capacity;
 mod carried_session;
 mod drain;
+mod moved;
 mod session;
 mod steps;
 #[cfg(test)]
@@ -42,6 +45,18 @@ pub(crate) enum ExecuteError {
     StateDiskFull { free_mb: u64, min_mb: u64 },
     #[error("the Docker engine does not answer; runs start again once it is back")]
     EngineUnavailable,
+    /// Another host's live lease: it runs the conversation now.
+    #[error(
+        "host {holder} is running this conversation (its lease runs {expires_in_ms} ms more); \
+         send the message again once that run ended"
+    )]
+    HeldElsewhere { holder: String, expires_in_ms: u64 },
+    /// Every container slot is taken and the conversation has none here.
+    #[error("this host runs its most containers (pool.max_size = {max}); another host may take the conversation")]
+    AtCapacity { max: usize },
+    /// The conversation's lease could not be read or written.
+    #[error("the conversation's lease in the object store: {0}")]
+    Lease(String),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -53,16 +68,33 @@ pub(crate) struct Executor {
     hub: Arc<RunHub>,
     sync: SyncService,
     drain: Drain,
+    /// Which host runs a conversation (`[scaleout]`); `None` when off.
+    leases: Option<Arc<Leases>>,
 }
+
+/// What an admitted run holds until it ends: its conversation's run lock
+/// and, with leases on, its lease in the bucket.
+pub(crate) type RunHold = (tokio::sync::OwnedMutexGuard<()>, Option<LeaseHold>);
 
 impl Executor {
     pub(crate) fn new(orchestrator: Arc<Orchestrator>, sync: SyncService) -> Arc<Self> {
+        let cfg = orchestrator.cfg();
+        let leases = cfg
+            .scaleout
+            .lease_ttl()
+            .map(|ttl| sync.leases(&cfg.server.instance, ttl));
         Arc::new(Self {
             orchestrator,
             hub: Arc::new(RunHub::default()),
             sync,
             drain: Drain::default(),
+            leases,
         })
+    }
+
+    /// This host's leases, when `[scaleout]` has them on.
+    pub(crate) fn leases(&self) -> Option<Arc<Leases>> {
+        self.leases.clone()
     }
 
     pub(crate) fn sync(&self) -> &SyncService {
@@ -100,7 +132,7 @@ impl Executor {
         let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
             async move {
-                let _guard = guard;
+                let (_lock, lease) = guard;
                 let mut audit = ExecutionAudit::start(&key, &exec.options);
                 let outcome = this
                     .run(&key, exec, &tx, &mut audit, &interrupts, &mut steps)
@@ -112,6 +144,11 @@ impl Executor {
                     tracing::warn!(message = "Run failed.", error = ?ev);
                     let _ = tx.send(ev).await;
                 }
+                // Let go before the lock: the conversation's next message,
+                // here or on another host, finds it free.
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
             }
             .instrument(span),
         );
@@ -120,19 +157,13 @@ impl Executor {
 
     /// How every run and session begins: admitted (not while the daemon
     /// drains, not on a state disk too full to record it, not while the
-    /// engine is down), the conversation's lock taken, a new run recorded.
+    /// engine is down), the conversation's lock taken, its lease taken
+    /// (not while another host runs it), a new run recorded.
     /// Its events go to the returned sender.
     async fn begin(
         &self,
         key: &ConversationKey,
-    ) -> Result<
-        (
-            tokio::sync::OwnedMutexGuard<()>,
-            Arc<LiveRun>,
-            mpsc::Sender<AgentEvent>,
-        ),
-        ExecuteError,
-    > {
+    ) -> Result<(RunHold, Arc<LiveRun>, mpsc::Sender<AgentEvent>), ExecuteError> {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
         self.admissible().await?;
         let guard = self
@@ -140,6 +171,9 @@ impl Executor {
             .locks()
             .try_lock(key)
             .ok_or(ExecuteError::Busy)?;
+        // Before the run is recorded: a refused message leaves no trace.
+        self.check_capacity(key).await?;
+        let lease = self.take_lease(key).await?;
         let store = self.orchestrator.store().clone();
         let run = store.begin_run(key).await?;
         // The recorder never waits on the disk, so a short queue keeps up;
@@ -148,7 +182,7 @@ impl Executor {
         let max_stored = self.orchestrator.cfg().agent.max_stored_bytes_per_run;
         let live = self.hub.record(store, key, run, max_stored, rx);
         drop(admitted);
-        Ok((guard, live, tx))
+        Ok(((guard, lease), live, tx))
     }
 
     /// Whether a new run would be admitted now (the readiness probe): the

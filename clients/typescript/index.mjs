@@ -128,9 +128,12 @@ class AgentboxProcess extends EventEmitter {
       if (code === 1000 || this.killed) {
         this.finish(0, null);
       } else {
-        // 1005/1006: no close frame, the socket dropped.
-        const closeCode = code === 1005 || code === 1006 ? null : code;
-        this.fail(new AgentboxConnectionLost(closeCode, reason.toString('utf8')));
+        // 1005/1006: no close frame, the socket dropped: the daemon's host
+        // may be gone (docs/scale-out.md), said as `host_lost`.
+        const dropped = code === 1005 || code === 1006;
+        const text = reason.toString('utf8') ||
+          (dropped ? 'host_lost: the connection dropped without a close frame; the daemon\'s host may be gone' : '');
+        this.fail(new AgentboxConnectionLost(dropped ? null : code, text));
       }
     });
   }

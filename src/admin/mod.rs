@@ -17,6 +17,7 @@
 mod api;
 pub(crate) mod auth;
 mod health;
+mod hosts;
 mod page;
 pub(crate) mod recent;
 mod stats;
@@ -41,6 +42,7 @@ pub(crate) struct Admin {
     auth: AdminAuth,
     stats: stats::StatsSampler,
     health: health::HealthProbe,
+    hosts: hosts::HostsProbe,
     started_ms: u64,
 }
 
@@ -48,6 +50,7 @@ pub(crate) fn router(
     cfg: &Config,
     orchestrator: Arc<Orchestrator>,
     runtime: Arc<dyn ContainerRuntime>,
+    leases: Option<Arc<crate::sync::lease::Leases>>,
 ) -> Router {
     let admin = Arc::new(Admin {
         orchestrator,
@@ -55,6 +58,7 @@ pub(crate) fn router(
         auth: AdminAuth::new(cfg.server.admin_token_sha256.as_deref()),
         stats: Default::default(),
         health: Default::default(),
+        hosts: hosts::HostsProbe::new(leases),
         started_ms: crate::state::now_ms(),
     });
     let guarded = Router::new()

@@ -34,6 +34,8 @@ pub(crate) struct StatusView {
     /// Each configured tenant's model spend today (UTC), as the gateway
     /// counts it, with its daily limits.
     pub spend: Vec<TenantSpendView>,
+    /// Which host holds which conversation, from the leases in the bucket.
+    pub hosts: super::hosts::HostsView,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -131,6 +133,10 @@ pub(crate) async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError
         health,
         engine: status.engine,
         spend: spend_view(o),
+        hosts: admin
+            .hosts
+            .get(o.cfg().tenants.iter().map(|t| t.id.clone()).collect())
+            .await,
     })
 }
 

@@ -29,6 +29,11 @@ pub(crate) enum ApiError {
     StateDiskFull(String),
     #[error("{0}")]
     EngineUnavailable(String),
+    #[error("{0}")]
+    AtCapacity(String),
+    /// Another host runs the conversation; the message names it.
+    #[error("{message}")]
+    HeldElsewhere { holder: String, message: String },
     /// A `Range` no byte of a file of this length satisfies.
     #[error("the range selects no byte of the file ({0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -54,6 +59,8 @@ impl ApiError {
             Self::ShuttingDown(_) => ErrorCode::ShuttingDown,
             Self::StateDiskFull(_) => ErrorCode::StateDiskFull,
             Self::EngineUnavailable(_) => ErrorCode::RuntimeUnavailable,
+            Self::HeldElsewhere { .. } => ErrorCode::ConversationHeldElsewhere,
+            Self::AtCapacity(_) => ErrorCode::AtCapacity,
             Self::RangeNotSatisfiable(_) => ErrorCode::RangeNotSatisfiable,
         }
     }
@@ -61,7 +68,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({"error": {"code": self.code(), "message": self.to_string()}}));
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        if let Self::HeldElsewhere { holder, .. } = &self {
+            error["holder"] = json!(holder);
+        }
+        let body = Json(json!({ "error": error }));
         let mut resp = (self.status(), body).into_response();
         match self {
             Self::Unauthorized => {
@@ -101,6 +112,16 @@ impl From<crate::conversations::ConversationError> for ApiError {
             ConversationError::Execute(e @ ExecuteError::EngineUnavailable) => {
                 ApiError::EngineUnavailable(e.to_string())
             }
+            ConversationError::Execute(e @ ExecuteError::AtCapacity { .. }) => {
+                ApiError::AtCapacity(e.to_string())
+            }
+            ConversationError::Execute(e @ ExecuteError::HeldElsewhere { .. }) => {
+                let message = e.to_string();
+                let ExecuteError::HeldElsewhere { holder, .. } = e else {
+                    return ApiError::Unavailable(message);
+                };
+                ApiError::HeldElsewhere { holder, message }
+            }
             e => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -123,6 +144,14 @@ mod tests {
             (ApiError::ShuttingDown(String::new()), 503),
             (ApiError::StateDiskFull(String::new()), 503),
             (ApiError::EngineUnavailable(String::new()), 503),
+            (ApiError::AtCapacity(String::new()), 503),
+            (
+                ApiError::HeldElsewhere {
+                    holder: String::new(),
+                    message: String::new(),
+                },
+                409,
+            ),
             (ApiError::RangeNotSatisfiable(1), 416),
         ];
         for (e, status) in all {

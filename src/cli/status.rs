@@ -45,6 +45,47 @@ fn short(v: &Value) -> String {
         .unwrap_or(name)
 }
 
+/// Which host holds which conversation (the leases in the bucket): this
+/// host's first, then the others by host.
+fn render_hosts(out: &mut String, h: &Value, me: String) {
+    if h["enabled"] != true {
+        return;
+    }
+    let empty = Vec::new();
+    let mut leases: Vec<&Value> = h["leases"].as_array().unwrap_or(&empty).iter().collect();
+    leases.sort_by_key(|l| (l["mine"] != true, s(&l["holder"])));
+    let mut t = Table::new(&["HOST", "TENANT", "CONVERSATION", "LEASE"]);
+    for l in &leases {
+        let host = if l["mine"] == true {
+            format!("{me} (this host)")
+        } else {
+            s(&l["holder"])
+        };
+        let lease = if l["live"] == true {
+            "held: running"
+        } else {
+            "released or expired"
+        };
+        t.row(vec![
+            host,
+            s(&l["tenant_id"]),
+            s(&l["conversation_id"]),
+            lease.into(),
+        ]);
+    }
+    let mut title = format!(
+        "{} conversations by host (leases in the bucket)",
+        leases.len()
+    );
+    if h["truncated"] == true {
+        title.push_str(", more not shown");
+    }
+    if let Some(e) = h["error"].as_str() {
+        title.push_str(&format!(", survey failed: {e}"));
+    }
+    section(out, &t, &title);
+}
+
 /// Pure: the whole report for one status document.
 pub fn render(st: &Value, addr: &str) -> String {
     let mut out = String::new();
@@ -185,6 +226,8 @@ pub fn render(st: &Value, addr: &str) -> String {
         &format!("{} conversations", s(&st["conversations_total"])),
     );
 
+    render_hosts(&mut out, &st["hosts"], s(&d["instance"]));
+
     let mut t = Table::new(&["WORKER", "STATUS", "RUNS", "LAST RUN", "LAST ERROR"]);
     if let Some(workers) = st["workers"].as_object() {
         for (name, w) in workers {
@@ -269,6 +312,12 @@ mod tests {
                 "container_id": "agentbox-0123456789abcdef", "idle_ms": 5_000, "running": false,
                 "last_run": {"finished_ms": 55_000, "duration_ms": 1_500, "error_code": null}}],
             "conversations_total": 1,
+            "hosts": {"enabled": true, "truncated": false, "surveyed_ms": 59_000,
+                "leases": [
+                    {"tenant_id": "acme", "conversation_id": "c9", "holder": "host-b",
+                     "live": true, "mine": false},
+                    {"tenant_id": "acme", "conversation_id": "c1", "holder": "default",
+                     "live": false, "mine": true}]},
             "workers": {"gc": {"status": "removed 0", "runs": 2, "last_run_ms": 50_000, "last_error": null}},
             "events": [{"seq": 1, "ts_ms": 58_000, "event": "proxy_request_blocked", "blocked": true,
                 "fields": {"tenant_id": "acme", "conversation_id": "c1", "host": "example.com"}}],
@@ -298,6 +347,9 @@ mod tests {
             "landlock      available",
             "(fix: mkdir)",
             "removed 0",
+            "2 conversations by host",
+            "default (this host)",
+            "host-b",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }

@@ -7,12 +7,14 @@
 
 mod agent;
 mod proxy;
+mod scaleout;
 mod sync;
 mod telemetry;
 mod tier;
 
 pub use agent::AgentConfig;
 pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
+pub use scaleout::ScaleoutConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Bounds on the agent's stream (hostile input): `[agent]`.
     pub agent: AgentConfig,
+    /// Several hosts sharing one bucket: `[scaleout]`.
+    pub scaleout: ScaleoutConfig,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -373,6 +377,7 @@ impl Config {
                 "gc",
                 "telemetry",
                 "agent",
+                "scaleout",
             ]
             .contains(&section.as_str())
             {
@@ -406,6 +411,7 @@ impl Config {
         self.sync.validate()?;
         self.telemetry.validate()?;
         self.agent.validate()?;
+        self.scaleout.validate()?;
         let c = &self.container;
         if c.image.trim().is_empty() {
             return Err(invalid("container.image", "must not be empty"));

@@ -30,13 +30,18 @@ impl Executor {
         let span = crate::telemetry::execution_span(&key);
         tokio::spawn(
             async move {
-                let _guard = guard;
+                let (_lock, lease) = guard;
                 let mut audit = ExecutionAudit::start(&key, &audited(&options));
                 let outcome = this.session(&key, options, lines, &tx, &mut audit).await;
                 audit.finish(outcome.as_ref().err());
                 if let Err(ev) = outcome {
                     tracing::warn!(message = "Session failed.", error = ?ev);
                     let _ = tx.send(ev).await;
+                }
+                // Let go before the lock: the conversation's next message,
+                // here or on another host, finds it free.
+                if let Some(lease) = lease {
+                    lease.release().await;
                 }
             }
             .instrument(span),

@@ -312,3 +312,59 @@ async fn runs_are_refused_while_the_engine_is_down_and_admitted_once_it_is_recon
     let events = finish(&core, "c", live).await;
     assert!(error_codes(&events).is_empty(), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_host_at_its_cap_refuses_a_new_conversation_before_starting_it() {
+    let core = core(|c| {
+        c.pool.max_size = 1;
+        c.pool.min_size = 0;
+    });
+    core.runtime.set_script(|_| Reply::Stream(ok_run("s")));
+    let ex = executor(&core);
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(names(&events).last(), Some(&"result"));
+    // The one slot is c's: d is refused up front, nothing recorded for it.
+    let refused = ex.start_run(key("d"), prompt("hi")).await;
+    assert!(matches!(refused, Err(ExecuteError::AtCapacity { max: 1 })));
+    assert!(core.store.runs(&key("d"), 10).await.unwrap().is_empty());
+    // c, which has its container, still runs.
+    let again = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("more")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(names(&again).last(), Some(&"result"));
+}
+
+#[tokio::test]
+async fn another_hosts_live_lease_refuses_the_run_and_a_released_one_does_not() {
+    let core = core(|_| {});
+    core.runtime.set_script(|_| Reply::Stream(ok_run("s")));
+    let other =
+        crate::sync::lease::Leases::new(core.backend.clone(), "other-host", Duration::from_secs(3));
+    let held = other.acquire("t", "c", 1).await.unwrap();
+    let ex = executor(&core);
+    match ex.start_run(key("c"), prompt("hi")).await {
+        Err(ExecuteError::HeldElsewhere { holder, .. }) => assert_eq!(holder, "other-host"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("the run started"),
+    }
+    assert!(core.store.runs(&key("c"), 10).await.unwrap().is_empty());
+    held.hold.release().await;
+    let events = finish(
+        &core,
+        "c",
+        ex.start_run(key("c"), prompt("hi")).await.unwrap(),
+    )
+    .await;
+    assert_eq!(names(&events).last(), Some(&"result"));
+    // The run let go of its lease at its end.
+    let (lease, _) = other.read("t", "c").await.unwrap().unwrap();
+    assert!(lease.released, "{lease:?}");
+}

@@ -65,6 +65,8 @@ fn observe_event(event: &AuditEvent) {
         AuditEvent::EngineUnavailable { .. } => with(|i| i.engine_outages.add(1, &[])),
         // The gauge is set by the engine watch itself.
         AuditEvent::EngineRecovered { .. } => {}
+        // Counted by `agentbox_audit_events_total` alone.
+        AuditEvent::ConversationTakenOver { .. } | AuditEvent::ConversationMovedAway { .. } => {}
         AuditEvent::FileSyncToContainer { sync, .. }
         | AuditEvent::FileSyncFromContainer { sync, .. } => {
             let direction = match event {

@@ -516,11 +516,15 @@ impl Orchestrator {
         // last checkpoint missed (a crash mid-run) before it goes. The
         // conversation's generation has not moved on yet, so the push is
         // not fenced off; it is refused if the workspace was never restored.
+        // A conversation that moved to another host is never pushed from
+        // here: the bucket holds a newer generation than this copy.
         if let (Some(sync), Some(b)) = (
             self.sync.get(),
             rec.as_ref().and_then(|r| r.binding.as_ref()),
         ) {
-            if let Err(error) = sync.push_now(b).await {
+            if reason == DestroyReason::Moved {
+                tracing::info!(message = "Dropping a moved conversation's container unpushed.", container_id = %name);
+            } else if let Err(error) = sync.push_now(b).await {
                 tracing::warn!(message = "Final push before removal failed.", container_id = %name, %error);
             }
             sync.forget(b);

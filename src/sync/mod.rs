@@ -8,12 +8,14 @@
 //! object store behind a trait), `fsx` (no-follow file access), `walk`
 //! (scanning and hashing), `limits` (the size limits: what a push may
 //! store), `track` (which paths changed since the last push), `push`,
-//! `restore`, `scheduler` (debounce and retry), `stats`
+//! `restore`, `scheduler` (debounce and retry), `lease` (which host runs
+//! a conversation, next to the generation fencing), `stats`
 //! (counters and the backlog gauge), `files` (the stored workspace for the
 //! API), `service` (what the execute service calls).
 
 pub mod files;
 pub mod fsx;
+pub mod lease;
 pub mod limits;
 pub mod manifest;
 pub mod paths;

@@ -179,6 +179,22 @@ impl SyncService {
         &self.inner.backend
     }
 
+    /// This host's leases on the conversations it runs, in the same
+    /// bucket as their files (see `lease.rs`).
+    pub fn leases(&self, instance: &str, ttl: Duration) -> Arc<super::lease::Leases> {
+        super::lease::Leases::new(self.inner.backend.clone(), instance, ttl)
+    }
+
+    /// The newest generation stored for a conversation, if any: above the
+    /// state file's, another host wrote it since this one did.
+    pub async fn stored_generation(&self, key: &ConversationKey) -> Result<Option<u64>, SyncError> {
+        let prefix = ConvPrefix(format!("{}/{}", key.tenant_id, key.conversation_id));
+        let gens = super::push::stored_generations(self.inner.backend.as_ref(), &prefix)
+            .await
+            .map_err(|e| SyncError::Restore(RestoreError::Store(e)))?;
+        Ok(gens.last().copied())
+    }
+
     pub fn stats(&self) -> SyncSnapshot {
         self.inner.stats.snapshot()
     }

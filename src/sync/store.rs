@@ -13,8 +13,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig, UpdateVersion, WriteMultipart,
 };
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -34,6 +34,30 @@ pub enum StoreError {
     Changed(String),
     #[error("storage url: {0}")]
     Config(String),
+    /// A conditional write found the object changed (or, for a create,
+    /// present): somebody else wrote it first.
+    #[error("{0} was written by somebody else first")]
+    Precondition(String),
+    /// The store cannot write conditionally (a local directory cannot
+    /// compare e-tags); the caller falls back to a plain write.
+    #[error("the object store cannot write {0} conditionally")]
+    Unsupported(String),
+}
+
+/// The version an object was read at, for a later conditional write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Version {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// How a conditional write checks the object first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if no object is there.
+    Absent,
+    /// Only if the object is still at this version.
+    Unchanged(Version),
 }
 
 /// A chunked download.
@@ -68,6 +92,34 @@ pub trait ObjectBackend: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// The names directly under `prefix` that hold objects (S3's common
+    /// prefixes): at most `max` of them, and whether there were more.
+    async fn list_dirs(
+        &self,
+        prefix: &str,
+        _max: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        Err(StoreError::Unsupported(prefix.to_owned()))
+    }
+    /// A small object and the version it was read at; `None` if absent.
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some((b, Version::default()))),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    /// Writes `key` only if `cond` holds, atomically in the store; fails
+    /// with [`StoreError::Precondition`] if it does not and with
+    /// [`StoreError::Unsupported`] where the store cannot check it.
+    async fn put_if(
+        &self,
+        key: &str,
+        _data: Bytes,
+        _cond: Condition,
+    ) -> Result<Version, StoreError> {
+        Err(StoreError::Unsupported(key.to_owned()))
+    }
 }
 
 pub struct ObjectStoreBackend {
@@ -86,6 +138,9 @@ const PARTS_IN_FLIGHT: usize = 4;
 fn backend_err(e: object_store::Error) -> StoreError {
     match e {
         object_store::Error::NotFound { path, .. } => StoreError::NotFound(path),
+        object_store::Error::AlreadyExists { path, .. }
+        | object_store::Error::Precondition { path, .. } => StoreError::Precondition(path),
+        object_store::Error::NotImplemented { operation, .. } => StoreError::Unsupported(operation),
         other => StoreError::Backend(other.to_string()),
     }
 }
@@ -328,5 +383,56 @@ impl ObjectBackend for ObjectStoreBackend {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(backend_err(e)),
         }
+    }
+
+    async fn list_dirs(&self, prefix: &str, max: usize) -> Result<(Vec<String>, bool), StoreError> {
+        let path = self.path(prefix)?;
+        let listed = self
+            .inner
+            .list_with_delimiter(Some(&path))
+            .await
+            .map_err(backend_err)?;
+        let more = listed.common_prefixes.len() > max;
+        let names = listed
+            .common_prefixes
+            .iter()
+            .take(max)
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        Ok((names, more))
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<Option<(Bytes, Version)>, StoreError> {
+        let path = self.path(key)?;
+        let r = match self.inner.get(&path).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(backend_err(e)),
+        };
+        let version = Version {
+            e_tag: r.meta.e_tag.clone(),
+            version: r.meta.version.clone(),
+        };
+        Ok(Some((r.bytes().await.map_err(backend_err)?, version)))
+    }
+
+    async fn put_if(&self, key: &str, data: Bytes, cond: Condition) -> Result<Version, StoreError> {
+        let path = self.path(key)?;
+        let mode = match cond {
+            Condition::Absent => PutMode::Create,
+            Condition::Unchanged(v) => PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag,
+                version: v.version,
+            }),
+        };
+        let r = self
+            .inner
+            .put_opts(&path, PutPayload::from_bytes(data), PutOptions::from(mode))
+            .await
+            .map_err(backend_err)?;
+        Ok(Version {
+            e_tag: r.e_tag,
+            version: r.version,
+        })
     }
 }

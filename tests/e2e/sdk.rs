@@ -747,9 +747,11 @@ async fn a_lost_session_is_the_clients_connection_lost_error() {
     assert!(got["code"].is_string(), "{got}");
     assert_eq!(got["sdk_error"], true, "{got}");
     // The daemon itself goes away: the socket drops without a close frame.
+    // The client says `host_lost` (docs/scale-out.md).
     let got = lose_a_session(&mut d, "py-drop", |d| d.kill9()).await;
     assert_eq!(got["type"], "AgentboxConnectionLost", "{got}");
     assert_eq!(got["close_code"], Value::Null, "{got}");
+    assert_eq!(got["code"], "host_lost", "{got}");
 }
 
 /// A client that drops mid-turn (docs/api.md): the turn runs to its end,

@@ -46,7 +46,8 @@ class AgentboxOptionsError(AgentboxHTTPError):
 
 class AgentboxConnectionLost(AgentboxError):
     """The session ended abnormally: the daemon closed with an error (1011,
-    `code` and `message` from its reason) or the socket dropped."""
+    `code` and `message` from its reason) or the socket dropped (`code`
+    `host_lost`: no close frame came, the daemon's host may be gone)."""
 
     def __init__(self, close_code: int | None, reason: str) -> None:
         self.close_code = close_code

@@ -155,7 +155,12 @@ def _lost(e: ConnectionClosed) -> AgentboxConnectionLost:
     if e.sent is not None:
         # This side closed: a line over `max_message_bytes` (1009), a missed ping.
         return AgentboxConnectionLost(e.sent.code, e.sent.reason)
-    return AgentboxConnectionLost(None, "the connection dropped without a close frame")
+    # No close frame at all: the daemon's host died (a crash, kill -9, a lost
+    # machine) or the network between went away. The conversation's next
+    # session works on another host behind a load balancer (docs/scale-out.md).
+    return AgentboxConnectionLost(
+        None, "host_lost: the connection dropped without a close frame; the daemon's host may be gone"
+    )
 
 
 def session_url(base_url: str, conversation_id: str, options: dict[str, Any]) -> str:
