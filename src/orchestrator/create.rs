@@ -125,6 +125,11 @@ impl Orchestrator {
             .await
             .map_err(|e| OrchestratorError::NotReady(e.to_string()))?;
         crate::metrics::container_started(started.elapsed());
+        // The agent has bound its socket: from now on the directory is the
+        // host's, so nothing in the container can remove or replace the
+        // two sockets (under runc Landlock forbids it too; gVisor has no
+        // Landlock, and an `rm -rf /` there cut the container off).
+        seal_dir(&socket_dir, gid)?;
         agent.log_confinement(name).await;
         if binding.is_none() {
             self.store.transition(name, ContainerState::Ready).await?;
@@ -137,6 +142,18 @@ impl Orchestrator {
         });
         Ok(())
     }
+}
+
+/// Hands `dir` to root: the container user keeps, through its group, the
+/// right to list it and connect to the sockets inside, not to change it;
+/// other host users still cannot reach the proxy socket.
+fn seal_dir(dir: &Path, gid: u32) -> Result<(), OrchestratorError> {
+    let wrap = |source| OrchestratorError::Prepare {
+        path: dir.to_owned(),
+        source,
+    };
+    std::os::unix::fs::chown(dir, Some(0), Some(gid)).map_err(wrap)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(wrap)
 }
 
 /// Creates `dir` owned by the container user, private to it.

@@ -66,6 +66,15 @@ async fn cold_start_when_the_pool_is_empty() {
     assert!(rec.cold);
     assert_eq!(rec.state, ContainerState::Claimed);
     assert!(a.socket_dir.join("agent.sock").exists());
+    // Sealed once the agent was up: root's; the container's group may
+    // only list and traverse it.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&a.socket_dir).unwrap();
+    let gid = core.orchestrator.cfg().container.gid;
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, gid, 0o750)
+    );
 }
 
 #[tokio::test]

@@ -83,14 +83,12 @@ async fn attacks_from_the_agents_own_tools_are_refused() {
     assert_landlock_paths(&read_json(&ws.join("paths.json")));
     let out = exec(&container, "python3 /workspace/paths.py");
     let outside: Value = serde_json::from_slice(&out.stdout).expect("exec paths json");
-    for dac_allows in [
-        "dev_shm_file",
-        "proc_self_comm",
-        "socket_dir_file",
-        "read_pid1_environ",
-    ] {
+    for dac_allows in ["dev_shm_file", "proc_self_comm", "read_pid1_environ"] {
         assert_eq!(outside[dac_allows], "ok", "{dac_allows}: {outside}");
     }
+    // Once the agent is up the host seals the socket directory (root's,
+    // 0750): not even DAC lets the container user change it.
+    assert_ne!(outside["socket_dir_file"], "ok", "{outside}");
     let _ = exec(&container, "rm -f /run/agentbox/probe-* /dev/shm/probe-*");
 
     // The agent reports its confinement, and the daemon logged it.

@@ -90,8 +90,11 @@ async fn remapped_engine_runs_the_flow_and_isolation_holds() {
         .to_owned();
     let socket_dir = daemon.dir.path().join("sockets").join(&name);
     let meta = std::fs::metadata(&socket_dir).unwrap();
-    assert_eq!(meta.uid(), mapped, "socket dir owner");
-    assert_eq!(meta.mode() & 0o777, 0o700);
+    // Sealed once the agent was up: the host's root owns it, the
+    // container's group may only list and traverse it.
+    assert_eq!(meta.uid(), 0, "socket dir owner");
+    assert_eq!(meta.gid(), mapped, "socket dir group");
+    assert_eq!(meta.mode() & 0o777, 0o750);
     let agent_sock = std::fs::metadata(socket_dir.join("agent.sock")).unwrap();
     assert_eq!(
         agent_sock.uid(),

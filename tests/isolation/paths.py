@@ -46,7 +46,7 @@ probes = {
     "dev_shm_file": write(f"/dev/shm/probe-{tag}"),
     # The process's own /proc entry: DAC allows it, Landlock must not.
     "proc_self_comm": write("/proc/self/comm"),
-    # The socket directory belongs to the container user: DAC allows it.
+    # The socket directory: root's once the agent is up (DAC denies it too).
     "socket_dir_file": write(f"/run/agentbox/probe-{tag}"),
     "rootfs_file": write(f"/probe-{tag}"),
     "etc_passwd": write("/etc/passwd"),
