@@ -173,6 +173,11 @@ impl Conversations {
         key: &ConversationKey,
         cursor: Cursor,
     ) -> Result<(u64, BoxStream<'static, StoredEvent>), ConversationError> {
+        if let Cursor::After { run, seq } = cursor {
+            if let Some(lost) = self.lost_elsewhere(key, run, seq).await? {
+                return Ok((run, futures_util::stream::iter([lost]).boxed()));
+            }
+        }
         let conv = self.find(key).await?;
         let (run, after) = match cursor {
             Cursor::Latest => (conv.runs, 0),
@@ -202,6 +207,54 @@ impl Conversations {
             }
         }
         Ok((run, futures_util::stream::iter(stored).boxed()))
+    }
+
+    /// A client reconnecting after `run` of another host (the balancer sent
+    /// it here because that host is gone) gets the run's end: `error`
+    /// `host_lost`, from the conversation's lease in the bucket, once that
+    /// host's lease ran out unreleased (docs/scale-out.md). A holder that
+    /// still renews it refuses (409 naming it). Without leases, or when the
+    /// store cannot be read, the cursor is served as usual.
+    async fn lost_elsewhere(
+        &self,
+        key: &ConversationKey,
+        run: u64,
+        seq: u64,
+    ) -> Result<Option<StoredEvent>, ConversationError> {
+        use crate::sync::lease::LeaseError;
+        let Some(leases) = self.executor.leases() else {
+            return Ok(None);
+        };
+        match leases
+            .lost_run(&key.tenant_id, &key.conversation_id, run)
+            .await
+        {
+            Ok(None) => Ok(None),
+            Ok(Some(holder)) => {
+                let message = format!(
+                    "host {holder} stopped during this run, which was lost with it; send the \
+                     next message: this host carries on from the last synced files and session"
+                );
+                let data = serde_json::json!({
+                    "code": crate::codes::ErrorCode::HostLost.as_str(),
+                    "message": message,
+                });
+                Ok(Some(StoredEvent::new(seq + 1, "error", &data)))
+            }
+            Err(LeaseError::HeldElsewhere {
+                holder,
+                expires_in_ms,
+            }) => Err(ExecuteError::HeldElsewhere {
+                holder,
+                expires_in_ms,
+            }
+            .into()),
+            Err(LeaseError::Store(error)) => {
+                tracing::warn!(message = "Cannot read the conversation's lease; serving the cursor here.",
+                    %error, conversation_id = %key.conversation_id);
+                Ok(None)
+            }
+        }
     }
 
     /// Ends a conversation: its container goes (after a final push), its

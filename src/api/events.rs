@@ -75,7 +75,8 @@ pub(super) async fn get_events(
         .map_err(|e| match e {
             ConversationError::NotFound => ApiError::NotFound,
             ConversationError::BadCursor => ApiError::BadRequest(e.to_string()),
-            e => ApiError::Unavailable(e.to_string()),
+            // 409 naming the host that still runs it, 503 otherwise.
+            e => ApiError::from(e),
         })?;
     Ok(sse(run, events, state.conversations.sse_heartbeat()))
 }

@@ -277,6 +277,45 @@ impl Leases {
         }
     }
 
+    /// Whether `run` of this conversation was lost with another host: its
+    /// lease names that run, was never released, and ran out. A lease
+    /// that is still live is waited on (at most one TTL) the way
+    /// [`Self::acquire`] waits; one its holder renews meanwhile refuses
+    /// (`HeldElsewhere`: that host is alive and streams the run). Returns
+    /// the lost holder, or `None` when the lease names no such run (this
+    /// host's own, another run, released, absent).
+    pub async fn lost_run(
+        &self,
+        tenant: &str,
+        conversation: &str,
+        run: u64,
+    ) -> Result<Option<String>, LeaseError> {
+        let deadline = tokio::time::Instant::now() + self.ttl + POLL;
+        let mut first_seen: Option<u64> = None;
+        loop {
+            let Some((lease, _)) = self.read(tenant, conversation).await? else {
+                return Ok(None);
+            };
+            if lease.holder == self.instance || lease.run != run || lease.released {
+                return Ok(None);
+            }
+            let now = now_ms();
+            if !lease.live(now) {
+                return Ok(Some(lease.holder));
+            }
+            let renewed = first_seen.is_some_and(|e| lease.expires_ms > e);
+            if renewed || tokio::time::Instant::now() >= deadline {
+                return Err(LeaseError::HeldElsewhere {
+                    expires_in_ms: lease.expires_ms.saturating_sub(now),
+                    holder: lease.holder,
+                });
+            }
+            first_seen.get_or_insert(lease.expires_ms);
+            let left = Duration::from_millis(lease.expires_ms - now);
+            tokio::time::sleep(left.min(POLL)).await;
+        }
+    }
+
     fn taken(
         self: &Arc<Self>,
         key: String,
@@ -527,6 +566,34 @@ mod tests {
         let t = b.acquire("t", "c", 1).await.unwrap();
         let lost = t.lost.expect("A's run was lost");
         assert_eq!((lost.holder.as_str(), lost.run), ("host-a", 4));
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_client_learns_a_dead_holders_run_was_lost() {
+        let (a, b) = pair(600);
+        let alive = a.acquire("t", "c", 2).await.unwrap();
+        // A renews: it still streams run 2, so B refuses to speak for it.
+        match b.lost_run("t", "c", 2).await {
+            Err(LeaseError::HeldElsewhere { holder, .. }) => assert_eq!(holder, "host-a"),
+            other => panic!("{other:?}"),
+        }
+        // Another run, or A itself asking: not a lost run.
+        assert_eq!(b.lost_run("t", "c", 1).await.unwrap(), None);
+        assert_eq!(a.lost_run("t", "c", 2).await.unwrap(), None);
+        // A dies mid-run: B waits out the lease and says so.
+        let Taken { mut hold, .. } = alive;
+        if let Some(r) = hold.renew.take() {
+            r.abort();
+        }
+        std::mem::forget(hold);
+        assert_eq!(
+            b.lost_run("t", "c", 2).await.unwrap().as_deref(),
+            Some("host-a")
+        );
+        // A run that ended (released) was not lost.
+        let (c, d) = pair(600);
+        c.acquire("t", "c", 3).await.unwrap().hold.release().await;
+        assert_eq!(d.lost_run("t", "c", 3).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -329,6 +329,28 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
             .any(|e| e.event == "result" || e.event == "error"),
         "{seen:#?}"
     );
+    // A client that reconnects as docs/api.md shows (`Last-Event-ID`)
+    // reaches B, which answers for the dead host from its lease in the
+    // bucket once it ran out: the run ended with `error` `host_lost`.
+    let last = seen
+        .iter()
+        .rev()
+        .find_map(|e| e.id.clone())
+        .expect("the victim's events carry ids");
+    let resp = client()
+        .get(format!("{}/v1/conversations/{victim}/events", lb.url))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-agentbox-host"], b.instance.as_str());
+    let ending = parse_sse(&resp.text().await.unwrap());
+    assert!(
+        matches!(&ending[..], [e] if e.event == "error" && e.data["code"] == "host_lost"),
+        "{ending:#?}"
+    );
 
     // The next message of every conversation that was on A is served by
     // B, with the earlier files and memory; the victim's waits out A's
