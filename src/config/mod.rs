@@ -6,12 +6,14 @@
 //! `docs/configuration.md`.
 
 mod agent;
+mod egress;
 mod proxy;
 mod sync;
 mod telemetry;
 mod tier;
 
 pub use agent::AgentConfig;
+pub use egress::{CredentialConfig, CredentialFormat, EgressConfig, RuleConfig};
 pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -53,6 +55,8 @@ pub struct Config {
     pub sync: SyncConfig,
     pub model: ModelConfig,
     pub proxy: ProxyConfig,
+    /// Egress rules down to method and path, and brokered credentials.
+    pub egress: EgressConfig,
     pub container: ContainerConfig,
     pub pool: PoolConfig,
     pub gc: GcConfig,
@@ -281,6 +285,9 @@ pub struct TenantConfig {
     /// Names this tenant's containers may reach on top of `proxy.allowed_domains`.
     #[serde(default)]
     pub allowed_domains: Vec<String>,
+    /// This tenant's egress rules, tried before the global `[[egress.rules]]`.
+    #[serde(default)]
+    pub egress_rules: Vec<RuleConfig>,
     /// Most runs this tenant may have in progress at once (all its
     /// conversations together); unset means no limit but the pool's.
     #[serde(default)]
@@ -402,6 +409,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate()?;
         self.proxy.validate()?;
+        self.egress.validate()?;
         self.storage.validate()?;
         self.sync.validate()?;
         self.telemetry.validate()?;
@@ -537,6 +545,8 @@ impl Config {
                 ));
             }
             parse_patterns(&format!("tenants[{i}].allowed_domains"), &t.allowed_domains)?;
+            self.egress
+                .rules(&format!("tenants[{i}].egress_rules"), &t.egress_rules)?;
         }
         Ok(())
     }

@@ -148,6 +148,7 @@ mod tests {
             bytes_to_container: 11,
             duration_ms: 1,
             credential: None,
+            rule: None,
         };
         let before = crate::metrics::render().unwrap();
         let bytes = |t: &str| series(t, "agentbox_proxy_bytes_total{direction=\"to_container\"}");

@@ -5,14 +5,20 @@
 //! ([`request`], from the `egress-policy` crate with the rest of the
 //! pure policy): origin-form requests go to the model gateway
 //! ([`gateway`], which adds the credential), absolute-form `http://` and
-//! `CONNECT` go to the forward proxy ([`forward`], allowlist only).
+//! `CONNECT` go to the forward proxy ([`forward`], allowlist and egress
+//! rules), which intercepts TLS only to hosts whose rules must see inside
+//! ([`intercept`], certificates from the local CA in [`ca`], brokered
+//! credentials from [`brokered`]).
 //! [`ProxyRegistry`] runs and supervises one proxy task per container.
 //!
-//! **Invariant:** credentials exist only inside this module's gateway; no
-//! other part of the daemon, and nothing in a container, ever holds them.
+//! **Invariant:** credentials exist only inside this module (the model
+//! gateway's and the brokered ones); no other part of the daemon, and
+//! nothing in a container, ever holds them.
 
 mod audit_gate;
 mod body;
+mod brokered;
+pub mod ca;
 mod conn;
 mod credentials;
 mod decision;
@@ -20,6 +26,7 @@ mod dns;
 mod env;
 mod forward;
 mod gateway;
+mod intercept;
 mod io;
 mod refusal;
 mod sigv4;
@@ -76,6 +83,10 @@ pub enum ProxyError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     ModelGateway(#[from] ModelGatewayError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error("egress upstream TLS: {0}")]
+    EgressTls(#[from] crate::upstream_tls::UpstreamTlsError),
 }
 
 /// Who a proxy socket belongs to; carried on every audit event it writes.
@@ -93,8 +104,14 @@ pub struct Gateway {
     resolver: dns::Resolver,
     /// Bounds on a forward-proxy request body (no size limit).
     forward_limits: crate::config::BodyLimits,
-    /// The allowlists; replaced whole on SIGHUP, read per request.
+    /// The allowlists, rules and credentials; replaced whole on SIGHUP,
+    /// read per request.
     egress: std::sync::RwLock<Arc<Egress>>,
+    /// The local CA, loaded (or made) once some rule needs interception.
+    ca: std::sync::RwLock<Option<Arc<ca::LocalCa>>>,
+    /// TLS towards intercepted hosts: system roots plus
+    /// `egress.extra_ca_file`.
+    egress_tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     max_connections: usize,
     max_gateway_requests: usize,
@@ -112,6 +129,10 @@ impl Gateway {
         let p = &cfg.proxy;
         let limits = p.body_limits(cfg.model.max_request_body_mb << 20);
         let spend = Arc::new(SpendLedger::new(cfg));
+        let mut egress_tls = crate::upstream_tls::client_config(&cfg.egress.extra_ca_file)?;
+        egress_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let egress = Egress::from_config(cfg)?;
+        let ca = egress.load_ca(cfg)?;
         Ok(Self {
             model: ModelGateway::new(&cfg.model, limits, api_key, aws_env, spend)?,
             resolver: dns::Resolver::new(
@@ -119,7 +140,9 @@ impl Gateway {
                 Duration::from_secs(p.dns_cache_ttl_secs),
             ),
             forward_limits: p.body_limits(u64::MAX),
-            egress: std::sync::RwLock::new(Arc::new(Egress::from_config(cfg)?)),
+            egress: std::sync::RwLock::new(Arc::new(egress)),
+            ca: std::sync::RwLock::new(ca),
+            egress_tls: Arc::new(egress_tls),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
             max_gateway_requests: p.max_gateway_requests_per_container,
@@ -134,12 +157,18 @@ impl Gateway {
         })
     }
 
-    /// Takes the egress rules (allowlists, ports, private ranges, fixed
-    /// DNS answers) of a reloaded config: every request from now on
-    /// follows them, on open sockets too. Tunnels already open stay open.
+    /// Takes the egress rules (allowlists, rules, credentials re-read,
+    /// ports, private ranges, fixed DNS answers) of a reloaded config:
+    /// every request from now on follows them, on open sockets and inside
+    /// intercepted connections too. Blind tunnels already open stay open.
     pub fn reload_egress(&self, cfg: &Config) -> Result<(), ProxyError> {
         let egress = Egress::from_config(cfg)?;
         let overrides = cfg.proxy.resolve_overrides()?;
+        if self.ca().is_none() {
+            if let Some(ca) = egress.load_ca(cfg)? {
+                *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Some(ca);
+            }
+        }
         *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
         self.resolver.replace_overrides(overrides);
         Ok(())
@@ -161,13 +190,26 @@ impl Gateway {
         self.model.outcomes()
     }
 
-    /// The policy for a tenant's request, as the rules stand now.
-    fn policy(&self, tenant_id: &str) -> Arc<Policy> {
-        let egress = self
-            .egress
+    /// The local CA, once some rule has needed one.
+    pub fn ca(&self) -> Option<Arc<ca::LocalCa>> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn egress(&self) -> Arc<Egress> {
+        self.egress
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// A brokered credential as the config now stands.
+    fn brokered(&self, name: &str) -> Option<Arc<brokered::Brokered>> {
+        self.egress().credentials.get(name)
+    }
+
+    /// The policy for a tenant's request, as the rules stand now.
+    fn policy(&self, tenant_id: &str) -> Arc<Policy> {
+        let egress = self.egress();
         egress
             .policies
             .get(tenant_id)
@@ -224,11 +266,13 @@ impl Gateway {
 }
 
 /// The forward proxy's rules: one policy per tenant (the global
-/// allowlist plus the tenant's additions) and the global one for
-/// containers of no tenant (the warm pool).
+/// allowlist plus the tenant's additions; the tenant's egress rules, then
+/// the global ones) and the global one for containers of no tenant (the
+/// warm pool), with the brokered credentials of the same config.
 struct Egress {
     policies: HashMap<String, Arc<Policy>>,
     default_policy: Arc<Policy>,
+    credentials: brokered::Credentials,
 }
 
 impl Egress {
@@ -237,6 +281,7 @@ impl Egress {
         let base = p.patterns()?;
         let ports = p.allowed_ports.clone();
         let exempt = p.private_cidrs()?;
+        let global = cfg.egress.rules("egress.rules", &cfg.egress.rules)?;
         let mut policies = HashMap::new();
         for (i, t) in cfg.tenants.iter().enumerate() {
             let mut patterns = base.clone();
@@ -244,15 +289,39 @@ impl Egress {
                 &format!("tenants[{i}].allowed_domains"),
                 &t.allowed_domains,
             )?);
+            let mut rules = cfg
+                .egress
+                .rules(&format!("tenants[{i}].egress_rules"), &t.egress_rules)?;
+            rules.extend(global.iter().cloned());
             policies.insert(
                 t.id.clone(),
-                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
+                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone()).with_rules(rules)),
             );
         }
         Ok(Self {
             policies,
-            default_policy: Arc::new(Policy::new(base, ports, exempt)),
+            default_policy: Arc::new(Policy::new(base, ports, exempt).with_rules(global)),
+            credentials: brokered::Credentials::load(&cfg.egress),
         })
+    }
+
+    /// True when some rule (global or a tenant's) must see inside TLS.
+    fn intercepts(&self) -> bool {
+        self.policies
+            .values()
+            .chain([&self.default_policy])
+            .any(|p| p.rules().iter().any(|r| r.inspects()))
+    }
+
+    /// The local CA, when some rule needs it: loaded, or made at its
+    /// first need.
+    fn load_ca(&self, cfg: &Config) -> Result<Option<Arc<ca::LocalCa>>, ca::CaError> {
+        if !self.intercepts() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(ca::LocalCa::load_or_create(
+            &cfg.egress.ca_dir,
+        )?)))
     }
 }
 
