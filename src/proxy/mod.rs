@@ -537,4 +537,6 @@ async fn serve(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<Containe
 }
 
 #[cfg(test)]
+mod intercept_tests;
+#[cfg(test)]
 mod tests;
