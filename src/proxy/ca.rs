@@ -18,6 +18,14 @@ use std::sync::{Arc, Mutex};
 /// The CA's subject; leaf certificates name it as their issuer, so it
 /// must stay what the stored `ca.pem` says.
 const CA_NAME: &str = "agentbox egress CA";
+/// Where a Debian (or Fedora) host keeps its system CA bundle; the
+/// bundle containers get is the first of these plus the local CA.
+const HOST_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
+/// The bundle's name in a container's socket directory.
+pub const BUNDLE_FILE: &str = "ca-bundle.pem";
 /// Hosts whose leaf is kept; past it the cache starts over (a leaf costs
 /// one key generation and signature, about a millisecond).
 const LEAF_CACHE: usize = 1024;
@@ -46,6 +54,8 @@ pub enum CaError {
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
+    /// The host's system roots and this CA, for containers.
+    bundle: String,
     cert_path: PathBuf,
     leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
 }
@@ -110,8 +120,17 @@ impl LocalCa {
                 })
             }
         };
+        let mut bundle = HOST_BUNDLES
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        if !bundle.is_empty() && !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str(&ca_pem);
         Ok(Self {
             issuer: Issuer::new(ca_params()?, key),
+            bundle,
             ca_pem,
             cert_path,
             leaves: Mutex::default(),
@@ -121,6 +140,13 @@ impl LocalCa {
     /// The CA certificate, PEM: what containers trust.
     pub fn cert_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The host's system roots followed by this CA, PEM: what a
+    /// container's TLS clients are pointed at, so that both blind tunnels
+    /// (real certificates) and intercepted hosts verify.
+    pub fn bundle(&self) -> &str {
+        &self.bundle
     }
 
     pub fn cert_path(&self) -> &Path {
@@ -206,6 +232,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let again = LocalCa::load_or_create(&ca_dir).unwrap();
         assert_eq!(first.cert_pem(), again.cert_pem(), "loaded, not remade");
+        assert!(again.bundle().ends_with(again.cert_pem()));
 
         std::fs::set_permissions(
             ca_dir.join("ca.key"),

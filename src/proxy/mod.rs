@@ -190,7 +190,18 @@ impl Gateway {
         self.model.outcomes()
     }
 
-    /// The local CA, once some rule has needed one.
+    /// Loads the local CA, or makes it on the first start: the daemon
+    /// always has one, so every container trusts it from its creation and
+    /// rules added later by SIGHUP need no new containers.
+    pub fn ensure_ca(&self, cfg: &Config) -> Result<(), ProxyError> {
+        if self.ca().is_none() {
+            let ca = ca::LocalCa::load_or_create(&cfg.egress.ca_dir)?;
+            *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ca));
+        }
+        Ok(())
+    }
+
+    /// The local CA, once loaded.
     pub fn ca(&self) -> Option<Arc<ca::LocalCa>> {
         self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -408,7 +419,11 @@ impl ProxyRegistry {
             old.supervisor.abort();
             let _ = old.container.stop.send(true);
         }
-        let listener = Arc::new(bind_socket(&socket_dir.join(PROXY_SOCKET))?);
+        let bundle = proxy.ca().map(|ca| ca.bundle().as_bytes().to_vec());
+        let listener = Arc::new(bind_socket(
+            &socket_dir.join(PROXY_SOCKET),
+            bundle.as_deref().map(|b| (ca::BUNDLE_FILE, b)),
+        )?);
         let id = ctx.container_id.clone();
         let c = proxy.container(ctx);
         let supervisor = tokio::spawn(supervise(listener, proxy, c.clone()));
@@ -445,8 +460,10 @@ impl ProxyRegistry {
 /// socket path between a bind and a chmod there would turn the daemon's
 /// chmod onto any host file. The socket is bound and opened up in a
 /// daemon-only directory beside the socket directory, then renamed into
-/// place; rename replaces whatever is there and never follows it.
-fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+/// place; rename replaces whatever is there and never follows it. The CA
+/// bundle for the container's TLS clients (`extra`, a name and its bytes,
+/// world-readable) is placed the same way.
+fn bind_socket(path: &Path, extra: Option<(&str, &[u8])>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = path
         .parent()
@@ -463,6 +480,18 @@ fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     // around it (owned by the container user, mode 0700) keeps others out.
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
     std::fs::rename(&staged, path)?;
+    if let Some((name, bytes)) = extra {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let staged = private.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&staged)?;
+        f.write_all(bytes)?;
+        std::fs::rename(&staged, dir.join(name))?;
+    }
     let _ = std::fs::remove_dir(&private);
     Ok(listener)
 }
