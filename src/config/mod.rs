@@ -375,6 +375,7 @@ impl Config {
                 "sync",
                 "model",
                 "proxy",
+                "egress",
                 "container",
                 "pool",
                 "gc",

@@ -310,7 +310,21 @@ async fn send(
         return Err(Refusal::ConnectFailed);
     };
     match tokio::time::timeout(UPSTREAM_HEAD_TIMEOUT, sender.send_request(req)).await {
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(resp)) => {
+            // An upstream that closes after this answer gets a new
+            // connection for the next request, not a write into a closing
+            // one (which would fail the request).
+            let closing = resp.version() < Version::HTTP_11
+                || resp
+                    .headers()
+                    .get(hyper::header::CONNECTION)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.to_ascii_lowercase().contains("close"));
+            if closing {
+                *slot = None;
+            }
+            Ok(resp)
+        }
         Ok(Err(_)) => Err(Refusal::UpstreamFailed),
         Err(_) => Err(Refusal::UpstreamTimeout),
     }
