@@ -372,21 +372,28 @@ credential = "git-basic"
     );
 
     // The secret is nowhere in the container: files it can write, the
-    // socket directory, and the environment of every process.
+    // socket directory, and the environment of every process (all run as
+    // the agent user, whose environments it may read).
     let container = container_of(&daemon, "git");
     let (code, found) = exec(
         &container,
-        "0:0",
+        "1000:1000",
         &format!(
             "grep -rl '{SECRET}' /workspace /tmp /run/agentbox 2>/dev/null; \
-             for e in /proc/[0-9]*/environ; do tr '\\0' '\\n' < $e 2>/dev/null; done | grep -c '{SECRET}'; true"
+             n=0; for e in /proc/[0-9]*/environ; do \
+               if tr '\\0' '\\n' < $e > /tmp/env.$$ 2>/dev/null; then n=$((n+1)); grep -l '{SECRET}' /tmp/env.$$; fi; \
+             done 2>/dev/null; rm -f /tmp/env.$$; echo read=$n"
         ),
     );
     assert_eq!(code, 0, "{found}");
-    assert_eq!(
-        found.trim(),
-        "0",
-        "the secret reached the container: {found}"
+    let read: usize = found
+        .trim()
+        .strip_prefix("read=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the secret reached the container: {found}"));
+    assert!(
+        read >= 2,
+        "the agent's and the shell's environments were read: {found}"
     );
     let basic = {
         use base64::Engine;
@@ -394,7 +401,7 @@ credential = "git-basic"
     };
     let (_, found) = exec(
         &container,
-        "0:0",
+        "1000:1000",
         &format!("grep -rl '{basic}' /workspace /tmp /run/agentbox 2>/dev/null; true"),
     );
     assert_eq!(
