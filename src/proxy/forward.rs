@@ -88,7 +88,7 @@ where
         if early {
             return Err((Refusal::EarlyData, None));
         }
-        let policy = proxy.policy(&c.ctx.tenant_id);
+        let policy = proxy.policy_for(&c.ctx);
         let dest = policy
             .check_target(host, port)
             .map_err(|d| (d.into(), None))?;
@@ -200,7 +200,7 @@ async fn forward_http(
     port: u16,
     path_and_query: &str,
 ) -> Result<(Response<ProxyBody>, Destination, String), (Refusal, Option<String>)> {
-    let policy = proxy.policy(&c.ctx.tenant_id);
+    let policy = proxy.policy_for(&c.ctx);
     let dest = policy
         .check_target(host, port)
         .map_err(|d| (d.into(), None))?;

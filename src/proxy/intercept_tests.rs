@@ -359,3 +359,34 @@ async fn a_forged_sni_an_untrusted_upstream_and_a_revoked_credential_are_refused
     assert!(body.contains("brokered credential unavailable"), "{body}");
     assert!(f.seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_run_narrows_its_tenants_rules_and_never_widens_them() {
+    let f = fx().await;
+    assert_eq!(
+        f.gw.unknown_egress_rule("t1", &["repo-a".into(), "blind".into()]),
+        None
+    );
+    assert_eq!(
+        f.gw.unknown_egress_rule("t1", &["repo-a".into(), "nope".into()]),
+        Some("nope".into())
+    );
+    // Another tenant's rule is not this tenant's to keep.
+    assert_eq!(
+        f.gw.unknown_egress_rule("t2", &["repo-a".into()]),
+        Some("repo-a".into())
+    );
+
+    f.gw.narrow_conversation("t1", "conv", Some(vec!["bad".into()]));
+    let (head, _) = connect(&f, "git.test", f.port).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    f.gw.narrow_conversation("t1", "other-conv", None);
+    let (head, _) = connect(&f, "git.test", f.port).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "another conversation's clear is not this one's"
+    );
+    f.gw.narrow_conversation("t1", "conv", None);
+    let (head, _) = connect(&f, "git.test", f.port).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}

@@ -109,6 +109,9 @@ pub struct Gateway {
     egress: std::sync::RwLock<Arc<Egress>>,
     /// The local CA, loaded (or made) once some rule needs interception.
     ca: std::sync::RwLock<Option<Arc<ca::LocalCa>>>,
+    /// Conversations whose run kept only some of its tenant's egress rules
+    /// (until the conversation's next run sets or clears it).
+    narrowed: Mutex<HashMap<ConversationRef, Arc<Vec<String>>>>,
     /// TLS towards intercepted hosts: system roots plus
     /// `egress.extra_ca_file`.
     egress_tls: Arc<rustls::ClientConfig>,
@@ -142,6 +145,7 @@ impl Gateway {
             forward_limits: p.body_limits(u64::MAX),
             egress: std::sync::RwLock::new(Arc::new(egress)),
             ca: std::sync::RwLock::new(ca),
+            narrowed: Mutex::default(),
             egress_tls: Arc::new(egress_tls),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
@@ -218,6 +222,48 @@ impl Gateway {
         self.egress().credentials.get(name)
     }
 
+    /// Sets (or, with `None`, clears) the egress rules a conversation's
+    /// runs keep: only the named rules of its tenant, and no allowlist, so
+    /// a narrowed run never reaches more than its tenant's rules did.
+    pub fn narrow_conversation(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        names: Option<Vec<String>>,
+    ) {
+        let key = (tenant_id.to_owned(), conversation_id.to_owned());
+        let mut narrowed = self.narrowed.lock().unwrap_or_else(|e| e.into_inner());
+        match names {
+            Some(names) => narrowed.insert(key, Arc::new(names)),
+            None => narrowed.remove(&key),
+        };
+    }
+
+    /// The first of `names` that is none of the tenant's rules.
+    pub fn unknown_egress_rule(&self, tenant_id: &str, names: &[String]) -> Option<String> {
+        let policy = self.policy(tenant_id);
+        names
+            .iter()
+            .find(|n| !policy.rules().iter().any(|r| &r.name == *n))
+            .cloned()
+    }
+
+    /// The policy for a container's request: its tenant's, narrowed by its
+    /// conversation's run option.
+    fn policy_for(&self, ctx: &ProxyContext) -> Arc<Policy> {
+        let policy = self.policy(&ctx.tenant_id);
+        let names = self
+            .narrowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ctx.tenant_id.clone(), ctx.conversation_id.clone()))
+            .cloned();
+        match names {
+            Some(names) => Arc::new(policy.narrowed(&names, false)),
+            None => policy,
+        }
+    }
+
     /// The policy for a tenant's request, as the rules stand now.
     fn policy(&self, tenant_id: &str) -> Arc<Policy> {
         let egress = self.egress();
@@ -275,6 +321,9 @@ impl Gateway {
         });
     }
 }
+
+/// A conversation, as (tenant id, conversation id).
+type ConversationRef = (String, String);
 
 /// The forward proxy's rules: one policy per tenant (the global
 /// allowlist plus the tenant's additions; the tenant's egress rules, then

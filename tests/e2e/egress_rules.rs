@@ -409,6 +409,35 @@ credential = "git-basic"
         "",
         "the encoded credential reached the container"
     );
+
+    // A run narrows its tenant's rules, never widens them: a rule the
+    // tenant lacks is a 400; a run that keeps none reaches nothing.
+    let (status, body) = post_message(
+        &daemon,
+        Some(TOKEN),
+        "git",
+        json!({"prompt": "!text hi", "egress_rules": ["repo-a", "not-a-rule"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not-a-rule"), "{body}");
+    let (status, body) = post_message(
+        &daemon,
+        Some(TOKEN),
+        "git",
+        json!({
+            "prompt": format!("!bash cd /workspace && git ls-remote {} > narrowed.txt 2>&1; echo $? >> narrowed.txt\n!text done", url("a")),
+            "egress_rules": [],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let narrowed = out("narrowed.txt");
+    assert!(
+        !narrowed.trim_end().ends_with('0') && narrowed.contains("403"),
+        "{narrowed}"
+    );
+
     for line in daemon.logs() {
         assert!(
             !line.contains(SECRET) && !line.contains(&basic),
