@@ -93,14 +93,14 @@ where
             .check_target(host, port)
             .map_err(|d| (d.into(), None))?;
         let (rule, inspect) = match policy.access(&dest) {
-            Access::Blind(rule) => (rule.to_owned(), None),
+            Access::Blind(rule) => (rule.to_owned(), false),
             Access::Inspect(rules) => (
                 rules
                     .iter()
                     .map(|r| r.name.as_str())
                     .collect::<Vec<_>>()
                     .join(","),
-                Some(rules.into_iter().cloned().collect::<Vec<_>>()),
+                true,
             ),
         };
         let upstream = connect_checked(proxy, &policy, &dest, port)
@@ -109,10 +109,10 @@ where
         if has_pending_input(client) {
             return Err((Refusal::EarlyData, Some(rule)));
         }
-        Ok((dest, upstream, policy, rule, inspect))
+        Ok((dest, upstream, rule, inspect))
     }
     .await;
-    let (dest, mut upstream, policy, rule, inspect) = match opened {
+    let (dest, mut upstream, rule, inspect) = match opened {
         Ok(v) => v,
         Err((why, rule)) => {
             let _ = client.write_all(&why.raw_response()).await;
@@ -124,13 +124,11 @@ where
             };
         }
     };
-    if let Some(rules) = inspect {
+    if inspect {
         // The upstream's certificate is checked before the container is
         // told the tunnel stands: an invalid one refuses the CONNECT.
         return match super::intercept::handshake(proxy, &dest, upstream).await {
-            Ok(sender) => {
-                super::intercept::serve(proxy, c, client, dest, port, policy, rules, sender).await
-            }
+            Ok(sender) => super::intercept::serve(proxy, c, client, dest, port, rule, sender).await,
             Err(why) => {
                 let _ = client.write_all(&why.raw_response()).await;
                 let _ = client.shutdown().await;
@@ -143,11 +141,46 @@ where
     decision.outcome = Ok(legacy_reason(&decision));
     decision.status = Some(200);
     if client.write_all(CONNECT_OK).await.is_ok() {
-        let _ =
-            tokio::io::copy_bidirectional_with_sizes(client, &mut upstream, TUNNEL_BUF, TUNNEL_BUF)
-                .await;
+        let copy =
+            tokio::io::copy_bidirectional_with_sizes(client, &mut upstream, TUNNEL_BUF, TUNNEL_BUF);
+        // A blind tunnel stays only while the rules would still open it
+        // blind: a reload that refuses the host, or wants to see inside
+        // it, closes the tunnel.
+        let host = dest.host();
+        let still_blind = |p: &Policy| {
+            p.check_target(&host, port)
+                .is_ok_and(|d| matches!(p.access(&d), Access::Blind(_)))
+        };
+        tokio::select! {
+            _ = copy => {}
+            () = closed_when(proxy, c, still_blind) => {
+                let d = Decision::blocked(Route::Tunnel, method, &host, port, Refusal::ClosedByReload);
+                return match decision.rule.take() {
+                    Some(r) => d.with_rule(r),
+                    None => d,
+                };
+            }
+        }
     }
     decision
+}
+
+/// Resolves once a reload leaves the container's policy refusing
+/// `host:port` outright.
+pub(super) async fn revoked(proxy: &Gateway, c: &ContainerProxy, host: &str, port: u16) {
+    closed_when(proxy, c, |p: &Policy| p.check_target(host, port).is_ok()).await
+}
+
+/// Resolves once a reload (or a run's narrowing, read at the next reload)
+/// makes `still` false for the container's policy; never otherwise.
+async fn closed_when(proxy: &Gateway, c: &ContainerProxy, still: impl Fn(&Policy) -> bool) {
+    let mut reloads = proxy.reloads.subscribe();
+    while reloads.changed().await.is_ok() {
+        if !still(&proxy.policy_for(&c.ctx)) {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// The audit reason of a blind decision: the allowlist's own names stay

@@ -40,35 +40,52 @@ const UPSTREAM_HEAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 type Upstream = SendRequest<Guarded<Incoming>>;
 
-/// What one intercepted connection judges against.
+/// Where one intercepted connection goes. Its requests are judged by the
+/// rules as they stand at each request (a SIGHUP applies at once).
 struct Target {
     dest: Destination,
     port: u16,
-    policy: Arc<Policy>,
-    rules: Vec<Rule>,
-    /// True when some rule of the host brokers a credential: then the
-    /// container's own credential headers never go upstream.
-    brokered: bool,
+}
+
+/// How the rules now treat requests to a target.
+enum Judge {
+    /// The host's rules, in order.
+    Rules(Vec<Rule>),
+    /// Allowed as a whole (the host is now only domain-allowed).
+    Whole(String),
+}
+
+/// The target's treatment under the container's current policy, with
+/// that policy (for connecting again).
+fn current(
+    proxy: &Gateway,
+    c: &ContainerProxy,
+    t: &Target,
+) -> Result<(Arc<Policy>, Judge), Refusal> {
+    let policy = proxy.policy_for(&c.ctx);
+    let dest = policy.check_target(&t.dest.host(), t.port)?;
+    let judge = match policy.access(&dest) {
+        egress_policy::Access::Inspect(rules) => Judge::Rules(rules.into_iter().cloned().collect()),
+        egress_policy::Access::Blind(rule) => Judge::Whole(rule.to_owned()),
+    };
+    Ok((policy, judge))
 }
 
 /// Serves an intercepted CONNECT whose verified upstream connection (to
 /// a checked address, see [`handshake`]) already stands. Returns the decision for the
 /// CONNECT itself; each request inside gets its own.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn serve<S>(
     proxy: &Arc<Gateway>,
     c: &Arc<ContainerProxy>,
     client: &mut S,
     dest: Destination,
     port: u16,
-    policy: Arc<Policy>,
-    rules: Vec<Rule>,
+    names: String,
     upstream: Upstream,
 ) -> Decision
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let names = rules_names(&rules);
     let host = dest.host();
     let refused = |why: Refusal| {
         Decision::blocked(Route::Tunnel, "CONNECT", &host, port, why).with_rule(names.clone())
@@ -103,14 +120,7 @@ where
         let _ = tls.shutdown().await;
         return refused(Refusal::HostMismatch);
     }
-    let brokered = rules.iter().any(|r| r.credential.is_some());
-    let target = Arc::new(Target {
-        dest,
-        port,
-        policy,
-        rules,
-        brokered,
-    });
+    let target = Arc::new(Target { dest, port });
     let upstream = Arc::new(Mutex::new(Some(upstream)));
     let svc = {
         let (proxy, c, target, upstream) =
@@ -120,17 +130,25 @@ where
                 (proxy.clone(), c.clone(), target.clone(), upstream.clone());
             async move {
                 let started = Instant::now();
-                let (resp, decision) = one_request(&proxy, &target, &upstream, req).await;
+                let (resp, decision) = one_request(&proxy, &c, &target, &upstream, req).await;
                 decision.emit(&c.ctx, &c.audit_gate, (0, 0), started);
                 Ok::<_, std::convert::Infallible>(resp)
             }
         })
     };
-    let _ = hyper::server::conn::http1::Builder::new()
+    let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(CLIENT_TIMEOUT)
-        .serve_connection(TokioIo::new(tls), svc)
-        .await;
+        .serve_connection(TokioIo::new(tls), svc);
+    // A reload that no longer allows the host at all closes the connection.
+    let host = target.dest.host();
+    let revoked = super::forward::revoked(proxy, c, &host, port);
+    tokio::select! {
+        _ = served => {}
+        () = revoked => {
+            return refused(Refusal::ClosedByReload);
+        }
+    }
     let mut d = Decision::allowed(
         Route::Tunnel,
         "CONNECT",
@@ -165,6 +183,7 @@ fn same_host(host: &str, dest: &Destination) -> bool {
 /// Judges, rewrites and forwards one request from the container.
 async fn one_request(
     proxy: &Gateway,
+    c: &ContainerProxy,
     target: &Target,
     upstream: &Mutex<Option<Upstream>>,
     req: Request<Incoming>,
@@ -172,18 +191,34 @@ async fn one_request(
     let method = req.method().as_str().to_owned();
     let host = target.dest.host();
     let port = target.port;
-    let names = rules_names(&target.rules);
-    let refuse = |why: Refusal| {
+    let refuse = |why: Refusal, names: Option<String>| {
+        let d = Decision::blocked(Route::Intercept, &method, &host, port, why);
         (
             super::refusal_response(why),
-            Decision::blocked(Route::Intercept, &method, &host, port, why).with_rule(names.clone()),
+            match names {
+                Some(n) => d.with_rule(n),
+                None => d,
+            },
         )
     };
-    match judge(target, &req) {
+    let (policy, judged) = match current(proxy, c, target) {
+        Ok(v) => v,
+        Err(why) => return refuse(why, None),
+    };
+    let (names, brokered_host, rules) = match &judged {
+        Judge::Rules(rules) => (
+            rules_names(rules),
+            rules.iter().any(|r| r.credential.is_some()),
+            Some(rules),
+        ),
+        Judge::Whole(rule) => (rule.clone(), false, None),
+    };
+    let refuse = |why: Refusal| refuse(why, Some(names.clone()));
+    match judge(target, rules.map(Vec::as_slice), &req) {
         Err(why) => refuse(why),
         Ok((rule, path_and_query)) => {
-            let rule_name = rule.name.clone();
-            let credential = match &rule.credential {
+            let rule_name = rule.map_or_else(|| names.clone(), |r| r.name.clone());
+            let credential = match rule.and_then(|r| r.credential.as_ref()) {
                 None => None,
                 Some(name) => match proxy.brokered(name) {
                     Some(b) => Some(b),
@@ -197,7 +232,7 @@ async fn one_request(
                 Err(_) => return refuse(Refusal::Malformed),
             };
             strip_hop_by_hop(&mut parts.headers);
-            if target.brokered {
+            if brokered_host {
                 brokered::strip(&mut parts.headers);
             }
             if let Some(b) = &credential {
@@ -217,7 +252,14 @@ async fn one_request(
             };
             let verdict = Verdict::default();
             let body = Guarded::new(body, proxy.forward_limits, verdict.clone());
-            let sent = send(proxy, target, upstream, Request::from_parts(parts, body)).await;
+            let sent = send(
+                proxy,
+                &policy,
+                target,
+                upstream,
+                Request::from_parts(parts, body),
+            )
+            .await;
             match sent {
                 Ok(resp) => {
                     let (mut parts, body) = resp.into_parts();
@@ -235,8 +277,13 @@ async fn one_request(
     }
 }
 
-/// The rule that allows a request, and the normalised target to send.
-fn judge<'t>(target: &'t Target, req: &Request<Incoming>) -> Result<(&'t Rule, String), Refusal> {
+/// The rule that allows a request (none when the host is allowed whole),
+/// and the normalised target to send.
+fn judge<'r>(
+    target: &Target,
+    rules: Option<&'r [Rule]>,
+    req: &Request<Incoming>,
+) -> Result<(Option<&'r Rule>, String), Refusal> {
     if req.method() == Method::CONNECT {
         return Err(Refusal::RuleMethod);
     }
@@ -265,9 +312,14 @@ fn judge<'t>(target: &'t Target, req: &Request<Incoming>) -> Result<(&'t Rule, S
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let rules: Vec<&Rule> = target.rules.iter().collect();
-    let rule = decide(&rules, req.method().as_str(), pq)?;
     let (path, query) = split_target(pq).map_err(|_| Refusal::PathAmbiguous)?;
+    let rule = match rules {
+        Some(rules) => {
+            let rules: Vec<&Rule> = rules.iter().collect();
+            Some(decide(&rules, req.method().as_str(), pq)?)
+        }
+        None => None,
+    };
     Ok((rule, format!("{path}{query}")))
 }
 
@@ -291,6 +343,7 @@ fn split_authority(a: &str) -> Option<(&str, Option<u16>)> {
 /// open or was closed by the upstream.
 async fn send(
     proxy: &Gateway,
+    policy: &Policy,
     target: &Target,
     upstream: &Mutex<Option<Upstream>>,
     req: Request<Guarded<Incoming>>,
@@ -298,13 +351,13 @@ async fn send(
     let mut slot = upstream.lock().await;
     let reuse = slot.as_ref().is_some_and(|s| !s.is_closed());
     if !reuse {
-        *slot = Some(connect(proxy, target).await?);
+        *slot = Some(connect(proxy, policy, target).await?);
     }
     let Some(sender) = slot.as_mut() else {
         return Err(Refusal::ConnectFailed);
     };
     if sender.ready().await.is_err() {
-        *slot = Some(connect(proxy, target).await?);
+        *slot = Some(connect(proxy, policy, target).await?);
     }
     let Some(sender) = slot.as_mut() else {
         return Err(Refusal::ConnectFailed);
@@ -331,8 +384,8 @@ async fn send(
 }
 
 /// A verified TLS connection to a checked address of the destination.
-async fn connect(proxy: &Gateway, target: &Target) -> Result<Upstream, Refusal> {
-    let tcp = forward::connect_checked(proxy, &target.policy, &target.dest, target.port).await?;
+async fn connect(proxy: &Gateway, policy: &Policy, target: &Target) -> Result<Upstream, Refusal> {
+    let tcp = forward::connect_checked(proxy, policy, &target.dest, target.port).await?;
     handshake(proxy, &target.dest, tcp).await
 }
 

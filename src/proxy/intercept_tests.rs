@@ -91,6 +91,17 @@ struct Fx {
 }
 
 fn config(dir: &Path, port: u16, bad_port: u16, echo: u16) -> Config {
+    config_edited(dir, port, bad_port, echo, |t| t)
+}
+
+/// The fixture's config with its text edited first.
+fn config_edited(
+    dir: &Path,
+    port: u16,
+    bad_port: u16,
+    echo: u16,
+    edit: impl Fn(String) -> String,
+) -> Config {
     let text = format!(
         r#"
 [proxy]
@@ -134,7 +145,7 @@ credential = "git"
         dir = dir.display(),
         hash = "0".repeat(64)
     );
-    let cfg = Config::from_toml(&text, Vec::new()).unwrap();
+    let cfg = Config::from_toml(&edit(text), Vec::new()).unwrap();
     cfg.validate().unwrap();
     cfg
 }
@@ -389,4 +400,70 @@ async fn a_run_narrows_its_tenants_rules_and_never_widens_them() {
     f.gw.narrow_conversation("t1", "conv", None);
     let (head, _) = connect(&f, "git.test", f.port).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn a_reload_applies_to_open_connections_and_closes_what_it_no_longer_allows() {
+    let f = fx().await;
+    let echo: u16 = std::fs::read_to_string(f.dir.path().join("echo-port"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host = format!("git.test:{}", f.port);
+    let (_, s) = connect(&f, "git.test", f.port).await;
+    let mut c = client(&f, s, "git.test").await.unwrap();
+    assert_eq!(
+        send(&mut c, "GET", "/org/a.git/info/refs", &host, None)
+            .await
+            .0,
+        200
+    );
+    let (head, mut blind) = connect(&f, "blind.test", echo).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Repository a is swapped for b, and the domain-only rule goes.
+    let cfg = config_edited(f.dir.path(), f.port, f.bad_port, echo, |t| {
+        t.replace("/org/a.git/**", "/org/b.git/**").replace(
+            "name = \"blind\"\nhost = \"blind.test\"",
+            "name = \"blind\"\nhost = \"elsewhere.test\"",
+        )
+    });
+    f.gw.reload_egress(&cfg).unwrap();
+    let (status, body) = send(&mut c, "GET", "/org/a.git/info/refs", &host, None).await;
+    assert_eq!(
+        status, 403,
+        "the open connection follows the new rules: {body}"
+    );
+    assert_eq!(
+        send(&mut c, "GET", "/org/b.git/info/refs", &host, None)
+            .await
+            .0,
+        200
+    );
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), blind.read(&mut buf))
+        .await
+        .expect("the blind tunnel was not closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
+    // The git host's rule goes too: its open connection is closed.
+    let cfg = config_edited(f.dir.path(), f.port, f.bad_port, echo, |t| {
+        t.replace("host = \"git.test\"", "host = \"gone.test\"")
+    });
+    f.gw.reload_egress(&cfg).unwrap();
+    let req = hyper::Request::builder()
+        .uri("/org/a.git/info/refs")
+        .header("host", &host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(10), async {
+        // The close may race the send: either fails, or the answer is a refusal.
+        match c.send_request(req).await {
+            Err(_) => true,
+            Ok(resp) => resp.status() == 403,
+        }
+    })
+    .await
+    .expect("the intercepted connection was neither closed nor refused");
+    assert!(gone);
 }

@@ -107,6 +107,9 @@ pub struct Gateway {
     /// The allowlists, rules and credentials; replaced whole on SIGHUP,
     /// read per request.
     egress: std::sync::RwLock<Arc<Egress>>,
+    /// Bumped on every reload of the egress rules, so open tunnels look
+    /// again at whether they are still allowed.
+    reloads: watch::Sender<u64>,
     /// The local CA, loaded (or made) once some rule needs interception.
     ca: std::sync::RwLock<Option<Arc<ca::LocalCa>>>,
     /// Conversations whose run kept only some of its tenant's egress rules
@@ -146,6 +149,7 @@ impl Gateway {
             egress: std::sync::RwLock::new(Arc::new(egress)),
             ca: std::sync::RwLock::new(ca),
             narrowed: Mutex::default(),
+            reloads: watch::channel(0).0,
             egress_tls: Arc::new(egress_tls),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
@@ -164,7 +168,8 @@ impl Gateway {
     /// Takes the egress rules (allowlists, rules, credentials re-read,
     /// ports, private ranges, fixed DNS answers) of a reloaded config:
     /// every request from now on follows them, on open sockets and inside
-    /// intercepted connections too. Blind tunnels already open stay open.
+    /// intercepted connections too; open tunnels to a destination the new
+    /// rules refuse are closed.
     pub fn reload_egress(&self, cfg: &Config) -> Result<(), ProxyError> {
         let egress = Egress::from_config(cfg)?;
         let overrides = cfg.proxy.resolve_overrides()?;
@@ -175,6 +180,7 @@ impl Gateway {
         }
         *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
         self.resolver.replace_overrides(overrides);
+        self.reloads.send_modify(|n| *n += 1);
         Ok(())
     }
 

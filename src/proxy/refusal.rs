@@ -45,6 +45,8 @@ pub enum Refusal {
     PathAmbiguous,
     #[error("the request names another host than its CONNECT")]
     HostMismatch,
+    #[error("closed: the egress rules no longer allow this destination")]
+    ClosedByReload,
     #[error("brokered credentials go only over TLS")]
     CredentialNeedsTls,
     #[error("the destination's certificate or TLS failed verification")]
@@ -102,6 +104,7 @@ impl Refusal {
             Self::PathAmbiguous => "path_ambiguous",
             Self::UpstreamTls => "upstream_tls_failed",
             Self::HostMismatch => "host_mismatch",
+            Self::ClosedByReload => "closed_by_reload",
             Self::CredentialNeedsTls => "credential_needs_tls",
             Self::InterceptFailed => "intercept_failed",
             Self::BrokeredCredentialUnavailable => "brokered_credential_unavailable",
