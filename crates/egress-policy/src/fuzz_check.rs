@@ -59,7 +59,10 @@ pub fn check(data: &[u8]) {
 fn check_path(path: &str) {
     assert_eq!(normalize_path(path).as_deref(), Ok(path), "{path:?}");
     assert!(!path.contains("//"), "{path:?}");
-    assert!(!path.split('/').any(|seg| seg == "." || seg == ".."), "{path:?}");
+    assert!(
+        !path.split('/').any(|seg| seg == "." || seg == ".."),
+        "{path:?}"
+    );
     assert!(path.bytes().all(|b| (0x21..0x7f).contains(&b)), "{path:?}");
     if let Ok(glob) = PathPattern::parse("/org/a.git/**") {
         if glob.matches(path) {
