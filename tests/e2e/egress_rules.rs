@@ -371,10 +371,23 @@ credential = "git-basic"
         "{blocked:#?}"
     );
 
+    // curl, Python's urllib and Node's fetch trust the intercepted host
+    // with no flag (the bundle's variables), and meet the same rules.
+    let container = container_of(&daemon, "git");
+    let refs = format!("{}/info/refs?service=git-upload-pack", url("a"));
+    let other = format!("{}/info/refs?service=git-upload-pack", url("b"));
+    for (tool, cmd) in [
+        ("curl", format!("curl -sS -o /dev/null -w '%{{http_code}}' '{refs}'; echo; curl -sS -o /dev/null -w '%{{http_code}}' '{other}'")),
+        ("python", format!("python3 -c \"import urllib.request as u, urllib.error as e\nfor x in ['{refs}', '{other}']:\n  try: print(u.urlopen(x).status)\n  except e.HTTPError as err: print(err.code)\"")),
+        ("node", format!("node -e \"(async () => {{ for (const x of ['{refs}', '{other}']) console.log((await fetch(x)).status) }})()\"")),
+    ] {
+        let (code, text) = exec(&container, "1000:1000", &cmd);
+        assert_eq!((code, text.split_whitespace().collect::<Vec<_>>()), (0, vec!["200", "403"]), "{tool}: {text}");
+    }
+
     // The secret is nowhere in the container: files it can write, the
     // socket directory, and the environment of every process (all run as
     // the agent user, whose environments it may read).
-    let container = container_of(&daemon, "git");
     let (code, found) = exec(
         &container,
         "1000:1000",
