@@ -87,9 +87,7 @@ impl Conversations {
         Ok(self.executor.ready().await?)
     }
 
-    /// Starts a run unless the tenant already has `max_concurrent_runs`
-    /// going: a soft limit, checked when the request arrives, enough to
-    /// keep one tenant from taking every container.
+    /// [`Self::send_narrowed`] with all of the tenant's egress rules.
     #[cfg(test)]
     pub(crate) async fn send(
         &self,
@@ -108,8 +106,11 @@ impl Conversations {
             .unknown_egress_rule(tenant_id, names)
     }
 
-    /// [`Self::send`], the run keeping only the named egress rules of its
-    /// tenant (checked first with [`Self::unknown_egress_rule`]).
+    /// Starts a run unless the tenant already has `max_concurrent_runs`
+    /// going: a soft limit, checked when the request arrives, enough to
+    /// keep one tenant from taking every container. The run keeps only the
+    /// named egress rules of its tenant (checked first with
+    /// [`Self::unknown_egress_rule`]); `None` keeps them all.
     pub(crate) async fn send_narrowed(
         &self,
         key: ConversationKey,
