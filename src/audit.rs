@@ -256,6 +256,11 @@ pub(crate) struct ProxyRequest {
     pub port: u16,
     /// The rule that allowed it, or the stable refusal code.
     pub reason: String,
+    /// The `[[egress.rules]]` entry that decided: the rule that allowed
+    /// it, or for a refusal by rules the host's rules (comma-separated),
+    /// none of which allowed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub bytes_from_container: u64,

@@ -87,14 +87,36 @@ impl Conversations {
         Ok(self.executor.ready().await?)
     }
 
-    /// Starts a run unless the tenant already has `max_concurrent_runs`
-    /// going: a soft limit, checked when the request arrives, enough to
-    /// keep one tenant from taking every container.
+    /// [`Self::send_narrowed`] with all of the tenant's egress rules.
+    #[cfg(test)]
     pub(crate) async fn send(
         &self,
         key: ConversationKey,
         exec: ExecuteRequest,
         max_concurrent_runs: Option<usize>,
+    ) -> Result<Arc<LiveRun>, ConversationError> {
+        self.send_narrowed(key, exec, max_concurrent_runs, None)
+            .await
+    }
+
+    /// The name in `names` that is none of the tenant's egress rules, if any.
+    pub(crate) fn unknown_egress_rule(&self, tenant_id: &str, names: &[String]) -> Option<String> {
+        self.executor
+            .gateway()
+            .unknown_egress_rule(tenant_id, names)
+    }
+
+    /// Starts a run unless the tenant already has `max_concurrent_runs`
+    /// going: a soft limit, checked when the request arrives, enough to
+    /// keep one tenant from taking every container. The run keeps only the
+    /// named egress rules of its tenant (checked first with
+    /// [`Self::unknown_egress_rule`]); `None` keeps them all.
+    pub(crate) async fn send_narrowed(
+        &self,
+        key: ConversationKey,
+        exec: ExecuteRequest,
+        max_concurrent_runs: Option<usize>,
+        egress_rules: Option<Vec<String>>,
     ) -> Result<Arc<LiveRun>, ConversationError> {
         if let Some(max) = max_concurrent_runs {
             if self.executor.hub().running_for(&key.tenant_id) >= max {
@@ -105,7 +127,10 @@ impl Conversations {
             }
         }
         tracing::info!(message = "Run requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
-        Ok(self.executor.start_run(key, exec).await?)
+        Ok(self
+            .executor
+            .start_run_narrowed(key, exec, egress_rules)
+            .await?)
     }
 
     /// Asks the conversation's run to stop its turn; the run then ends

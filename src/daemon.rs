@@ -124,6 +124,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
         Gateway::new(&cfg, secrets::anthropic_api_key(), AwsEnv::from_process())
             .map_err(DaemonError::Gateway)?,
     );
+    gateway.ensure_ca(&cfg).map_err(DaemonError::Gateway)?;
     if gateway.missing_api_key() {
         tracing::warn!(
             message = "ANTHROPIC_API_KEY is not set; model requests go out without a key."

@@ -77,6 +77,11 @@ pub(crate) struct Executor {
 pub(crate) type RunHold = (tokio::sync::OwnedMutexGuard<()>, Option<LeaseHold>);
 
 impl Executor {
+    /// The egress gateway, for checking a run's options against its rules.
+    pub(crate) fn gateway(&self) -> &Arc<crate::proxy::Gateway> {
+        self.orchestrator.gateway()
+    }
+
     pub(crate) fn new(orchestrator: Arc<Orchestrator>, sync: SyncService) -> Arc<Self> {
         let cfg = orchestrator.cfg();
         let leases = cfg
@@ -118,13 +123,31 @@ impl Executor {
     /// Takes the conversation's run lock, records a new run and starts it
     /// in the background. Its events, ending with `result` or `error`, are
     /// on the returned live run whether or not anybody listens.
+    #[cfg(test)]
     pub(crate) async fn start_run(
         self: &Arc<Self>,
         key: ConversationKey,
         exec: ExecuteRequest,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
+        self.start_run_narrowed(key, exec, None).await
+    }
+
+    /// [`Self::start_run`], the run keeping only the named egress rules of
+    /// its tenant (`None`: all of them).
+    pub(crate) async fn start_run_narrowed(
+        self: &Arc<Self>,
+        key: ConversationKey,
+        exec: ExecuteRequest,
+        egress_rules: Option<Vec<String>>,
+    ) -> Result<Arc<LiveRun>, ExecuteError> {
         let mut steps = steps::RunSteps::start();
         let (guard, live, tx) = self.begin(&key).await?;
+        // Under the conversation's lock: no other run of it can be going.
+        self.orchestrator.gateway().narrow_conversation(
+            &key.tenant_id,
+            &key.conversation_id,
+            egress_rules,
+        );
         steps.mark("admit");
         let this = self.clone();
         let interrupts = live.clone();

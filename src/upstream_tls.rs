@@ -1,5 +1,6 @@
-//! TLS towards the model upstream: the system roots, plus the CAs of
-//! `model.extra_ca_file` (a TLS-inspecting proxy or a private gateway)
+//! TLS towards the model upstream and towards intercepted egress hosts:
+//! the system roots, plus the CAs of `model.extra_ca_file` (or
+//! `egress.extra_ca_file`; a TLS-inspecting proxy or a private gateway)
 //! when one is set. The extra file adds trust; it never replaces the
 //! system roots. The gateway and `doctor`'s clock check use the same
 //! trust, so doctor reaches the upstream the daemon reaches.
@@ -11,14 +12,14 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
-    #[error("reading model.extra_ca_file {path}: {source}")]
+    #[error("reading extra CA file {path}: {source}")]
     Read {
         path: String,
         source: std::io::Error,
     },
-    #[error("model.extra_ca_file {path} holds no usable PEM certificate")]
+    #[error("extra CA file {path} holds no usable PEM certificate")]
     NoCertificates { path: String },
-    #[error("no trusted root certificates: the system has none and model.extra_ca_file is empty")]
+    #[error("no trusted root certificates: the system has none and no extra CA file is set")]
     NoRoots,
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
@@ -33,7 +34,7 @@ pub(crate) fn client_config(extra_ca_file: &str) -> Result<ClientConfig, Upstrea
     if !extra_ca_file.is_empty() {
         let added = add_pem_file(&mut roots, extra_ca_file)?;
         tracing::info!(
-            message = "Trusting extra CAs for the model upstream.",
+            message = "Trusting extra CAs.",
             path = extra_ca_file,
             certificates = added
         );

@@ -179,6 +179,7 @@ mod tests {
                     bytes_to_container: 0,
                     duration_ms: 0,
                     credential: None,
+                    rule: None,
                 },
             },
             1,

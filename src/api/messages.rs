@@ -19,6 +19,10 @@ struct MessageRequest {
     prompt: String,
     #[serde(default)]
     options: AgentOptions,
+    /// Names of the tenant's egress rules this run keeps; every other rule
+    /// and the domain allowlist are off for it. Absent: all of them.
+    #[serde(default)]
+    egress_rules: Option<Vec<String>>,
 }
 
 pub(super) async fn post_message(
@@ -38,6 +42,14 @@ pub(super) async fn post_message(
         return Err(ApiError::BadRequest("prompt must not be empty".to_owned()));
     }
     req.options.validate().map_err(ApiError::BadRequest)?;
+    if let Some(names) = &req.egress_rules {
+        if let Some(name) = state.conversations.unknown_egress_rule(&tenant.id, names) {
+            return Err(ApiError::BadRequest(format!(
+                "egress_rules: no egress rule of this tenant is named {:?}",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+    }
     let key = ConversationKey {
         tenant_id: tenant.id,
         conversation_id,
@@ -49,7 +61,7 @@ pub(super) async fn post_message(
     };
     let live = state
         .conversations
-        .send(key, exec, tenant.max_concurrent_runs)
+        .send_narrowed(key, exec, tenant.max_concurrent_runs, req.egress_rules)
         .await
         .map_err(ApiError::from)?;
     let heartbeat = state.conversations.sse_heartbeat();

@@ -6,6 +6,7 @@
 //! `docs/configuration.md`.
 
 mod agent;
+mod egress;
 mod proxy;
 mod scaleout;
 mod sync;
@@ -13,6 +14,7 @@ mod telemetry;
 mod tier;
 
 pub use agent::AgentConfig;
+pub use egress::{CredentialConfig, CredentialFormat, EgressConfig, RuleConfig};
 pub use proxy::{parse_patterns, BodyLimits, ModelConfig, ModelPrice, Provider, ProxyConfig};
 pub use scaleout::ScaleoutConfig;
 use serde::Deserialize;
@@ -55,6 +57,8 @@ pub struct Config {
     pub sync: SyncConfig,
     pub model: ModelConfig,
     pub proxy: ProxyConfig,
+    /// Egress rules down to method and path, and brokered credentials.
+    pub egress: EgressConfig,
     pub container: ContainerConfig,
     pub pool: PoolConfig,
     pub gc: GcConfig,
@@ -285,6 +289,9 @@ pub struct TenantConfig {
     /// Names this tenant's containers may reach on top of `proxy.allowed_domains`.
     #[serde(default)]
     pub allowed_domains: Vec<String>,
+    /// This tenant's egress rules, tried before the global `[[egress.rules]]`.
+    #[serde(default)]
+    pub egress_rules: Vec<RuleConfig>,
     /// Most runs this tenant may have in progress at once (all its
     /// conversations together); unset means no limit but the pool's.
     #[serde(default)]
@@ -372,6 +379,7 @@ impl Config {
                 "sync",
                 "model",
                 "proxy",
+                "egress",
                 "container",
                 "pool",
                 "gc",
@@ -407,6 +415,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate()?;
         self.proxy.validate()?;
+        self.egress.validate()?;
         self.storage.validate()?;
         self.sync.validate()?;
         self.telemetry.validate()?;
@@ -543,6 +552,8 @@ impl Config {
                 ));
             }
             parse_patterns(&format!("tenants[{i}].allowed_domains"), &t.allowed_domains)?;
+            self.egress
+                .rules(&format!("tenants[{i}].egress_rules"), &t.egress_rules)?;
         }
         Ok(())
     }

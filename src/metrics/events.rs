@@ -49,8 +49,12 @@ fn observe_event(event: &AuditEvent) {
             i.pool_claims
                 .add(1, &[kv("kind", kind), kv("tier", tier.as_str())]);
         }),
-        AuditEvent::ProxyRequestAllowed { request, .. } => proxied(ProxyOutcome::Allowed, request),
-        AuditEvent::ProxyRequestBlocked { request, .. } => proxied(ProxyOutcome::Blocked, request),
+        AuditEvent::ProxyRequestAllowed { request, subject } => {
+            proxied(ProxyOutcome::Allowed, &subject.tenant_id, request)
+        }
+        AuditEvent::ProxyRequestBlocked { request, subject } => {
+            proxied(ProxyOutcome::Blocked, &subject.tenant_id, request)
+        }
         // Each held-back refusal still counts as a decision, by reason.
         AuditEvent::ProxyRequestsCoalesced { count, reasons, .. } => {
             for (reason, n) in reasons {
@@ -104,8 +108,16 @@ fn observe_event(event: &AuditEvent) {
     }
 }
 
-fn proxied(outcome: ProxyOutcome, request: &ProxyRequest) {
+fn proxied(outcome: ProxyOutcome, tenant: &str, request: &ProxyRequest) {
     proxy_decision(outcome, &request.reason);
+    // The allowlist's own names are not rules.
+    if let Some(rule) = request
+        .rule
+        .as_deref()
+        .filter(|r| !matches!(*r, "allowed_domain" | "allowed_ip"))
+    {
+        super::egress_rule_decision(outcome, tenant, rule);
+    }
     proxy_bytes(ProxyDirection::FromContainer, request.bytes_from_container);
     proxy_bytes(ProxyDirection::ToContainer, request.bytes_to_container);
 }
@@ -150,11 +162,15 @@ mod tests {
             bytes_to_container: 11,
             duration_ms: 1,
             credential: None,
+            rule: Some("events-test-rule".into()),
         };
         let before = crate::metrics::render().unwrap();
         let bytes = |t: &str| series(t, "agentbox_proxy_bytes_total{direction=\"to_container\"}");
         audit::emit(&AuditEvent::ProxyRequestBlocked {
-            subject: Subject::default(),
+            subject: Subject {
+                tenant_id: "events-tenant".into(),
+                ..Subject::default()
+            },
             request,
         });
         audit::emit(&AuditEvent::FileSyncToContainer {
@@ -167,6 +183,13 @@ mod tests {
             },
         });
         let after = crate::metrics::render().unwrap();
+        assert_eq!(
+            series(
+                &after,
+                "agentbox_egress_rule_requests_total{outcome=\"blocked\",rule=\"events-test-rule\",tenant=\"events-tenant\"}"
+            ),
+            1.0
+        );
         assert_eq!(
             series(
                 &after,

@@ -53,6 +53,7 @@ pub(super) struct Instruments {
     pub execution_first_event: Histogram<f64>,
 
     pub proxy_requests: Counter<u64>,
+    pub egress_rule_requests: Counter<u64>,
     pub proxy_bytes: Counter<u64>,
     pub model_tokens: Counter<u64>,
     pub model_cost: Counter<f64>,
@@ -72,6 +73,8 @@ pub(super) struct Instruments {
     pub destroy_reasons: Bounded,
     pub failure_codes: Bounded,
     pub proxy_reasons: Bounded,
+    /// Egress rule names come from the config, so they are few.
+    pub egress_rules: Bounded,
     /// Tenant ids come from the config, so they are few; the cap guards
     /// against a config with very many tenants.
     pub tenants: Bounded,
@@ -204,6 +207,11 @@ impl Instruments {
                 "agentbox_proxy_requests",
                 "Egress proxy decisions, by outcome (allowed, blocked) and reason.",
             ),
+            egress_rule_requests: counter(
+                &m,
+                "agentbox_egress_rule_requests",
+                "Egress proxy decisions an egress rule made, by tenant, rule and outcome (allowed, blocked).",
+            ),
             proxy_bytes: counter(
                 &m,
                 "agentbox_proxy_bytes",
@@ -271,6 +279,7 @@ impl Instruments {
             destroy_reasons: Bounded::new(32),
             failure_codes: Bounded::new(48),
             proxy_reasons: Bounded::new(64),
+            egress_rules: Bounded::new(128),
             tenants: Bounded::new(256),
             registry,
             _provider: provider,

@@ -5,8 +5,8 @@
 //! Names follow `agentbox_<noun>_<unit>`: counters end in `_total`,
 //! durations are seconds, sizes bytes. Labels are bounded: fixed enums, or
 //! strings capped by [`labels::Bounded`]; never a conversation or
-//! container id, and a tenant id only on the model-spend series (tenants
-//! come from the config, so they are few). Most counters follow from audit
+//! container id, and a tenant id only on the model-spend and egress-rule
+//! series (tenants and rules come from the config, so they are few). Most counters follow from audit
 //! events ([`count_audit_events`]), so one thing that happens is one event, logged and counted alike. The
 //! catalogue is `docs/metrics.md`.
 
@@ -132,6 +132,23 @@ pub(crate) fn proxy_decisions(outcome: ProxyOutcome, reason: &str, n: u64) {
         let reason = i.proxy_reasons.get(reason);
         i.proxy_requests
             .add(n, &[kv("outcome", outcome.as_str()), kv("reason", reason)]);
+    });
+}
+
+/// One decision an egress rule made (or, for a refusal, the host's rules
+/// did): `rule` is a configured rule name, or several joined by commas.
+pub(crate) fn egress_rule_decision(outcome: ProxyOutcome, tenant: &str, rule: &str) {
+    with(|i| {
+        let tenant = i.tenants.get(tenant);
+        let rule = i.egress_rules.get(rule);
+        i.egress_rule_requests.add(
+            1,
+            &[
+                kv("outcome", outcome.as_str()),
+                kv("rule", rule),
+                kv("tenant", tenant),
+            ],
+        );
     });
 }
 

@@ -16,6 +16,8 @@ pub enum Route {
     Gateway,
     Tunnel,
     Forward,
+    /// A request inside an intercepted CONNECT.
+    Intercept,
 }
 
 impl Route {
@@ -25,6 +27,7 @@ impl Route {
             Self::Gateway => "model_gateway",
             Self::Tunnel => "connect",
             Self::Forward => "http",
+            Self::Intercept => "intercept",
         }
     }
 }
@@ -40,6 +43,8 @@ pub struct Decision {
     pub status: Option<u16>,
     /// Name of the credential the proxy added; never its value.
     pub credential: Option<String>,
+    /// The egress rule(s) that decided, by name.
+    pub rule: Option<String>,
 }
 
 impl Decision {
@@ -52,6 +57,7 @@ impl Decision {
             outcome: Err(why),
             status: Some(why.status().as_u16()),
             credential: None,
+            rule: None,
         }
     }
 
@@ -64,7 +70,14 @@ impl Decision {
             outcome: Ok(rule),
             status: None,
             credential: None,
+            rule: None,
         }
+    }
+
+    /// Names the egress rule(s) that decided.
+    pub fn with_rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = Some(rule.into());
+        self
     }
 
     /// Writes the audit event; `bytes` is (from the container, to it).
@@ -98,6 +111,7 @@ impl Decision {
             bytes_to_container: bytes.1,
             duration_ms: started.elapsed().as_millis() as u64,
             credential: self.credential.clone(),
+            rule: self.rule.as_ref().map(|r| r.chars().take(255).collect()),
         };
         let subject = subject(ctx);
         audit::emit(&match self.outcome {

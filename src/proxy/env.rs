@@ -3,7 +3,21 @@
 //! nothing secret.
 
 use crate::config::{Config, Provider};
-use agent_protocol::GATEWAY_ADDR;
+use agent_protocol::{GATEWAY_ADDR, SOCKET_DIR};
+
+/// The variables that point each TLS client at the CA bundle the proxy
+/// places in the socket directory (`ca::BUNDLE_FILE`): OpenSSL's default
+/// (Python's `ssl`/`urllib`), curl, git, Node (added to its own roots),
+/// npm, Python requests, pip.
+const TRUST_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_CAFILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+];
 
 /// The key the CLI sends to the gateway; the proxy replaces it.
 pub(super) const PLACEHOLDER_API_KEY: &str = "agentbox-placeholder-key";
@@ -51,6 +65,12 @@ pub fn container_env(cfg: &Config) -> Vec<(String, String)> {
         "CLAUDE_CODE_MAX_RETRIES",
         &cfg.model.max_retries.to_string(),
     );
+    // The daemon always has its egress CA (made at first start), so the
+    // bundle is always there; intercepted hosts verify without flags.
+    let bundle = format!("{SOCKET_DIR}/{}", super::ca::BUNDLE_FILE);
+    for key in TRUST_VARS {
+        set(key, &bundle);
+    }
     env
 }
 
@@ -70,6 +90,9 @@ mod tests {
         assert_eq!(get(&env, "https_proxy"), Some("http://127.0.0.1:8080"));
         assert_eq!(get(&env, "NO_PROXY"), Some("127.0.0.1,localhost"));
         assert_eq!(get(&env, "CLAUDE_CODE_USE_BEDROCK"), None);
+        for var in TRUST_VARS {
+            assert_eq!(get(&env, var), Some("/run/agentbox/ca-bundle.pem"), "{var}");
+        }
 
         cfg.model.provider = Provider::Bedrock;
         cfg.model.region = "eu-central-1".into();

@@ -5,14 +5,20 @@
 //! ([`request`], from the `egress-policy` crate with the rest of the
 //! pure policy): origin-form requests go to the model gateway
 //! ([`gateway`], which adds the credential), absolute-form `http://` and
-//! `CONNECT` go to the forward proxy ([`forward`], allowlist only).
+//! `CONNECT` go to the forward proxy ([`forward`], allowlist and egress
+//! rules), which intercepts TLS only to hosts whose rules must see inside
+//! ([`intercept`], certificates from the local CA in [`ca`], brokered
+//! credentials from [`brokered`]).
 //! [`ProxyRegistry`] runs and supervises one proxy task per container.
 //!
-//! **Invariant:** credentials exist only inside this module's gateway; no
-//! other part of the daemon, and nothing in a container, ever holds them.
+//! **Invariant:** credentials exist only inside this module (the model
+//! gateway's and the brokered ones); no other part of the daemon, and
+//! nothing in a container, ever holds them.
 
 mod audit_gate;
 mod body;
+mod brokered;
+pub mod ca;
 mod conn;
 mod credentials;
 mod decision;
@@ -20,6 +26,7 @@ mod dns;
 mod env;
 mod forward;
 mod gateway;
+mod intercept;
 mod io;
 mod refusal;
 mod sigv4;
@@ -76,6 +83,10 @@ pub enum ProxyError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     ModelGateway(#[from] ModelGatewayError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error("egress upstream TLS: {0}")]
+    EgressTls(#[from] crate::upstream_tls::UpstreamTlsError),
 }
 
 /// Who a proxy socket belongs to; carried on every audit event it writes.
@@ -93,8 +104,20 @@ pub struct Gateway {
     resolver: dns::Resolver,
     /// Bounds on a forward-proxy request body (no size limit).
     forward_limits: crate::config::BodyLimits,
-    /// The allowlists; replaced whole on SIGHUP, read per request.
+    /// The allowlists, rules and credentials; replaced whole on SIGHUP,
+    /// read per request.
     egress: std::sync::RwLock<Arc<Egress>>,
+    /// Bumped on every reload of the egress rules, so open tunnels look
+    /// again at whether they are still allowed.
+    reloads: watch::Sender<u64>,
+    /// The local CA, loaded (or made) once some rule needs interception.
+    ca: std::sync::RwLock<Option<Arc<ca::LocalCa>>>,
+    /// Conversations whose run kept only some of its tenant's egress rules
+    /// (until the conversation's next run sets or clears it).
+    narrowed: Mutex<HashMap<ConversationRef, Arc<Vec<String>>>>,
+    /// TLS towards intercepted hosts: system roots plus
+    /// `egress.extra_ca_file`.
+    egress_tls: Arc<rustls::ClientConfig>,
     connect_timeout: Duration,
     max_connections: usize,
     max_gateway_requests: usize,
@@ -112,6 +135,10 @@ impl Gateway {
         let p = &cfg.proxy;
         let limits = p.body_limits(cfg.model.max_request_body_mb << 20);
         let spend = Arc::new(SpendLedger::new(cfg));
+        let mut egress_tls = crate::upstream_tls::client_config(&cfg.egress.extra_ca_file)?;
+        egress_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let egress = Egress::from_config(cfg)?;
+        let ca = egress.load_ca(cfg)?;
         Ok(Self {
             model: ModelGateway::new(&cfg.model, limits, api_key, aws_env, spend)?,
             resolver: dns::Resolver::new(
@@ -119,7 +146,11 @@ impl Gateway {
                 Duration::from_secs(p.dns_cache_ttl_secs),
             ),
             forward_limits: p.body_limits(u64::MAX),
-            egress: std::sync::RwLock::new(Arc::new(Egress::from_config(cfg)?)),
+            egress: std::sync::RwLock::new(Arc::new(egress)),
+            ca: std::sync::RwLock::new(ca),
+            narrowed: Mutex::default(),
+            reloads: watch::channel(0).0,
+            egress_tls: Arc::new(egress_tls),
             connect_timeout: Duration::from_secs(p.connect_timeout_secs),
             max_connections: p.max_connections_per_container,
             max_gateway_requests: p.max_gateway_requests_per_container,
@@ -134,14 +165,22 @@ impl Gateway {
         })
     }
 
-    /// Takes the egress rules (allowlists, ports, private ranges, fixed
-    /// DNS answers) of a reloaded config: every request from now on
-    /// follows them, on open sockets too. Tunnels already open stay open.
+    /// Takes the egress rules (allowlists, rules, credentials re-read,
+    /// ports, private ranges, fixed DNS answers) of a reloaded config:
+    /// every request from now on follows them, on open sockets and inside
+    /// intercepted connections too; open tunnels to a destination the new
+    /// rules refuse are closed.
     pub fn reload_egress(&self, cfg: &Config) -> Result<(), ProxyError> {
         let egress = Egress::from_config(cfg)?;
         let overrides = cfg.proxy.resolve_overrides()?;
+        if self.ca().is_none() {
+            if let Some(ca) = egress.load_ca(cfg)? {
+                *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Some(ca);
+            }
+        }
         *self.egress.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(egress);
         self.resolver.replace_overrides(overrides);
+        self.reloads.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -161,13 +200,79 @@ impl Gateway {
         self.model.outcomes()
     }
 
-    /// The policy for a tenant's request, as the rules stand now.
-    fn policy(&self, tenant_id: &str) -> Arc<Policy> {
-        let egress = self
-            .egress
+    /// Loads the local CA, or makes it on the first start: the daemon
+    /// always has one, so every container trusts it from its creation and
+    /// rules added later by SIGHUP need no new containers.
+    pub fn ensure_ca(&self, cfg: &Config) -> Result<(), ProxyError> {
+        if self.ca().is_none() {
+            let ca = ca::LocalCa::load_or_create(&cfg.egress.ca_dir)?;
+            *self.ca.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(ca));
+        }
+        Ok(())
+    }
+
+    /// The local CA, once loaded.
+    pub fn ca(&self) -> Option<Arc<ca::LocalCa>> {
+        self.ca.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn egress(&self) -> Arc<Egress> {
+        self.egress
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// A brokered credential as the config now stands.
+    fn brokered(&self, name: &str) -> Option<Arc<brokered::Brokered>> {
+        self.egress().credentials.get(name)
+    }
+
+    /// Sets (or, with `None`, clears) the egress rules a conversation's
+    /// runs keep: only the named rules of its tenant, and no allowlist, so
+    /// a narrowed run never reaches more than its tenant's rules did.
+    pub fn narrow_conversation(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        names: Option<Vec<String>>,
+    ) {
+        let key = (tenant_id.to_owned(), conversation_id.to_owned());
+        let mut narrowed = self.narrowed.lock().unwrap_or_else(|e| e.into_inner());
+        match names {
+            Some(names) => narrowed.insert(key, Arc::new(names)),
+            None => narrowed.remove(&key),
+        };
+    }
+
+    /// The first of `names` that is none of the tenant's rules.
+    pub fn unknown_egress_rule(&self, tenant_id: &str, names: &[String]) -> Option<String> {
+        let policy = self.policy(tenant_id);
+        names
+            .iter()
+            .find(|n| !policy.rules().iter().any(|r| &r.name == *n))
+            .cloned()
+    }
+
+    /// The policy for a container's request: its tenant's, narrowed by its
+    /// conversation's run option.
+    fn policy_for(&self, ctx: &ProxyContext) -> Arc<Policy> {
+        let policy = self.policy(&ctx.tenant_id);
+        let names = self
+            .narrowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ctx.tenant_id.clone(), ctx.conversation_id.clone()))
+            .cloned();
+        match names {
+            Some(names) => Arc::new(policy.narrowed(&names, false)),
+            None => policy,
+        }
+    }
+
+    /// The policy for a tenant's request, as the rules stand now.
+    fn policy(&self, tenant_id: &str) -> Arc<Policy> {
+        let egress = self.egress();
         egress
             .policies
             .get(tenant_id)
@@ -223,12 +328,17 @@ impl Gateway {
     }
 }
 
+/// A conversation, as (tenant id, conversation id).
+type ConversationRef = (String, String);
+
 /// The forward proxy's rules: one policy per tenant (the global
-/// allowlist plus the tenant's additions) and the global one for
-/// containers of no tenant (the warm pool).
+/// allowlist plus the tenant's additions; the tenant's egress rules, then
+/// the global ones) and the global one for containers of no tenant (the
+/// warm pool), with the brokered credentials of the same config.
 struct Egress {
     policies: HashMap<String, Arc<Policy>>,
     default_policy: Arc<Policy>,
+    credentials: brokered::Credentials,
 }
 
 impl Egress {
@@ -237,6 +347,7 @@ impl Egress {
         let base = p.patterns()?;
         let ports = p.allowed_ports.clone();
         let exempt = p.private_cidrs()?;
+        let global = cfg.egress.rules("egress.rules", &cfg.egress.rules)?;
         let mut policies = HashMap::new();
         for (i, t) in cfg.tenants.iter().enumerate() {
             let mut patterns = base.clone();
@@ -244,15 +355,39 @@ impl Egress {
                 &format!("tenants[{i}].allowed_domains"),
                 &t.allowed_domains,
             )?);
+            let mut rules = cfg
+                .egress
+                .rules(&format!("tenants[{i}].egress_rules"), &t.egress_rules)?;
+            rules.extend(global.iter().cloned());
             policies.insert(
                 t.id.clone(),
-                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone())),
+                Arc::new(Policy::new(patterns, ports.clone(), exempt.clone()).with_rules(rules)),
             );
         }
         Ok(Self {
             policies,
-            default_policy: Arc::new(Policy::new(base, ports, exempt)),
+            default_policy: Arc::new(Policy::new(base, ports, exempt).with_rules(global)),
+            credentials: brokered::Credentials::load(&cfg.egress),
         })
+    }
+
+    /// True when some rule (global or a tenant's) must see inside TLS.
+    fn intercepts(&self) -> bool {
+        self.policies
+            .values()
+            .chain([&self.default_policy])
+            .any(|p| p.rules().iter().any(|r| r.inspects()))
+    }
+
+    /// The local CA, when some rule needs it: loaded, or made at its
+    /// first need.
+    fn load_ca(&self, cfg: &Config) -> Result<Option<Arc<ca::LocalCa>>, ca::CaError> {
+        if !self.intercepts() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(ca::LocalCa::load_or_create(
+            &cfg.egress.ca_dir,
+        )?)))
     }
 }
 
@@ -339,7 +474,11 @@ impl ProxyRegistry {
             old.supervisor.abort();
             let _ = old.container.stop.send(true);
         }
-        let listener = Arc::new(bind_socket(&socket_dir.join(PROXY_SOCKET))?);
+        let bundle = proxy.ca().map(|ca| ca.bundle().as_bytes().to_vec());
+        let listener = Arc::new(bind_socket(
+            &socket_dir.join(PROXY_SOCKET),
+            bundle.as_deref().map(|b| (ca::BUNDLE_FILE, b)),
+        )?);
         let id = ctx.container_id.clone();
         let c = proxy.container(ctx);
         let supervisor = tokio::spawn(supervise(listener, proxy, c.clone()));
@@ -376,8 +515,10 @@ impl ProxyRegistry {
 /// socket path between a bind and a chmod there would turn the daemon's
 /// chmod onto any host file. The socket is bound and opened up in a
 /// daemon-only directory beside the socket directory, then renamed into
-/// place; rename replaces whatever is there and never follows it.
-fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
+/// place; rename replaces whatever is there and never follows it. The CA
+/// bundle for the container's TLS clients (`extra`, a name and its bytes,
+/// world-readable) is placed the same way.
+fn bind_socket(path: &Path, extra: Option<(&str, &[u8])>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = path
         .parent()
@@ -394,6 +535,18 @@ fn bind_socket(path: &Path) -> std::io::Result<UnixListener> {
     // around it (owned by the container user, mode 0700) keeps others out.
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
     std::fs::rename(&staged, path)?;
+    if let Some((name, bytes)) = extra {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let staged = private.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&staged)?;
+        f.write_all(bytes)?;
+        std::fs::rename(&staged, dir.join(name))?;
+    }
     let _ = std::fs::remove_dir(&private);
     Ok(listener)
 }
@@ -467,5 +620,7 @@ async fn serve(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<Containe
     }
 }
 
+#[cfg(test)]
+mod intercept_tests;
 #[cfg(test)]
 mod tests;

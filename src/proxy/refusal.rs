@@ -5,6 +5,7 @@
 use super::spend::BudgetKind;
 use egress_policy::addr::Forbidden;
 use egress_policy::request::HeadError;
+use egress_policy::rules::{PathError, RuleDenied};
 use egress_policy::Denied;
 use http::StatusCode;
 
@@ -36,6 +37,24 @@ pub enum Refusal {
     ForbiddenAddress(Forbidden),
     #[error("{}", Denied::DnsFailed)]
     DnsFailed,
+    #[error("{}", RuleDenied::Method)]
+    RuleMethod,
+    #[error("{}", RuleDenied::Path)]
+    RulePath,
+    #[error("{}", PathError::Ambiguous)]
+    PathAmbiguous,
+    #[error("the request names another host than its CONNECT")]
+    HostMismatch,
+    #[error("closed: the egress rules no longer allow this destination")]
+    ClosedByReload,
+    #[error("brokered credentials go only over TLS")]
+    CredentialNeedsTls,
+    #[error("the destination's certificate or TLS failed verification")]
+    UpstreamTls,
+    #[error("the proxy cannot inspect this connection")]
+    InterceptFailed,
+    #[error("brokered credential unavailable")]
+    BrokeredCredentialUnavailable,
     #[error("cannot connect to destination")]
     ConnectFailed,
     #[error("too many connections from this container")]
@@ -80,6 +99,15 @@ impl Refusal {
             Self::PortNotAllowed => "port_not_allowed",
             Self::ForbiddenAddress(f) => f.reason(),
             Self::DnsFailed => "dns_failed",
+            Self::RuleMethod => "method_not_allowed",
+            Self::RulePath => "path_not_allowed",
+            Self::PathAmbiguous => "path_ambiguous",
+            Self::UpstreamTls => "upstream_tls_failed",
+            Self::HostMismatch => "host_mismatch",
+            Self::ClosedByReload => "closed_by_reload",
+            Self::CredentialNeedsTls => "credential_needs_tls",
+            Self::InterceptFailed => "intercept_failed",
+            Self::BrokeredCredentialUnavailable => "brokered_credential_unavailable",
             Self::ConnectFailed => "connect_failed",
             Self::ConnectionLimit => "connection_limit",
             Self::GatewayPathNotAllowed => "gateway_path_not_allowed",
@@ -99,16 +127,22 @@ impl Refusal {
     /// upstream's trouble 5xx.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Malformed | Self::AmbiguousFraming | Self::EarlyData => StatusCode::BAD_REQUEST,
+            Self::Malformed | Self::AmbiguousFraming | Self::EarlyData | Self::PathAmbiguous => {
+                StatusCode::BAD_REQUEST
+            }
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::HeadTimeout | Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::GatewayBusy => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::DnsFailed | Self::ConnectFailed | Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::ConnectionLimit | Self::CredentialsUnavailable | Self::BufferBudgetExhausted => {
-                StatusCode::SERVICE_UNAVAILABLE
+            Self::DnsFailed | Self::ConnectFailed | Self::UpstreamFailed | Self::UpstreamTls => {
+                StatusCode::BAD_GATEWAY
             }
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectionLimit
+            | Self::CredentialsUnavailable
+            | Self::BufferBudgetExhausted
+            | Self::InterceptFailed
+            | Self::BrokeredCredentialUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -145,6 +179,16 @@ impl From<HeadError> for Refusal {
             HeadError::AmbiguousFraming => Self::AmbiguousFraming,
             HeadError::UpgradeNotAllowed => Self::UpgradeNotAllowed,
             HeadError::SchemeNotAllowed => Self::SchemeNotAllowed,
+        }
+    }
+}
+
+impl From<RuleDenied> for Refusal {
+    fn from(d: RuleDenied) -> Self {
+        match d {
+            RuleDenied::Method => Self::RuleMethod,
+            RuleDenied::Path => Self::RulePath,
+            RuleDenied::Ambiguous(_) => Self::PathAmbiguous,
         }
     }
 }

@@ -511,7 +511,7 @@ async fn a_symlink_at_the_socket_path_is_replaced_never_followed() {
     let path = dir.join("proxy.sock");
     std::os::unix::fs::symlink(&victim, &path).unwrap();
 
-    let _listener = bind_socket(&path).unwrap();
+    let _listener = bind_socket(&path, None).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket(), "{meta:?}");
     assert_eq!(meta.permissions().mode() & 0o777, 0o666);

@@ -1,7 +1,9 @@
 //! The property the fuzz target in `tests/fuzz` checks, shared with a unit
 //! test that runs the fuzz corpus on every `cargo test` (no nightly
 //! needed): for any bytes, parsing a request head and deciding on its host
-//! never panics, and never lets through a host the allowlist does not name.
+//! never panics, and never lets through a host the allowlist does not name;
+//! a path's normal form is a fixed point without dot or empty segments,
+//! and a rule's glob never matches outside its prefix.
 //!
 //! The fuzz crate depends on this crate, so the fuzzer runs exactly the
 //! proxy's policy code without building the whole daemon under a sanitizer.
@@ -10,6 +12,7 @@ use crate::addr::{classify_host, HostKind};
 use crate::hostmatch::{normalize, Pattern};
 use crate::policy::{Destination, Policy};
 use crate::request::{parse_head, Target};
+use crate::rules::{normalize_path, split_target, PathPattern};
 
 /// The allowlist every fuzz input is judged against.
 const ALLOWED: &[&str] = &["allowed.test", "*.wild.test", "203.0.113.9"];
@@ -34,10 +37,42 @@ pub fn check(data: &[u8]) {
         if let Target::Forward { path_and_query, .. } = &head.target {
             assert!(path_and_query.starts_with('/'));
         }
+        if let Target::Forward { path_and_query, .. } | Target::Gateway { path_and_query } =
+            &head.target
+        {
+            if let Ok((path, _)) = split_target(path_and_query) {
+                check_path(&path);
+            }
+        }
     }
-    // The same bytes as a bare host name.
+    // The same bytes as a bare host name, and as a path.
     if let Ok(s) = std::str::from_utf8(data) {
         check_host(&policy, s.trim_end_matches(['\r', '\n']), 443);
+        if let Ok(path) = normalize_path(s) {
+            check_path(&path);
+        }
+    }
+}
+
+/// A normalised path: a fixed point, printable, no dot or empty segment
+/// (but a trailing `/`), and a prefix glob matches only under its prefix.
+fn check_path(path: &str) {
+    assert_eq!(normalize_path(path).as_deref(), Ok(path), "{path:?}");
+    assert!(!path.contains("//"), "{path:?}");
+    assert!(
+        !path.split('/').any(|seg| seg == "." || seg == ".."),
+        "{path:?}"
+    );
+    assert!(path.bytes().all(|b| (0x21..0x7f).contains(&b)), "{path:?}");
+    if let Ok(glob) = PathPattern::parse("/org/a.git/**") {
+        if glob.matches(path) {
+            assert!(path.starts_with("/org/a.git/"), "{path:?}");
+        }
+    }
+    if let Ok(glob) = PathPattern::parse("/org/*/info/refs") {
+        if glob.matches(path) {
+            assert_eq!(path.matches('/').count(), 4, "{path:?}");
+        }
     }
 }
 

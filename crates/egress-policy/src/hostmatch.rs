@@ -113,6 +113,20 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// True when this pattern names `name` (never for an address pattern).
+    pub fn matches_name(&self, name: &HostName) -> bool {
+        match self {
+            Self::Exact(n) => n == name,
+            Self::Subdomains(n) => name
+                .as_str()
+                .strip_suffix(n.as_str())
+                .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
+            Self::Ip(_) => false,
+        }
+    }
+}
+
 /// The names and addresses a container may reach.
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
@@ -204,6 +218,22 @@ mod tests {
         assert!(!allows(&l, "evilgithub.io"), "label boundary");
         assert!(!allows(&l, "github.io.evil.net"));
         assert!(allows(&l, "bücher.de"), "IDNA on both sides");
+    }
+
+    #[test]
+    fn one_pattern_matches_like_the_list() {
+        let wild = Pattern::parse("*.github.io").unwrap();
+        let name = |s: &str| normalize(s).unwrap();
+        assert!(wild.matches_name(&name("a.b.github.io")));
+        assert!(!wild.matches_name(&name("github.io")));
+        assert!(!wild.matches_name(&name("evilgithub.io")));
+        assert!(!wild.matches_name(&name(".github.io".trim_start_matches('.'))));
+        let exact = Pattern::parse("Git.Test").unwrap();
+        assert!(exact.matches_name(&name("git.test")));
+        assert!(!exact.matches_name(&name("a.git.test")));
+        assert!(!Pattern::parse("203.0.113.1")
+            .unwrap()
+            .matches_name(&name("x.test")));
     }
 
     #[test]

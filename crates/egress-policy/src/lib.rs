@@ -2,7 +2,8 @@
 //! its framing rules (`request`), the normal form of host names and the
 //! allowlist (`hostmatch`), IP literal spellings and forbidden address
 //! ranges (`addr`), one tenant's decision built from them (`policy`), and
-//! which model calls the gateway forwards (`gateway_paths`).
+//! which model calls the gateway forwards (`gateway_paths`), and the
+//! egress rules down to method and path (`rules`).
 //!
 //! Its own crate so that the fuzz target (`tests/fuzz`) links exactly what
 //! the proxy runs without building the daemon under a sanitizer, and so
@@ -15,5 +16,6 @@ pub mod gateway_paths;
 pub mod hostmatch;
 pub mod policy;
 pub mod request;
+pub mod rules;
 
-pub use policy::{Denied, Destination, Policy};
+pub use policy::{Access, Denied, Destination, Policy};

@@ -115,6 +115,12 @@ max_concurrent_runs = 1
             t1 = agentbox::token_sha256(TOKEN),
             t2 = agentbox::token_sha256(OTHER_TOKEN),
         );
+        // Each daemon's egress CA in its own directory, never the
+        // host's default one.
+        opts.env.push((
+            "AGENTBOX_EGRESS_CA_DIR".to_owned(),
+            format!("{}/egress-ca", dir.path().display()),
+        ));
         let config_path = dir.path().join("agentbox.toml");
         std::fs::write(&config_path, config).expect("write config");
         let logs = Arc::new(Mutex::new(Vec::new()));

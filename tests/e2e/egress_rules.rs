@@ -1,0 +1,460 @@
+//! Egress rules down to method and path, TLS interception and brokered
+//! credentials, end to end: real dockerd, the real image, the real CLI's
+//! Bash tool. A git server on the host (`git http-backend` behind a small
+//! Python HTTPS server) requires basic auth; one rule brokers that
+//! credential and allows only `org/a.git`. From the agent's Bash, `git
+//! clone` and `git push` of that repository work with no credential in the
+//! container; the other repository on the same host is refused (403,
+//! audited with the rule), and the secret is nowhere in the container.
+
+use crate::harness::*;
+use mock_model::MockModel;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+const SECRET: &str = "git-broker-canary-5e1d9a";
+const GIT_USER: &str = "agent";
+
+/// An HTTPS git server: basic auth, then `git http-backend` as CGI. Prints
+/// its port; logs one line per request it served to `requests.log`.
+const GIT_SERVER: &str = r#"
+import base64, os, ssl, subprocess, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+cert, key, root, user, secret, log = sys.argv[1:7]
+want = "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def serve(self):
+        with open(log, "a") as f:
+            f.write(f"{self.command} {self.path} auth={self.headers.get('Authorization') == want}\n")
+        if self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        path, _, query = self.path.partition("?")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            n = self.headers.get("Content-Length")
+            body = self.rfile.read(int(n)) if n else b""
+        env = dict(os.environ, GIT_PROJECT_ROOT=root, GIT_HTTP_EXPORT_ALL="1",
+                   PATH_INFO=path, QUERY_STRING=query, REQUEST_METHOD=self.command,
+                   CONTENT_TYPE=self.headers.get("Content-Type", ""),
+                   CONTENT_LENGTH=str(len(body)), REMOTE_USER=user, REMOTE_ADDR="127.0.0.1")
+        if self.headers.get("Content-Encoding"):
+            env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        if self.headers.get("Git-Protocol"):
+            env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
+        out = subprocess.run(["git", "http-backend"], input=body, env=env,
+                             capture_output=True).stdout
+        head, sep, rest = out.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, rest = out.partition(b"\n\n")
+        status, headers = 200, []
+        for line in head.decode().splitlines():
+            k, _, v = line.partition(":")
+            if k.lower() == "status":
+                status = int(v.split()[0])
+            elif k:
+                headers.append((k, v.strip()))
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(rest)))
+        self.end_headers()
+        self.wfile.write(rest)
+
+    do_GET = do_POST = serve
+
+    def log_message(self, fmt, *args):
+        pass
+
+srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+/// The git server process; killed when dropped.
+struct GitServer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (its PEM to `ca.pem`, which the daemon trusts upstream) and a
+/// certificate for `git.test` signed by it (`cert.pem`, `key.pem`).
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "e2e git server CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["git.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// Two bare repositories, `org/a.git` and `org/b.git`, one commit each.
+fn repositories(root: &Path) {
+    let seed = root.join("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    run(Command::new("git")
+        .args(["init", "-q", "-b", "main"])
+        .arg(&seed));
+    std::fs::write(seed.join("README"), "seed\n").unwrap();
+    run(Command::new("git").current_dir(&seed).args([
+        "-c",
+        "user.email=e2e@agentbox.invalid",
+        "-c",
+        "user.name=e2e",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "seed",
+    ]));
+    run(Command::new("git")
+        .current_dir(&seed)
+        .args(["add", "README"]));
+    run(Command::new("git").current_dir(&seed).args([
+        "-c",
+        "user.email=e2e@agentbox.invalid",
+        "-c",
+        "user.name=e2e",
+        "commit",
+        "-q",
+        "-m",
+        "readme",
+    ]));
+    for name in ["a", "b"] {
+        let bare = root.join(format!("org/{name}.git"));
+        run(Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&seed)
+            .arg(&bare));
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&bare)
+            .args(["config", "http.receivepack", "true"]));
+    }
+}
+
+fn start_git_server(dir: &Path) -> GitServer {
+    let script = dir.join("git_server.py");
+    std::fs::write(&script, GIT_SERVER).unwrap();
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(dir.join("repos"))
+        .arg(GIT_USER)
+        .arg(SECRET)
+        .arg(dir.join("requests.log"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 must be installed");
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("git server printed {line:?}"));
+    GitServer { child, port }
+}
+
+/// The audit events of one kind in the daemon's log.
+fn audit(daemon: &Daemon, event: &str) -> Vec<Value> {
+    daemon
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            v["fields"]["audit"]
+                .as_str()
+                .and_then(|a| serde_json::from_str::<Value>(a).ok())
+        })
+        .filter(|a| a["event"] == event)
+        .collect()
+}
+
+/// `sh -c CMD` inside the container as `user`.
+fn exec(container: &str, user: &str, cmd: &str) -> (i32, String) {
+    let out = docker(&["exec", "--user", user, container, "sh", "-c", cmd]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn container_of(daemon: &Daemon, conversation: &str) -> String {
+    daemon
+        .container_of(TENANT, conversation)
+        .expect("the conversation has a container")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_clone_and_push_with_a_brokered_credential_only_to_the_allowed_repository() {
+    let _engine = serial::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    repositories(&dir.path().join("repos"));
+    let git = start_git_server(dir.path());
+    let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
+    let extra = format!(
+        r#"
+[proxy]
+allowed_ports = [{port}, 443, 80]
+allow_private_cidrs = ["127.0.0.0/8"]
+
+[proxy.resolve]
+"git.test" = "127.0.0.1"
+
+[egress]
+extra_ca_file = "{dir}/ca.pem"
+
+[[egress.credentials]]
+name = "git-basic"
+format = "basic"
+user = "{GIT_USER}"
+secret_env = "E2E_GIT_SECRET"
+
+[[egress.rules]]
+name = "repo-a"
+host = "git.test"
+methods = ["GET", "POST"]
+paths = ["/org/a.git/info/refs", "/org/a.git/git-upload-pack", "/org/a.git/git-receive-pack"]
+credential = "git-basic"
+"#,
+        port = git.port,
+        dir = dir.path().display(),
+    );
+    let opts = DaemonOptions {
+        pool_min: 1,
+        env: vec![("E2E_GIT_SECRET".to_owned(), SECRET.to_owned())],
+        model_url: mock.url(),
+        api_key: "sk-ant-egress-rules".to_owned(),
+        extra_config: extra,
+    };
+    let daemon = tokio::task::spawn_blocking(move || Daemon::start(opts))
+        .await
+        .expect("daemon start");
+
+    let url = |repo: &str| format!("https://git.test:{}/org/{repo}.git", git.port);
+    let prompt = format!(
+        "!bash cd /workspace && git clone -q {a} a > clone-a.txt 2>&1; echo $? >> clone-a.txt\n\
+         !bash cd /workspace/a && echo agent > AGENT && git add AGENT && git -c user.email=agent@agentbox.invalid -c user.name=agent commit -q -m agent && git push -q origin HEAD:main > ../push-a.txt 2>&1; echo $? >> ../push-a.txt\n\
+         !bash cd /workspace && git clone -q {b} b > clone-b.txt 2>&1; echo $? >> clone-b.txt\n\
+         !bash cd /workspace/a && git push -q {b} HEAD:main > ../push-b.txt 2>&1; echo $? >> ../push-b.txt\n\
+         !text done",
+        a = url("a"),
+        b = url("b"),
+    );
+    let (status, body) =
+        post_message(&daemon, Some(TOKEN), "git", json!({ "prompt": prompt })).await;
+    assert_eq!(status, 200, "{body}");
+    let events = parse_sse(&body);
+    assert!(events.iter().any(|e| e.event == "result"), "{events:#?}");
+    let ws = daemon.workspace(TENANT, "git");
+    let out = |f: &str| read_file(&ws.join(f));
+
+    // Repository a: cloned and pushed, with no credential in the container.
+    assert!(
+        out("clone-a.txt").trim_end().ends_with('0'),
+        "{}",
+        out("clone-a.txt")
+    );
+    assert_eq!(read_file(&ws.join("a/README")), "seed\n");
+    assert!(
+        out("push-a.txt").trim_end().ends_with('0'),
+        "{}",
+        out("push-a.txt")
+    );
+    let log = Command::new("git")
+        .arg("-C")
+        .arg(dir.path().join("repos/org/a.git"))
+        .args(["log", "--format=%s", "-1", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout).trim(),
+        "agent",
+        "the push landed"
+    );
+
+    // Repository b on the same host: refused by the proxy, never reached.
+    for f in ["clone-b.txt", "push-b.txt"] {
+        let text = out(f);
+        assert!(!text.trim_end().ends_with('0'), "{f}: {text}");
+        assert!(text.contains("403"), "{f}: {text}");
+    }
+    let served = read_file(&dir.path().join("requests.log"));
+    assert!(!served.contains("/org/b.git"), "{served}");
+    assert!(
+        served.lines().all(|l| l.ends_with("auth=True")),
+        "every request reached the server with the brokered credential: {served}"
+    );
+    let b_log = Command::new("git")
+        .arg("-C")
+        .arg(dir.path().join("repos/org/b.git"))
+        .args(["log", "--format=%s", "-1", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&b_log.stdout).trim(), "readme");
+
+    // Audited with the rule: allowed requests name the credential, the
+    // refusals the host's rule.
+    let allowed: Vec<Value> = audit(&daemon, "proxy_request_allowed")
+        .into_iter()
+        .filter(|e| e["route"] == "intercept")
+        .collect();
+    assert!(
+        allowed.iter().any(|e| e["rule"] == "repo-a"
+            && e["credential"] == "git-basic"
+            && e["method"] == "POST"),
+        "{allowed:#?}"
+    );
+    let blocked: Vec<Value> = audit(&daemon, "proxy_request_blocked")
+        .into_iter()
+        .filter(|e| e["route"] == "intercept")
+        .collect();
+    assert!(
+        blocked.iter().any(|e| e["reason"] == "path_not_allowed"
+            && e["rule"] == "repo-a"
+            && e["status"] == 403),
+        "{blocked:#?}"
+    );
+
+    // curl, Python's urllib and Node's fetch trust the intercepted host
+    // with no flag (the bundle's variables), and meet the same rules.
+    let container = container_of(&daemon, "git");
+    let refs = format!("{}/info/refs?service=git-upload-pack", url("a"));
+    let other = format!("{}/info/refs?service=git-upload-pack", url("b"));
+    for (tool, cmd) in [
+        ("curl", format!("curl -sS -o /dev/null -w '%{{http_code}}' '{refs}'; echo; curl -sS -o /dev/null -w '%{{http_code}}' '{other}'")),
+        ("python", format!("python3 -c \"import urllib.request as u, urllib.error as e\nfor x in ['{refs}', '{other}']:\n  try: print(u.urlopen(x).status)\n  except e.HTTPError as err: print(err.code)\"")),
+        ("node", format!("node -e \"(async () => {{ for (const x of ['{refs}', '{other}']) console.log((await fetch(x)).status) }})()\"")),
+    ] {
+        let (code, text) = exec(&container, "1000:1000", &cmd);
+        assert_eq!((code, text.split_whitespace().collect::<Vec<_>>()), (0, vec!["200", "403"]), "{tool}: {text}");
+    }
+
+    // The secret is nowhere in the container: files it can write, the
+    // socket directory, and the environment of every process (all run as
+    // the agent user, whose environments it may read).
+    let (code, found) = exec(
+        &container,
+        "1000:1000",
+        &format!(
+            "grep -rl '{SECRET}' /workspace /tmp /run/agentbox 2>/dev/null; \
+             n=0; for e in /proc/[0-9]*/environ; do \
+               if tr '\\0' '\\n' < $e > /tmp/env.$$ 2>/dev/null; then n=$((n+1)); grep -l '{SECRET}' /tmp/env.$$; fi; \
+             done 2>/dev/null; rm -f /tmp/env.$$; echo read=$n"
+        ),
+    );
+    assert_eq!(code, 0, "{found}");
+    let read: usize = found
+        .trim()
+        .strip_prefix("read=")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the secret reached the container: {found}"));
+    assert!(
+        read >= 2,
+        "the agent's and the shell's environments were read: {found}"
+    );
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{GIT_USER}:{SECRET}"))
+    };
+    let (_, found) = exec(
+        &container,
+        "1000:1000",
+        &format!("grep -rl '{basic}' /workspace /tmp /run/agentbox 2>/dev/null; true"),
+    );
+    assert_eq!(
+        found.trim(),
+        "",
+        "the encoded credential reached the container"
+    );
+
+    // A run narrows its tenant's rules, never widens them: a rule the
+    // tenant lacks is a 400; a run that keeps none reaches nothing.
+    let (status, body) = post_message(
+        &daemon,
+        Some(TOKEN),
+        "git",
+        json!({"prompt": "!text hi", "egress_rules": ["repo-a", "not-a-rule"]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not-a-rule"), "{body}");
+    let (status, body) = post_message(
+        &daemon,
+        Some(TOKEN),
+        "git",
+        json!({
+            "prompt": format!("!bash cd /workspace && git ls-remote {} > narrowed.txt 2>&1; echo $? >> narrowed.txt\n!text done", url("a")),
+            "egress_rules": [],
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let narrowed = out("narrowed.txt");
+    assert!(
+        !narrowed.trim_end().ends_with('0') && narrowed.contains("403"),
+        "{narrowed}"
+    );
+
+    for line in daemon.logs() {
+        assert!(
+            !line.contains(SECRET) && !line.contains(&basic),
+            "a credential reached a log line: {line}"
+        );
+    }
+}
