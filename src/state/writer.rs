@@ -297,7 +297,7 @@ mod tests {
             .map(|i| {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let key = ConversationKey::new("t", &format!("conv{i}"));
+                    let key = ConversationKey::new("t", format!("conv{i}"));
                     s.claim(None, "i", IsolationTier::Runc, &key).await
                 })
             })
