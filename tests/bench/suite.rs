@@ -995,7 +995,11 @@ async fn burst(a: &Args) {
 async fn claims(a: &Args) {
     let n = a.size(50, 2);
     let rounds = a.size(a.runs.clamp(1, 5), 1);
-    let env = vec![("AGENTBOX_POOL_MAX_SIZE".to_owned(), (n + 8).to_string())];
+    // Each round's conversations keep their containers: room for all.
+    let env = vec![(
+        "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+        (n * rounds + 8).to_string(),
+    )];
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
     let d = std::sync::Arc::new(d);
     let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
