@@ -1,13 +1,15 @@
 //! Durable daemon state in one redb file: containers and their lifecycle,
 //! conversations and the container and Claude session serving each.
 //!
-//! Every transition is one write transaction, so a crash leaves either the
-//! old or the new record, never half of one; a claim binds container and
-//! conversation in the same transaction. redb calls block on fsync, so the
-//! async wrappers run them on the blocking pool.
+//! Every transition is applied whole in one write transaction, so a crash
+//! leaves either the old or the new record, never half of one; a claim
+//! binds container and conversation in the same transaction. Writes go
+//! through one writer thread that commits the mutations waiting at once
+//! together (`writer.rs`, group commit); reads run on the blocking pool.
 
 mod records;
 mod runs;
+mod writer;
 
 pub use records::{
     conversation_key, Binding, ContainerRecord, ContainerState, ConversationRecord, RunOutcome,
@@ -47,6 +49,16 @@ pub enum StateError {
     /// A blocking database task panicked or was cancelled.
     #[error("state database: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A mutation panicked in the writer; it alone was dropped.
+    #[error("state database: a write panicked")]
+    Panicked,
+    /// The writer thread is gone (the store is being dropped).
+    #[error("state database: the writer stopped")]
+    WriterStopped,
+    /// The transaction holding this write failed as a whole (its begin or
+    /// its commit); no write of its batch was kept.
+    #[error("{0}")]
+    Batch(Arc<StateError>),
     #[error("state database: {0}")]
     Directory(#[source] std::io::Error),
     #[error("state record is corrupt: {0}")]
@@ -96,6 +108,7 @@ pub struct Claim {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    writer: Arc<writer::Writer>,
 }
 
 pub(super) fn get_json<T: serde::de::DeserializeOwned>(
@@ -156,15 +169,21 @@ impl Store {
             txn.open_table(runs::EVENTS)?;
         }
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let writer = Arc::new(writer::Writer::start(db.clone())?);
+        Ok(Self { db, writer })
     }
 
+    /// Applies `f` in a write transaction and returns once that is on
+    /// disk. `f` may share its transaction with other writes queued at the
+    /// same time and may run more than once (`writer.rs`): it must depend
+    /// on the transaction only.
     async fn write<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
     {
-        self.write_with(redb::Durability::Immediate, f).await
+        self.writer.submit(true, f).await
     }
 
     /// A write that skips the disk flush: visible at once, made durable by
@@ -173,27 +192,9 @@ impl Store {
     async fn write_lazy<T, F>(&self, f: F) -> Result<T, StateError>
     where
         T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
     {
-        self.write_with(redb::Durability::None, f).await
-    }
-
-    async fn write_with<T, F>(&self, durability: redb::Durability, f: F) -> Result<T, StateError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&WriteTransaction) -> Result<T, StateError> + Send + 'static,
-    {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let mut txn = db.begin_write()?;
-            txn.set_durability(durability)?;
-            let out = f(&txn)?;
-            txn.commit()?;
-            crate::metrics::state_transaction(crate::metrics::TxKind::Write, started.elapsed());
-            Ok(out)
-        })
-        .await?
+        self.writer.submit(false, f).await
     }
 
     async fn read_all<T>(
@@ -243,14 +244,15 @@ impl Store {
     }
 
     /// Read-modify-write of one conversation in one transaction (created
-    /// when absent); returns the record as written.
+    /// when absent); returns the record as written. `f` is cloned for
+    /// each time the write is applied (see [`Store::write`]).
     pub async fn update_conversation<F>(
         &self,
         key: &ConversationKey,
         f: F,
     ) -> Result<ConversationRecord, StateError>
     where
-        F: FnOnce(&mut ConversationRecord) + Send + 'static,
+        F: FnOnce(&mut ConversationRecord) + Clone + Send + 'static,
     {
         let (tenant, conversation) = (key.tenant_id.as_str(), key.conversation_id.as_str());
         let (tenant, conversation) = (tenant.to_owned(), conversation.to_owned());
@@ -258,7 +260,7 @@ impl Store {
             let key = conversation_key(&tenant, &conversation);
             let mut rec = get_json(txn, CONVERSATIONS, &key)?
                 .unwrap_or_else(|| ConversationRecord::new(&tenant, &conversation));
-            f(&mut rec);
+            (f.clone())(&mut rec);
             put_json(txn, CONVERSATIONS, &key, &rec)?;
             Ok(rec)
         })
@@ -309,7 +311,7 @@ impl Store {
             };
             if !allowed {
                 return Err(StateError::Transition {
-                    name,
+                    name: name.clone(),
                     from: rec.state,
                     to,
                 });
@@ -373,7 +375,7 @@ impl Store {
             let mut conv = get_json(txn, CONVERSATIONS, &key)?.unwrap_or_else(|| {
                 ConversationRecord::new(&binding.tenant_id, &binding.conversation_id)
             });
-            container.binding = Some(binding);
+            container.binding = Some(binding.clone());
             container.last_activity_ms = now;
             conv.container_id = Some(container.name.clone());
             conv.generation += 1;

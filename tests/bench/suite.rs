@@ -18,7 +18,9 @@
 //! - `tiers`: runc and gVisor side by side.
 //! - `burst`: many conversations at once on a small pool, beside a cold
 //!   start measured alone in the same run.
-//! - `claims`: as many runs at once as the pool holds warm containers.
+//! - `claims`: as many runs at once as the pool holds warm containers, in
+//!   rounds; the daemon's steps of those runs and the state commits they
+//!   made (group commit: `src/state/writer.rs`).
 //! - `streaming`: the delay from a model's streamed event to the client's
 //!   `text_delta`, beside the CLI read directly on the host.
 //!
@@ -986,26 +988,65 @@ async fn burst(a: &Args) {
     ));
 }
 
-/// `n` runs at once on a pool of `n` warm containers: claim to the first
-/// byte from the agent (issue target: p99 at most 100 ms).
+/// `n` runs at once on a pool of `n` warm containers, in rounds (`--runs`,
+/// at most 5; the pool refills between them): claim to the first byte
+/// from the agent (issue target: p99 at most 100 ms), the daemon's steps
+/// of those runs, and how many durable state commits each round made.
 async fn claims(a: &Args) {
     let n = a.size(50, 2);
-    let env = vec![("AGENTBOX_POOL_MAX_SIZE".to_owned(), (n + 8).to_string())];
+    let rounds = a.size(a.runs.clamp(1, 5), 1);
+    // Each round's conversations keep their containers: room for all.
+    let env = vec![(
+        "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+        (n * rounds + 8).to_string(),
+    )];
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
-    tokio::task::block_in_place(|| {
-        d.wait_status(900, "the pool filled", |s| {
-            s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
-        })
-    });
     let d = std::sync::Arc::new(d);
-    let (agent, first) = simultaneous(&d, "claim", n).await;
+    let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        tokio::task::block_in_place(|| {
+            d.wait_status(900, "the pool filled", |s| {
+                s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
+            })
+        });
+        let before = state_write_commits(&d);
+        let (a, f) = simultaneous(&d, &format!("claim{round}"), n).await;
+        commits.push(state_write_commits(&d) - before);
+        agent.extend(a);
+        first.extend(f);
+    }
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
         .unwrap_or(0);
     table(&format!("{n} claims at once on a pool of {n} (ms)"));
     row("request -> first byte from the agent", &summarize(agent));
     row("request -> first SSE event", &summarize(first));
-    note(&format!("{cold} of {n} runs started cold"));
+    for (name, samples) in run_steps(&d) {
+        row(&format!("daemon: {name}"), &summarize(samples));
+    }
+    note(&format!(
+        "{cold} of {} runs started cold; {rounds} rounds; state write commits per round of {n} runs \
+         (until all {n} had ended): {commits:?}",
+        n * rounds
+    ));
+}
+
+/// How many write transactions the daemon's state file has committed
+/// (the `agentbox_state_transaction_duration_seconds` count).
+fn state_write_commits(d: &Daemon) -> u64 {
+    let url = format!("http://{}/metrics", d.admin_addr);
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &url])
+        .output()
+        .expect("curl the metrics");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.starts_with("agentbox_state_transaction_duration_seconds_count")
+                && l.contains("kind=\"write\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn now_us() -> u64 {
