@@ -32,9 +32,13 @@
 //! as JSON; see `record.rs`.
 //! - `session`: the session endpoint (the Agent SDK's path) beside the SSE
 //!   API on a warm pool: time to the first message and to the `result`.
+//! - `failover`: two hosts behind HAProxy, one killed mid-run: the time
+//!   until HAProxy takes it out, and until its conversation's next message
+//!   has its first event and its `result` on the other host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod failover;
 #[path = "../e2e/harness/mod.rs"]
 mod harness;
 mod record;
@@ -1279,6 +1283,9 @@ fn main() {
         }
         if a.wants("limit") {
             limit(&a).await;
+        }
+        if a.wants("failover") {
+            failover::failover(&a).await;
         }
     });
     record::save("suite", recorded, a.out.as_deref());

@@ -7,7 +7,7 @@ use agentbox::config::StorageConfig;
 use agentbox::sync::lease::{Lease, Leases};
 use agentbox::sync::store::{ObjectBackend, ObjectStoreBackend};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,96 +17,6 @@ const KEY: &str = "sk-scaleout-test";
 const PREFIX: &str = "shared";
 /// Short leases, so a dead host's conversations move within seconds.
 const SCALEOUT: &str = "[scaleout]\nlease_ttl_secs = 3\n";
-
-/// HAProxy in the foreground with the shipped configuration, listening on
-/// a free loopback port in front of `hosts`.
-struct Balancer {
-    child: std::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Balancer {
-    fn start(hosts: &[&Daemon]) -> Balancer {
-        haproxy_prerequisites();
-        let shipped = std::fs::read_to_string(repo_root().join("appliance/haproxy/haproxy.cfg"))
-            .expect("the shipped HAProxy configuration");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        // Only what differs on a test machine: no syslog socket, a loopback
-        // port, the two daemons as servers.
-        let mut cfg = String::new();
-        for line in shipped.lines() {
-            let t = line.trim_start();
-            if t.starts_with("log /dev/log") || t.starts_with("server ") {
-                continue;
-            }
-            if t.starts_with("bind ") {
-                cfg.push_str(&format!("    bind 127.0.0.1:{port}\n"));
-                continue;
-            }
-            cfg.push_str(line);
-            cfg.push('\n');
-        }
-        for (i, d) in hosts.iter().enumerate() {
-            cfg.push_str(&format!("    server host-{i} {} check\n", d.addr));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, cfg).unwrap();
-        let child = std::process::Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start haproxy");
-        Balancer {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-
-    /// The host that answers for `conversation` now.
-    async fn host_of(&self, conversation: &str) -> Option<String> {
-        let resp = client()
-            .get(format!("{}/v1/conversations/{conversation}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?;
-        resp.headers()
-            .get("x-agentbox-host")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    }
-
-    /// Posts a message through the balancer; the answer as it comes.
-    async fn post(&self, conversation: &str, prompt: &str) -> reqwest::Response {
-        post_message(&self.url, conversation, prompt).await
-    }
-
-    /// A message through the balancer: the serving host and the SSE body.
-    async fn message(&self, conversation: &str, prompt: &str) -> (String, String) {
-        let resp = self.post(conversation, prompt).await;
-        assert_eq!(resp.status(), 200, "{conversation}");
-        let host = resp.headers()["x-agentbox-host"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        (host, resp.text().await.unwrap())
-    }
-}
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Waits (bounded) until `conversation` is answered by `host`.
 async fn until_served_by(lb: &Balancer, conversation: &str, host: &str, secs: u64) {
@@ -118,16 +28,6 @@ async fn until_served_by(lb: &Balancer, conversation: &str, host: &str, secs: u6
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn post_message(base: &str, conversation: &str, prompt: &str) -> reqwest::Response {
-    client()
-        .post(format!("{base}/v1/conversations/{conversation}/messages"))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "prompt": prompt }))
-        .send()
-        .await
-        .unwrap()
 }
 
 /// The shared bucket as the test reads it, through the daemon's own
@@ -290,7 +190,7 @@ async fn conversations_survive_their_host_and_never_run_on_two() {
     running
         .wait_for(120, "the slow run's tool call", |e| e.event == "tool_use")
         .await;
-    let refused = post_message(&format!("http://{}", a.addr), twice, "!text twice").await;
+    let refused = post_prompt(&format!("http://{}", a.addr), twice, "!text twice").await;
     assert_eq!(refused.status(), 409);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(
