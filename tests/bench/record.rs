@@ -179,7 +179,10 @@ pub fn save(name: &str, started: Started, out: Option<&str>) {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |kib| kib / 1024);
     let context = Context {
-        command: std::env::args().collect(),
+        command: std::env::args()
+            .enumerate()
+            .map(|(i, a)| if i == 0 { from_target(&a) } else { a })
+            .collect(),
         commit: started.commit,
         dirty: started.dirty,
         started_unix: started.started_unix,
@@ -223,4 +226,12 @@ pub fn save(name: &str, started: Started, out: Option<&str>) {
 
 fn context_time(doc: &serde_json::Value) -> u64 {
     doc["context"]["started_unix"].as_u64().unwrap_or(0)
+}
+
+/// The bench binary as `target/...`: the results name no checkout's path.
+fn from_target(arg0: &str) -> String {
+    match arg0.rfind("/target/") {
+        Some(i) => arg0[i + 1..].to_owned(),
+        None => arg0.to_owned(),
+    }
 }
