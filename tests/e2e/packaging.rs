@@ -305,8 +305,8 @@ fn struct_keys(prefix: &str, probe_table: impl Fn(&str) -> String) -> BTreeSet<S
         .collect()
 }
 
-/// The example with every commented `key = value` line and `[[tenants]]`
-/// uncommented: the full set of keys it documents.
+/// The example with every commented `key = value` line and `[[...]]`
+/// table header uncommented: the full set of keys it documents.
 fn uncommented(example: &str) -> String {
     example
         .lines()
@@ -316,7 +316,8 @@ fn uncommented(example: &str) -> String {
                 k.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             });
-            if body != l && (is_setting || body == "[[tenants]]") {
+            let is_array_table = body.starts_with("[[") && body.ends_with("]]");
+            if body != l && (is_setting || is_array_table) {
                 body.to_owned()
             } else {
                 l.to_owned()
