@@ -227,7 +227,7 @@ impl Leases {
             }
         }
         let deadline = tokio::time::Instant::now() + self.ttl + POLL;
-        let mut first_seen: Option<u64> = None;
+        let mut wait = Wait::until(deadline);
         loop {
             let now = now_ms();
             let current = self.read_raw(tenant, conversation).await?;
@@ -240,16 +240,7 @@ impl Leases {
                 }
                 Some((Some(lease), v)) => {
                     if lease.holder != self.instance && lease.live(now) {
-                        let renewed = first_seen.is_some_and(|e| lease.expires_ms > e);
-                        if renewed || tokio::time::Instant::now() >= deadline {
-                            return Err(LeaseError::HeldElsewhere {
-                                expires_in_ms: lease.expires_ms.saturating_sub(now),
-                                holder: lease.holder,
-                            });
-                        }
-                        first_seen.get_or_insert(lease.expires_ms);
-                        let left = Duration::from_millis(lease.expires_ms - now);
-                        tokio::time::sleep(left.min(POLL)).await;
+                        wait.out(lease, now).await?;
                         continue;
                     }
                     (Condition::Unchanged(v), Some(lease))
@@ -290,8 +281,7 @@ impl Leases {
         conversation: &str,
         run: u64,
     ) -> Result<Option<String>, LeaseError> {
-        let deadline = tokio::time::Instant::now() + self.ttl + POLL;
-        let mut first_seen: Option<u64> = None;
+        let mut wait = Wait::until(tokio::time::Instant::now() + self.ttl + POLL);
         loop {
             let Some((lease, _)) = self.read(tenant, conversation).await? else {
                 return Ok(None);
@@ -303,16 +293,7 @@ impl Leases {
             if !lease.live(now) {
                 return Ok(Some(lease.holder));
             }
-            let renewed = first_seen.is_some_and(|e| lease.expires_ms > e);
-            if renewed || tokio::time::Instant::now() >= deadline {
-                return Err(LeaseError::HeldElsewhere {
-                    expires_in_ms: lease.expires_ms.saturating_sub(now),
-                    holder: lease.holder,
-                });
-            }
-            first_seen.get_or_insert(lease.expires_ms);
-            let left = Duration::from_millis(lease.expires_ms - now);
-            tokio::time::sleep(left.min(POLL)).await;
+            wait.out(lease, now).await?;
         }
     }
 
@@ -397,6 +378,38 @@ impl Leases {
             }
         }
         self.remember(key, None);
+    }
+}
+
+/// Waiting out another host's live lease: a holder seen renewing it (its
+/// expiry moved on) is alive, and so is one still holding it at the
+/// deadline; either refuses with `HeldElsewhere`.
+struct Wait {
+    deadline: tokio::time::Instant,
+    first_seen: Option<u64>,
+}
+
+impl Wait {
+    fn until(deadline: tokio::time::Instant) -> Self {
+        Self {
+            deadline,
+            first_seen: None,
+        }
+    }
+
+    /// Sleeps towards the lease's expiry (one poll at most), or refuses.
+    async fn out(&mut self, lease: Lease, now: u64) -> Result<(), LeaseError> {
+        let renewed = self.first_seen.is_some_and(|e| lease.expires_ms > e);
+        if renewed || tokio::time::Instant::now() >= self.deadline {
+            return Err(LeaseError::HeldElsewhere {
+                expires_in_ms: lease.expires_ms.saturating_sub(now),
+                holder: lease.holder,
+            });
+        }
+        self.first_seen.get_or_insert(lease.expires_ms);
+        let left = Duration::from_millis(lease.expires_ms.saturating_sub(now));
+        tokio::time::sleep(left.min(POLL)).await;
+        Ok(())
     }
 }
 
