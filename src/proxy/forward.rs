@@ -10,64 +10,21 @@ use super::body::{Guarded, Verdict};
 use super::decision::{Decision, Route};
 use super::io::has_pending_input;
 use super::policy::{Destination, Policy};
+use super::reach::{closed_when, connect_checked, strip_hop_by_hop, CONNECT_OK};
 use super::refusal::Refusal;
 use super::{ContainerProxy, Gateway, ProxyBody};
 use bytes::Bytes;
 use egress_policy::Access;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::TokioIo;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Tunnel copy buffers: larger than tokio's 8 KiB default, for throughput.
 const TUNNEL_BUF: usize = 64 * 1024;
-pub(super) const CONNECT_OK: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
-
-/// Headers that describe one hop; never forwarded in either direction.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Resolves (once) and checks, then connects to a checked address.
-pub(super) async fn connect_checked(
-    proxy: &Gateway,
-    policy: &Policy,
-    dest: &Destination,
-    port: u16,
-) -> Result<TcpStream, Refusal> {
-    let ips: Vec<IpAddr> = match dest {
-        Destination::Ip(ip) => vec![*ip],
-        Destination::Name(name) => proxy
-            .resolver
-            .resolve(name.as_str())
-            .await
-            .map_err(|_| Refusal::DnsFailed)?,
-    };
-    policy.check_addrs(&ips)?;
-    for ip in ips {
-        let addr = SocketAddr::new(ip, port);
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(proxy.connect_timeout, TcpStream::connect(addr)).await
-        {
-            let _ = s.set_nodelay(true);
-            return Ok(s);
-        }
-    }
-    Err(Refusal::ConnectFailed)
-}
 
 /// Serves a CONNECT: `early` is true when bytes followed the head in the
 /// first read. A host whose rules must see inside is intercepted; any
@@ -163,24 +120,6 @@ where
         }
     }
     decision
-}
-
-/// Resolves once a reload leaves the container's policy refusing
-/// `host:port` outright.
-pub(super) async fn revoked(proxy: &Gateway, c: &ContainerProxy, host: &str, port: u16) {
-    closed_when(proxy, c, |p: &Policy| p.check_target(host, port).is_ok()).await
-}
-
-/// Resolves once a reload (or a run's narrowing, read at the next reload)
-/// makes `still` false for the container's policy; never otherwise.
-async fn closed_when(proxy: &Gateway, c: &ContainerProxy, still: impl Fn(&Policy) -> bool) {
-    let mut reloads = proxy.reloads.subscribe();
-    while reloads.changed().await.is_ok() {
-        if !still(&proxy.policy_for(&c.ctx)) {
-            return;
-        }
-    }
-    std::future::pending().await
 }
 
 /// The audit reason of a blind decision: the allowlist's own names stay
@@ -301,49 +240,9 @@ async fn forward_http(
     Ok((Response::from_parts(parts, body.boxed()), dest, rule))
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all("connection")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-}
-
 /// A body from static text, for answers the proxy writes itself.
 pub(super) fn text_body(text: String) -> ProxyBody {
     http_body_util::Full::new(Bytes::from(text))
         .map_err(|never| match never {})
         .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            "proxy-authorization",
-            HeaderValue::from_static("Basic eA=="),
-        );
-        h.insert("accept", HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("accept"));
-    }
 }

@@ -9,7 +9,7 @@
 use super::body::{self, BoxError, Guarded, Share, Verdict};
 use super::credentials::{AwsEnv, CredentialChain};
 use super::decision::{Decision, Route};
-use super::forward::strip_hop_by_hop;
+use super::reach::strip_hop_by_hop;
 use super::refusal::Refusal;
 use super::spend::{MeteredBody, Payer, SpendLedger};
 use super::upstream_outcome::{self, UpstreamFailure, UpstreamOutcomes, WatchedBody, Watcher};

@@ -14,8 +14,8 @@
 use super::body::{Guarded, Verdict};
 use super::brokered;
 use super::decision::{Decision, Route};
-use super::forward::{self, strip_hop_by_hop};
 use super::policy::{Destination, Policy};
+use super::reach::{self, strip_hop_by_hop};
 use super::refusal::Refusal;
 use super::{ContainerProxy, Gateway, ProxyBody};
 use egress_policy::hostmatch::normalize;
@@ -104,7 +104,7 @@ where
             return refused(why);
         }
     };
-    if client.write_all(forward::CONNECT_OK).await.is_err() {
+    if client.write_all(reach::CONNECT_OK).await.is_err() {
         return refused(Refusal::Malformed);
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(server_cfg);
@@ -142,7 +142,7 @@ where
         .serve_connection(TokioIo::new(tls), svc);
     // A reload that no longer allows the host at all closes the connection.
     let host = target.dest.host();
-    let revoked = super::forward::revoked(proxy, c, &host, port);
+    let revoked = reach::revoked(proxy, c, &host, port);
     tokio::select! {
         _ = served => {}
         () = revoked => {
@@ -385,7 +385,7 @@ async fn send(
 
 /// A verified TLS connection to a checked address of the destination.
 async fn connect(proxy: &Gateway, policy: &Policy, target: &Target) -> Result<Upstream, Refusal> {
-    let tcp = forward::connect_checked(proxy, policy, &target.dest, target.port).await?;
+    let tcp = reach::connect_checked(proxy, policy, &target.dest, target.port).await?;
     handshake(proxy, &target.dest, tcp).await
 }
 

@@ -28,6 +28,7 @@ mod forward;
 mod gateway;
 mod intercept;
 mod io;
+mod reach;
 mod refusal;
 mod sigv4;
 pub mod spend;
