@@ -207,21 +207,6 @@ fn start_git_server(dir: &Path) -> GitServer {
     GitServer { child, port }
 }
 
-/// The audit events of one kind in the daemon's log.
-fn audit(daemon: &Daemon, event: &str) -> Vec<Value> {
-    daemon
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            v["fields"]["audit"]
-                .as_str()
-                .and_then(|a| serde_json::from_str::<Value>(a).ok())
-        })
-        .filter(|a| a["event"] == event)
-        .collect()
-}
-
 /// `sh -c CMD` inside the container as `user`.
 fn exec(container: &str, user: &str, cmd: &str) -> (i32, String) {
     let out = docker(&["exec", "--user", user, container, "sh", "-c", cmd]);
@@ -350,7 +335,8 @@ credential = "git-basic"
 
     // Audited with the rule: allowed requests name the credential, the
     // refusals the host's rule.
-    let allowed: Vec<Value> = audit(&daemon, "proxy_request_allowed")
+    let allowed: Vec<Value> = daemon
+        .logged_audit("proxy_request_allowed")
         .into_iter()
         .filter(|e| e["route"] == "intercept")
         .collect();
@@ -360,7 +346,8 @@ credential = "git-basic"
             && e["method"] == "POST"),
         "{allowed:#?}"
     );
-    let blocked: Vec<Value> = audit(&daemon, "proxy_request_blocked")
+    let blocked: Vec<Value> = daemon
+        .logged_audit("proxy_request_blocked")
         .into_iter()
         .filter(|e| e["route"] == "intercept")
         .collect();

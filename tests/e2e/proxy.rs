@@ -9,7 +9,7 @@
 use crate::harness::*;
 use mock_model::sigv4::AwsKey;
 use mock_model::MockModel;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,21 +52,6 @@ async fn run_ok(daemon: &Daemon, conversation: &str, prompt: &str) -> Vec<SseEve
         .unwrap_or_else(|| panic!("no result: {events:#?}"));
     assert_eq!(result.data["is_error"], false, "{events:#?}");
     events
-}
-
-/// The audit events of one kind in the daemon's log.
-fn audit(daemon: &Daemon, event: &str) -> Vec<Value> {
-    daemon
-        .logs()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| {
-            v["fields"]["audit"]
-                .as_str()
-                .and_then(|a| serde_json::from_str::<Value>(a).ok())
-        })
-        .filter(|a| a["event"] == event)
-        .collect()
 }
 
 fn assert_never_logged(daemon: &Daemon, secrets: &[&str]) {
@@ -403,7 +388,7 @@ allow_private_cidrs = ["127.0.0.0/8"]
     assert!(out.starts_with("ERR"), "{out}");
 
     // One audit event per decision, with who, where, why and bytes.
-    let blocked = audit(&daemon, "proxy_request_blocked");
+    let blocked = daemon.logged_audit("proxy_request_blocked");
     let evil = blocked
         .iter()
         .find(|a| a["host"] == "evil.test" && a["route"] == "connect")
@@ -431,7 +416,7 @@ allow_private_cidrs = ["127.0.0.0/8"]
             .any(|a| a["reason"] == "ip_literal_not_allowed"),
         "{blocked:#?}"
     );
-    let allowed = audit(&daemon, "proxy_request_allowed");
+    let allowed = daemon.logged_audit("proxy_request_allowed");
     let tunnel = allowed
         .iter()
         .find(|a| a["host"] == "allowed.test" && a["route"] == "connect")
@@ -460,7 +445,7 @@ allow_private_cidrs = ["127.0.0.0/8"]
     );
     run_ok(&daemon, "egress", &prompt).await;
     assert_eq!(read_file(&ws.join("after-kill.txt")), "proxy came back");
-    let restarts = audit(&daemon, "proxy_task_restarted");
+    let restarts = daemon.logged_audit("proxy_task_restarted");
     assert!(
         restarts
             .iter()
@@ -576,7 +561,7 @@ async fn bedrock_mode_completes_a_write_through_the_signing_gateway() {
     for secret in [AWS_KEY_ID, AWS_SECRET, AWS_TOKEN] {
         assert!(!env.contains(secret), "{env}");
     }
-    let gw = audit(&daemon, "proxy_request_allowed");
+    let gw = daemon.logged_audit("proxy_request_allowed");
     assert!(
         gw.iter().any(|a| a["credential"] == "aws_sigv4:env"),
         "{gw:#?}"

@@ -396,6 +396,21 @@ pub async fn start_with_mock_env(
 
 impl Daemon {
     /// The audit events written so far (one JSON object a line).
+    /// The audit events of one kind as the daemon logged them (the
+    /// `audit` field of its tracing lines).
+    pub fn logged_audit(&self, event: &str) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| {
+                v["fields"]["audit"]
+                    .as_str()
+                    .and_then(|a| serde_json::from_str::<Value>(a).ok())
+            })
+            .filter(|a| a["event"] == event)
+            .collect()
+    }
+
     pub fn audit_events(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("audit.log"))
             .unwrap_or_default()
