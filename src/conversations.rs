@@ -158,6 +158,7 @@ impl Conversations {
         options: SessionOptions,
         lines: SessionLines,
         max_concurrent_runs: Option<usize>,
+        egress_rules: Option<Vec<String>>,
     ) -> Result<Arc<LiveRun>, ConversationError> {
         if let Some(max) = max_concurrent_runs {
             if self.executor.hub().running_for(&key.tenant_id) >= max {
@@ -168,7 +169,10 @@ impl Conversations {
             }
         }
         tracing::info!(message = "Session requested.", tenant_id = %key.tenant_id, conversation_id = %key.conversation_id);
-        Ok(self.executor.start_session(key, options, lines).await?)
+        Ok(self
+            .executor
+            .start_session(key, options, lines, egress_rules)
+            .await?)
     }
 
     pub(crate) async fn show(
@@ -301,6 +305,8 @@ impl Conversations {
             .ok_or(ConversationError::Busy)?;
         orchestrator.release_conversation(key).await?;
         orchestrator.store().delete_conversation(key).await?;
+        // Its container is gone: no request can come under its narrowing.
+        orchestrator.gateway().narrow_conversation(tenant, id, None);
         let purged = if purge {
             let objects = self
                 .executor
@@ -394,6 +400,22 @@ mod tests {
             Err(ConversationError::NotFound)
         ));
         assert!(core.store.runs(&key("c"), 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_forgets_the_conversations_egress_narrowing() {
+        let core = core(|_| {});
+        let svc = service(&core);
+        let live = svc
+            .send_narrowed(key("c"), prompt("hi"), None, Some(vec![]))
+            .await
+            .unwrap();
+        finish(&core, "c", live).await;
+        let gateway = core.orchestrator.gateway();
+        let (tenant, conv) = (&key("c").tenant_id, &key("c").conversation_id);
+        assert_eq!(gateway.narrowing(tenant, conv), Some(vec![]));
+        svc.delete(&key("c"), false).await.unwrap();
+        assert_eq!(gateway.narrowing(tenant, conv), None);
     }
 
     #[tokio::test]

@@ -109,6 +109,7 @@ pub async fn serve(cfg: Config, config_path: Option<PathBuf>) -> Result<(), Daem
     // Before anything that emits audit events (reconcile at start-up).
     crate::metrics::count_audit_events();
     crate::admin::recent::keep_audit_events();
+    crate::admin::rule_tally::count_rule_decisions();
     let t = &cfg.telemetry;
     crate::audit::install(crate::audit::AuditFile::open(
         &t.audit_path,

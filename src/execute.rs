@@ -141,13 +141,7 @@ impl Executor {
         egress_rules: Option<Vec<String>>,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
         let mut steps = steps::RunSteps::start();
-        let (guard, live, tx) = self.begin(&key).await?;
-        // Under the conversation's lock: no other run of it can be going.
-        self.orchestrator.gateway().narrow_conversation(
-            &key.tenant_id,
-            &key.conversation_id,
-            egress_rules,
-        );
+        let (guard, live, tx) = self.begin(&key, egress_rules).await?;
         steps.mark("admit");
         let this = self.clone();
         let interrupts = live.clone();
@@ -181,11 +175,13 @@ impl Executor {
     /// How every run and session begins: admitted (not while the daemon
     /// drains, not on a state disk too full to record it, not while the
     /// engine is down), the conversation's lock taken, its lease taken
-    /// (not while another host runs it), a new run recorded.
-    /// Its events go to the returned sender.
+    /// (not while another host runs it), a new run recorded, and the
+    /// conversation's egress narrowed to `egress_rules` (`None`: all of
+    /// its tenant's rules). Its events go to the returned sender.
     async fn begin(
         &self,
         key: &ConversationKey,
+        egress_rules: Option<Vec<String>>,
     ) -> Result<(RunHold, Arc<LiveRun>, mpsc::Sender<AgentEvent>), ExecuteError> {
         let admitted = self.drain.admit().await.ok_or(ExecuteError::ShuttingDown)?;
         self.admissible().await?;
@@ -199,6 +195,12 @@ impl Executor {
         let lease = self.take_lease(key).await?;
         let store = self.orchestrator.store().clone();
         let run = store.begin_run(key).await?;
+        // Under the conversation's lock: no other run of it can be going.
+        self.orchestrator.gateway().narrow_conversation(
+            &key.tenant_id,
+            &key.conversation_id,
+            egress_rules,
+        );
         // The recorder never waits on the disk, so a short queue keeps up;
         // it bounds what is in flight, where events are parsed values.
         let (tx, rx) = mpsc::channel(16);

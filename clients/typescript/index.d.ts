@@ -14,6 +14,8 @@ export interface AgentboxSpawnerOptions {
   closeTimeoutMs?: number;
   /** One line either way at most (8 MiB). */
   maxMessageBytes?: number;
+  /** Only these of the tenant's egress rules for the session (docs/api.md). */
+  egressRules?: string[];
 }
 
 /** A `spawnClaudeCodeProcess` that runs the agent in agentbox. */
@@ -34,6 +36,7 @@ export function sessionUrl(
   baseUrl: string,
   conversationId: string,
   options: Record<string, unknown>,
+  egressRules?: string[],
 ): string;
 
 export class AgentboxError extends Error {}

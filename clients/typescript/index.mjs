@@ -29,8 +29,9 @@ export function agentboxSpawner({
   openTimeoutMs = 60_000,
   closeTimeoutMs = 10_000,
   maxMessageBytes = 8 * 1024 * 1024,
+  egressRules,
 }) {
-  const limits = { openTimeoutMs, closeTimeoutMs, maxMessageBytes };
+  const limits = { openTimeoutMs, closeTimeoutMs, maxMessageBytes, egressRules };
   return (spawn) => new AgentboxProcess(baseUrl, token, conversationId, spawn, limits);
 }
 
@@ -47,11 +48,15 @@ export function agentboxOptions(options) {
   };
 }
 
-/** The session URL for `conversationId` with `options` (ws:// or wss://). */
-export function sessionUrl(baseUrl, conversationId, options) {
+/**
+ * The session URL for `conversationId` with `options` (ws:// or wss://);
+ * `egressRules` narrows the session's egress to those of the tenant's rules.
+ */
+export function sessionUrl(baseUrl, conversationId, options, egressRules) {
   const url = new URL(`/v1/conversations/${encodeURIComponent(conversationId)}/session`, baseUrl);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   url.searchParams.set('options', JSON.stringify(options));
+  if (egressRules != null) url.searchParams.set('egress_rules', egressRules.join(','));
   return url.toString();
 }
 
@@ -85,7 +90,7 @@ class AgentboxProcess extends EventEmitter {
       process.nextTick(() => this.fail(e));
       return;
     }
-    this.ws = new WebSocket(sessionUrl(baseUrl, conversationId, options), {
+    this.ws = new WebSocket(sessionUrl(baseUrl, conversationId, options, limits.egressRules), {
       headers: { authorization: `Bearer ${token}` },
       handshakeTimeout: limits.openTimeoutMs,
       maxPayload: limits.maxMessageBytes,

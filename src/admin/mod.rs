@@ -20,6 +20,7 @@ mod health;
 mod hosts;
 mod page;
 pub(crate) mod recent;
+pub(crate) mod rule_tally;
 mod stats;
 pub(crate) mod view;
 

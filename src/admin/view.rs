@@ -36,6 +36,9 @@ pub(crate) struct StatusView {
     pub spend: Vec<TenantSpendView>,
     /// Which host holds which conversation, from the leases in the bucket.
     pub hosts: super::hosts::HostsView,
+    /// Each tenant's egress rules, in the order they are tried, with how
+    /// often each let requests through and refused them since start-up.
+    pub egress_rules: Vec<super::rule_tally::TenantRulesView>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -137,6 +140,7 @@ pub(crate) async fn build(admin: &Admin) -> Result<StatusView, OrchestratorError
             .hosts
             .get(o.cfg().tenants.iter().map(|t| t.id.clone()).collect())
             .await,
+        egress_rules: super::rule_tally::view(&o.cfg()),
     })
 }
 

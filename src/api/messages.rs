@@ -43,12 +43,7 @@ pub(super) async fn post_message(
     }
     req.options.validate().map_err(ApiError::BadRequest)?;
     if let Some(names) = &req.egress_rules {
-        if let Some(name) = state.conversations.unknown_egress_rule(&tenant.id, names) {
-            return Err(ApiError::BadRequest(format!(
-                "egress_rules: no egress rule of this tenant is named {:?}",
-                name.chars().take(64).collect::<String>()
-            )));
-        }
+        super::check_egress_rules(&state, &tenant.id, names)?;
     }
     let key = ConversationKey {
         tenant_id: tenant.id,

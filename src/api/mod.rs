@@ -113,6 +113,18 @@ async fn served_by(
     resp
 }
 
+/// A run's or session's narrowing names only rules its tenant has: a
+/// misspelt name is the caller's mistake, not a silently narrower run.
+fn check_egress_rules(state: &AppState, tenant: &str, names: &[String]) -> Result<(), ApiError> {
+    match state.conversations.unknown_egress_rule(tenant, names) {
+        Some(name) => Err(ApiError::BadRequest(format!(
+            "egress_rules: no egress rule of this tenant is named {:?}",
+            name.chars().take(64).collect::<String>()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// 200 while a new run would start; else the 503 a run would get
 /// (`shutting_down`, `state_disk_full`, `runtime_unavailable`), so a load
 /// balancer sends conversations elsewhere. No auth: it names no tenant.

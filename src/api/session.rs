@@ -38,6 +38,10 @@ const MAX_CLOSE_REASON: usize = 120;
 pub(super) struct SessionQuery {
     #[serde(default)]
     options: Option<String>,
+    /// Names of the tenant's egress rules the session keeps, separated by
+    /// commas (rule names have none); empty keeps none. Absent: all.
+    #[serde(default)]
+    egress_rules: Option<String>,
 }
 
 pub(super) async fn get_session(
@@ -58,6 +62,15 @@ pub(super) async fn get_session(
         None => SessionOptions::default(),
     };
     options.validate().map_err(ApiError::BadRequest)?;
+    let egress_rules: Option<Vec<String>> = query.egress_rules.as_deref().map(|list| {
+        list.split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    if let Some(names) = &egress_rules {
+        super::check_egress_rules(&state, &tenant.id, names)?;
+    }
     let (in_tx, inbound) = mpsc::channel(16);
     let (outbound, out_rx) = mpsc::channel(64);
     let key = ConversationKey {
@@ -71,6 +84,7 @@ pub(super) async fn get_session(
             options,
             SessionLines { inbound, outbound },
             tenant.max_concurrent_runs,
+            egress_rules,
         )
         .await
         .map_err(ApiError::from)?;

@@ -86,6 +86,48 @@ fn render_hosts(out: &mut String, h: &Value, me: String) {
     section(out, &t, &title);
 }
 
+/// Each tenant's egress rules in the order tried, with what they decided
+/// since the daemon started.
+fn render_rules(out: &mut String, tenants: &Value, now: u64) {
+    let empty = Vec::new();
+    let mut t = Table::new(&[
+        "TENANT", "RULE", "SCOPE", "HOST", "ALLOWED", "REFUSED", "REFUSALS", "LAST",
+    ]);
+    let mut n = 0;
+    for tenant in tenants.as_array().unwrap_or(&empty) {
+        for r in tenant["rules"].as_array().unwrap_or(&empty) {
+            n += 1;
+            let refusals = r["refusals"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "-".into());
+            let last = match r["last_ms"].as_u64().filter(|t| *t > 0) {
+                Some(t) => format!("{} ago", human_duration(now.saturating_sub(t))),
+                None => "never".into(),
+            };
+            t.row(vec![
+                s(&tenant["tenant_id"]),
+                s(&r["name"]),
+                s(&r["scope"]),
+                s(&r["host"]),
+                s(&r["allowed"]),
+                s(&r["refused"]),
+                refusals,
+                last,
+            ]);
+        }
+    }
+    if n > 0 {
+        section(out, &t, &format!("{n} egress rules by tenant"));
+    }
+}
+
 /// Pure: the whole report for one status document.
 pub fn render(st: &Value, addr: &str) -> String {
     let mut out = String::new();
@@ -227,6 +269,7 @@ pub fn render(st: &Value, addr: &str) -> String {
     );
 
     render_hosts(&mut out, &st["hosts"], s(&d["instance"]));
+    render_rules(&mut out, &st["egress_rules"], now);
 
     let mut t = Table::new(&["WORKER", "STATUS", "RUNS", "LAST RUN", "LAST ERROR"]);
     if let Some(workers) = st["workers"].as_object() {
@@ -318,6 +361,11 @@ mod tests {
                      "live": true, "mine": false},
                     {"tenant_id": "acme", "conversation_id": "c1", "holder": "default",
                      "live": false, "mine": true}]},
+            "egress_rules": [{"tenant_id": "acme", "rules": [
+                {"name": "repo-a", "scope": "tenant", "host": "git.test", "methods": ["GET"],
+                 "paths": ["/org/a.git/**"], "credential": "git", "intercepted": true,
+                 "allowed": 7, "refused": 2, "refusals": {"path_not_allowed": 2},
+                 "last_ms": 58_000}]}],
             "workers": {"gc": {"status": "removed 0", "runs": 2, "last_run_ms": 50_000, "last_error": null}},
             "events": [{"seq": 1, "ts_ms": 58_000, "event": "proxy_request_blocked", "blocked": true,
                 "fields": {"tenant_id": "acme", "conversation_id": "c1", "host": "example.com"}}],
@@ -350,6 +398,9 @@ mod tests {
             "2 conversations by host",
             "default (this host)",
             "host-b",
+            "1 egress rules by tenant",
+            "repo-a",
+            "path_not_allowed 2",
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }

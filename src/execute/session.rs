@@ -24,8 +24,9 @@ impl Executor {
         key: ConversationKey,
         options: SessionOptions,
         lines: SessionLines,
+        egress_rules: Option<Vec<String>>,
     ) -> Result<Arc<LiveRun>, ExecuteError> {
-        let (guard, live, tx) = self.begin(&key).await?;
+        let (guard, live, tx) = self.begin(&key, egress_rules).await?;
         let this = self.clone();
         let span = crate::telemetry::execution_span(&key);
         tokio::spawn(

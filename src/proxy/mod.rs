@@ -246,6 +246,16 @@ impl Gateway {
         };
     }
 
+    /// The rules a conversation's runs keep, when a run narrowed them.
+    #[cfg(test)]
+    pub(crate) fn narrowing(&self, tenant_id: &str, conversation_id: &str) -> Option<Vec<String>> {
+        self.narrowed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant_id.to_owned(), conversation_id.to_owned()))
+            .map(|names| names.to_vec())
+    }
+
     /// The first of `names` that is none of the tenant's rules.
     pub fn unknown_egress_rule(&self, tenant_id: &str, names: &[String]) -> Option<String> {
         let policy = self.policy(tenant_id);

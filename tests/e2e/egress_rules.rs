@@ -7,6 +7,7 @@
 //! container; the other repository on the same host is refused (403,
 //! audited with the rule), and the secret is nowhere in the container.
 
+use crate::harness::session::{lines_until, open_session_narrowed, send_line, user_line};
 use crate::harness::*;
 use mock_model::MockModel;
 use serde_json::{json, Value};
@@ -436,6 +437,72 @@ credential = "git-basic"
     assert!(
         !narrowed.trim_end().ends_with('0') && narrowed.contains("403"),
         "{narrowed}"
+    );
+
+    // An SDK session narrows the same way: the `egress_rules` query
+    // parameter, checked before the upgrade.
+    let Err(refused) =
+        open_session_narrowed(&daemon, TOKEN, "git", json!({}), Some(&["nope"])).await
+    else {
+        panic!("an unknown rule is refused before the upgrade");
+    };
+    assert_eq!(refused.0, 400, "{}", refused.1);
+    assert!(refused.1.contains("nope"), "{}", refused.1);
+    let mut ws = open_session_narrowed(
+        &daemon,
+        TOKEN,
+        "git",
+        json!({"permission_mode": "bypassPermissions"}),
+        Some(&[]),
+    )
+    .await
+    .expect("a session keeping no rule opens");
+    send_line(
+        &mut ws,
+        user_line(&format!(
+            "!bash cd /workspace && git ls-remote {} > session.txt 2>&1; echo $? >> session.txt\n!text done",
+            url("a")
+        )),
+    )
+    .await;
+    lines_until(&mut ws, "result").await;
+    send_line(&mut ws, json!({"type": "end_input"})).await;
+    drop(ws);
+    let session = out("session.txt");
+    assert!(
+        !session.trim_end().ends_with('0') && session.contains("403"),
+        "{session}"
+    );
+
+    // The status page's view: the tenant's rule with what it allowed and
+    // refused, the refusals by reason.
+    let status = daemon.status();
+    let rule = status["egress_rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["tenant_id"] == TENANT)
+        .flat_map(|t| t["rules"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["name"] == "repo-a")
+        .unwrap_or_else(|| panic!("repo-a on the status: {status:#}"));
+    assert_eq!(rule["scope"], "global", "{rule:#}");
+    assert_eq!(rule["credential"], "git-basic", "{rule:#}");
+    assert!(rule["allowed"].as_u64().unwrap() >= 4, "{rule:#}");
+    assert!(
+        rule["refusals"]["path_not_allowed"].as_u64().unwrap() >= 2,
+        "{rule:#}"
+    );
+    assert_eq!(
+        rule["refused"].as_u64(),
+        Some(
+            rule["refusals"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum()
+        ),
+        "{rule:#}"
     );
 
     for line in daemon.logs() {

@@ -16,11 +16,26 @@ pub async fn open_session(
     conversation: &str,
     options: Value,
 ) -> Result<Ws, (u16, String)> {
+    open_session_narrowed(d, token, conversation, options, None).await
+}
+
+/// [`open_session`], keeping only the named egress rules of the tenant
+/// (the `egress_rules` query parameter) when `egress_rules` is given.
+pub async fn open_session_narrowed(
+    d: &Daemon,
+    token: &str,
+    conversation: &str,
+    options: Value,
+    egress_rules: Option<&[&str]>,
+) -> Result<Ws, (u16, String)> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = d
         .url(&format!("/v1/conversations/{conversation}/session"))
         .replacen("http://", "ws://", 1);
-    let url = format!("{url}?options={}", urlencode(&options.to_string()));
+    let mut url = format!("{url}?options={}", urlencode(&options.to_string()));
+    if let Some(names) = egress_rules {
+        url.push_str(&format!("&egress_rules={}", urlencode(&names.join(","))));
+    }
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());

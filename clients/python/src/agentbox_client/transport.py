@@ -28,7 +28,9 @@ class AgentboxTransport(Transport):
     token, `options` the same `ClaudeAgentOptions` given to the SDK (the
     SDK does not hand them to a custom transport). Every wait is bounded:
     `open_timeout` for the upgrade, `close_timeout` for the close handshake,
-    `max_message_bytes` for one line from the daemon."""
+    `max_message_bytes` for one line from the daemon. `egress_rules`, when
+    given, narrows the session's egress to those of the tenant's rules
+    (docs/api.md); an empty list keeps none."""
 
     def __init__(
         self,
@@ -40,8 +42,9 @@ class AgentboxTransport(Transport):
         open_timeout: float = 60.0,
         close_timeout: float = 10.0,
         max_message_bytes: int = 8 * 1024 * 1024,
+        egress_rules: list[str] | None = None,
     ) -> None:
-        self._url = session_url(base_url, conversation_id, options_to_json(options))
+        self._url = session_url(base_url, conversation_id, options_to_json(options), egress_rules)
         self._token = token
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
@@ -163,12 +166,20 @@ def _lost(e: ConnectionClosed) -> AgentboxConnectionLost:
     )
 
 
-def session_url(base_url: str, conversation_id: str, options: dict[str, Any]) -> str:
+def session_url(
+    base_url: str,
+    conversation_id: str,
+    options: dict[str, Any],
+    egress_rules: list[str] | None = None,
+) -> str:
     """The session endpoint's `ws(s)://` URL for `conversation_id`."""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
         raise ValueError(f"base_url must be an http(s):// URL, not {base_url!r}")
     path = f"{parts.path.rstrip('/')}/v1/conversations/{quote(conversation_id, safe='')}/session"
-    query = urlencode({"options": json.dumps(options, separators=(",", ":"))}) if options else ""
+    params = {"options": json.dumps(options, separators=(",", ":"))} if options else {}
+    if egress_rules is not None:
+        params["egress_rules"] = ",".join(egress_rules)
+    query = urlencode(params)
     return urlunsplit((scheme, parts.netloc, path, query, ""))
