@@ -563,8 +563,11 @@ impl Executor {
             .await
             .map_err(|e| failure(e.code(), e.to_string()))?;
         steps.mark("acquire");
-        self.orchestrator.touch(&assigned.container).await;
-        steps.mark("touch");
+        // A claim stamped the container's activity in its own transaction.
+        if !assigned.fresh {
+            self.orchestrator.touch(&assigned.container).await;
+            steps.mark("touch");
+        }
         faults::reach(Phase::Claim).await;
         let mut rec = self
             .orchestrator
