@@ -916,20 +916,71 @@ async fn simultaneous(d: &std::sync::Arc<Daemon>, prefix: &str, n: usize) -> (Ve
     (agent, first)
 }
 
+/// CPU time (ms) a container has used since it started: the engine's
+/// cumulative count (`cpu_stats.cpu_usage.total_usage`, ns), which other
+/// work on the machine does not inflate the way it does wall time.
+fn container_cpu_ms(container: &str) -> Option<f64> {
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_owned))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_owned());
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--unix-socket", &socket])
+        .arg(format!(
+            "http://engine/containers/{container}/stats?stream=false&one-shot=true"
+        ))
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["cpu_stats"]["cpu_usage"]["total_usage"]
+        .as_f64()
+        .map(|ns| ns / 1e6)
+}
+
+/// The CPU time the containers of `conversations` have used (ms each).
+fn conversations_cpu_ms(d: &Daemon, conversations: &[String]) -> Vec<f64> {
+    conversations
+        .iter()
+        .filter_map(|c| d.container_of(TENANT, c))
+        .filter_map(|name| container_cpu_ms(&name))
+        .collect()
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`'s cpu line).
+fn host_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let total: u64 = v.iter().take(8).sum();
+    (total - idle, total)
+}
+
 /// A cold start measured alone, then `n` conversations at once on a pool
 /// of `pool`: the burst's tail against the single cold start of the same
 /// run (issue target: p99 at most 3x). Then, once the pool has grown after
 /// the burst (`pool.burst_max_size`), a second burst of `n`.
 async fn burst(a: &Args) {
     let (n, pool, grown) = (a.size(20, 3), a.size(4, 1), a.size(8, 2));
-    let mut single = Vec::new();
+    let (mut single, mut single_cpu) = (Vec::new(), Vec::new());
     {
         let (_mock, d) = start_with_mock_opts("bench-key", 0, "").await;
         for i in 0..a.size(5, 1) {
-            let t = timed_run(&d, &format!("single-{i}"), "!text hi")
+            let conversation = format!("single-{i}");
+            let t = timed_run(&d, &conversation, "!text hi")
                 .await
                 .expect("single cold run");
             single.push(t.first_event);
+            single_cpu.extend(tokio::task::block_in_place(|| {
+                conversations_cpu_ms(&d, &[conversation])
+            }));
         }
     }
     let env = vec![
@@ -946,9 +997,28 @@ async fn burst(a: &Args) {
         })
     });
     let d = std::sync::Arc::new(d);
+    // The pool's CPU so far (its CLIs' pre-start), taken off the burst's:
+    // the burst claims every one of them.
+    let before: f64 = tokio::task::block_in_place(|| {
+        d.status()["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| container_cpu_ms(c["name"].as_str()?))
+            .sum()
+    });
     let started = Instant::now();
+    let jiffies = host_jiffies();
     let (agent, first) = simultaneous(&d, "burst", n).await;
     let wall = started.elapsed().as_secs_f64();
+    let (busy, total) = host_jiffies();
+    let host_busy = (busy - jiffies.0) as f64 / (total - jiffies.1).max(1) as f64;
+    let burst_cpu = tokio::task::block_in_place(|| {
+        conversations_cpu_ms(
+            &d,
+            &(0..n).map(|c| format!("burst-{c}")).collect::<Vec<_>>(),
+        )
+    });
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
         .unwrap_or(0);
@@ -989,6 +1059,26 @@ async fn burst(a: &Args) {
          {cold} then {cold2} cold starts; first burst wall time {wall:.1} s",
         first.p99 / single.p50,
         first2.p99 / single.p50
+    ));
+    // Where the tail's floor is: the CPU the burst's containers need,
+    // spread perfectly over the machine's cores.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let burst_cpu_total: f64 = burst_cpu.iter().sum::<f64>() - before;
+    let (single_cpu, burst_cpu) = (summarize(single_cpu), summarize(burst_cpu));
+    table("CPU time the containers used for one one-turn run (ms of CPU)");
+    row("single cold start, alone: its container", &single_cpu);
+    row(
+        "first burst: each conversation's container (a warm one's CLI pre-start included)",
+        &burst_cpu,
+    );
+    note(&format!(
+        "the first burst's containers used {:.1} CPU-s together during the burst; on {cores} cores that alone \
+         takes {:.1} s with perfect packing ({:.1}x the single cold start's first event); the \
+         machine was {:.0}% busy over the burst's {wall:.1} s",
+        burst_cpu_total / 1000.0,
+        burst_cpu_total / 1000.0 / cores as f64,
+        burst_cpu_total / cores as f64 / single.p50,
+        host_busy * 100.0
     ));
 }
 
