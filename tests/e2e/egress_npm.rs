@@ -320,7 +320,9 @@ credential = "npm-token"
         .await
         .expect("daemon start");
 
-    // The container's npm settings: the registry, no token.
+    // The container's npm settings: the registry, no token. `npm publish`
+    // sends nothing without a token of its own (ENEEDAUTH), so it gets a
+    // decoy on its command line; the PUT must still be refused.
     let prompt = format!(
         "!bash printf 'registry=https://{HOST}:{port}/\\naudit=false\\nfund=false\\nupdate-notifier=false\\n' > ~/.npmrc\n\
          !bash mkdir -p /workspace/app && cd /workspace/app && echo '{{\"name\":\"app\",\"version\":\"1.0.0\",\"private\":true}}' > package.json && npm install {ALLOWED} > ../install-allowed.txt 2>&1; echo $? >> /workspace/install-allowed.txt\n\
