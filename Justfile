@@ -9,7 +9,8 @@ default: test
 # Docker engine running, gVisor (runsc) registered with it, Claude Code CLI on the host, Chromium for the
 # status-page test, systemd-analyze and cargo-deb for the packaging test,
 # the pinned Agent SDK and the Python client in a venv, the TypeScript
-# Agent SDK and client in a node_modules, workspace image built.
+# Agent SDK and client in a node_modules, verdaccio (the private npm
+# registry of the egress_npm test), workspace image built.
 setup:
     bash tests/setup/ensure-docker.sh
     bash tests/setup/ensure-isolation-tools.sh
@@ -19,6 +20,7 @@ setup:
     bash tests/setup/ensure-packaging-tools.sh
     bash tests/setup/ensure-python-sdk.sh >/dev/null
     bash tests/setup/ensure-node-sdk.sh >/dev/null
+    bash tests/setup/ensure-verdaccio.sh >/dev/null
     bash workspace-base/build-image.sh
 
 # Build the workspace image (skipped when its inputs are unchanged).

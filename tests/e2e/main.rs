@@ -13,6 +13,7 @@ mod probes;
 mod admin;
 mod crash;
 mod crash_engine;
+mod egress_npm;
 mod egress_rules;
 mod execute;
 mod gvisor;
