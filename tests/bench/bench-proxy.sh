@@ -12,7 +12,12 @@
 # in ssl-bump mode, with a CA made here for squid:
 #
 #   bash tests/bench/bench-proxy.sh intercept [--requests N] [--clients N]
-#       [--mib N] [--hosts N] [--smoke] [--out FILE]
+#       [--mib N] [--hosts N] [--smoke] [--out FILE] [--squid-peek]
+#
+# squid bumps at step 1 by default (its certificate cache works); with
+# --squid-peek it peeks at the client's TLS hello first, then bumps, the
+# setup for rules on the SNI, in which squid 5.7 turns its certificate
+# cache off and asks its helper on every connection.
 #
 # Installs squid (Debian's squid-openssl, which can bump) and tinyproxy
 # when missing, starts each on 127.0.0.1 with a throw-away config, and
@@ -62,6 +67,17 @@ wait_port() {
 }
 
 if [[ $MODE == intercept ]]; then
+  BUMP="ssl_bump bump all"
+  LABEL="squid ssl-bump"
+  ARGS=()
+  for a in "$@"; do
+    if [[ $a == --squid-peek ]]; then
+      BUMP=$'acl step1 at_step SslBump1\nssl_bump peek step1\nssl_bump bump all'
+      LABEL="squid ssl-bump, peek first"
+    else
+      ARGS+=("$a")
+    fi
+  done
   AB=$(free_port); SQ=$(free_port); SQB=$(free_port)
   "$BIN" certs "$WORK"
   "$BIN" serve "$AB" "$WORK" 2>"$WORK/agentbox.log" &
@@ -77,9 +93,7 @@ http_port 127.0.0.1:$SQ
 http_port 127.0.0.1:$SQB ssl-bump tls-cert=$WORK/squid-ca.pem tls-key=$WORK/squid-ca.key generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
 sslcrtd_program /usr/lib/squid/security_file_certgen -s $WORK/ssl_db -M 16MB
 sslcrtd_children 5 startup=1 idle=1
-acl step1 at_step SslBump1
-ssl_bump peek step1
-ssl_bump bump all
+$BUMP
 tls_outgoing_options cafile=$WORK/upstream-ca.pem
 hosts_file $WORK/hosts
 http_access allow all
@@ -99,7 +113,7 @@ CONF
   say "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
   status=0
   "$BIN" run "$WORK" --agentbox "127.0.0.1:$AB" --squid "127.0.0.1:$SQ" \
-    --squid-bump "127.0.0.1:$SQB" "$@" || status=$?
+    --squid-bump "127.0.0.1:$SQB" --squid-bump-label "$LABEL" "${ARGS[@]}" || status=$?
   say "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
   if ((status)); then
     say "failed; squid's log:"; tail -n 20 "$WORK/squid-cache.log" >&2 || true

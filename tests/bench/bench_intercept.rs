@@ -183,6 +183,8 @@ struct Opts {
     agentbox: Option<String>,
     squid: Option<String>,
     squid_bump: Option<String>,
+    /// How squid bumps, for its rows' name.
+    squid_bump_label: String,
     requests: usize,
     clients: usize,
     mib: usize,
@@ -199,6 +201,7 @@ impl Opts {
             agentbox: None,
             squid: None,
             squid_bump: None,
+            squid_bump_label: "squid ssl-bump".to_owned(),
             requests: 1000,
             clients: 16,
             mib: 64,
@@ -211,6 +214,7 @@ impl Opts {
                 "--agentbox" => o.agentbox = Some(val("ADDR")?),
                 "--squid" => o.squid = Some(val("ADDR")?),
                 "--squid-bump" => o.squid_bump = Some(val("ADDR")?),
+                "--squid-bump-label" => o.squid_bump_label = val("NAME")?,
                 "--requests" => o.requests = val("N")?.parse()?,
                 "--clients" => o.clients = val("N")?.parse()?,
                 "--mib" => o.mib = val("N")?.parse()?,
@@ -233,7 +237,7 @@ impl Opts {
 /// One way to the upstream: through which proxy, to which name, trusting
 /// which CA, sending which `Authorization`.
 struct Way {
-    name: &'static str,
+    name: String,
     proxy: Option<String>,
     host: &'static str,
     tls: Arc<rustls::ClientConfig>,
@@ -252,7 +256,7 @@ async fn run(args: &[String]) -> Res<()> {
     let up = Upstream::start(&o.dir, &bearer, o.mib).await?;
     let upstream_ca = o.dir.join("upstream-ca.pem");
     let mut ways = vec![Way {
-        name: "direct (no proxy)",
+        name: "direct (no proxy)".to_owned(),
         proxy: None,
         host: API_HOST,
         tls: client_tls(&upstream_ca)?,
@@ -261,7 +265,7 @@ async fn run(args: &[String]) -> Res<()> {
     }];
     if let Some(addr) = &o.agentbox {
         ways.push(Way {
-            name: "agentbox tunnel",
+            name: "agentbox tunnel".to_owned(),
             proxy: Some(addr.clone()),
             host: BLIND_HOST,
             tls: client_tls(&upstream_ca)?,
@@ -271,7 +275,7 @@ async fn run(args: &[String]) -> Res<()> {
     }
     if let Some(addr) = &o.squid {
         ways.push(Way {
-            name: "squid tunnel",
+            name: "squid tunnel".to_owned(),
             proxy: Some(addr.clone()),
             host: BLIND_HOST,
             tls: client_tls(&upstream_ca)?,
@@ -281,7 +285,7 @@ async fn run(args: &[String]) -> Res<()> {
     }
     if let Some(addr) = &o.agentbox {
         ways.push(Way {
-            name: "agentbox intercepted",
+            name: "agentbox intercepted".to_owned(),
             proxy: Some(addr.clone()),
             host: API_HOST,
             tls: client_tls(&o.dir.join("agentbox-ca/ca.pem"))?,
@@ -291,7 +295,7 @@ async fn run(args: &[String]) -> Res<()> {
     }
     if let Some(addr) = &o.squid_bump {
         ways.push(Way {
-            name: "squid ssl-bump",
+            name: o.squid_bump_label.clone(),
             proxy: Some(addr.clone()),
             host: API_HOST,
             tls: client_tls(&o.dir.join("squid-ca.pem"))?,
@@ -315,8 +319,8 @@ async fn run(args: &[String]) -> Res<()> {
             p[1].push(us(t.tls));
             p[2].push(us(t.request));
         }
-        record::row(w.name, &summarize(total));
-        phases.push((w.name, p.map(summarize)));
+        record::row(&w.name, &summarize(total));
+        phases.push((w.name.as_str(), p.map(summarize)));
     }
 
     record::set_table("Where a new connection's time goes (µs, p50)");
@@ -347,7 +351,7 @@ async fn run(args: &[String]) -> Res<()> {
             get(&mut conn, w, w.host, "/bench/small").await?;
             v.push(us(t.elapsed()));
         }
-        record::row(w.name, &summarize(v));
+        record::row(&w.name, &summarize(v));
     }
 
     let total = o.requests * 5;
@@ -378,19 +382,45 @@ async fn run(args: &[String]) -> Res<()> {
         record::record(&format!("{}: download MiB/s", w.name), &mibps);
     }
 
+    // Each new name once (the proxy issues its certificate), then at once
+    // again (from its cache): pairs, so that noise falls on both alike.
     record::table(&format!(
-        "First connection to a host the proxy has not seen, against the same {} hosts again (µs)",
+        "First connection to a host the proxy has not seen, then the same host again, {} hosts (µs)",
         o.hosts
     ));
+    let mut host_phases = Vec::new();
     for w in &ways {
         let Some(prefix) = w.fresh else { continue };
-        let names: Vec<String> = fresh_names(prefix).take(o.hosts).collect();
-        for label in ["first connection", "same host again"] {
-            let mut v = Vec::with_capacity(names.len());
-            for n in &names {
-                v.push(us(fresh_request(w, n).await?.total()));
+        let mut first = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut again = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        for n in fresh_names(prefix).take(o.hosts) {
+            for v in [&mut first, &mut again] {
+                let t = fresh_request(w, &n).await?;
+                v[0].push(us(t.total()));
+                v[1].push(us(t.connect));
+                v[2].push(us(t.tls));
+                v[3].push(us(t.request));
             }
-            record::row(&format!("{}: {label}", w.name), &summarize(v));
+        }
+        for (label, v) in [("first connection", first), ("same host again", again)] {
+            let [total, c, t, r] = v.map(summarize);
+            let name = format!("{}: {label}", w.name);
+            record::row(&name, &total);
+            host_phases.push((name, [c, t, r]));
+        }
+    }
+    record::set_table("Where a first connection's time goes (µs, p50)");
+    println!("\n### Where a first connection's time goes (µs, p50)\n");
+    println!("| way | TCP + CONNECT answered | TLS handshake | GET answered |");
+    println!("|---|---|---|---|");
+    for (name, [c, t, r]) in &host_phases {
+        println!("| {name} | {:.0} | {:.0} | {:.0} |", c.p50, t.p50, r.p50);
+        for (phase, s) in [("TCP + CONNECT", c), ("TLS handshake", t), ("GET", r)] {
+            let s = Summary {
+                samples: Vec::new(),
+                ..s.clone()
+            };
+            record::record(&format!("{name}: {phase}"), &s);
         }
     }
 
@@ -557,7 +587,7 @@ async fn concurrent(w: &Way, clients: usize, each: usize) -> Res<f64> {
         conns.push(c);
     }
     let w = Arc::new(Way {
-        name: w.name,
+        name: w.name.clone(),
         proxy: w.proxy.clone(),
         host: w.host,
         tls: w.tls.clone(),
