@@ -32,7 +32,7 @@ if [[ ${1:-} == intercept ]]; then
 fi
 
 bash tests/setup/ensure-squid-openssl.sh
-if ! command -v tinyproxy >/dev/null; then
+if [[ $MODE == plain ]] && ! command -v tinyproxy >/dev/null; then
   say "installing tinyproxy"
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy >/dev/null

@@ -9,7 +9,8 @@ set -euo pipefail
 say() { printf 'ensure-squid-openssl: %s\n' "$*" >&2; }
 
 certgen=/usr/lib/squid/security_file_certgen
-if command -v squid >/dev/null 2>&1 && squid -v | grep -q -- '--with-openssl' && [[ -x $certgen ]]; then
+has_openssl() { [[ $(squid -v 2>/dev/null) == *--with-openssl* ]]; }
+if has_openssl && [[ -x $certgen ]]; then
   exit 0
 fi
 say "installing Debian package squid-openssl"
@@ -30,6 +31,6 @@ if ! apt_get install --no-install-recommends squid-openssl >/dev/null; then
   apt_get update >/dev/null
   apt_get install --no-install-recommends squid-openssl >/dev/null
 fi
-squid -v | grep -q -- '--with-openssl' || { say "ERROR: squid has no OpenSSL after install"; exit 1; }
+has_openssl || { say "ERROR: squid has no OpenSSL after install"; exit 1; }
 [[ -x $certgen ]] || { say "ERROR: $certgen missing after install"; exit 1; }
 say "$(squid -v | head -n1)"
