@@ -236,6 +236,7 @@ impl Opts {
 
 /// One way to the upstream: through which proxy, to which name, trusting
 /// which CA, sending which `Authorization`.
+#[derive(Clone)]
 struct Way {
     name: String,
     proxy: Option<String>,
@@ -430,6 +431,7 @@ async fn run(args: &[String]) -> Res<()> {
     if refused > 0 || ok == 0 {
         return Err(format!("upstream: {ok} requests with the token, {refused} without").into());
     }
+    record::set_table("Checks");
     record::note(&format!(
         "upstream: {ok} requests, each with the right bearer token (through agentbox's \
          interception: the brokered one, the container's placeholder stripped)"
@@ -586,14 +588,7 @@ async fn concurrent(w: &Way, clients: usize, each: usize) -> Res<f64> {
         get(&mut c, w, w.host, "/bench/small").await?;
         conns.push(c);
     }
-    let w = Arc::new(Way {
-        name: w.name.clone(),
-        proxy: w.proxy.clone(),
-        host: w.host,
-        tls: w.tls.clone(),
-        auth: w.auth.clone(),
-        fresh: None,
-    });
+    let w = Arc::new(w.clone());
     let t = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut c in conns {
