@@ -26,6 +26,7 @@
 mod record;
 
 use agentbox::config::Config;
+use agentbox::proxy::ca::LocalCa;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -72,6 +73,29 @@ async fn main() -> Res<()> {
         Some("run") => run(&args[1..]).await,
         _ => Err(usage.into()),
     }
+}
+
+/// The local CA alone, in this process: a leaf issued for a new name
+/// (key, signature, TLS configuration) against one taken from the cache.
+/// What the proxy adds to a new host's first connection besides its
+/// upstream handshake.
+fn leaf_cost(dir: &Path, hosts: usize) -> Res<()> {
+    let ca = LocalCa::load_or_create(dir)?;
+    let names: Vec<String> = fresh_names('l').take(hosts).collect();
+    let mut issue = Vec::with_capacity(hosts);
+    let mut hit = Vec::with_capacity(hosts);
+    for n in &names {
+        let t = Instant::now();
+        ca.server_config(n)?;
+        issue.push(us(t.elapsed()));
+        let t = Instant::now();
+        ca.server_config(n)?;
+        hit.push(us(t.elapsed()));
+    }
+    record::table("The local CA alone, in process: a new host's leaf against a cached one (µs)");
+    record::row("leaf issued (new host)", &summarize(issue));
+    record::row("leaf from the cache", &summarize(hit));
+    Ok(())
 }
 
 fn fresh_names(prefix: char) -> impl Iterator<Item = String> {
@@ -410,6 +434,8 @@ async fn run(args: &[String]) -> Res<()> {
             host_phases.push((name, [c, t, r]));
         }
     }
+    leaf_cost(&o.dir.join("leaf-ca"), o.hosts)?;
+
     record::set_table("Where a first connection's time goes (µs, p50)");
     println!("\n### Where a first connection's time goes (µs, p50)\n");
     println!("| way | TCP + CONNECT answered | TLS handshake | GET answered |");
