@@ -11,8 +11,12 @@
 //! bench_intercept certs DIR                  # upstream CA and leaf, token, squid's hosts file
 //! bench_intercept serve PORT DIR             # agentbox's proxy on 127.0.0.1:PORT
 //! bench_intercept run DIR [--agentbox ADDR] [--squid ADDR] [--squid-bump ADDR]
-//!     [--requests N] [--clients N] [--mib N] [--hosts N] [--smoke] [--out FILE]
+//!     [--squid-bump-label NAME] [--requests N] [--clients N] [--mib N] [--hosts N]
+//!     [--smoke] [--out FILE]
 //! ```
+//!
+//! `run` also times the local CA alone (a leaf issued against a cached
+//! one), in its own process, to split a new host's cost.
 //!
 //! Every request is `GET /bench/...` and the upstream answers 401 unless it
 //! carries the bearer token: the client sends it itself everywhere but
@@ -52,7 +56,7 @@ const BLIND_HOST: &str = "blind.test";
 /// A rule with methods, paths and a credential: agentbox intercepts it.
 const API_HOST: &str = "api.bench.test";
 /// New names for the first-connection figures: `a<i>.` for agentbox,
-/// `s<i>.` for squid, so neither proxy has seen a name before.
+/// `s<i>.` for squid, `l<i>.` for the CA alone, so none was seen before.
 const FRESH_SUFFIX: &str = "fresh.test";
 /// Names made for each proxy's first-connection figures (and written into
 /// its name table), at most.
