@@ -78,6 +78,12 @@ gc *ARGS:
 bench-proxy *ARGS:
     bash tests/bench/bench-proxy.sh {{ARGS}}
 
+# HTTPS through CONNECT: agentbox's blind tunnel and its interception (a
+# brokered credential) beside squid's tunnel, squid's ssl-bump and no proxy
+# (prints figures, writes raw results with --out; see docs/benchmarks.md).
+bench-intercept *ARGS:
+    bash tests/bench/bench-proxy.sh intercept {{ARGS}}
+
 # The model gateway's pooled HTTPS upstream against the TLS mock: first call
 # vs later calls vs a new connection per call (prints figures; see docs/benchmarks.md).
 bench-upstream-tls *ARGS:
