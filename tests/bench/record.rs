@@ -228,10 +228,14 @@ fn context_time(doc: &serde_json::Value) -> u64 {
     doc["context"]["started_unix"].as_u64().unwrap_or(0)
 }
 
-/// The bench binary as `target/...`: the results name no checkout's path.
+/// The bench binary as `target/<profile>/...`: the results name no
+/// checkout's path, nor a target directory moved elsewhere
+/// (`CARGO_TARGET_DIR`).
 fn from_target(arg0: &str) -> String {
-    match arg0.rfind("/target/") {
-        Some(i) => arg0[i + 1..].to_owned(),
-        None => arg0.to_owned(),
+    for profile in ["/release/", "/debug/"] {
+        if let Some(i) = arg0.rfind(profile) {
+            return format!("target{}", &arg0[i..]);
+        }
     }
+    arg0.to_owned()
 }
