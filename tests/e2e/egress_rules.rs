@@ -114,28 +114,6 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// A CA (its PEM to `ca.pem`, which the daemon trusts upstream) and a
-/// certificate for `git.test` signed by it (`cert.pem`, `key.pem`).
-fn certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "e2e git server CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["git.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-}
-
 /// Two bare repositories, `org/a.git` and `org/b.git`, one commit each.
 fn repositories(root: &Path) {
     let seed = root.join("seed");
@@ -208,17 +186,6 @@ fn start_git_server(dir: &Path) -> GitServer {
     GitServer { child, port }
 }
 
-/// `sh -c CMD` inside the container as `user`.
-fn exec(container: &str, user: &str, cmd: &str) -> (i32, String) {
-    let out = docker(&["exec", "--user", user, container, "sh", "-c", cmd]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 fn container_of(daemon: &Daemon, conversation: &str) -> String {
     daemon
         .container_of(TENANT, conversation)
@@ -229,7 +196,7 @@ fn container_of(daemon: &Daemon, conversation: &str) -> String {
 async fn git_clone_and_push_with_a_brokered_credential_only_to_the_allowed_repository() {
     let _engine = serial::shared().await;
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    server_certificates(dir.path(), "e2e git server CA", &["git.test"]);
     repositories(&dir.path().join("repos"));
     let git = start_git_server(dir.path());
     let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
@@ -369,40 +336,25 @@ credential = "git-basic"
         ("python", format!("python3 -c \"import urllib.request as u, urllib.error as e\nfor x in ['{refs}', '{other}']:\n  try: print(u.urlopen(x).status)\n  except e.HTTPError as err: print(err.code)\"")),
         ("node", format!("node -e \"(async () => {{ for (const x of ['{refs}', '{other}']) console.log((await fetch(x)).status) }})()\"")),
     ] {
-        let (code, text) = exec(&container, "1000:1000", &cmd);
+        let (code, text) = agent_shell(&container, &cmd);
         assert_eq!((code, text.split_whitespace().collect::<Vec<_>>()), (0, vec!["200", "403"]), "{tool}: {text}");
     }
 
     // The secret is nowhere in the container: files it can write, the
     // socket directory, and the environment of every process (all run as
     // the agent user, whose environments it may read).
-    let (code, found) = exec(
+    let (code, found) = agent_shell(
         &container,
-        "1000:1000",
-        &format!(
-            "grep -rl '{SECRET}' /workspace /tmp /run/agentbox 2>/dev/null; \
-             n=0; for e in /proc/[0-9]*/environ; do \
-               if tr '\\0' '\\n' < $e > /tmp/env.$$ 2>/dev/null; then n=$((n+1)); grep -l '{SECRET}' /tmp/env.$$; fi; \
-             done 2>/dev/null; rm -f /tmp/env.$$; echo read=$n"
-        ),
+        &format!("grep -rl '{SECRET}' /workspace /tmp /run/agentbox 2>/dev/null; true"),
     );
-    assert_eq!(code, 0, "{found}");
-    let read: usize = found
-        .trim()
-        .strip_prefix("read=")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the secret reached the container: {found}"));
-    assert!(
-        read >= 2,
-        "the agent's and the shell's environments were read: {found}"
-    );
+    assert_eq!((code, found.trim()), (0, ""), "the secret reached a file");
+    assert_secret_in_no_environment(&container, SECRET);
     let basic = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(format!("{GIT_USER}:{SECRET}"))
     };
-    let (_, found) = exec(
+    let (_, found) = agent_shell(
         &container,
-        "1000:1000",
         &format!("grep -rl '{basic}' /workspace /tmp /run/agentbox 2>/dev/null; true"),
     );
     assert_eq!(

@@ -15,6 +15,7 @@
 pub mod balancer;
 pub mod cgroup;
 pub mod daemon;
+pub mod egress;
 pub mod engine;
 pub mod host;
 pub mod http;
@@ -27,6 +28,7 @@ pub mod sse;
 
 pub use balancer::*;
 pub use daemon::*;
+pub use egress::*;
 pub use engine::*;
 pub use host::*;
 pub use http::*;
