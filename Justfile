@@ -48,7 +48,8 @@ pentest-report: setup
 # The penetration test on the gVisor tier (results-gvisor.json beside the
 # runc run's), then the report rendered with its gVisor column. Not part of
 # `test`: it takes far longer than the runc run (525 s against 226 s here at
-# load 7 to 13; docs/isolation.md). Both runs pass 105 of 105.
+# load 7 to 13; 458 s against 165 s on the last runs, gVisor's at load 15
+# to 86, runc's at 2 to 3; docs/isolation.md). Both runs pass 119 of 119.
 pentest-gvisor: setup
     AGENTBOX_PENTEST_TIER=gvisor cargo test --test e2e pentest::every_attack
     cargo run --quiet --example pentest-report
