@@ -5,7 +5,7 @@
 //! ```text
 //! bench_proxy serve PORT MODEL_PORT           # agentbox's proxy on 127.0.0.1:PORT,
 //!                                             # its model gateway to a model stand-in
-//! bench_proxy run NAME=ADDR... [--mib N] [--requests N] [--gateway ADDR --model ADDR]
+//! bench_proxy run NAME=ADDR... [--mib N] [--requests N] [--gateway ADDR --model ADDR] [--out FILE]
 //! ```
 //!
 //! `run` measures, for each proxy: CONNECT-tunnel download throughput (one
@@ -18,7 +18,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+// Shared with the suite; this bench does not use every helper.
+#[allow(dead_code)]
+mod record;
+
 use agentbox::config::Config;
+use record::summarize;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,10 +96,12 @@ async fn run(args: &[String]) -> Res<()> {
         mib: 1024,
         requests: 2000,
     };
-    let (mut gateway, mut model) = (None, None);
+    let started = record::start();
+    let (mut gateway, mut model, mut out) = (None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--out" => out = Some(it.next().ok_or("--out FILE")?.clone()),
             "--mib" => o.mib = it.next().ok_or("--mib N")?.parse()?,
             "--requests" => o.requests = it.next().ok_or("--requests N")?.parse()?,
             "--gateway" => gateway = Some(it.next().ok_or("--gateway ADDR")?.clone()),
@@ -121,15 +128,19 @@ async fn run(args: &[String]) -> Res<()> {
     let mut base: Option<(Duration, Duration)> = None;
     for (name, addr) in &o.proxies {
         let proxy = (!addr.is_empty()).then_some(addr.as_str());
-        let mibps = {
-            let mut best = 0.0f64;
-            for _ in 0..3 {
-                best = best.max(throughput(proxy, blast, o.mib).await?);
-            }
-            best
-        };
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(throughput(proxy, blast, o.mib).await?);
+        }
+        let mibps = runs.iter().copied().fold(0.0f64, f64::max);
         let tunnel = latencies(o.requests, || small_request(proxy, http, Mode::Tunnel)).await?;
         let plain = latencies(o.requests, || small_request(proxy, http, Mode::Plain)).await?;
+        record::set_table(&format!("tunnel download of {} MiB, 3 runs (MiB/s)", o.mib));
+        record::record(name, &summarize(runs));
+        record::set_table("CONNECT, then one small request, each on a new connection (us)");
+        record::record(name, &micros(&tunnel));
+        record::set_table("absolute-form plain HTTP, each on a new connection (us)");
+        record::record(name, &micros(&plain));
         let (p50, p99) = (pct(&tunnel, 50), pct(&tunnel, 99));
         let b = *base.get_or_insert((p50, p99));
         println!(
@@ -150,7 +161,9 @@ async fn run(args: &[String]) -> Res<()> {
         let direct = latencies(o.requests, || model_call(&model)).await?;
         let through = latencies(o.requests, || model_call(&gateway)).await?;
         let (d50, d99) = (pct(&direct, 50), pct(&direct, 99));
+        record::set_table("model call: POST /v1/messages with a 4 KiB body (us)");
         for (name, v) in [("direct", &direct), ("agentbox gateway", &through)] {
+            record::record(name, &micros(v));
             let (p50, p99) = (pct(v, 50), pct(v, 99));
             println!(
                 "{name:<22} {:>11} {:>11} {:>12} {:>12}",
@@ -161,7 +174,13 @@ async fn run(args: &[String]) -> Res<()> {
             );
         }
     }
+    record::save("proxy", started, out.as_deref());
     Ok(())
+}
+
+/// A latency sample in microseconds, for the raw results.
+fn micros(v: &[Duration]) -> record::Summary {
+    summarize(v.iter().map(|d| d.as_secs_f64() * 1e6).collect())
 }
 
 /// The model API's stand-in: reads the whole request body (by its
