@@ -23,8 +23,8 @@
 mod record;
 
 use agentbox::config::Config;
-use record::summarize;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
+use record::summarize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

@@ -6,6 +6,8 @@
 //! clone` and `git push` of that repository work with no credential in the
 //! container; the other repository on the same host is refused (403,
 //! audited with the rule), and the secret is nowhere in the container.
+//! Then narrowing (a run's and a session's), the status's rule counts, and
+//! a SIGHUP that takes the rules away from under open connections.
 
 use crate::harness::session::{lines_until, open_session_narrowed, send_line, user_line};
 use crate::harness::*;
@@ -16,6 +18,57 @@ use std::process::{Child, Command, Stdio};
 
 const SECRET: &str = "git-broker-canary-5e1d9a";
 const GIT_USER: &str = "agent";
+/// The rules: `repo-a` sees inside `git.test`, `open` is a blind tunnel
+/// to the same server under another name. The reload at the end takes
+/// both away.
+const RULES: &str = r#"
+[[egress.rules]]
+name = "repo-a"
+host = "git.test"
+methods = ["GET", "POST"]
+paths = ["/org/a.git/info/refs", "/org/a.git/git-upload-pack", "/org/a.git/git-receive-pack"]
+credential = "git-basic"
+
+[[egress.rules]]
+name = "open"
+host = "open.test"
+"#;
+
+/// A process the agent left running, holding an intercepted connection to
+/// `git.test` and a blind tunnel to `open.test` open through the proxy.
+/// One JSON line per step to `out`: each connection's answer before the
+/// reload, on the same connections once `go` exists, then on new ones.
+const HOLDER: &str = r#"
+import http.client, json, os, ssl, sys, time
+from urllib.parse import urlsplit
+port, out, go = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+proxy = urlsplit(os.environ["HTTPS_PROXY"])
+# The intercepted host shows the proxy's leaf (trusted through the
+# bundle); the blind tunnel the server's own, of the test's CA, which the
+# container does not hold: its TLS is end to end, not the proxy's concern.
+ctx = {"git.test": ssl.create_default_context(), "open.test": ssl._create_unverified_context()}
+def conn(host):
+    c = http.client.HTTPSConnection(proxy.hostname, proxy.port, context=ctx[host], timeout=30)
+    c.set_tunnel(host, port)
+    return c
+def get(c):
+    try:
+        c.request("GET", "/org/a.git/info/refs?service=git-upload-pack")
+        r = c.getresponse()
+        r.read()
+        return str(r.status)
+    except Exception as e:
+        return "%s: %s" % (type(e).__name__, e)
+def step(name, a, b):
+    with open(out, "a") as f:
+        f.write(json.dumps({"step": name, "intercepted": a, "tunnel": b}) + "\n")
+inter, tunnel = conn("git.test"), conn("open.test")
+step("before", get(inter), get(tunnel))
+while not os.path.exists(go):
+    time.sleep(0.05)
+step("open", get(inter), get(tunnel))
+step("new", get(conn("git.test")), get(conn("open.test")))
+"#;
 
 /// An HTTPS git server: basic auth, then `git http-backend` as CGI. Prints
 /// its port; logs one line per request it served to `requests.log`.
@@ -196,7 +249,7 @@ fn container_of(daemon: &Daemon, conversation: &str) -> String {
 async fn git_clone_and_push_with_a_brokered_credential_only_to_the_allowed_repository() {
     let _engine = serial::shared().await;
     let dir = tempfile::tempdir().unwrap();
-    server_certificates(dir.path(), "e2e git server CA", &["git.test"]);
+    server_certificates(dir.path(), "e2e git server CA", &["git.test", "open.test"]);
     repositories(&dir.path().join("repos"));
     let git = start_git_server(dir.path());
     let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
@@ -208,6 +261,7 @@ allow_private_cidrs = ["127.0.0.0/8"]
 
 [proxy.resolve]
 "git.test" = "127.0.0.1"
+"open.test" = "127.0.0.1"
 
 [egress]
 extra_ca_file = "{dir}/ca.pem"
@@ -218,13 +272,7 @@ format = "basic"
 user = "{GIT_USER}"
 secret_env = "E2E_GIT_SECRET"
 
-[[egress.rules]]
-name = "repo-a"
-host = "git.test"
-methods = ["GET", "POST"]
-paths = ["/org/a.git/info/refs", "/org/a.git/git-upload-pack", "/org/a.git/git-receive-pack"]
-credential = "git-basic"
-"#,
+{RULES}"#,
         port = git.port,
         dir = dir.path().display(),
     );
@@ -463,4 +511,107 @@ credential = "git-basic"
             "a credential reached a log line: {line}"
         );
     }
+
+    // SIGHUP takes both rules away: the connections a process left open
+    // (one intercepted, one blind tunnel) are closed, and new ones refused.
+    let (status, body) = post_message(
+        &daemon,
+        Some(TOKEN),
+        "hold",
+        json!({"prompt": "!text ready"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let holder = container_of(&daemon, "hold");
+    let hold_ws = daemon.workspace(TENANT, "hold");
+    std::fs::write(hold_ws.join("holder.py"), HOLDER).unwrap();
+    let port = git.port.to_string();
+    docker_ok(&[
+        "exec",
+        "-d",
+        "--user",
+        "1000:1000",
+        &holder,
+        "sh",
+        "-c",
+        &format!(
+            "python3 /workspace/holder.py {port} /workspace/holder.jsonl /workspace/go \
+             2> /workspace/holder.err"
+        ),
+    ]);
+    let steps = |n: usize| -> Vec<Value> {
+        tokio::task::block_in_place(|| {
+            let what = || {
+                format!(
+                    "the holder's steps (its stderr: {:?})",
+                    std::fs::read_to_string(hold_ws.join("holder.err")).unwrap_or_default()
+                )
+            };
+            wait_until(60, what, || {
+                let text =
+                    std::fs::read_to_string(hold_ws.join("holder.jsonl")).unwrap_or_default();
+                let lines: Vec<Value> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect();
+                (lines.len() >= n).then_some(lines)
+            })
+        })
+    };
+    let before = &steps(1)[0];
+    assert_eq!(
+        (&before["intercepted"], &before["tunnel"]),
+        (&json!("200"), &json!("401")),
+        "the intercepted request has the credential, the tunnel goes blind: {before}"
+    );
+    tokio::task::block_in_place(|| daemon.reload(|c| c.replace(RULES, "")));
+    let closed = tokio::task::block_in_place(|| {
+        wait_until(
+            30,
+            || "both connections closed by the reload".into(),
+            || {
+                let closed: Vec<Value> = daemon
+                    .logged_audit("proxy_request_blocked")
+                    .into_iter()
+                    .filter(|e| e["reason"] == "closed_by_reload")
+                    .collect();
+                (closed.len() >= 2).then_some(closed)
+            },
+        )
+    });
+    let hosts: std::collections::BTreeSet<_> = closed
+        .iter()
+        .map(|e| e["host"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        hosts,
+        ["git.test", "open.test"].map(str::to_owned).into(),
+        "{closed:#?}"
+    );
+    std::fs::write(hold_ws.join("go"), b"").unwrap();
+    let after = steps(3);
+    for conn in ["intercepted", "tunnel"] {
+        let open = after[1][conn].as_str().unwrap_or_default();
+        // Closed: the request fails on the connection (no 200, and no 401
+        // from the server behind the tunnel).
+        assert!(
+            !open.starts_with('2') && !open.starts_with("401"),
+            "{conn} still answered after the reload: {open}"
+        );
+        let new = after[2][conn].as_str().unwrap_or_default();
+        assert!(new.contains("403"), "a new {conn} after the reload: {new}");
+    }
+    let status = daemon.status();
+    let removed: Vec<&Value> = status["egress_rules"][0]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["scope"] == "removed")
+        .collect();
+    assert!(
+        removed
+            .iter()
+            .any(|r| r["name"] == "repo-a" && r["allowed"].as_u64() > Some(0)),
+        "the removed rule stays on the status with its counts: {status:#}"
+    );
 }

@@ -98,6 +98,26 @@ impl LiveStream {
     }
 }
 
+/// Polls `check` every 50 ms until it gives a value, or panics after
+/// `secs` with what `what` says then: for markers outside the daemon (a
+/// file a process in a container writes, the audit log).
+pub fn wait_until<T>(
+    secs: u64,
+    what: impl FnOnce() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out waiting for {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The `code` of the last `error` event, if the events end with one.
 pub fn final_error(events: &[SseEvent]) -> Option<String> {
     let last = events.iter().rev().find(|e| e.event != "sync_skipped")?;
