@@ -250,18 +250,9 @@ async fn npm_install_with_a_brokered_bearer_token_only_of_the_allowed_package() 
     let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
     // npm asks for `/@e2e%2fallowed`; the rule is written in the normal
     // form the proxy matches (and forwards): `%2F`.
-    let extra = format!(
-        r#"
-[proxy]
-allowed_ports = [{port}, 443, 80]
-allow_private_cidrs = ["127.0.0.0/8"]
-
-[proxy.resolve]
-"{HOST}" = "127.0.0.1"
-
-[egress]
-extra_ca_file = "{dir}/ca.pem"
-
+    let extra = host_server_config(port, &[HOST], dir.path())
+        + &format!(
+            r#"
 [[egress.credentials]]
 name = "npm-token"
 format = "bearer"
@@ -274,9 +265,8 @@ methods = ["GET"]
 paths = ["/@e2e%2Fallowed", "/@e2e/allowed/-/*.tgz"]
 credential = "npm-token"
 "#,
-        dir = dir.path().display(),
-        secret = secret_file.display(),
-    );
+            secret = secret_file.display(),
+        );
     let opts = DaemonOptions {
         pool_min: 1,
         env: vec![],

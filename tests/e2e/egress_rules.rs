@@ -253,29 +253,17 @@ async fn git_clone_and_push_with_a_brokered_credential_only_to_the_allowed_repos
     repositories(&dir.path().join("repos"));
     let git = start_git_server(dir.path());
     let mock = MockModel::start("127.0.0.1:0").await.expect("mock model");
-    let extra = format!(
-        r#"
-[proxy]
-allowed_ports = [{port}, 443, 80]
-allow_private_cidrs = ["127.0.0.0/8"]
-
-[proxy.resolve]
-"git.test" = "127.0.0.1"
-"open.test" = "127.0.0.1"
-
-[egress]
-extra_ca_file = "{dir}/ca.pem"
-
+    let extra = host_server_config(git.port, &["git.test", "open.test"], dir.path())
+        + &format!(
+            r#"
 [[egress.credentials]]
 name = "git-basic"
 format = "basic"
 user = "{GIT_USER}"
 secret_env = "E2E_GIT_SECRET"
 
-{RULES}"#,
-        port = git.port,
-        dir = dir.path().display(),
-    );
+{RULES}"#
+        );
     let opts = DaemonOptions {
         pool_min: 1,
         env: vec![("E2E_GIT_SECRET".to_owned(), SECRET.to_owned())],

@@ -28,6 +28,29 @@ pub fn server_certificates(dir: &Path, ca_name: &str, names: &[&str]) {
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
+/// The daemon config the egress tests share: the host server's `port`
+/// allowed, loopback reachable, `names` resolved to it, and the test CA in
+/// `dir` trusted upstream. Credentials and rules follow it.
+pub fn host_server_config(port: u16, names: &[&str], dir: &Path) -> String {
+    let resolve: String = names
+        .iter()
+        .map(|n| format!("\"{n}\" = \"127.0.0.1\"\n"))
+        .collect();
+    format!(
+        r#"
+[proxy]
+allowed_ports = [{port}, 443, 80]
+allow_private_cidrs = ["127.0.0.0/8"]
+
+[proxy.resolve]
+{resolve}
+[egress]
+extra_ca_file = "{dir}/ca.pem"
+"#,
+        dir = dir.display()
+    )
+}
+
 /// `sh -c CMD` inside the container as the agent's user: the exit code
 /// and stdout then stderr.
 pub fn agent_shell(container: &str, cmd: &str) -> (i32, String) {
