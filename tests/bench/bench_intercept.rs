@@ -284,52 +284,63 @@ async fn run(args: &[String]) -> Res<()> {
     let bearer = format!("Bearer {token}");
     let up = Upstream::start(&o.dir, &bearer, o.mib).await?;
     let upstream_ca = o.dir.join("upstream-ca.pem");
-    let mut ways = vec![Way {
-        name: "direct (no proxy)".to_owned(),
-        proxy: None,
-        host: API_HOST,
-        tls: client_tls(&upstream_ca)?,
-        auth: bearer.clone(),
-        fresh: None,
-    }];
-    if let Some(addr) = &o.agentbox {
+    let agentbox_ca = o.dir.join("agentbox-ca/ca.pem");
+    let squid_ca = o.dir.join("squid-ca.pem");
+    // (name, proxy, host, CA the client trusts, Authorization it sends,
+    // prefix of fresh names when the way issues certificates); a way whose
+    // proxy was not given is left out.
+    let candidates = [
+        (
+            "direct (no proxy)".to_owned(),
+            Some(None),
+            API_HOST,
+            &upstream_ca,
+            &bearer,
+            None,
+        ),
+        (
+            "agentbox tunnel".to_owned(),
+            o.agentbox.as_ref().map(Some),
+            BLIND_HOST,
+            &upstream_ca,
+            &bearer,
+            None,
+        ),
+        (
+            "squid tunnel".to_owned(),
+            o.squid.as_ref().map(Some),
+            BLIND_HOST,
+            &upstream_ca,
+            &bearer,
+            None,
+        ),
+        (
+            "agentbox intercepted".to_owned(),
+            o.agentbox.as_ref().map(Some),
+            API_HOST,
+            &agentbox_ca,
+            &PLACEHOLDER.to_owned(),
+            Some('a'),
+        ),
+        (
+            o.squid_bump_label.clone(),
+            o.squid_bump.as_ref().map(Some),
+            API_HOST,
+            &squid_ca,
+            &bearer,
+            Some('s'),
+        ),
+    ];
+    let mut ways = Vec::new();
+    for (name, proxy, host, ca, auth, fresh) in candidates {
+        let Some(proxy) = proxy else { continue };
         ways.push(Way {
-            name: "agentbox tunnel".to_owned(),
-            proxy: Some(addr.clone()),
-            host: BLIND_HOST,
-            tls: client_tls(&upstream_ca)?,
-            auth: bearer.clone(),
-            fresh: None,
-        });
-    }
-    if let Some(addr) = &o.squid {
-        ways.push(Way {
-            name: "squid tunnel".to_owned(),
-            proxy: Some(addr.clone()),
-            host: BLIND_HOST,
-            tls: client_tls(&upstream_ca)?,
-            auth: bearer.clone(),
-            fresh: None,
-        });
-    }
-    if let Some(addr) = &o.agentbox {
-        ways.push(Way {
-            name: "agentbox intercepted".to_owned(),
-            proxy: Some(addr.clone()),
-            host: API_HOST,
-            tls: client_tls(&o.dir.join("agentbox-ca/ca.pem"))?,
-            auth: PLACEHOLDER.to_owned(),
-            fresh: Some('a'),
-        });
-    }
-    if let Some(addr) = &o.squid_bump {
-        ways.push(Way {
-            name: o.squid_bump_label.clone(),
-            proxy: Some(addr.clone()),
-            host: API_HOST,
-            tls: client_tls(&o.dir.join("squid-ca.pem"))?,
-            auth: bearer.clone(),
-            fresh: Some('s'),
+            name,
+            proxy: proxy.cloned(),
+            host,
+            tls: client_tls(ca)?,
+            auth: auth.clone(),
+            fresh,
         });
     }
 
