@@ -5,10 +5,14 @@
 //! handshakes the mock counted; run by `just bench-upstream-tls`.
 //!
 //! ```text
-//! bench_upstream_tls [--requests N]
+//! bench_upstream_tls [--requests N] [--out FILE]
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+// Shared with the suite; this bench does not use every helper.
+#[allow(dead_code)]
+mod record;
 
 use agentbox::config::Config;
 use agentbox::proxy::{AwsEnv, Gateway, ProxyContext};
@@ -22,11 +26,13 @@ type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let mut requests = 200;
+    let started = record::start();
+    let (mut requests, mut out) = (200, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--requests" => requests = args.next().ok_or("--requests N")?.parse()?,
+            "--out" => out = Some(args.next().ok_or("--out FILE")?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -80,6 +86,17 @@ async fn main() -> Res<()> {
         ms(pct(&fresh, 50)),
         ms(pct(&fresh, 90))
     );
+    let millis =
+        |v: &[Duration]| record::summarize(v.iter().map(|d| d.as_secs_f64() * 1e3).collect());
+    record::set_table("model call through the gateway (HTTPS upstream), ms");
+    record::record("pooled: first call of a gateway", &millis(&[first]));
+    record::record("pooled: later calls", &millis(&later));
+    record::record("new gateway per call (no pool)", &millis(&fresh));
+    record::note(&format!(
+        "TLS handshakes the mock counted: {pooled_handshakes} for all {requests} pooled calls, \
+         {fresh_handshakes} for {requests} calls with a new gateway each"
+    ));
+    record::save("upstream-tls", started, out.as_deref());
     Ok(())
 }
 
