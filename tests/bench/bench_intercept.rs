@@ -363,21 +363,7 @@ async fn run(args: &[String]) -> Res<()> {
         phases.push((w.name.as_str(), p.map(summarize)));
     }
 
-    record::set_table("Where a new connection's time goes (µs, p50)");
-    println!("\n### Where a new connection's time goes (µs, p50)\n");
-    println!("| way | TCP + CONNECT answered | TLS handshake | GET answered |");
-    println!("|---|---|---|---|");
-    for (name, [c, t, r]) in &phases {
-        println!("| {name} | {:.0} | {:.0} | {:.0} |", c.p50, t.p50, r.p50);
-        // The totals above keep their samples; the phases only their spread.
-        for (phase, s) in [("TCP + CONNECT", c), ("TLS handshake", t), ("GET", r)] {
-            let s = Summary {
-                samples: Vec::new(),
-                ..s.clone()
-            };
-            record::record(&format!("{name}: {phase}"), &s);
-        }
-    }
+    phase_table("Where a new connection's time goes (µs, p50)", &phases);
 
     record::table("One request on a kept-alive connection: GET of 100 bytes (µs)");
     for w in &ways {
@@ -451,20 +437,10 @@ async fn run(args: &[String]) -> Res<()> {
     }
     leaf_cost(&o.dir.join("leaf-ca"), o.hosts)?;
 
-    record::set_table("Where a first connection's time goes (µs, p50)");
-    println!("\n### Where a first connection's time goes (µs, p50)\n");
-    println!("| way | TCP + CONNECT answered | TLS handshake | GET answered |");
-    println!("|---|---|---|---|");
-    for (name, [c, t, r]) in &host_phases {
-        println!("| {name} | {:.0} | {:.0} | {:.0} |", c.p50, t.p50, r.p50);
-        for (phase, s) in [("TCP + CONNECT", c), ("TLS handshake", t), ("GET", r)] {
-            let s = Summary {
-                samples: Vec::new(),
-                ..s.clone()
-            };
-            record::record(&format!("{name}: {phase}"), &s);
-        }
-    }
+    phase_table(
+        "Where a first connection's time goes (µs, p50)",
+        &host_phases,
+    );
 
     // The bench is only worth its figures if the upstream saw the right
     // credential on every request, brokered or not.
@@ -738,5 +714,25 @@ impl Upstream {
             self.ok.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Prints each way's p50 per phase (connect, handshake, request) as one
+/// table and records the phases' spread; the totals keep the samples.
+fn phase_table<N: AsRef<str>>(title: &str, phases: &[(N, [Summary; 3])]) {
+    record::set_table(title);
+    println!("\n### {title}\n");
+    println!("| way | TCP + CONNECT answered | TLS handshake | GET answered |");
+    println!("|---|---|---|---|");
+    for (name, [c, t, r]) in phases {
+        let name = name.as_ref();
+        println!("| {name} | {:.0} | {:.0} | {:.0} |", c.p50, t.p50, r.p50);
+        for (phase, s) in [("TCP + CONNECT", c), ("TLS handshake", t), ("GET", r)] {
+            let s = Summary {
+                samples: Vec::new(),
+                ..s.clone()
+            };
+            record::record(&format!("{name}: {phase}"), &s);
+        }
     }
 }
