@@ -93,9 +93,9 @@ bench-upstream-tls *ARGS:
 # The forward proxy's DNS cache: a cached answer vs a system-resolver
 # lookup (prints figures; see docs/benchmarks.md). NAME: a name the host's
 # DNS answers. The test build, as the unit tests are: a hit's cost is an
-# upper bound there.
-bench-dns NAME="deb.debian.org":
-    AGENTBOX_BENCH_DNS_NAME={{NAME}} cargo test --lib proxy::dns::tests::cache_hit_and_miss_figures -- --ignored --nocapture
+# upper bound there. OUT: where to write the raw results (JSON).
+bench-dns NAME="deb.debian.org" OUT="":
+    AGENTBOX_BENCH_DNS_NAME={{NAME}} AGENTBOX_BENCH_OUT={{OUT}} cargo test --lib proxy::dns::tests::cache_hit_and_miss_figures -- --ignored --nocapture
 
 # Fuzz the proxy's request parsing and host matching (needs nightly and cargo-fuzz).
 fuzz-proxy SECS="60":

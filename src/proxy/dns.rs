@@ -149,6 +149,13 @@ impl Resolver {
     }
 }
 
+/// The bench's raw-results writer, shared with `tests/bench/`, for the
+/// figures test below.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/bench/record.rs"]
+mod bench_record;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,12 +243,16 @@ mod tests {
     /// against a lookup through the system resolver, for `localhost`
     /// (`/etc/hosts`: the cheapest miss there is) and for a name the
     /// host's DNS answers (`AGENTBOX_BENCH_DNS_NAME`, default `deb.debian.org`).
+    /// Raw results go to `AGENTBOX_BENCH_OUT`, else `target/bench-results/`.
     #[tokio::test(flavor = "multi_thread")]
     #[ignore = "benchmark: prints figures (just bench-dns)"]
     async fn cache_hit_and_miss_figures() {
+        use super::bench_record as record;
+        let started = record::start();
         let name = std::env::var("AGENTBOX_BENCH_DNS_NAME").unwrap_or("deb.debian.org".to_owned());
         println!("| lookup | name | calls | p50 µs | p90 µs | p99 µs | over 1 s |");
         println!("|---|---|---|---|---|---|---|");
+        record::set_table("a lookup through the proxy's resolver (µs)");
         for host in ["localhost", name.as_str()] {
             for (kind, ttl, calls) in [("miss", 0, 200), ("hit", 30, 20_000)] {
                 let r = Resolver::new(BTreeMap::new(), Duration::from_secs(ttl));
@@ -255,16 +266,18 @@ mod tests {
                     r.resolve(host).await.unwrap();
                     took.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
-                took.sort_by(f64::total_cmp);
-                let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
                 let slow = took.iter().filter(|&&us| us > 1e6).count();
+                let s = record::summarize(took);
                 println!(
                     "| {kind} | {host} | {calls} | {:.2} | {:.2} | {:.2} | {slow} |",
-                    at(0.5),
-                    at(0.9),
-                    at(0.99)
+                    s.p50, s.p90, s.p99
                 );
+                record::record(&format!("{kind}: {host}"), &s);
             }
         }
+        let out = std::env::var("AGENTBOX_BENCH_OUT")
+            .ok()
+            .filter(|p| !p.is_empty());
+        record::save("dns", started, out.as_deref());
     }
 }
