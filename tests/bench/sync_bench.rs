@@ -11,9 +11,14 @@
 //! root and loop devices (the recipe makes sure of the first two). Not a
 //! test: it only reports. `BENCH_ONLY=local` or `BENCH_ONLY=S3` runs one
 //! target; `BENCH_FILES=10000,100000` picks workspace sizes; `BENCH_RUNS`
-//! (default 7) the runs per figure.
+//! (default 7) the runs per figure; `BENCH_OUT=FILE` where the raw results
+//! (JSON, every sample) go, else `target/bench-results/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
+
+// Shared with the suite; this bench does not use every helper.
+#[allow(dead_code)]
+mod record;
 
 use agentbox::config::StorageConfig;
 use agentbox::ids::ConversationKey;
@@ -56,9 +61,14 @@ fn main() -> Result<()> {
     std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench-secret");
     std::env::set_var("AWS_REGION", "us-east-1");
+    let started = record::start();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(bench(&root, &endpoint));
     let _ = std::fs::remove_dir_all(&root);
+    if result.is_ok() {
+        let out = std::env::var("BENCH_OUT").ok().filter(|p| !p.is_empty());
+        record::save("sync", started, out.as_deref());
+    }
     result
 }
 
@@ -154,13 +164,14 @@ async fn bench(root: &Path, endpoint: &str) -> Result<()> {
         let (a, r) = restore(t, &dir, runs).await?;
         row(t.name, "full restore, 1,000 files", &a, &r);
     }
-    println!(
-        "\nrclone {} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
+    record::set_table("");
+    record::note(&format!(
+        "rclone {} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
          default (size+modtime) and --checksum modes per row (--checksum alone on S3 \
          at 100,000 files, where the default mode HEADs every object; on S3 --checksum \
          runs with --fast-list).",
         rclone_version()
-    );
+    ));
     Ok(())
 }
 
@@ -485,7 +496,12 @@ fn fmt(v: &[Duration]) -> String {
     )
 }
 
+/// Prints a row and records both samples (ms) under the target.
 fn row(target: &str, op: &str, ours: &[Duration], theirs: &[Duration]) {
+    let ms = |v: &[Duration]| record::summarize(v.iter().map(|d| d.as_secs_f64() * 1e3).collect());
+    record::set_table(&format!("{target}: {op} (ms)"));
+    record::record("agentbox", &ms(ours));
+    record::record("rclone", &ms(theirs));
     println!(
         "| {target} | {op} | {} | {} | {:.1}x |",
         fmt(ours),
