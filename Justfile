@@ -102,10 +102,11 @@ fuzz-proxy SECS="60":
     cargo +nightly fuzz run proxy_request --fuzz-dir tests/fuzz -- -max_total_time={{SECS}} -max_len=512
 
 # What a conversation's lease adds to a run's start and end (moto S3 and
-# a local directory); prints figures for docs/benchmarks.md. Not a test.
-bench-lease:
+# a local directory); prints figures for docs/benchmarks.md, raw results
+# with `--out FILE`. Not a test.
+bench-lease *ARGS:
     bash tests/setup/ensure-moto.sh >/dev/null
-    cargo run --release --quiet --example lease_bench
+    cargo run --release --quiet --example lease_bench -- {{ARGS}}
 
 # Workspace sync beside rclone (moto S3 and a local directory); prints
 # figures for docs/benchmarks.md. Not a test.

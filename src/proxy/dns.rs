@@ -152,7 +152,7 @@ impl Resolver {
 /// The bench's raw-results writer, shared with `tests/bench/`, for the
 /// figures test below.
 #[cfg(test)]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../tests/bench/record.rs"]
 mod bench_record;
 

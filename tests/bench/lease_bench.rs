@@ -5,8 +5,13 @@
 //!
 //!     just bench-lease            # or: cargo run --release --example lease_bench
 //!
-//! Prints median and spread (min..max) in microseconds. Expects moto
-//! (`tests/setup/ensure-moto.sh` starts it). Not a test.
+//! Prints median and spread (min..max) in microseconds; writes the raw
+//! results (every sample) to `--out FILE`, else `target/bench-results/`.
+//! Expects moto (`tests/setup/ensure-moto.sh` starts it). Not a test.
+
+// Shared with the suite; this bench does not use every helper.
+#[allow(dead_code)]
+mod record;
 
 use agentbox::config::StorageConfig;
 use agentbox::sync::lease::Leases;
@@ -32,9 +37,19 @@ fn main() -> Result<()> {
     std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench-secret");
     std::env::set_var("AWS_REGION", "us-east-1");
+    let mut args = std::env::args().skip(1);
+    let out = match (args.next().as_deref(), args.next()) {
+        (Some("--out"), Some(file)) => Some(file),
+        (None, _) => None,
+        _ => bail!("usage: lease_bench [--out FILE]"),
+    };
+    let started = record::start();
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(bench(&root, &endpoint));
     let _ = std::fs::remove_dir_all(&root);
+    if result.is_ok() {
+        record::save("lease", started, out.as_deref());
+    }
     result
 }
 
@@ -88,6 +103,11 @@ async fn bench(root: &Path, endpoint: &str) -> Result<()> {
             figure(&mut take),
             figure(&mut release)
         );
+        let us =
+            |v: &[Duration]| record::summarize(v.iter().map(|d| d.as_secs_f64() * 1e6).collect());
+        record::set_table(&format!("{name}: one conversation's lease (µs)"));
+        record::record("take (run start)", &us(&take));
+        record::record("release (run end)", &us(&release));
     }
     Ok(())
 }

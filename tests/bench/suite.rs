@@ -35,9 +35,13 @@
 //! - `failover`: two hosts behind HAProxy, one killed mid-run: the time
 //!   until HAProxy takes it out, and until its conversation's next message
 //!   has its first event and its `result` on the other host.
+//! - `cli`: the CLI alone on this host with each setting that might spare
+//!   it work (its boot CPU, prompt -> first model request, turn CPU); see
+//!   `cli_settings.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 
+mod cli_settings;
 mod failover;
 #[path = "../e2e/harness/mod.rs"]
 mod harness;
@@ -1376,6 +1380,9 @@ fn main() {
         }
         if a.wants("failover") {
             failover::failover(&a).await;
+        }
+        if a.wants("cli") {
+            cli_settings::cli_settings(&a).await;
         }
     });
     record::save("suite", recorded, a.out.as_deref());

@@ -166,7 +166,7 @@ async fn bench(root: &Path, endpoint: &str) -> Result<()> {
     }
     record::set_table("");
     record::note(&format!(
-        "rclone {} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
+        "{} with --transfers {CONCURRENCY} --checkers {CONCURRENCY}; best of its \
          default (size+modtime) and --checksum modes per row (--checksum alone on S3 \
          at 100,000 files, where the default mode HEADs every object; on S3 --checksum \
          runs with --fast-list).",
