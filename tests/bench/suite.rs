@@ -1101,15 +1101,22 @@ async fn claims(a: &Args) {
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
     let d = std::sync::Arc::new(d);
     let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
+    let mut commit_ms = Vec::new();
     for round in 0..rounds {
         tokio::task::block_in_place(|| {
             d.wait_status(900, "the pool filled", |s| {
                 s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
             })
         });
-        let before = state_write_commits(&d);
+        let before = state_write_totals(&d);
         let (a, f) = simultaneous(&d, &format!("claim{round}"), n).await;
-        commits.push(state_write_commits(&d) - before);
+        let after = state_write_totals(&d);
+        let count = after.0 - before.0;
+        commits.push(count);
+        commit_ms.push(format!(
+            "{:.1}",
+            (after.1 - before.1) * 1000.0 / count.max(1) as f64
+        ));
         agent.extend(a);
         first.extend(f);
     }
@@ -1124,27 +1131,32 @@ async fn claims(a: &Args) {
     }
     note(&format!(
         "{cold} of {} runs started cold; {rounds} rounds; state write commits per round of {n} runs \
-         (until all {n} had ended): {commits:?}",
+         (until all {n} had ended): {commits:?}, each taking {commit_ms:?} ms on average \
+         (flush included)",
         n * rounds
     ));
 }
 
-/// How many write transactions the daemon's state file has committed
-/// (the `agentbox_state_transaction_duration_seconds` count).
-fn state_write_commits(d: &Daemon) -> u64 {
+/// How many write transactions the daemon's state file has committed and
+/// the seconds they took together, flush included (the
+/// `agentbox_state_transaction_duration_seconds` count and sum).
+fn state_write_totals(d: &Daemon) -> (u64, f64) {
     let url = format!("http://{}/metrics", d.admin_addr);
     let out = std::process::Command::new("curl")
         .args(["-sf", &url])
         .output()
         .expect("curl the metrics");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| {
-            l.starts_with("agentbox_state_transaction_duration_seconds_count")
-                && l.contains("kind=\"write\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = |series: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(series) && l.contains("kind=\"write\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    (
+        total("agentbox_state_transaction_duration_seconds_count") as u64,
+        total("agentbox_state_transaction_duration_seconds_sum"),
+    )
 }
 
 fn now_us() -> u64 {
@@ -1198,6 +1210,42 @@ async fn text_delta_arrivals(d: &Daemon, conversation: &str) -> Vec<u64> {
     arrivals
 }
 
+/// The same answer through the session endpoint (the Agent SDK's path, its
+/// partial messages on): the arrival of each `text_delta` stream event.
+async fn session_delta_arrivals(d: &Daemon, conversation: &str) -> Vec<u64> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = open_session(
+        d,
+        TOKEN,
+        conversation,
+        json!({"include_partial_messages": true}),
+    )
+    .await
+    .expect("the session upgrade");
+    send_line(&mut ws, user_line(STREAMED)).await;
+    let mut arrivals = Vec::new();
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(msg) = ws.next().await {
+            let at = now_us();
+            let Message::Text(text) = msg.expect("session message") else {
+                continue;
+            };
+            if text.contains("\"text_delta\"") {
+                arrivals.push(at);
+            }
+            if text.contains("\"type\":\"result\"") {
+                return;
+            }
+        }
+        panic!("the session closed before its result");
+    })
+    .await;
+    finished.expect("the session's result within 120 s");
+    send_line(&mut ws, json!({"type": "end_input"})).await;
+    arrivals
+}
+
 /// The same answer read straight from the CLI on this host (no container,
 /// agent, daemon or proxy): the arrival of each partial text delta line.
 async fn cli_delta_arrivals(mock: &mock_model::MockModel, home: &std::path::Path) -> Vec<u64> {
@@ -1242,30 +1290,43 @@ async fn cli_delta_arrivals(mock: &mock_model::MockModel, home: &std::path::Path
 async fn streaming(a: &Args) {
     let (mock, d) = start_with_mock_opts("bench-key", 1, "").await;
     let home = tempfile::tempdir().expect("home for the host CLI");
-    let (mut via, mut direct) = (Vec::new(), Vec::new());
-    for i in 0..a.runs {
+    let (mut via, mut direct, mut session) = (Vec::new(), Vec::new(), Vec::new());
+    let warm = |d: &Daemon| {
         tokio::task::block_in_place(|| {
             d.wait_status(120, "a ready container", |s| s["pool"]["ready"] == 1)
-        });
+        })
+    };
+    for i in 0..a.runs {
+        warm(&d);
         let arrivals = text_delta_arrivals(&d, &format!("stream-{i}")).await;
         via.extend(delays_ms(&arrivals, &mock.sent_event_times_us()));
+        warm(&d);
+        let arrivals = session_delta_arrivals(&d, &format!("stream-session-{i}")).await;
+        session.extend(delays_ms(&arrivals, &mock.sent_event_times_us()));
         let arrivals = cli_delta_arrivals(&mock, home.path()).await;
         direct.extend(delays_ms(&arrivals, &mock.sent_event_times_us()));
     }
-    let (via, direct) = (summarize(via), summarize(direct));
+    let (via, direct, session) = (summarize(via), summarize(direct), summarize(session));
     table("Streaming: model event -> text delta at the reader (ms)");
     row(
         "through agentbox: model event -> client's SSE `text_delta`",
         &via,
     );
     row(
+        "through agentbox's session endpoint: model event -> client's `text_delta` message",
+        &session,
+    );
+    row(
         "the CLI alone on the host: model event -> its stdout line",
         &direct,
     );
     note(&format!(
-        "agentbox adds {:.2} ms at p50 and {:.2} ms at p99 over the CLI alone (target p50 under 1 ms)",
+        "agentbox adds {:.2} ms at p50 and {:.2} ms at p99 over the CLI alone through SSE, \
+         {:.2} ms and {:.2} ms through the session endpoint (target p50 under 1 ms)",
         via.p50 - direct.p50,
-        via.p99 - direct.p99
+        via.p99 - direct.p99,
+        session.p50 - direct.p50,
+        session.p99 - direct.p99
     ));
 }
 
