@@ -239,6 +239,13 @@ pub struct PoolConfig {
     /// take a pre-started one first. Unset: all (with
     /// `container.prestart_cli`).
     pub prestarted_max: Option<usize>,
+    /// CPU weight (the engine's `cpu_shares`; a container that sets none
+    /// has 1024) of a `runc`-tier pool container until it is claimed, when
+    /// it gets the default weight. Under contention the refill's starts
+    /// (each a CLI's boot) then take only what the running conversations
+    /// leave; on an idle host they run at full speed. `0`: every container
+    /// has the engine's default weight.
+    pub refill_cpu_shares: u64,
 }
 
 impl Default for PoolConfig {
@@ -252,6 +259,7 @@ impl Default for PoolConfig {
             burst_max_size: 8,
             burst_window_secs: 120,
             prestarted_max: None,
+            refill_cpu_shares: 64,
         }
     }
 }
@@ -500,6 +508,14 @@ impl Config {
         }
         if p.max_parallel_starts == 0 {
             return Err(invalid("pool.max_parallel_starts", "must be at least 1"));
+        }
+        // The engine takes 2 and up; past the default the pool would outweigh
+        // the conversations it serves.
+        if p.refill_cpu_shares == 1 || p.refill_cpu_shares > 1024 {
+            return Err(invalid(
+                "pool.refill_cpu_shares",
+                "must be 0 (off) or from 2 to 1024",
+            ));
         }
         for (key, v) in [
             ("gc.idle_ttl_secs", self.gc.idle_ttl_secs),
@@ -769,6 +785,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("pool.max_size"), "{err}");
+    }
+
+    #[test]
+    fn refill_cpu_shares_is_off_or_an_engine_weight_up_to_the_default() {
+        assert_eq!(parse("").unwrap().pool.refill_cpu_shares, 64);
+        for ok in [0, 2, 1024] {
+            let c = parse(&format!("[pool]\nrefill_cpu_shares = {ok}")).unwrap();
+            assert_eq!(c.pool.refill_cpu_shares, ok);
+        }
+        for bad in [1, 1025] {
+            let err = parse(&format!("[pool]\nrefill_cpu_shares = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("pool.refill_cpu_shares"), "{err}");
+        }
     }
 
     #[test]

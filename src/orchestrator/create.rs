@@ -44,11 +44,15 @@ impl Orchestrator {
         let cfg = self.cfg();
         let c = &cfg.container;
         let prestart = prestart && c.prestart_cli;
+        let cpu_shares = refill_cpu_shares(&cfg.pool, binding, tier);
         let record = ContainerRecord::warming(name, &c.image, binding.is_some())
             .with_tier(tier)
-            .with_prestarted(prestart);
+            .with_prestarted(prestart)
+            .with_low_cpu_weight(cpu_shares.is_some());
         self.store.insert_container(&record).await?;
-        let result = self.create_inner(name, binding, tier, prestart).await;
+        let result = self
+            .create_inner(name, binding, tier, prestart, cpu_shares)
+            .await;
         if let Err(e) = &result {
             tracing::warn!(message = "Container creation failed.", container_id = %name, error = %e);
             self.destroy(name, crate::codes::DestroyReason::CreateFailed)
@@ -63,6 +67,7 @@ impl Orchestrator {
         binding: Option<&Binding>,
         tier: IsolationTier,
         prestart: bool,
+        cpu_shares: Option<i64>,
     ) -> Result<(), OrchestratorError> {
         let cfg = self.cfg();
         let c = &cfg.container;
@@ -101,6 +106,7 @@ impl Orchestrator {
             user: format!("{}:{}", c.uid, c.gid),
             memory_bytes: (c.memory_mb * 1024 * 1024) as i64,
             nano_cpus: (c.cpus * 1e9) as i64,
+            cpu_shares,
             pids_limit: c.pids_limit,
             tmp_size_bytes: c.tmp_size_mb * 1024 * 1024,
             confinement: self.isolation.confinement.clone(),
@@ -142,6 +148,20 @@ impl Orchestrator {
         });
         Ok(())
     }
+}
+
+/// The CPU weight a new container starts with: `pool.refill_cpu_shares`
+/// for a `runc` pool container (nobody waits on it yet, so its start
+/// yields to the conversations running), the engine's default otherwise:
+/// a cold start serves a waiting run, and runsc cannot raise a gVisor
+/// container's weight at its claim.
+fn refill_cpu_shares(
+    pool: &crate::config::PoolConfig,
+    binding: Option<&Binding>,
+    tier: IsolationTier,
+) -> Option<i64> {
+    let shares = pool.refill_cpu_shares;
+    (binding.is_none() && tier == IsolationTier::Runc && shares > 0).then_some(shares as i64)
 }
 
 /// Hands `dir` to root: the container user keeps, through its group, the

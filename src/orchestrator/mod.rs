@@ -31,7 +31,7 @@ use crate::ids::ConversationKey;
 use crate::isolation::{Isolation, IsolationReport};
 use crate::locks::RunLocks;
 use crate::proxy::{Gateway, ProxyContext, ProxyRegistry};
-use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::runtime::{ContainerRuntime, RuntimeError, DEFAULT_CPU_SHARES};
 use crate::state::{Binding, ContainerRecord, ContainerState, StateError, Store};
 use crate::workers::{WorkerBoard, WorkerSet, WorkerStatus};
 use serde::Serialize;
@@ -382,6 +382,9 @@ impl Orchestrator {
             {
                 self.counters.warm_claims.fetch_add(1, Ordering::Relaxed);
                 self.refill.notify_one();
+                if claim.container.low_cpu_weight {
+                    self.restore_cpu_weight(&claim.container.name);
+                }
                 let name = claim.container.name;
                 self.bind_proxy(&name, binding)?;
                 crate::audit::emit(&AuditEvent::PoolClaimed {
@@ -451,6 +454,21 @@ impl Orchestrator {
         });
         self.refill.notify_one();
         Ok(self.assigned(&name, true))
+    }
+
+    /// Gives a claimed pool container the engine's default CPU weight
+    /// (`pool.refill_cpu_shares`), off the claim's path: the engine takes
+    /// about 10 ms for it, and a run's first steps need little CPU. A
+    /// failure leaves the run on the low weight: slower under contention,
+    /// not broken.
+    fn restore_cpu_weight(&self, name: &str) {
+        let (runtime, name) = (self.runtime.clone(), name.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = runtime.set_cpu_shares(&name, DEFAULT_CPU_SHARES).await {
+                tracing::warn!(message = "Restoring a claimed container's CPU weight failed.",
+                    container_id = %name, %error);
+            }
+        });
     }
 
     fn assigned(&self, name: &str, fresh: bool) -> Assigned {

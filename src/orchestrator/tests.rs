@@ -475,3 +475,63 @@ async fn only_part_of_the_pool_keeps_a_prestarted_cli() {
         .count();
     assert_eq!(ready_prestarted, 1);
 }
+
+#[tokio::test]
+async fn the_pool_starts_on_a_low_cpu_weight_and_a_claim_restores_the_default() {
+    let core = core(|c| {
+        c.pool.min_size = 1;
+        c.pool.refill_cpu_shares = 64;
+    });
+    core.orchestrator.refill_once().await.unwrap();
+    let pooled = core.runtime.names().pop().unwrap();
+    assert_eq!(core.runtime.cpu_shares(&pooled), Some(64), "starts low");
+    let rec = core.store.container(&pooled).await.unwrap().unwrap();
+    assert!(rec.low_cpu_weight);
+
+    let a = core.orchestrator.acquire(&key("c")).await.unwrap();
+    assert_eq!(a.container, pooled);
+    // Restored off the claim's path: wait for the spawned update.
+    for _ in 0..100 {
+        if core.runtime.cpu_shares(&pooled) == Some(1024) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        core.runtime.cpu_shares(&pooled),
+        Some(1024),
+        "claimed: default"
+    );
+
+    // A cold start serves a waiting run: the default weight from the start.
+    let cold = core.orchestrator.acquire(&key("d")).await.unwrap();
+    assert_ne!(cold.container, pooled);
+    assert_eq!(core.runtime.cpu_shares(&cold.container), Some(1024));
+    let rec = core
+        .store
+        .container(&cold.container)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!rec.low_cpu_weight);
+}
+
+#[tokio::test]
+async fn without_a_refill_weight_every_container_has_the_default() {
+    let core = core(|c| {
+        c.pool.min_size = 1;
+        c.pool.refill_cpu_shares = 0;
+    });
+    core.orchestrator.refill_once().await.unwrap();
+    let pooled = core.runtime.names().pop().unwrap();
+    assert_eq!(core.runtime.cpu_shares(&pooled), Some(1024));
+    assert!(
+        !core
+            .store
+            .container(&pooled)
+            .await
+            .unwrap()
+            .unwrap()
+            .low_cpu_weight
+    );
+}

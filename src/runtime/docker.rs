@@ -130,6 +130,18 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), RuntimeError> {
+        let body = bollard::models::ContainerUpdateBody {
+            cpu_shares: Some(shares),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map(|_| ())
+            .map_err(engine)
+    }
+
     async fn list_managed(
         &self,
         instance: Option<&str>,

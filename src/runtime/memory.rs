@@ -36,6 +36,7 @@ pub(crate) enum Op {
     Remove,
     List,
     Ping,
+    Update,
 }
 
 /// One thing the fake agent does while answering `/execute`.
@@ -91,6 +92,7 @@ struct Container {
     id: String,
     labels: HashMap<String, String>,
     running: bool,
+    cpu_shares: i64,
     /// The agent's accept loop; aborting it ends its connections too.
     agent: Option<AbortHandle>,
 }
@@ -214,6 +216,7 @@ impl MemoryRuntime {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 running,
+                cpu_shares: super::DEFAULT_CPU_SHARES,
                 agent: None,
             },
         );
@@ -237,6 +240,11 @@ impl MemoryRuntime {
             .get(name)
             .map(|c| c.labels.clone())
             .unwrap_or_default()
+    }
+
+    /// The container's CPU weight (`cpu_shares`), if the engine has it.
+    pub(crate) fn cpu_shares(&self, name: &str) -> Option<i64> {
+        self.engine().containers.get(name).map(|c| c.cpu_shares)
     }
 
     /// How many containers were created successfully.
@@ -289,6 +297,7 @@ impl MemoryRuntime {
                 id: id.clone(),
                 labels: spec.labels.clone(),
                 running: true,
+                cpu_shares: spec.cpu_shares.unwrap_or(super::DEFAULT_CPU_SHARES),
                 agent,
             },
         );
@@ -329,6 +338,20 @@ impl ContainerRuntime for MemoryRuntime {
             .containers
             .retain(|name, c| name.as_str() != id && c.id != id);
         Ok(())
+    }
+
+    async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), RuntimeError> {
+        let mut engine = self.engine();
+        engine.fault(Op::Update)?;
+        match engine.find(id) {
+            Some((_, c)) => {
+                c.cpu_shares = shares;
+                Ok(())
+            }
+            None => Err(RuntimeError::Engine(
+                format!("no such container: {id}").into(),
+            )),
+        }
     }
 
     async fn list_managed(

@@ -127,6 +127,10 @@ pub(crate) struct ContainerSpec {
     pub user: String,
     pub memory_bytes: i64,
     pub nano_cpus: i64,
+    /// Its CPU weight against the other containers under contention
+    /// (`cpu_shares`); `None` keeps the engine's default
+    /// ([`DEFAULT_CPU_SHARES`]).
+    pub cpu_shares: Option<i64>,
     pub pids_limit: i64,
     pub tmp_size_bytes: u64,
     /// Seccomp and path confinement; its default is the embedded seccomp
@@ -176,6 +180,10 @@ pub(crate) struct EngineInfo {
     pub runtimes: BTreeMap<String, EngineRuntime>,
 }
 
+/// The engine's CPU weight of a container that sets none (Docker's
+/// `--cpu-shares` default).
+pub(crate) const DEFAULT_CPU_SHARES: i64 = 1024;
+
 #[async_trait]
 pub(crate) trait ContainerRuntime: Send + Sync {
     /// Creates and starts the container; returns its id.
@@ -184,6 +192,8 @@ pub(crate) trait ContainerRuntime: Send + Sync {
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
     /// Removes the container, killing it if needed; absent is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Changes a running container's CPU weight (`cpu_shares`).
+    async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), RuntimeError>;
     /// All running or stopped containers labelled as this instance's
     /// (every instance's with `None`).
     async fn list_managed(

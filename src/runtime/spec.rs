@@ -84,6 +84,7 @@ pub(crate) fn hardened_create_body(spec: &ContainerSpec) -> ContainerCreateBody 
         // Equal to memory: no swap on top of the limit.
         memory_swap: Some(spec.memory_bytes),
         nano_cpus: Some(spec.nano_cpus),
+        cpu_shares: spec.cpu_shares,
         pids_limit: Some(host_pids_limit(
             spec.pids_limit,
             spec.gvisor_runtime.is_some(),
@@ -139,6 +140,7 @@ mod tests {
             user: "1000:1000".into(),
             memory_bytes: 1 << 30,
             nano_cpus: 1_000_000_000,
+            cpu_shares: None,
             pids_limit: 256,
             tmp_size_bytes: 1 << 26,
             confinement: Confinement {

@@ -127,6 +127,10 @@ pub struct ContainerRecord {
     /// from before the setting followed `container.prestart_cli`, on by default.
     #[serde(default = "yes")]
     pub prestarted: bool,
+    /// Started with `pool.refill_cpu_shares` as its CPU weight, to be
+    /// given the default one when claimed.
+    #[serde(default)]
+    pub low_cpu_weight: bool,
 }
 
 fn yes() -> bool {
@@ -146,6 +150,7 @@ impl ContainerRecord {
             cold,
             tier: IsolationTier::Runc,
             prestarted: true,
+            low_cpu_weight: false,
         }
     }
 
@@ -157,6 +162,11 @@ impl ContainerRecord {
 
     pub fn with_prestarted(mut self, prestarted: bool) -> Self {
         self.prestarted = prestarted;
+        self
+    }
+
+    pub fn with_low_cpu_weight(mut self, low: bool) -> Self {
+        self.low_cpu_weight = low;
         self
     }
 }

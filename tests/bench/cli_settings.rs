@@ -77,19 +77,6 @@ struct Figures {
     turn_cpu: f64,
 }
 
-/// CPU time (user + system) of a process so far, in ms.
-fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold
-    // spaces: utime and stime are the 12th and 13th of them.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks * 1000.0 / hz)
-}
-
 /// How long a new CLI is left to start before its prompt. It does its
 /// start-up in steps: most by 0.4 s, then more at about 1 s and 2 s
 /// (deferred work on timers), then nothing until its prompt (sampled every
@@ -136,7 +123,7 @@ async fn one_run(mock: &mock_model::MockModel, s: &Setting, settle: Duration) ->
         .expect("claude on the host (tests/setup/ensure-claude.sh)");
     let pid = child.id().expect("pid");
     tokio::time::sleep(settle).await;
-    let boot_cpu = cpu_ms(pid).expect("the CLI exited before its prompt");
+    let boot_cpu = crate::process_cpu_ms(pid).expect("the CLI exited before its prompt");
 
     let line = serde_json::json!({
         "type": "user",
@@ -156,7 +143,7 @@ async fn one_run(mock: &mock_model::MockModel, s: &Setting, settle: Duration) ->
             break;
         }
     }
-    let turn_cpu = cpu_ms(pid).expect("the CLI is still running") - boot_cpu;
+    let turn_cpu = crate::process_cpu_ms(pid).expect("the CLI is still running") - boot_cpu;
     drop(stdin);
     let _ = child.wait().await;
     let to_request = crate::to_first_model_request(mock, sent_at_ms);

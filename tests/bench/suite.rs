@@ -950,6 +950,30 @@ fn conversations_cpu_ms(d: &Daemon, conversations: &[String]) -> Vec<f64> {
         .collect()
 }
 
+/// CPU time (user + system) of a process so far, in ms.
+fn process_cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 12th and 13th of them.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks * 1000.0 / hz)
+}
+
+/// CPU time of every container of the engine together so far, in ms
+/// (cgroup v1's `docker` group, as here); `None` elsewhere.
+fn all_containers_cpu_ms() -> Option<f64> {
+    let ns: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(ns / 1e6)
+}
+
 /// Busy and total jiffies of the whole machine (`/proc/stat`'s cpu line).
 fn host_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -1089,19 +1113,34 @@ async fn burst(a: &Args) {
 /// `n` runs at once on a pool of `n` warm containers, in rounds (`--runs`,
 /// at most 5; the pool refills between them): claim to the first byte
 /// from the agent (issue target: p99 at most 100 ms), the daemon's steps
-/// of those runs, and how many durable state commits each round made.
+/// of those runs, how many durable state commits each round made and where
+/// the CPU went. Twice: with the pool refilling at the engine's default
+/// CPU weight (`pool.refill_cpu_shares = 0`), then at the shipped low one.
 async fn claims(a: &Args) {
+    for shares in [0, 64] {
+        claims_with_refill_weight(a, shares).await;
+    }
+}
+
+async fn claims_with_refill_weight(a: &Args, shares: u64) {
     let n = a.size(50, 2);
     let rounds = a.size(a.runs.clamp(1, 5), 1);
     // Each round's conversations keep their containers: room for all.
     let env = vec![(
         "AGENTBOX_POOL_MAX_SIZE".to_owned(),
-        (n * rounds + 8).to_string(),
+        if std::env::var("BENCH_NO_REFILL").is_ok() {
+            n.to_string()
+        } else {
+            (n * rounds + 8).to_string()
+        },
     )];
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
     let d = std::sync::Arc::new(d);
     let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
     let mut commit_ms = Vec::new();
+    // CPU-s per round: the daemon, this process (the mock model and the
+    // clients), every container, the whole machine.
+    let mut cpu: [Vec<f64>; 4] = Default::default();
     for round in 0..rounds {
         tokio::task::block_in_place(|| {
             d.wait_status(900, "the pool filled", |s| {
@@ -1109,8 +1148,13 @@ async fn claims(a: &Args) {
             })
         });
         let before = state_write_totals(&d);
+        let cpu_before = cpu_split(&d);
         let (a, f) = simultaneous(&d, &format!("claim{round}"), n).await;
+        let cpu_after = cpu_split(&d);
         let after = state_write_totals(&d);
+        for (k, (x, y)) in cpu_before.iter().zip(&cpu_after).enumerate() {
+            cpu[k].push((y - x) / 1000.0);
+        }
         let count = after.0 - before.0;
         commits.push(count);
         commit_ms.push(format!(
@@ -1123,7 +1167,10 @@ async fn claims(a: &Args) {
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
         .unwrap_or(0);
-    table(&format!("{n} claims at once on a pool of {n} (ms)"));
+    table(&format!(
+        "{n} claims at once on a pool of {n}, the refill at CPU weight {} (ms)",
+        if shares == 0 { 1024 } else { shares }
+    ));
     row("request -> first byte from the agent", &summarize(agent));
     row("request -> first SSE event", &summarize(first));
     for (name, samples) in run_steps(&d) {
@@ -1135,6 +1182,35 @@ async fn claims(a: &Args) {
          (flush included)",
         n * rounds
     ));
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    note(&format!(
+        "CPU-seconds per round, from the first request until all {n} runs had ended: \
+         the daemon [{}], the bench process (mock model and clients) [{}], all containers [{}], \
+         the whole machine [{}]",
+        fmt(&cpu[0]),
+        fmt(&cpu[1]),
+        fmt(&cpu[2]),
+        fmt(&cpu[3])
+    ));
+}
+
+/// CPU ms so far of the daemon, this process, every container and the
+/// whole machine (NaN where it cannot be read).
+fn cpu_split(d: &Daemon) -> [f64; 4] {
+    let (busy, _) = host_jiffies();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    [
+        process_cpu_ms(d.child.id()).unwrap_or(f64::NAN),
+        process_cpu_ms(std::process::id()).unwrap_or(f64::NAN),
+        all_containers_cpu_ms().unwrap_or(f64::NAN),
+        busy as f64 * 1000.0 / hz,
+    ]
 }
 
 /// How many write transactions the daemon's state file has committed and

@@ -43,6 +43,11 @@ async fn pool_prewarms_serves_claims_and_refills() {
     let (_mock, d) = start_with_mock_opts(KEY, 2, "").await;
     let s = d.wait_status(120, "pool at 2", |s| s["pool"]["ready"] == 2);
     let warm = ready_names(&s);
+    // The pool starts on `pool.refill_cpu_shares` (default 64), so the
+    // refill yields to running conversations; the cgroup has it too.
+    for name in &warm {
+        assert_eq!(inspect(name)["HostConfig"]["CpuShares"], 64, "{name}");
+    }
     let (status, body) = post_message(
         &d,
         Some(TOKEN),
@@ -56,6 +61,17 @@ async fn pool_prewarms_serves_claims_and_refills() {
     assert!(
         warm.contains(&used),
         "{used} did not come from the pool {warm:?}"
+    );
+    // Claimed: the engine's default weight, set off the claim's path.
+    wait_until(
+        30,
+        || {
+            format!(
+                "{used}'s CPU weight back to 1024: {}",
+                inspect(&used)["HostConfig"]
+            )
+        },
+        || (inspect(&used)["HostConfig"]["CpuShares"] == 1024).then_some(()),
     );
     let s = d.wait_status(120, "refill to 2", |s| s["pool"]["ready"] == 2);
     assert_eq!(s["pool"]["warm_claims_total"], 1);
@@ -88,6 +104,9 @@ async fn empty_pool_falls_back_to_a_cold_start() {
     let s = d.status();
     assert_eq!(s["pool"]["cold_starts_total"], 1);
     let name = d.container_of(TENANT, "cold").unwrap();
+    // A cold start serves a waiting run: no weight set, so the engine's
+    // default (1024) from the start.
+    assert_eq!(inspect(&name)["HostConfig"]["CpuShares"], 0);
     // A cold container knows its conversation early enough to be labelled.
     assert_eq!(
         inspect(&name)["Config"]["Labels"]["agentbox.conversation"],
