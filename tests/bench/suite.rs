@@ -1126,14 +1126,16 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
     let n = a.size(50, 2);
     let rounds = a.size(a.runs.clamp(1, 5), 1);
     // Each round's conversations keep their containers: room for all.
-    let env = vec![(
-        "AGENTBOX_POOL_MAX_SIZE".to_owned(),
-        if std::env::var("BENCH_NO_REFILL").is_ok() {
-            n.to_string()
-        } else {
-            (n * rounds + 8).to_string()
-        },
-    )];
+    let env = vec![
+        (
+            "AGENTBOX_POOL_MAX_SIZE".to_owned(),
+            (n * rounds + 8).to_string(),
+        ),
+        (
+            "AGENTBOX_POOL_REFILL_CPU_SHARES".to_owned(),
+            shares.to_string(),
+        ),
+    ];
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
     let d = std::sync::Arc::new(d);
     let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
@@ -1141,17 +1143,29 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
     // CPU-s per round: the daemon, this process (the mock model and the
     // clients), every container, the whole machine.
     let mut cpu: [Vec<f64>; 4] = Default::default();
+
     for round in 0..rounds {
         tokio::task::block_in_place(|| {
             d.wait_status(900, "the pool filled", |s| {
                 s["pool"]["ready"] == n as u64 && s["pool"]["warming"] == 0
             })
         });
+        // Ready is when the agent answers; its CLI's start-up goes on for a
+        // second or two after. Warm means done with it.
+        wait_containers_quiet().await;
+        // The setting under test took: the ready containers' weight.
+        for c in d.status()["containers"].as_array().expect("containers") {
+            if c["state"] == "ready" {
+                let name = c["name"].as_str().expect("name");
+                assert_eq!(inspect(name)["HostConfig"]["CpuShares"], shares, "{name}");
+            }
+        }
         let before = state_write_totals(&d);
         let cpu_before = cpu_split(&d);
         let (a, f) = simultaneous(&d, &format!("claim{round}"), n).await;
         let cpu_after = cpu_split(&d);
         let after = state_write_totals(&d);
+
         for (k, (x, y)) in cpu_before.iter().zip(&cpu_after).enumerate() {
             cpu[k].push((y - x) / 1000.0);
         }
@@ -1190,13 +1204,36 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
     };
     note(&format!(
         "CPU-seconds per round, from the first request until all {n} runs had ended: \
-         the daemon [{}], the bench process (mock model and clients) [{}], all containers [{}], \
-         the whole machine [{}]",
+         the daemon [{}], the bench process (mock model and clients) [{}], all containers \
+         (the claimed ones and the refill behind them) [{}], the whole machine [{}]",
         fmt(&cpu[0]),
         fmt(&cpu[1]),
         fmt(&cpu[2]),
         fmt(&cpu[3])
     ));
+}
+
+/// Waits until all containers together use under a twentieth of a core
+/// over a second (at most two minutes; then goes on and says so).
+async fn wait_containers_quiet() {
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let Some(mut last) = all_containers_cpu_ms() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Some(now) = all_containers_cpu_ms() else {
+            return;
+        };
+        if now - last < 50.0 {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("bench: the containers never went quiet; measuring anyway");
+            return;
+        }
+        last = now;
+    }
 }
 
 /// CPU ms so far of the daemon, this process, every container and the
