@@ -191,6 +191,10 @@ pub(crate) struct Orchestrator {
     /// Workspace sync, so a container's last changes are pushed before
     /// its workspace is removed.
     sync: std::sync::OnceLock<crate::sync::SyncService>,
+    /// One engine weight update at a time once the cgroup already has the
+    /// weight: they only bring the engine's record in line, and fifty at
+    /// once would take the cores from the runs they are for.
+    record_weights: Arc<tokio::sync::Semaphore>,
 }
 
 impl Orchestrator {
@@ -230,6 +234,7 @@ impl Orchestrator {
             counters: Counters::default(),
             engine: engine_watch::EngineHealth::default(),
             sync: std::sync::OnceLock::new(),
+            record_weights: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -457,16 +462,26 @@ impl Orchestrator {
     }
 
     /// Gives a claimed pool container the engine's default CPU weight
-    /// (`pool.refill_cpu_shares`), off the claim's path: the engine takes
-    /// about 10 ms for it, and a run's first steps need little CPU. A
-    /// failure leaves the run on the low weight: slower under contention,
-    /// not broken.
-    fn restore_cpu_weight(&self, name: &str) {
+    /// (`pool.refill_cpu_shares`). Straight into its cgroup when the
+    /// runtime can (one file write, before the run reaches the agent);
+    /// the engine's update follows off the claim's path, so the engine's
+    /// record agrees (a later `docker update` re-applies the whole
+    /// record). Without the direct write the engine's update is the raise
+    /// itself. A failure leaves the run on the low weight: slower under
+    /// contention, not broken; reconcile raises it again at start-up.
+    pub(super) fn restore_cpu_weight(&self, name: &str) {
+        let written = self.runtime.write_cpu_weight(name, DEFAULT_CPU_SHARES);
         let (runtime, name) = (self.runtime.clone(), name.to_owned());
+        let queue = written.then(|| self.record_weights.clone());
         tokio::spawn(async move {
+            // Never closed; a closed semaphore would only mean no queue.
+            let _turn = match &queue {
+                Some(queue) => queue.acquire().await.ok(),
+                None => None,
+            };
             if let Err(error) = runtime.set_cpu_shares(&name, DEFAULT_CPU_SHARES).await {
                 tracing::warn!(message = "Restoring a claimed container's CPU weight failed.",
-                    container_id = %name, %error);
+                    container_id = %name, written_directly = written, %error);
             }
         });
     }

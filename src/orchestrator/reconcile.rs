@@ -114,6 +114,11 @@ impl Orchestrator {
                         .is_ok();
                     if healthy || r.state == ContainerState::Claimed {
                         report.adopted += 1;
+                        // A crash may have come between its claim and the
+                        // raise of its weight; raising twice is harmless.
+                        if r.state == ContainerState::Claimed && r.low_cpu_weight {
+                            self.restore_cpu_weight(&r.name);
+                        }
                     } else {
                         self.destroy(&r.name, DestroyReason::Unhealthy).await;
                         report.removed += 1;

@@ -490,18 +490,20 @@ async fn the_pool_starts_on_a_low_cpu_weight_and_a_claim_restores_the_default() 
 
     let a = core.orchestrator.acquire(&key("c")).await.unwrap();
     assert_eq!(a.container, pooled);
-    // Restored off the claim's path: wait for the spawned update.
-    for _ in 0..100 {
-        if core.runtime.cpu_shares(&pooled) == Some(1024) {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // Written into the cgroup before the claim returns...
     assert_eq!(
         core.runtime.cpu_shares(&pooled),
         Some(1024),
         "claimed: default"
     );
+    // ...and the engine's record follows off the claim's path.
+    for _ in 0..100 {
+        if core.runtime.cpu_updates() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(core.runtime.cpu_updates(), 1, "the engine's record too");
 
     // A cold start serves a waiting run: the default weight from the start.
     let cold = core.orchestrator.acquire(&key("d")).await.unwrap();
@@ -514,6 +516,29 @@ async fn the_pool_starts_on_a_low_cpu_weight_and_a_claim_restores_the_default() 
         .unwrap()
         .unwrap();
     assert!(!rec.low_cpu_weight);
+}
+
+#[tokio::test]
+async fn reconcile_raises_a_claimed_container_a_crash_left_on_the_low_weight() {
+    let core = core(|c| {
+        c.pool.min_size = 1;
+        c.pool.refill_cpu_shares = 64;
+    });
+    let o = &core.orchestrator;
+    o.refill_once().await.unwrap();
+    let claimed = o.acquire(&key("c")).await.unwrap().container;
+    // As if the daemon died between the claim and the raise.
+    core.runtime.set_cpu_shares(&claimed, 64).await.unwrap();
+
+    let report = o.reconcile(true).await.unwrap();
+    assert_eq!(report.adopted, 1);
+    for _ in 0..100 {
+        if core.runtime.cpu_shares(&claimed) == Some(1024) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(core.runtime.cpu_shares(&claimed), Some(1024));
 }
 
 #[tokio::test]

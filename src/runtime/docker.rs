@@ -1,5 +1,6 @@
 //! [`ContainerRuntime`] on a Docker engine through bollard.
 
+use super::cgroup::CpuWeightFile;
 use super::spec::hardened_create_body;
 use super::EngineFacts;
 use super::{
@@ -16,9 +17,13 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub(crate) struct DockerRuntime {
     docker: Docker,
+    /// The cgroup weight files of containers started on a weight of their
+    /// own, by name, until raised (see [`super::cgroup`]).
+    weight_files: Mutex<HashMap<String, CpuWeightFile>>,
 }
 
 impl DockerRuntime {
@@ -30,7 +35,37 @@ impl DockerRuntime {
             .negotiate_version()
             .await
             .map_err(|e| RuntimeError::Unreachable(e.into()))?;
-        Ok(Self { docker })
+        Ok(Self {
+            docker,
+            weight_files: Mutex::default(),
+        })
+    }
+
+    fn weight_files(&self) -> std::sync::MutexGuard<'_, HashMap<String, CpuWeightFile>> {
+        // A panic elsewhere cannot leave the map half-written.
+        self.weight_files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Finds the cgroup weight file of a container just started on a
+    /// weight of its own. Not found only means its raise goes through the
+    /// engine.
+    async fn remember_weight_file(&self, name: &str, id: &str) {
+        let pid = match self.docker.inspect_container(id, None).await {
+            Ok(c) => c.state.and_then(|s| s.pid).unwrap_or(0),
+            Err(_) => 0,
+        };
+        match CpuWeightFile::of_process(pid) {
+            Ok(file) if pid > 0 => {
+                self.weight_files().insert(name.to_owned(), file);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(message = "No cgroup weight file; weights go through the engine.",
+                    container_id = %name, pid, %error);
+            }
+        }
     }
 
     /// The engine's security options and data root (`docker info`), from
@@ -107,6 +142,9 @@ impl ContainerRuntime for DockerRuntime {
             let _ = self.remove(&created.id).await;
             return Err(engine(e));
         }
+        if spec.cpu_shares.is_some() {
+            self.remember_weight_file(&spec.name, &created.id).await;
+        }
         Ok(created.id)
     }
 
@@ -119,6 +157,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.weight_files().remove(id);
         let opts = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
@@ -140,6 +179,20 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map(|_| ())
             .map_err(engine)
+    }
+
+    fn write_cpu_weight(&self, id: &str, shares: i64) -> bool {
+        let Some(file) = self.weight_files().remove(id) else {
+            return false;
+        };
+        match file.write(shares) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(message = "Writing a container's CPU weight to its cgroup failed.",
+                    container_id = %id, path = %file.path().display(), %error);
+                false
+            }
+        }
     }
 
     async fn list_managed(

@@ -93,6 +93,9 @@ struct Container {
     labels: HashMap<String, String>,
     running: bool,
     cpu_shares: i64,
+    /// Started on a weight of its own: like Docker's runtime, a weight
+    /// can be written to it directly once.
+    weight_file: bool,
     /// The agent's accept loop; aborting it ends its connections too.
     agent: Option<AbortHandle>,
 }
@@ -107,6 +110,8 @@ struct Engine {
     /// Starts in `create_and_start` now, and the most at once so far.
     starting: usize,
     most_starting: usize,
+    /// CPU weight changes through the engine (`set_cpu_shares`).
+    cpu_updates: usize,
 }
 
 impl Engine {
@@ -217,6 +222,7 @@ impl MemoryRuntime {
                     .collect(),
                 running,
                 cpu_shares: super::DEFAULT_CPU_SHARES,
+                weight_file: false,
                 agent: None,
             },
         );
@@ -240,6 +246,11 @@ impl MemoryRuntime {
             .get(name)
             .map(|c| c.labels.clone())
             .unwrap_or_default()
+    }
+
+    /// How many CPU weight changes went through the engine.
+    pub(crate) fn cpu_updates(&self) -> usize {
+        self.engine().cpu_updates
     }
 
     /// The container's CPU weight (`cpu_shares`), if the engine has it.
@@ -298,6 +309,7 @@ impl MemoryRuntime {
                 labels: spec.labels.clone(),
                 running: true,
                 cpu_shares: spec.cpu_shares.unwrap_or(super::DEFAULT_CPU_SHARES),
+                weight_file: spec.cpu_shares.is_some(),
                 agent,
             },
         );
@@ -343,6 +355,7 @@ impl ContainerRuntime for MemoryRuntime {
     async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), RuntimeError> {
         let mut engine = self.engine();
         engine.fault(Op::Update)?;
+        engine.cpu_updates += 1;
         match engine.find(id) {
             Some((_, c)) => {
                 c.cpu_shares = shares;
@@ -351,6 +364,18 @@ impl ContainerRuntime for MemoryRuntime {
             None => Err(RuntimeError::Engine(
                 format!("no such container: {id}").into(),
             )),
+        }
+    }
+
+    fn write_cpu_weight(&self, id: &str, shares: i64) -> bool {
+        let mut engine = self.engine();
+        match engine.find(id) {
+            Some((_, c)) if c.weight_file => {
+                c.cpu_shares = shares;
+                c.weight_file = false;
+                true
+            }
+            _ => false,
         }
     }
 

@@ -4,6 +4,7 @@
 //! **Invariant:** only [`docker`] talks to bollard; everything else sees
 //! [`ContainerRuntime`], so unit tests swap the engine for `memory`'s.
 
+mod cgroup;
 pub(crate) mod docker;
 #[cfg(test)]
 pub(crate) mod memory;
@@ -192,8 +193,16 @@ pub(crate) trait ContainerRuntime: Send + Sync {
     async fn is_running(&self, id: &str) -> Result<bool, RuntimeError>;
     /// Removes the container, killing it if needed; absent is not an error.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Changes a running container's CPU weight (`cpu_shares`).
+    /// Changes a running container's CPU weight (`cpu_shares`) through
+    /// the engine.
     async fn set_cpu_shares(&self, id: &str, shares: i64) -> Result<(), RuntimeError>;
+    /// Writes a CPU weight straight into the container's cgroup, where the
+    /// runtime knows it (a container started with its own weight); true
+    /// when written. Immediate, unlike the engine's update; the engine's
+    /// record is not changed by it.
+    fn write_cpu_weight(&self, _id: &str, _shares: i64) -> bool {
+        false
+    }
     /// All running or stopped containers labelled as this instance's
     /// (every instance's with `None`).
     async fn list_managed(

@@ -45,8 +45,14 @@ async fn pool_prewarms_serves_claims_and_refills() {
     let warm = ready_names(&s);
     // The pool starts on `pool.refill_cpu_shares` (default 64), so the
     // refill yields to running conversations; the cgroup has it too.
+    let mut low = 0;
     for name in &warm {
         assert_eq!(inspect(name)["HostConfig"]["CpuShares"], 64, "{name}");
+        let (file, weight) = cgroup::Cgroups::of(name).cpu_weight();
+        if file == "cpu.shares" {
+            assert_eq!(weight, 64, "{name}'s cgroup");
+        }
+        low = weight;
     }
     let (status, body) = post_message(
         &d,
@@ -62,7 +68,13 @@ async fn pool_prewarms_serves_claims_and_refills() {
         warm.contains(&used),
         "{used} did not come from the pool {warm:?}"
     );
-    // Claimed: the engine's default weight, set off the claim's path.
+    // Claimed: the default weight, written into the cgroup before the run
+    // reached the agent (on cgroup v1; v2 goes through the engine)...
+    let (file, weight) = cgroup::Cgroups::of(&used).cpu_weight();
+    if file == "cpu.shares" {
+        assert_eq!(weight, 1024, "{used}'s cgroup right after its run");
+    }
+    // ...and the engine's record follows, off the claim's path.
     wait_until(
         30,
         || {
@@ -72,6 +84,10 @@ async fn pool_prewarms_serves_claims_and_refills() {
             )
         },
         || (inspect(&used)["HostConfig"]["CpuShares"] == 1024).then_some(()),
+    );
+    assert!(
+        cgroup::Cgroups::of(&used).cpu_weight().1 > low,
+        "raised from {low}"
     );
     let s = d.wait_status(120, "refill to 2", |s| s["pool"]["ready"] == 2);
     assert_eq!(s["pool"]["warm_claims_total"], 1);

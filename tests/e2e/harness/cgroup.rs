@@ -123,6 +123,18 @@ impl Cgroups {
         Some((quota.parse().ok()?, period.parse().ok()?))
     }
 
+    /// The CPU weight as the kernel has it, with its file: v1's
+    /// `cpu.shares` (the engine's unit) or v2's `cpu.weight` (the engine's
+    /// conversion of it, which differs between runc versions).
+    pub fn cpu_weight(&self) -> (&'static str, i64) {
+        let file = if self.is_v2() {
+            "cpu.weight"
+        } else {
+            "cpu.shares"
+        };
+        (file, self.read("cpu", file).parse().unwrap_or(-1))
+    }
+
     /// Periods in which the CPU quota throttled the group.
     pub fn throttled_periods(&self) -> u64 {
         keyed(&self.read("cpu", "cpu.stat"), "nr_throttled").unwrap_or(0)
