@@ -35,6 +35,7 @@ pub(super) struct Instruments {
     pub pool_max: Gauge<u64>,
     pub pool_containers: Gauge<u64>,
     pub pool_claims: Counter<u64>,
+    pub weight_raises: Counter<u64>,
     pub containers: Gauge<u64>,
     pub containers_created: Counter<u64>,
     pub containers_destroyed: Counter<u64>,
@@ -126,6 +127,11 @@ impl Instruments {
                 &m,
                 "agentbox_pool_claims",
                 "Containers handed to conversations, by kind: warm (from the pool) or cold (created on demand), and tier.",
+            ),
+            weight_raises: counter(
+                &m,
+                "agentbox_pool_weight_raises",
+                "Claimed pool containers given the default CPU weight back, by how: written into the cgroup at the claim, through the engine after it, or failed.",
             ),
             containers: m
                 .u64_gauge("agentbox_containers")
@@ -326,6 +332,9 @@ impl Instruments {
         }
         for state in CONTAINER_STATES {
             self.containers.record(0, &[kv("state", state)]);
+        }
+        for via in super::WeightRaise::ALL {
+            self.weight_raises.add(0, &[kv("via", via.as_str())]);
         }
         self.pool_max.record(0, &[]);
         for c in [

@@ -49,6 +49,29 @@ impl Bounded {
     }
 }
 
+/// How a claimed pool container got the default CPU weight back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WeightRaise {
+    /// Written into its cgroup at the claim.
+    Cgroup,
+    /// Through the engine's update, after the claim.
+    Engine,
+    /// Neither: it stays on the low weight.
+    Failed,
+}
+
+impl WeightRaise {
+    pub(crate) const ALL: [Self; 3] = [Self::Cgroup, Self::Engine, Self::Failed];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Cgroup => "cgroup",
+            Self::Engine => "engine",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// How a container came to serve a conversation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ClaimKind {

@@ -17,7 +17,9 @@ pub(crate) mod labels;
 
 pub(crate) use events::count_audit_events;
 pub(crate) use http::response;
-pub(crate) use labels::{ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind};
+pub(crate) use labels::{
+    ProxyDirection, ProxyOutcome, SyncDirection, SyncOutcome, TxKind, WeightRaise,
+};
 
 use crate::config::IsolationTier;
 use instruments::{Instruments, CONTAINER_STATES, POOL_STATES};
@@ -110,6 +112,11 @@ pub(crate) fn set_engine_up(up: bool) {
 /// A container came up: from the create request to its agent answering.
 pub(crate) fn container_started(elapsed: Duration) {
     with(|i| i.container_start.record(elapsed.as_secs_f64(), &[]));
+}
+
+/// A claimed pool container's CPU weight raised (`pool.refill_cpu_shares`).
+pub(crate) fn weight_raised(via: WeightRaise) {
+    with(|i| i.weight_raises.add(1, &[kv("via", via.as_str())]));
 }
 
 /// One redb transaction, commit (and its fsync) included.

@@ -470,7 +470,11 @@ impl Orchestrator {
     /// itself. A failure leaves the run on the low weight: slower under
     /// contention, not broken; reconcile raises it again at start-up.
     pub(super) fn restore_cpu_weight(&self, name: &str) {
+        use crate::metrics::{weight_raised, WeightRaise};
         let written = self.runtime.write_cpu_weight(name, DEFAULT_CPU_SHARES);
+        if written {
+            weight_raised(WeightRaise::Cgroup);
+        }
         let (runtime, name) = (self.runtime.clone(), name.to_owned());
         let queue = written.then(|| self.record_weights.clone());
         tokio::spawn(async move {
@@ -479,9 +483,16 @@ impl Orchestrator {
                 Some(queue) => queue.acquire().await.ok(),
                 None => None,
             };
-            if let Err(error) = runtime.set_cpu_shares(&name, DEFAULT_CPU_SHARES).await {
-                tracing::warn!(message = "Restoring a claimed container's CPU weight failed.",
-                    container_id = %name, written_directly = written, %error);
+            match runtime.set_cpu_shares(&name, DEFAULT_CPU_SHARES).await {
+                Ok(()) if !written => weight_raised(WeightRaise::Engine),
+                Ok(()) => {}
+                Err(error) => {
+                    if !written {
+                        weight_raised(WeightRaise::Failed);
+                    }
+                    tracing::warn!(message = "Restoring a claimed container's CPU weight failed.",
+                        container_id = %name, written_directly = written, %error);
+                }
             }
         });
     }

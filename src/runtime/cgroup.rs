@@ -22,14 +22,24 @@ use std::path::{Path, PathBuf};
 pub(crate) struct CpuWeightFile(PathBuf);
 
 impl CpuWeightFile {
-    /// The `cpu.shares` file of the v1 cgroup that process `pid` (a host
-    /// pid, e.g. a container's init) runs in.
-    pub(crate) fn of_process(pid: i64) -> io::Result<Self> {
+    /// The `cpu.shares` file of the v1 cgroup of container `id` (the
+    /// engine's full id), whose init is host process `pid`. The cgroup's
+    /// path must name the id (the engine's `docker/<id>` or
+    /// `docker-<id>.scope`): a pid the kernel reused after the container
+    /// died names another cgroup, which is never written.
+    pub(crate) fn of_container(id: &str, pid: i64) -> io::Result<Self> {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
         let dir = cpu_dir(&cgroups, &mountinfo).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "no cgroup v1 cpu controller")
         })?;
+        let leaf = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        if id.is_empty() || !leaf.is_some_and(|n| n.contains(id)) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not the container's cgroup", dir.display()),
+            ));
+        }
         let file = dir.join("cpu.shares");
         // Present means the layout is what this reads it as.
         std::fs::metadata(&file)?;
@@ -109,6 +119,14 @@ mod tests {
         assert_eq!(cpu_dir(cgroups, MOUNTINFO_V1), None);
         let v2 = "29 23 0:26 / /sys/fs/cgroup rw shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(cpu_dir("0::/system.slice/docker-abc.scope\n", v2), None);
+    }
+
+    #[test]
+    fn a_cgroup_that_does_not_name_the_container_is_refused() {
+        // This test's own process: whatever its cgroup, not the container's.
+        let me = i64::from(std::process::id());
+        assert!(CpuWeightFile::of_container("0123abcd", me).is_err());
+        assert!(CpuWeightFile::of_container("", me).is_err());
     }
 
     #[test]

@@ -56,11 +56,10 @@ impl DockerRuntime {
             Ok(c) => c.state.and_then(|s| s.pid).unwrap_or(0),
             Err(_) => 0,
         };
-        match CpuWeightFile::of_process(pid) {
-            Ok(file) if pid > 0 => {
+        match CpuWeightFile::of_container(id, pid) {
+            Ok(file) => {
                 self.weight_files().insert(name.to_owned(), file);
             }
-            Ok(_) => {}
             Err(error) => {
                 tracing::debug!(message = "No cgroup weight file; weights go through the engine.",
                     container_id = %name, pid, %error);

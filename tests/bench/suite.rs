@@ -20,7 +20,8 @@
 //!   start measured alone in the same run.
 //! - `claims`: as many runs at once as the pool holds warm containers, in
 //!   rounds; the daemon's steps of those runs and the state commits they
-//!   made (group commit: `src/state/writer.rs`).
+//!   made (group commit: `src/state/writer.rs`); at the pool's default and
+//!   low CPU weight, and with the daemon at nice -5.
 //! - `streaming`: the delay from a model's streamed event to the client's
 //!   `text_delta`, beside the CLI read directly on the host.
 //!
@@ -1114,15 +1115,17 @@ async fn burst(a: &Args) {
 /// at most 5; the pool refills between them): claim to the first byte
 /// from the agent (issue target: p99 at most 100 ms), the daemon's steps
 /// of those runs, how many durable state commits each round made and where
-/// the CPU went. Twice: with the pool refilling at the engine's default
-/// CPU weight (`pool.refill_cpu_shares = 0`), then at the shipped low one.
+/// the CPU went. Three times: with the pool refilling at the engine's
+/// default CPU weight (`pool.refill_cpu_shares = 0`), at the shipped low
+/// one, and at the low one with the daemon at nice -5 (ahead of the
+/// engine's processes and the containers on the CPU).
 async fn claims(a: &Args) {
-    for shares in [0, 64] {
-        claims_with_refill_weight(a, shares).await;
+    for (shares, nice) in [(0, 0), (64, 0), (64, -5)] {
+        claims_with(a, shares, nice).await;
     }
 }
 
-async fn claims_with_refill_weight(a: &Args, shares: u64) {
+async fn claims_with(a: &Args, shares: u64, nice: i32) {
     let n = a.size(50, 2);
     let rounds = a.size(a.runs.clamp(1, 5), 1);
     // Each round's conversations keep their containers: room for all.
@@ -1137,6 +1140,9 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
         ),
     ];
     let (_mock, d) = start_with_mock_env("bench-key", n, "", env).await;
+    if nice != 0 {
+        renice(d.child.id(), nice);
+    }
     let d = std::sync::Arc::new(d);
     let (mut agent, mut first, mut commits) = (Vec::new(), Vec::new(), Vec::new());
     let mut commit_ms = Vec::new();
@@ -1181,8 +1187,12 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
     let cold = d.status()["pool"]["cold_starts_total"]
         .as_u64()
         .unwrap_or(0);
+    let daemon = match nice {
+        0 => String::new(),
+        n => format!(", the daemon at nice {n}"),
+    };
     table(&format!(
-        "{n} claims at once on a pool of {n}, the refill at CPU weight {} (ms)",
+        "{n} claims at once on a pool of {n}, the refill at CPU weight {}{daemon} (ms)",
         if shares == 0 { 1024 } else { shares }
     ));
     row("request -> first byte from the agent", &summarize(agent));
@@ -1211,6 +1221,28 @@ async fn claims_with_refill_weight(a: &Args, shares: u64) {
         fmt(&cpu[2]),
         fmt(&cpu[3])
     ));
+}
+
+/// Sets every thread of process `pid` to `nice`, as a unit's `Nice=` sets
+/// a daemon before it starts; threads it starts later inherit it.
+fn renice(pid: u32, nice: i32) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the daemon's threads");
+    for task in tasks {
+        let tid: libc::id_t = task
+            .expect("a thread")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("a thread id");
+        // SAFETY: setpriority takes plain integers.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
+        assert_eq!(
+            rc,
+            0,
+            "nice {nice} for thread {tid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Waits until all containers together use under a twentieth of a core

@@ -71,9 +71,26 @@ async fn pool_prewarms_serves_claims_and_refills() {
     // Claimed: the default weight, written into the cgroup before the run
     // reached the agent (on cgroup v1; v2 goes through the engine)...
     let (file, weight) = cgroup::Cgroups::of(&used).cpu_weight();
-    if file == "cpu.shares" {
+    let via = if file == "cpu.shares" {
         assert_eq!(weight, 1024, "{used}'s cgroup right after its run");
-    }
+        "cgroup"
+    } else {
+        "engine"
+    };
+    let raised = format!("agentbox_pool_weight_raises_total{{via=\"{via}\"}} 1");
+    wait_until(
+        30,
+        || format!("{raised} in /metrics"),
+        || {
+            let url = format!("http://{}/metrics", d.admin_addr);
+            let out = std::process::Command::new("curl")
+                .args(["-sf", &url])
+                .output()
+                .ok()?;
+            let scrape = String::from_utf8_lossy(&out.stdout);
+            scrape.lines().any(|l| l == raised).then_some(())
+        },
+    );
     // ...and the engine's record follows, off the claim's path.
     wait_until(
         30,
