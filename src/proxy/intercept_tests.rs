@@ -467,3 +467,83 @@ async fn a_reload_applies_to_open_connections_and_closes_what_it_no_longer_allow
     .expect("the intercepted connection was neither closed nor refused");
     assert!(gone);
 }
+
+#[tokio::test]
+async fn a_claim_keeps_the_socket_and_bundle_and_serves_the_new_context() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fx().await;
+    let sockets = f.dir.path().join("pool-sock");
+    std::fs::create_dir(&sockets).unwrap();
+    let registry = ProxyRegistry::default();
+    let ctx = |tenant: &str, conversation: &str| ProxyContext {
+        container_id: "c9".into(),
+        tenant_id: tenant.into(),
+        conversation_id: conversation.into(),
+    };
+    // A pool container: no tenant, so no tenant rule reaches git.test.
+    registry
+        .ensure(f.gw.clone(), &sockets, ctx("", ""))
+        .unwrap();
+    let pool = Fx {
+        socket: sockets.join(PROXY_SOCKET),
+        ..fx().await
+    };
+    let inode = |name: &str| std::fs::metadata(sockets.join(name)).unwrap().ino();
+    let (socket, bundle) = (inode(PROXY_SOCKET), inode(ca::BUNDLE_FILE));
+    let (head, _) = connect(&pool, "git.test", f.port).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let echo: u16 = std::fs::read_to_string(f.dir.path().join("echo-port"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (head, mut open) = connect(&pool, "blind.test", echo).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // The claim: the same socket and bundle, the tenant's rules from the
+    // next connection on, and the pool's connection ended.
+    registry
+        .ensure(f.gw.clone(), &sockets, ctx("t1", "conv"))
+        .unwrap();
+    assert_eq!(inode(PROXY_SOCKET), socket, "the socket is not bound again");
+    assert_eq!(
+        inode(ca::BUNDLE_FILE),
+        bundle,
+        "the bundle is not rewritten"
+    );
+    let (head, _) = connect(&pool, "git.test", f.port).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), open.read(&mut b))
+        .await
+        .expect("the pool's connection ends at the claim");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // A socket lost with its task is bound again.
+    registry.stop("c9");
+    std::fs::remove_file(sockets.join(PROXY_SOCKET)).unwrap();
+    registry
+        .ensure(f.gw.clone(), &sockets, ctx("t1", "conv2"))
+        .unwrap();
+    let (head, _) = connect(&pool, "git.test", f.port).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn a_replaced_container_state_hands_on_to_the_last_successor() {
+    let f = fx().await;
+    let ctx = |c: &str| ProxyContext {
+        container_id: c.into(),
+        tenant_id: "t1".into(),
+        conversation_id: "conv".into(),
+    };
+    let (a, b, c) = (
+        f.gw.container(ctx("a")),
+        f.gw.container(ctx("b")),
+        f.gw.container(ctx("c")),
+    );
+    assert_eq!(a.current().ctx.container_id, "a");
+    a.successor.set(b.clone()).ok().unwrap();
+    b.successor.set(c.clone()).ok().unwrap();
+    assert_eq!(a.current().ctx.container_id, "c");
+    assert_eq!(b.current().ctx.container_id, "c");
+}

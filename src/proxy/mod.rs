@@ -308,6 +308,7 @@ impl Gateway {
             audit_gate: audit_gate::RefusalGate::new(self.refusal_burst, self.refusals_per_minute),
             serve_task: Mutex::new(None),
             stop,
+            successor: std::sync::OnceLock::new(),
         })
     }
 
@@ -416,9 +417,22 @@ pub struct ContainerProxy {
     serve_task: Mutex<Option<AbortHandle>>,
     /// Set when the container's proxy is stopped: open connections end.
     stop: watch::Sender<bool>,
+    /// The state that replaced this one on the same socket (a claim), so
+    /// a connection this one's accept loop takes while it is being
+    /// stopped is served with the new context, not dropped.
+    successor: std::sync::OnceLock<Arc<ContainerProxy>>,
 }
 
 impl ContainerProxy {
+    /// The state that serves this socket now: the last successor.
+    fn current(self: &Arc<Self>) -> Arc<Self> {
+        let mut c = self.clone();
+        while let Some(next) = c.successor.get().cloned() {
+            c = next;
+        }
+        c
+    }
+
     /// Writes the summary of refusals held back, if any.
     fn flush_audit(&self) {
         if let Some(c) = self.audit_gate.flush(Instant::now()) {
@@ -454,6 +468,10 @@ pub(crate) fn refusal_response(why: Refusal) -> Response<ProxyBody> {
 struct Running {
     supervisor: JoinHandle<()>,
     container: Arc<ContainerProxy>,
+    /// The bound socket, kept when a claim changes the context.
+    listener: Arc<UnixListener>,
+    /// The CA whose trust bundle was placed beside the socket.
+    ca: Option<Arc<ca::LocalCa>>,
 }
 
 /// The running proxy tasks, one supervised task per container.
@@ -467,6 +485,12 @@ impl ProxyRegistry {
     /// with this context, starting one if none runs (after a daemon
     /// restart, or if it died) and restarting it when the context changed
     /// (a pool container claimed by a conversation).
+    ///
+    /// A claim keeps the bound socket and the trust bundle beside it: only
+    /// agentbox's own agent and CLI have run in a pool container before
+    /// its claim, so both are still the ones placed at its start. Binding
+    /// again and rewriting the bundle (the host's roots, hundreds of KiB)
+    /// was the largest part of a claim's own CPU, done under this lock.
     pub fn ensure(
         &self,
         proxy: Arc<Gateway>,
@@ -479,25 +503,53 @@ impl ProxyRegistry {
                 return Ok(());
             }
         }
-        // A claim changes who the socket serves: the old task and its
-        // connections go, a new one starts with the new context.
-        if let Some(old) = tasks.remove(&ctx.container_id) {
-            old.supervisor.abort();
-            let _ = old.container.stop.send(true);
-        }
-        let bundle = proxy.ca().map(|ca| ca.bundle().as_bytes().to_vec());
-        let listener = Arc::new(bind_socket(
-            &socket_dir.join(PROXY_SOCKET),
-            bundle.as_deref().map(|b| (ca::BUNDLE_FILE, b)),
-        )?);
+        let ca = proxy.ca();
         let id = ctx.container_id.clone();
         let c = proxy.container(ctx);
-        let supervisor = tokio::spawn(supervise(listener, proxy, c.clone()));
+        // A claim changes who the socket serves: the old task and its
+        // connections go, a new one starts with the new context. Set
+        // before the stop, the successor gets any connection the old
+        // accept loop still takes before its abort lands.
+        let kept = tasks.remove(&id).and_then(|old| {
+            // A supervisor that ended on its own may have lost its socket.
+            let alive = !old.supervisor.is_finished();
+            let _ = old.container.successor.set(c.clone());
+            old.supervisor.abort();
+            let _ = old.container.stop.send(true);
+            alive.then_some((old.listener, old.ca))
+        });
+        let same_ca = |old: &Option<Arc<ca::LocalCa>>| match (old, &ca) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let bundle =
+            |ca: &Option<Arc<ca::LocalCa>>| ca.as_ref().map(|ca| ca.bundle().as_bytes().to_vec());
+        let listener = match kept {
+            Some((listener, old_ca)) => {
+                if !same_ca(&old_ca) {
+                    if let Some(b) = bundle(&ca) {
+                        place_file(socket_dir, ca::BUNDLE_FILE, &b)?;
+                    }
+                }
+                listener
+            }
+            None => {
+                let b = bundle(&ca);
+                Arc::new(bind_socket(
+                    &socket_dir.join(PROXY_SOCKET),
+                    b.as_deref().map(|b| (ca::BUNDLE_FILE, b)),
+                )?)
+            }
+        };
+        let supervisor = tokio::spawn(supervise(listener.clone(), proxy, c.clone()));
         tasks.insert(
             id,
             Running {
                 supervisor,
                 container: c,
+                listener,
+                ca,
             },
         );
         Ok(())
@@ -530,16 +582,10 @@ impl ProxyRegistry {
 /// bundle for the container's TLS clients (`extra`, a name and its bytes,
 /// world-readable) is placed the same way.
 fn bind_socket(path: &Path, extra: Option<(&str, &[u8])>) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::DirBuilderExt;
     let dir = path
         .parent()
         .ok_or_else(|| std::io::Error::other("socket path has no directory"))?;
-    let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    // `{container}.bind`: cleaned up like the container's own directories
-    // (destroy-all, stray sweep) should a crash leave it behind.
-    let private = dir.with_file_name(format!("{name}.bind"));
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let private = staging_dir(dir)?;
     let staged = private.join("proxy.sock");
     let listener = UnixListener::bind(&staged)?;
     // Connecting needs write permission on the socket file; the directory
@@ -547,19 +593,44 @@ fn bind_socket(path: &Path, extra: Option<(&str, &[u8])>) -> std::io::Result<Uni
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666))?;
     std::fs::rename(&staged, path)?;
     if let Some((name, bytes)) = extra {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let staged = private.join(name);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&staged)?;
-        f.write_all(bytes)?;
-        std::fs::rename(&staged, dir.join(name))?;
+        stage_into(&private, dir, name, bytes)?;
     }
     let _ = std::fs::remove_dir(&private);
     Ok(listener)
+}
+
+/// Places a world-readable file in the socket directory `dir` the same
+/// way (staged beside it, renamed in).
+fn place_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let private = staging_dir(dir)?;
+    let placed = stage_into(&private, dir, name, bytes);
+    let _ = std::fs::remove_dir(&private);
+    placed
+}
+
+/// `{container}.bind` beside the socket directory, daemon-only and empty;
+/// cleaned up like the container's own directories (destroy-all, stray
+/// sweep) should a crash leave it behind.
+fn staging_dir(dir: &Path) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let private = dir.with_file_name(format!("{name}.bind"));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    Ok(private)
+}
+
+fn stage_into(private: &Path, dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let staged = private.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&staged)?;
+    f.write_all(bytes)?;
+    std::fs::rename(&staged, dir.join(name))
 }
 
 /// Ends the accept loop and every open connection when dropped, which is
@@ -621,7 +692,7 @@ async fn supervise(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<Cont
 async fn serve(listener: Arc<UnixListener>, proxy: Arc<Gateway>, c: Arc<ContainerProxy>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => proxy.accept(&c, stream),
+            Ok((stream, _)) => proxy.accept(&c.current(), stream),
             Err(error) => {
                 tracing::warn!(message = "Proxy accept failed.", %error, container_id = %c.ctx.container_id);
                 // EMFILE and friends: back off instead of spinning.
