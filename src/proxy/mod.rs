@@ -486,11 +486,13 @@ impl ProxyRegistry {
     /// restart, or if it died) and restarting it when the context changed
     /// (a pool container claimed by a conversation).
     ///
-    /// A claim keeps the bound socket and the trust bundle beside it: only
-    /// agentbox's own agent and CLI have run in a pool container before
-    /// its claim, so both are still the ones placed at its start. Binding
-    /// again and rewriting the bundle (the host's roots, hundreds of KiB)
-    /// was the largest part of a claim's own CPU, done under this lock.
+    /// A claim keeps the bound socket and the trust bundle beside it: the
+    /// socket directory is sealed once the agent is up, and only
+    /// agentbox's own agent and CLI ran in the container before that, so
+    /// both are still the ones placed at its start. Binding again and
+    /// rewriting the bundle (the host's roots, hundreds of KiB, renamed
+    /// over the old file) was the largest part of a claim's own CPU, under
+    /// this lock; a new CA (a reload) is still placed.
     pub fn ensure(
         &self,
         proxy: Arc<Gateway>,
