@@ -520,29 +520,22 @@ impl ProxyRegistry {
             let _ = old.container.stop.send(true);
             alive.then_some((old.listener, old.ca))
         });
-        let same_ca = |old: &Option<Arc<ca::LocalCa>>| match (old, &ca) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        let bundle =
-            |ca: &Option<Arc<ca::LocalCa>>| ca.as_ref().map(|ca| ca.bundle().as_bytes().to_vec());
+        let bundle = ca.as_ref().map(|ca| ca.bundle().as_bytes());
         let listener = match kept {
             Some((listener, old_ca)) => {
-                if !same_ca(&old_ca) {
-                    if let Some(b) = bundle(&ca) {
-                        place_file(socket_dir, ca::BUNDLE_FILE, &b)?;
-                    }
+                let same_ca = match (&old_ca, &ca) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                if let Some(b) = bundle.filter(|_| !same_ca) {
+                    place_file(socket_dir, ca::BUNDLE_FILE, b)?;
                 }
                 listener
             }
-            None => {
-                let b = bundle(&ca);
-                Arc::new(bind_socket(
-                    &socket_dir.join(PROXY_SOCKET),
-                    b.as_deref().map(|b| (ca::BUNDLE_FILE, b)),
-                )?)
-            }
+            None => Arc::new(bind_socket(
+                &socket_dir.join(PROXY_SOCKET),
+                bundle.map(|b| (ca::BUNDLE_FILE, b)),
+            )?),
         };
         let supervisor = tokio::spawn(supervise(listener.clone(), proxy, c.clone()));
         tasks.insert(
