@@ -35,9 +35,9 @@ pub async fn idle(a: &Args) {
     for &k in &steps {
         if k != size {
             // The memory one more container takes, from the steps so far.
-            let live = d.containers().len().max(1) as f64;
-            let per = (base_mib - mem_available_mib()) / live;
-            let after = mem_available_mib() - per * (k - size) as f64;
+            let (live, available) = (d.containers().len().max(1) as f64, mem_available_mib());
+            let per = (base_mib - available) / live;
+            let after = available - per * (k - size) as f64;
             if after < RESERVE_MIB {
                 notes.push(format!(
                     "stopped before {k}: at {per:.0} MiB a container it would leave {after:.0} MiB \
